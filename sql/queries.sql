@@ -1,0 +1,126 @@
+-- Named queries run by the Python code. Each starts with `-- name: <name>`;
+-- parameters are psycopg placeholders; no SQL is ever built from strings.
+
+-- name: claim_next_job
+SELECT job_id, session_id, prompt, lease_token, attempt, retry_count, max_retries, priority
+FROM claim_next_job(%(worker_id)s)
+
+-- name: complete_and_claim
+SELECT completed, job_id, session_id, prompt, lease_token, attempt, retry_count, max_retries,
+       priority
+FROM queue_complete_and_claim(%(job_id)s, %(lease_token)s, %(worker_id)s)
+
+-- name: complete_job
+SELECT complete_job(%(job_id)s, %(lease_token)s)
+
+-- name: fail_job
+SELECT fail_job(%(job_id)s, %(error)s, %(lease_token)s, %(reason)s)
+
+-- name: heartbeat
+SELECT queue_heartbeat(%(job_id)s, %(lease_token)s)
+
+-- name: release_job
+SELECT queue_release_job(%(job_id)s, %(lease_token)s, %(reason)s)
+
+-- name: reap_expired
+SELECT job_id, session_id, will_retry FROM queue_reap_expired(%(timeout)s, %(batch_size)s)
+
+-- name: requeue_failed
+SELECT queue_requeue_failed(%(job_id)s)
+
+-- name: prune
+SELECT queue_prune(%(status)s, %(older_than)s, %(batch_size)s)
+
+-- name: queue_stats
+SELECT pending_count, processing_count, completed_count, failed_count, oldest_pending_age,
+       waiting_retry_count, next_run_at
+FROM get_queue_stats()
+
+-- name: next_run_at
+SELECT queue_next_run_at(), queue_now()
+
+-- name: create_session
+INSERT INTO coding_sessions (id) VALUES (%(session_id)s) ON CONFLICT (id) DO NOTHING
+
+-- name: enqueue_job
+INSERT INTO coding_jobs (session_id, prompt, priority, max_retries, run_at)
+VALUES (%(session_id)s, %(prompt)s, %(priority)s, %(max_retries)s,
+        coalesce(%(run_at)s, queue_now() + %(delay)s * interval '1 second'))
+RETURNING id
+
+-- name: enqueue_jobs
+INSERT INTO coding_jobs (session_id, prompt, priority, max_retries, run_at)
+SELECT s, p, pr, mr, coalesce(ra, queue_now() + d * interval '1 second')
+FROM unnest(%(session_ids)s::uuid[], %(prompts)s::text[], %(priorities)s::smallint[],
+            %(max_retries)s::integer[], %(run_ats)s::timestamptz[], %(delays)s::float8[])
+     AS t(s, p, pr, mr, ra, d)
+RETURNING id
+
+-- name: get_job
+SELECT id, session_id, prompt, priority, status, retry_count, max_retries, error_message,
+       created_at, started_at, completed_at, updated_at, run_at, heartbeat_at, worker_id,
+       lease_token, attempt, end_reason
+FROM coding_jobs WHERE id = %(job_id)s
+
+-- name: list_failed
+SELECT id, session_id, priority, retry_count, max_retries, error_message, end_reason,
+       completed_at, left(prompt, 80) AS prompt_head
+FROM coding_jobs WHERE status = 'failed'
+ORDER BY completed_at DESC, seq DESC
+LIMIT %(limit)s
+
+-- name: failed_ids
+SELECT id FROM coding_jobs WHERE status = 'failed' ORDER BY completed_at, seq
+
+-- name: failed_ids_older_than
+SELECT id FROM coding_jobs
+WHERE status = 'failed' AND completed_at < queue_now() - %(older_than)s
+
+-- name: delete_failed
+DELETE FROM coding_jobs WHERE id = ANY(%(ids)s) AND status = 'failed'
+
+-- name: record_reaper_run
+INSERT INTO queue_reaper_runs AS r (reaper, last_sweep_at, requeued, dead_lettered, pruned)
+VALUES (%(reaper)s, queue_now(), %(requeued)s, %(dead_lettered)s, %(pruned)s)
+ON CONFLICT (reaper) DO UPDATE
+SET last_sweep_at = excluded.last_sweep_at,
+    requeued = r.requeued + excluded.requeued,
+    dead_lettered = r.dead_lettered + excluded.dead_lettered,
+    pruned = r.pruned + excluded.pruned
+
+-- name: last_reaper_sweep
+SELECT extract(epoch FROM max(last_sweep_at)) FROM queue_reaper_runs
+
+-- name: queue_config
+SELECT extract(epoch FROM backoff_base), extract(epoch FROM backoff_cap), backoff_jitter
+FROM queue_config
+
+-- name: set_queue_config
+UPDATE queue_config
+SET backoff_base = coalesce(%(base)s * interval '1 second', backoff_base),
+    backoff_cap = coalesce(%(cap)s * interval '1 second', backoff_cap),
+    backoff_jitter = coalesce(%(jitter)s, backoff_jitter)
+
+-- name: migration_lock
+SELECT pg_advisory_lock(hashtext('mobvibe-queue migrate'))
+
+-- name: migration_unlock
+SELECT pg_advisory_unlock(hashtext('mobvibe-queue migrate'))
+
+-- name: create_migrations_table
+CREATE TABLE IF NOT EXISTS queue_migrations (
+    version    integer PRIMARY KEY,
+    name       text NOT NULL,
+    checksum   text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+
+-- name: applied_migrations
+SELECT version, name, checksum FROM queue_migrations ORDER BY version
+
+-- name: record_migration
+INSERT INTO queue_migrations (version, name, checksum)
+VALUES (%(version)s, %(name)s, %(checksum)s)
+
+-- name: migrations_table_exists
+SELECT to_regclass('queue_migrations') IS NOT NULL

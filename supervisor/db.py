@@ -1,0 +1,103 @@
+"""Where the database is and how to reach it: DATABASE_URL, connections, embedded PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import conninfo
+
+from supervisor.errors import ConfigError, DatabaseUnavailableError
+
+_SCHEMES = ("postgresql://", "postgres://")
+_SSLMODES = {"disable", "allow", "prefer", "require", "verify-ca", "verify-full"}
+CONNECT_TIMEOUT_DEFAULT = 5
+# A dead peer must be noticed well within the heartbeat timeout, not after
+# the kernel's default of two hours.
+_KEEPALIVES = {"keepalives": "1", "keepalives_idle": "10", "keepalives_interval": "5",
+               "keepalives_count": "3"}
+
+
+def validate_url(url: str) -> str:
+    """Return `url` if it is a usable PostgreSQL URL or conninfo; else raise ConfigError.
+
+    The message names the problem and never repeats the URL, which may hold a password.
+    """
+    if not url.strip():
+        raise ConfigError("DATABASE_URL is empty: set it to postgresql://user@host:5432/dbname")
+    if "://" in url and not url.startswith(_SCHEMES):
+        scheme = url.split("://", 1)[0]
+        raise ConfigError(f"DATABASE_URL is not a PostgreSQL URL: unsupported scheme {scheme!r} "
+                          "(use postgresql://)")
+    try:
+        params = conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError as exc:
+        raise ConfigError(f"DATABASE_URL is not a valid PostgreSQL URL: {_first_line(exc)}") \
+            from None
+    port = str(params.get("port", "5432"))
+    if not all(p.isdigit() and 0 < int(p) < 65536 for p in port.split(",")):
+        raise ConfigError(f"DATABASE_URL is not a valid PostgreSQL URL: invalid port {port!r}")
+    sslmode = params.get("sslmode")
+    if sslmode is not None and sslmode not in _SSLMODES:
+        raise ConfigError(f"DATABASE_URL is not a valid PostgreSQL URL: invalid sslmode {sslmode!r}")
+    return url
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    # libpq quotes the offending fragment, which can be a password: drop quoted text.
+    return re.sub(r'"[^"]*"', '"..."', text)
+
+
+def connect(url: str, *, autocommit: bool = True, application_name: str = "mobvibe",
+            **kwargs: Any) -> psycopg.Connection[Any]:
+    """Open one connection, autocommit by default; DatabaseUnavailableError if it cannot."""
+    options = {"connect_timeout": CONNECT_TIMEOUT_DEFAULT, "application_name": application_name,
+               **_keepalives_for(url), **kwargs}
+    try:
+        return psycopg.connect(url, autocommit=autocommit, **options)
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailableError(f"cannot connect to the database: {_first_line(exc)}") \
+            from None
+
+
+def _keepalives_for(url: str) -> dict[str, str]:
+    host = str(conninfo.conninfo_to_dict(url).get("host", ""))
+    return {} if host.startswith("/") else _KEEPALIVES  # Unix sockets have no keepalives
+
+
+def resolve_url(url: str | None) -> str:
+    """The database to use: `url` (validated), else an embedded PostgreSQL for local runs."""
+    if url:
+        return validate_url(url)
+    return embedded_url()
+
+
+def embedded_dir() -> Path:
+    """Where the embedded PostgreSQL keeps its data (MOBVIBE_EMBEDDED_DIR overrides)."""
+    configured = os.environ.get("MOBVIBE_EMBEDDED_DIR")
+    if configured:
+        return Path(configured)
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "mobvibe" / "pgdata"
+
+
+def embedded_url() -> str:
+    """Start (or reuse) the embedded PostgreSQL and return its URL."""
+    try:
+        import pgserver  # noqa: PLC0415 - only local runs without DATABASE_URL need it
+    except ImportError:
+        raise ConfigError("DATABASE_URL is not set and the embedded PostgreSQL is not installed: "
+                          "set DATABASE_URL, or pip install 'mobvibe-supervisor[embedded]'") \
+            from None
+    directory = embedded_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        server = pgserver.get_server(directory, cleanup_mode="stop")
+    except Exception as exc:  # noqa: BLE001 - pgserver raises plain exceptions
+        raise DatabaseUnavailableError(f"cannot start the embedded PostgreSQL in {directory}: "
+                                       f"{_first_line(exc)}") from None
+    return str(server.get_uri())

@@ -1,0 +1,114 @@
+"""What a job is, and the checks a new job must pass before it reaches the database.
+
+The same limits are enforced again by the table's CHECK constraints, because
+other MobVibe parts insert jobs directly.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from supervisor.errors import InvalidJobError
+
+PRIORITY_MIN, PRIORITY_MAX = 0, 10
+PRIORITY_DEFAULT = 0
+MAX_RETRIES_MIN, MAX_RETRIES_MAX = 1, 100
+MAX_RETRIES_DEFAULT = 3
+PROMPT_MAX_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A claimed job: what a handler gets, and the lease that fences its writes."""
+
+    id: uuid.UUID
+    session_id: uuid.UUID
+    prompt: str
+    lease_token: uuid.UUID
+    attempt: int
+    retry_count: int
+    max_retries: int
+    priority: int
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> Job:
+        return cls(*row)
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """A job to enqueue. session_id None creates a new session for it."""
+
+    prompt: str
+    session_id: uuid.UUID | str | None = None
+    priority: int = PRIORITY_DEFAULT
+    max_retries: int = MAX_RETRIES_DEFAULT
+    run_at: datetime | None = None
+    delay: float = 0.0
+
+    def validated(self) -> NewJob:
+        """This job with checked fields; InvalidJobError names the first bad one."""
+        return NewJob(
+            prompt=validate_prompt(self.prompt),
+            session_id=None if self.session_id is None else parse_uuid(self.session_id, "session id"),
+            priority=_int_in_range("priority", self.priority, PRIORITY_MIN, PRIORITY_MAX),
+            max_retries=_int_in_range("max_retries", self.max_retries, MAX_RETRIES_MIN,
+                                      MAX_RETRIES_MAX),
+            run_at=_aware(self.run_at),
+            delay=_delay(self.delay),
+        )
+
+
+def validate_prompt(prompt: object) -> str:
+    """The prompt, if it is non-empty text of at most 1 MiB without NUL; else InvalidJobError."""
+    if not isinstance(prompt, str):
+        raise InvalidJobError(f"prompt must be text, got {type(prompt).__name__}")
+    if not prompt:
+        raise InvalidJobError("prompt is empty: a job needs a prompt")
+    nul = prompt.find("\x00")
+    if nul >= 0:
+        raise InvalidJobError(f"prompt contains a NUL character at position {nul}; "
+                              "PostgreSQL text cannot store it")
+    try:
+        size = len(prompt.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise InvalidJobError(f"prompt is not valid UTF-8 (lone surrogate at position "
+                              f"{exc.start})") from None
+    if size > PROMPT_MAX_BYTES:
+        raise InvalidJobError(f"prompt is {size} bytes; the limit is {PROMPT_MAX_BYTES} (1 MiB)")
+    return prompt
+
+
+def parse_uuid(value: object, what: str = "job id") -> uuid.UUID:
+    """`value` as a UUID; InvalidJobError if it is not one."""
+    if isinstance(value, uuid.UUID):
+        return value
+    if isinstance(value, str):
+        try:
+            return uuid.UUID(value.strip())
+        except ValueError:
+            pass
+    shown = repr(value)[:40]
+    raise InvalidJobError(f"{what} must be a UUID, got {shown}")
+
+
+def _int_in_range(name: str, value: object, low: int, high: int) -> int:
+    # bool is an int in Python; True as a priority is a mistake, not a 1.
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidJobError(f"{name} must be an integer from {low} to {high}, got {value!r}")
+    return value
+
+
+def _aware(run_at: datetime | None) -> datetime | None:
+    if run_at is not None and (run_at.tzinfo is None or run_at.utcoffset() is None):
+        raise InvalidJobError("run_at must be timezone-aware (for example datetime.now(UTC))")
+    return run_at
+
+
+def _delay(delay: object) -> float:
+    if isinstance(delay, bool) or not isinstance(delay, int | float) or not delay >= 0:
+        raise InvalidJobError(f"delay must be a number of seconds >= 0, got {delay!r}")
+    return float(delay)

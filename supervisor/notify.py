@@ -1,0 +1,103 @@
+"""LISTEN for the queue's notifications on a dedicated connection that comes back after a drop."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from supervisor import db
+from supervisor.errors import DatabaseUnavailableError
+
+log = logging.getLogger(__name__)
+CHANNELS = ("new_job", "job_status_changed")
+RECONNECT_DELAY_MAX = 5.0
+
+
+@dataclass(frozen=True)
+class Notification:
+    """One notification; `payload` is the plan's JSON object, decoded."""
+
+    channel: str
+    payload: dict[str, Any]
+    pid: int
+
+
+# The channel names are identifiers and cannot be bound as parameters, so the
+# LISTEN statements are composed once, from this fixed set only.
+_LISTEN = {name: sql.SQL("LISTEN {}").format(sql.Identifier(name)) for name in CHANNELS}
+
+
+def listen(conn: psycopg.Connection[Any], channels: Sequence[str]) -> None:
+    """LISTEN on each of `channels` (names from CHANNELS) on `conn`."""
+    for channel in channels:
+        conn.execute(_LISTEN[channel])
+
+
+class Listener:
+    """A LISTEN connection that reconnects; iterate() yields Notifications forever."""
+
+    def __init__(self, url: str, channels: Sequence[str] = CHANNELS) -> None:
+        unknown = set(channels) - set(CHANNELS)
+        if unknown:
+            raise ValueError(f"unknown channels {sorted(unknown)}; known: {list(CHANNELS)}")
+        self.url = url
+        self.channels = tuple(channels)
+        self.conn: psycopg.Connection[Any] | None = None
+        self.reconnects = 0
+
+    def __enter__(self) -> Listener:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        delay = 0.1
+        while self.conn is None or self.conn.closed:
+            try:
+                self.conn = db.connect(self.url, application_name="mobvibe-listener")
+                listen(self.conn, self.channels)
+            except (DatabaseUnavailableError, psycopg.OperationalError) as exc:
+                self.conn = None
+                log.warning("listener cannot connect", extra={"event": "listener_reconnect_failed",
+                                                              "error": str(exc)})
+                time.sleep(delay)
+                delay = min(delay * 2, RECONNECT_DELAY_MAX)
+        return self.conn
+
+    def iterate(self, *, timeout: float | None = None, ping: float = 5.0) -> Iterator[Notification]:
+        """Yield notifications; stop after `timeout` seconds without one (None: never)."""
+        idle_since = time.monotonic()
+        while timeout is None or time.monotonic() - idle_since < timeout:
+            conn = self._connection()
+            wait = ping if timeout is None else min(ping, max(0.0, timeout - (time.monotonic()
+                                                                                  - idle_since)))
+            try:
+                for note in conn.notifies(timeout=wait):
+                    idle_since = time.monotonic()
+                    yield Notification(note.channel, _decode(note.payload), note.pid)
+                conn.execute("SELECT 1")  # a real round trip: finds a dead connection
+            except psycopg.OperationalError:
+                log.warning("listener connection lost", extra={"event": "listener_lost"})
+                self.close()
+                self.reconnects += 1
+
+
+def _decode(payload: str) -> dict[str, Any]:
+    try:
+        value = json.loads(payload)
+    except ValueError:
+        return {"raw": payload}
+    return value if isinstance(value, dict) else {"raw": value}
