@@ -76,7 +76,8 @@ class JobQueue:
                 yield conn
                 return
             if self._pool.closed:
-                self._pool.open(wait=False)
+                db.connect(self.url).close()  # fails fast, in one line, when unreachable
+                self._pool.open(wait=True, timeout=10)
             with self._pool.connection() as pooled:
                 yield pooled
         except pgerrors.ForeignKeyViolation:

@@ -27,6 +27,9 @@ HOST_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
 log() { printf 'make-base-image: %s\n' "$*" >&2; }
 die() { printf 'make-base-image: ERROR: %s\n' "$*" >&2; exit 1; }
 need_root() { [ "$(id -u)" -eq 0 ] || die "must run as root to $1"; }
+# Any other failing command: say which one instead of exiting silently.
+set -E
+trap 'die "unexpected failure (exit $?) at line $LINENO: $BASH_COMMAND"' ERR
 
 # ---------------------------------------------------------------- packages --
 ensure_packages() {
@@ -96,10 +99,10 @@ apt_uri_for_suite() {
     local suite=$1 f found=""
     local lists=() deb822=()
     for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
-        [[ -r $f ]] && lists+=("$f")
+        if [[ -r $f ]]; then lists+=("$f"); fi
     done
     for f in /etc/apt/sources.list.d/*.sources; do
-        [[ -r $f ]] && deb822+=("$f")
+        if [[ -r $f ]]; then deb822+=("$f"); fi
     done
     if [[ ${#lists[@]} -gt 0 ]]; then
         found=$(awk -v s="$suite" '
@@ -148,20 +151,21 @@ write_pip_conf() {
     fi
     take() {  # take KEY VALUE SOURCE
         local k=$1 v=$2 src=$3 url kept=()
-        [[ $k == default-timeout ]] && k=timeout
+        if [[ $k == default-timeout ]]; then k=timeout; fi
         case $k in
             index-url|extra-index-url)
                 for url in $v; do
                     if [[ $url == http://* || $url == https://* ]]; then kept+=("$url")
                     else log "pip: not copying $k $url from $src (host-local)"; fi
                 done
-                [[ ${#kept[@]} -gt 0 ]] && conf[$k]="${kept[*]}"
+                if [[ ${#kept[@]} -gt 0 ]]; then conf[$k]="${kept[*]}"; fi
                 ;;
             trusted-host|proxy|timeout|retries|disable-pip-version-check)
                 conf[$k]=$v ;;
             cert|client-cert) ;;  # replaced by the image's own bundle below
             *) log "pip: not copying $k=$v from $src (host-local or not network-related)" ;;
         esac
+        return 0
     }
     # Config files first (global < user < site), then PIP_* variables, which
     # override them, as in pip itself.
@@ -180,13 +184,13 @@ write_pip_conf() {
     done < <(compgen -e | grep '^PIP_' || true)
     if [[ -z ${conf[proxy]:-} ]]; then
         value=${HTTPS_PROXY:-${https_proxy:-${HTTP_PROXY:-${http_proxy:-}}}}
-        [[ -n $value ]] && conf[proxy]=$value
+        if [[ -n $value ]]; then conf[proxy]=$value; fi
     fi
     {
         printf '# Written by deploy/docker/base/make-base-image.sh from the host pip settings.\n'
         printf '[global]\ncert = %s\n' "$HOST_CA_BUNDLE"
         for key in "${order[@]}"; do
-            [[ -n ${conf[$key]:-} ]] && printf '%s = %s\n' "$key" "${conf[$key]}"
+            if [[ -n ${conf[$key]:-} ]]; then printf '%s = %s\n' "$key" "${conf[$key]}"; fi
         done
     } >"$out"
     unset -f take
@@ -226,8 +230,9 @@ build_image() {
     if ! debootstrap --variant=minbase --include="$PACKAGES" \
             "$SUITE" "$rootfs" "$mirror" >"$workdir/debootstrap.log" 2>&1; then
         cp "$workdir/debootstrap.log" /tmp/make-base-image-debootstrap.log
-        [[ -f $rootfs/debootstrap/debootstrap.log ]] &&
+        if [[ -f $rootfs/debootstrap/debootstrap.log ]]; then
             tail -n 20 "$rootfs/debootstrap/debootstrap.log" >&2
+        fi
         tail -n 20 "$workdir/debootstrap.log" >&2
         die "debootstrap failed (log copied to /tmp/make-base-image-debootstrap.log)"
     fi
@@ -284,8 +289,9 @@ SOURCES
     apt-config dump 2>/dev/null |
         grep -E '^Acquire::((https?|ftp)::Proxy|Check-Valid-Until|Check-Date)' \
             >"$rootfs/etc/apt/apt.conf.d/99host-acquire" || true
-    [[ -s $rootfs/etc/apt/apt.conf.d/99host-acquire ]] ||
+    if [[ ! -s $rootfs/etc/apt/apt.conf.d/99host-acquire ]]; then
         rm -f "$rootfs/etc/apt/apt.conf.d/99host-acquire"
+    fi
 
     # Slim down: package caches and lists are re-fetched by `apt-get update`.
     rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/cache/apt/*.bin \
