@@ -35,7 +35,8 @@ def validate_url(url: str) -> str:
     try:
         params = conninfo.conninfo_to_dict(url)
     except psycopg.ProgrammingError as exc:
-        raise ConfigError(f"DATABASE_URL is not a valid PostgreSQL URL: {_first_line(exc)}") \
+        raise ConfigError("DATABASE_URL is not a valid PostgreSQL URL: "
+                          f"{_first_line(exc, redact=True)}") \
             from None
     port = str(params.get("port", "5432"))
     if not all(p.isdigit() and 0 < int(p) < 65536 for p in port.split(",")):
@@ -46,10 +47,10 @@ def validate_url(url: str) -> str:
     return url
 
 
-def _first_line(exc: BaseException) -> str:
+def _first_line(exc: BaseException, *, redact: bool = False) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    # libpq quotes the offending fragment, which can be a password: drop quoted text.
-    return re.sub(r'"[^"]*"', '"..."', text)
+    # A parse error quotes the offending fragment, which can be a password.
+    return re.sub(r'"[^"]*"', '"..."', text) if redact else text
 
 
 def connect(url: str, *, autocommit: bool = True, application_name: str = "mobvibe",
