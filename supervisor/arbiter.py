@@ -1,0 +1,316 @@
+"""The supervisor's parent process: spawn workers, reap them, replace them, stop them.
+
+One loop, one thread. Signal handlers do nothing but wake the loop (the
+signal number arrives on a pipe); every decision is taken in the loop.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import signal
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from supervisor import children, clock
+from supervisor.children import Exit
+from supervisor.logs import event
+from supervisor.rescue import Rescuer
+from supervisor.settings import Settings
+from supervisor.slots import Slots
+from supervisor.worker import EXIT_FENCED, EXIT_LEASE_LOST
+
+log = logging.getLogger(__name__)
+TICK = 0.25
+RELEASE_GRACE = 3.0  # after USR1 ("release now"), how long before KILL
+EXIT_CRASH_LOOP = 3
+
+
+@dataclass
+class Child:
+    """A child process the arbiter watches."""
+
+    pid: int
+    kind: str  # "worker", "reaper" or "http"
+    index: int = -1
+    started: float = field(default_factory=clock.monotonic)
+    retiring: bool = False
+    killed_for: str | None = None  # the reason when the arbiter killed it
+
+
+class Arbiter:
+    """Keeps `settings.workers` workers (and the reaper and HTTP children) running."""
+
+    def __init__(self, settings: Settings, worker_main: Callable[[int, Slots], int],
+                 aux: dict[str, Callable[[Slots], int]]) -> None:
+        self.settings = settings
+        self.worker_main = worker_main
+        self.aux = aux
+        self.slots = Slots(settings.workers)
+        self.rescuer = Rescuer(settings)
+        self.children: dict[int, Child] = {}
+        self.restart_at: dict[int, float] = {}
+        self.exits: dict[int, deque[float]] = {i: deque() for i in range(settings.workers)}
+        self.crashes: deque[float] = deque()
+        self.stopping = False
+        self.release_at: float | None = None
+        self.kill_at: float | None = None
+        self.exit_code = 0
+        self.retire_queue: deque[int] = deque()
+        self.last_drain_check = 0.0
+        self._pipe_r, self._pipe_w = os.pipe()
+
+    # -- the loop --------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until stopped; return the exit code of the supervisor."""
+        self._install_signals()
+        for name in self.aux:
+            self.spawn_aux(name)
+        event(log, logging.INFO, "supervisor_started", "supervisor started",
+              workers=self.settings.workers)
+        while True:
+            self.manage_workers()
+            self.slots.tick(clock.monotonic(), self.workers_alive())
+            self.wait()
+            self.reap()
+            self.murder()
+            self.roll()
+            self.check_drain()
+            if self.stopping and not self.children:
+                break
+        event(log, logging.INFO, "supervisor_stopped", "supervisor stopped",
+              exit_code=self.exit_code)
+        return self.exit_code
+
+    def _install_signals(self) -> None:
+        os.set_blocking(self._pipe_w, False)
+        signal.set_wakeup_fd(self._pipe_w, warn_on_full_buffer=False)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGQUIT):
+            signal.signal(sig, lambda signum, frame: None)  # the pipe carries the signal number
+
+    def wait(self) -> None:
+        """Sleep until a signal or the next tick; handle the signals that arrived."""
+        try:
+            ready, _, _ = select.select([self._pipe_r], [], [], TICK)
+        except InterruptedError:
+            return
+        if ready:
+            for signum in os.read(self._pipe_r, 512):
+                self.handle_signal(signum)
+
+    def handle_signal(self, signum: int) -> None:
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            self.stop(graceful=not self.stopping, reason=signal.Signals(signum).name)
+        elif signum == signal.SIGQUIT:
+            self.stop(graceful=False, reason="SIGQUIT")
+        elif signum == signal.SIGHUP and not self.stopping:
+            event(log, logging.INFO, "rolling_restart", "replacing the workers one by one")
+            self.retire_queue.extend(c.pid for c in self.workers())
+
+    # -- workers ---------------------------------------------------------------
+
+    def workers(self) -> list[Child]:
+        return [c for c in self.children.values() if c.kind == "worker"]
+
+    def workers_alive(self) -> int:
+        return len(self.workers())
+
+    def manage_workers(self) -> None:
+        """Start a worker in every empty slot whose restart delay has passed."""
+        if self.stopping:
+            return
+        taken = {c.index for c in self.workers()}
+        now = clock.monotonic()
+        for index in range(self.settings.workers):
+            if index not in taken and self.restart_at.get(index, 0.0) <= now:
+                self.spawn_worker(index)
+        from supervisor import metrics  # noqa: PLC0415
+
+        metrics.WORKERS_ALIVE.set(self.workers_alive())
+
+    def spawn_worker(self, index: int) -> None:
+        pid = children.fork(lambda: self.worker_main(index, self.slots),
+                            (self._pipe_r, self._pipe_w))
+        self.children[pid] = Child(pid, "worker", index)
+        event(log, logging.INFO, "worker_spawned", "worker started", worker_index=index,
+              worker_pid=pid)
+
+    def spawn_aux(self, name: str) -> None:
+        target = self.aux[name]
+        pid = children.fork(lambda: target(self.slots), (self._pipe_r, self._pipe_w))
+        self.children[pid] = Child(pid, name)
+
+    def reap(self) -> None:
+        """Collect every exited child, ours or an orphan handed to us as PID 1."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            child = self.children.pop(pid, None)
+            if child is not None:
+                self.child_exited(child, Exit.from_status(status))
+
+    def child_exited(self, child: Child, how: Exit) -> None:
+        from prometheus_client import multiprocess  # noqa: PLC0415
+
+        multiprocess.mark_process_dead(child.pid)
+        if child.kind != "worker":
+            self._aux_exited(child, how)
+            return
+        cause = self._exit_cause(child, how)
+        holding = self.slots.holding(child.index)
+        self.slots.clear(child.index)
+        event(log, logging.INFO if cause in ("clean", "recycled") else logging.WARNING,
+              "worker_exited", f"worker exited: {how.describe}", worker_index=child.index,
+              worker_pid=child.pid, cause=cause, holding=str(holding.job_id) if holding else None)
+        if holding is not None and how.code != EXIT_LEASE_LOST:
+            reason = child.killed_for or ("heartbeat_expired" if how.code == EXIT_FENCED
+                                          else "worker_exited")
+            self.rescuer.rescue(holding, reason, self._rescue_message(child, how))
+        self._schedule_restart(child, cause)
+
+    def _exit_cause(self, child: Child, how: Exit) -> str:
+        from supervisor import metrics  # noqa: PLC0415
+
+        if child.killed_for == "deadline_exceeded":
+            cause = "deadline"
+        elif how.code in (0, EXIT_LEASE_LOST, EXIT_FENCED):
+            cause = "clean" if self.stopping or child.retiring or how.code else "recycled"
+        else:
+            cause = "signal" if how.signal is not None else "error"
+        metrics.WORKER_EXITS.labels(cause).inc()
+        return cause
+
+    def _rescue_message(self, child: Child, how: Exit) -> str:
+        if child.killed_for == "deadline_exceeded":
+            return f"job exceeded --job-timeout ({self.settings.job_timeout:g} s)"
+        if child.killed_for == "heartbeat_expired" or how.code == EXIT_FENCED:
+            return "worker stopped renewing the lease"
+        if child.killed_for == "released":
+            return "released at shutdown"
+        return f"worker exited ({how.describe})"
+
+    def _schedule_restart(self, child: Child, cause: str) -> None:
+        if self.stopping:
+            return
+        from supervisor import metrics  # noqa: PLC0415
+
+        now = clock.monotonic()
+        delay = 0.0
+        if cause in ("signal", "error"):
+            recent = self.exits[child.index]
+            recent.append(now)
+            while recent and now - recent[0] > self.settings.crash_loop_window:
+                recent.popleft()
+            # the first crash is replaced at once; repeated ones wait longer each time
+            delay = min(10.0, 0.1 * 2 ** (len(recent) - 2)) if len(recent) > 1 else 0.0
+            self._count_crash(now)
+        self.restart_at[child.index] = now + delay
+        metrics.WORKER_RESTARTS.inc()
+
+    def _count_crash(self, now: float) -> None:
+        self.crashes.append(now)
+        while self.crashes and now - self.crashes[0] > self.settings.crash_loop_window:
+            self.crashes.popleft()
+        if len(self.crashes) >= self.settings.crash_loop_limit:
+            event(log, logging.CRITICAL, "crash_loop",
+                  f"{len(self.crashes)} worker crashes within "
+                  f"{self.settings.crash_loop_window:g} s: stopping the supervisor so that "
+                  "its orchestrator restarts it")
+            self.exit_code = EXIT_CRASH_LOOP
+            self.stop(graceful=False, reason="crash loop")
+
+    def _aux_exited(self, child: Child, how: Exit) -> None:
+        if not self.stopping:
+            event(log, logging.WARNING, "child_exited", f"{child.kind} exited: {how.describe}; "
+                  "starting it again", child=child.kind)
+            self.spawn_aux(child.kind)
+
+    # -- deadlines and fencing ---------------------------------------------------
+
+    def murder(self) -> None:
+        """Kill workers past --job-timeout or silent past the fence; stop at shutdown deadlines."""
+        now = clock.monotonic()
+        for child in self.workers():
+            holding = self.slots.holding(child.index)
+            if holding is None or child.killed_for:
+                continue
+            timeout = self.settings.job_timeout
+            # An --exec command is timed out by its worker; this is the backstop.
+            grace = 5.0 + 2.0 if self.settings.exec_cmd else 0.0
+            if timeout and now - holding.started > timeout + grace:
+                self.kill(child, "deadline_exceeded")
+            elif now - holding.heartbeat_ok > self.settings.fence_after + \
+                    self.settings.heartbeat_interval:
+                self.kill(child, "heartbeat_expired")
+        if self.release_at is not None and now >= self.release_at:
+            self.release_at = None
+            self.kill_at = now + RELEASE_GRACE
+            for child in self.workers():
+                self.signal(child, signal.SIGUSR1)
+        if self.kill_at is not None and now >= self.kill_at:
+            self.kill_at = None
+            for child in self.workers():
+                self.kill(child, "released")
+
+    def kill(self, child: Child, reason: str) -> None:
+        child.killed_for = reason
+        event(log, logging.WARNING, "worker_killed", f"killing worker: {reason}",
+              worker_index=child.index, worker_pid=child.pid)
+        self.signal(child, signal.SIGKILL)
+
+    def signal(self, child: Child, sig: int) -> None:
+        try:
+            os.kill(child.pid, sig)
+        except OSError as exc:
+            if exc.errno != errno.ESRCH:
+                raise
+
+    # -- rolling restart, drain, stop -------------------------------------------
+
+    def roll(self) -> None:
+        """SIGHUP: retire one worker at a time; the next goes once its replacement runs."""
+        if self.stopping or not self.retire_queue:
+            return
+        if any(c.retiring for c in self.workers()):
+            return
+        if self.workers_alive() < self.settings.workers:
+            return  # wait until the last replacement is up
+        pid = self.retire_queue.popleft()
+        child = self.children.get(pid)
+        if child is not None:
+            child.retiring = True
+            self.signal(child, signal.SIGTERM)
+
+    def check_drain(self) -> None:
+        if not self.settings.drain or self.stopping:
+            return
+        now = clock.monotonic()
+        if now - self.last_drain_check < 0.5:
+            return
+        self.last_drain_check = now
+        if self.rescuer.queue_is_empty():
+            self.stop(graceful=True, reason="queue drained")
+
+    def stop(self, graceful: bool, reason: str) -> None:
+        """Graceful: stop claiming, finish running jobs, release what is left at the timeout.
+
+        Not graceful (a second signal): release the running jobs now.
+        """
+        now = clock.monotonic()
+        if not self.stopping:
+            event(log, logging.INFO, "shutdown_started", f"stopping ({reason})",
+                  graceful=graceful, timeout=self.settings.shutdown_timeout)
+            self.stopping = True
+            for child in list(self.children.values()):
+                self.signal(child, signal.SIGTERM)
+            self.release_at = now + self.settings.shutdown_timeout
+        if not graceful:
+            self.release_at = now

@@ -1,0 +1,118 @@
+"""Finishing an attempt: complete (and claim the next), fail, or release, with its lease."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+
+from supervisor import clock
+from supervisor.handlers import Outcome
+from supervisor.jobs import Job
+from supervisor.logs import event
+from supervisor.sqlfiles import query
+
+log = logging.getLogger(__name__)
+Connect = Callable[[], psycopg.Connection[Any]]
+
+
+def finish_job(connect: Connect, worker_id: str, job: Job, outcome: Outcome, duration: float,
+               chain: bool, retry_for: float) -> Job | None:
+    """Record how `job` ended; with `chain` (a completion) also claim the next job.
+
+    A connection lost on the way is retried with the same fenced statement,
+    which is safe to repeat, for up to `retry_for` seconds; after that the
+    reaper gets the job back.
+    """
+    deadline = clock.monotonic() + retry_for
+    delay = 0.1
+    while True:
+        try:
+            return _finish_once(connect(), worker_id, job, outcome, duration, chain)
+        except (psycopg.OperationalError, psycopg.InterfaceError):
+            if clock.monotonic() + delay > deadline:
+                raise
+            clock.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+def _finish_once(conn: psycopg.Connection[Any], worker_id: str, job: Job, outcome: Outcome,
+                 duration: float, chain: bool) -> Job | None:
+    from supervisor import metrics  # noqa: PLC0415 - after PROMETHEUS_MULTIPROC_DIR is set
+
+    metrics.JOB_DURATION.observe(duration)
+    fields = {"worker": worker_id, "job_id": str(job.id), "session_id": str(job.session_id),
+              "attempt": job.attempt, "duration_ms": round(duration * 1000, 1)}
+    if outcome.reason == "lease_lost":
+        _lease_lost(fields)
+        return None
+    if outcome.ok:
+        return _complete(conn, worker_id, job, chain, fields)
+    if outcome.reason == "released":
+        released = conn.execute(query("release_job"), {"job_id": job.id,
+                                                       "lease_token": job.lease_token,
+                                                       "reason": "released at shutdown"}).fetchone()
+        if released and released[0]:
+            metrics.ATTEMPTS_ENDED.labels("released").inc()
+            event(log, logging.INFO, "job_released", "job given back at shutdown", **fields)
+        else:
+            _lease_lost(fields)
+        return None
+    record_failure(conn, job.id, job.lease_token, outcome.error, outcome.reason, fields)
+    return None
+
+
+def _complete(conn: psycopg.Connection[Any], worker_id: str, job: Job, chain: bool,
+              fields: dict[str, Any]) -> Job | None:
+    from supervisor import metrics  # noqa: PLC0415
+
+    params = {"job_id": job.id, "lease_token": job.lease_token, "worker_id": worker_id}
+    if chain:
+        row = conn.execute(query("complete_and_claim"), params, prepare=True).fetchone()
+        assert row is not None
+        completed, next_row = row[0], row[1:]
+    else:
+        one = conn.execute(query("complete_job"), params, prepare=True).fetchone()
+        completed, next_row = bool(one and one[0]), (None,)
+    if completed:
+        metrics.JOBS_COMPLETED.inc()
+        metrics.ATTEMPTS_ENDED.labels("completed").inc()
+        event(log, logging.INFO, "job_completed", "job completed", **fields)
+    else:
+        _lease_lost(fields)
+    return None if next_row[0] is None else Job.from_row(next_row)
+
+
+def record_failure(conn: psycopg.Connection[Any], job_id: Any, lease_token: Any, error: str,
+                   reason: str, fields: dict[str, Any]) -> bool | None:
+    """fail_job with the lease; counts and logs the retry or dead letter. None: lease lost."""
+    from supervisor import metrics  # noqa: PLC0415
+
+    row = conn.execute(query("fail_job"), {"job_id": job_id, "lease_token": lease_token,
+                                           "error": error, "reason": reason}).fetchone()
+    will_retry = None if row is None else row[0]
+    if will_retry is None:
+        _lease_lost(fields)
+        return None
+    metrics.JOBS_FAILED.inc()
+    metrics.ATTEMPTS_ENDED.labels(reason).inc()
+    if will_retry:
+        metrics.JOBS_RETRIED.inc()
+        event(log, logging.WARNING, "job_retry_scheduled", f"attempt failed: {error}",
+              reason=reason, **fields)
+    else:
+        metrics.JOBS_DEAD_LETTERED.inc()
+        event(log, logging.ERROR, "job_dead_lettered", f"attempts exhausted: {error}",
+              reason=reason, **fields)
+    return bool(will_retry)
+
+
+def _lease_lost(fields: dict[str, Any]) -> None:
+    from supervisor import metrics  # noqa: PLC0415
+
+    metrics.LEASES_LOST.inc()
+    metrics.ATTEMPTS_ENDED.labels("lease_lost").inc()
+    event(log, logging.WARNING, "lease_lost", "the job's lease was taken away; result dropped",
+          **fields)

@@ -1,0 +1,225 @@
+"""A worker process: wait for work, claim one job, run it, finish it with its lease; again."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import select
+import signal
+from typing import Any
+
+import psycopg
+
+from supervisor import clock, db
+from supervisor.handlers import Aborted, Handler, Outcome
+from supervisor.heartbeat import Heartbeat
+from supervisor.jobs import Job
+from supervisor.logs import event
+from supervisor.notify import listen
+from supervisor.settings import Settings
+from supervisor.slots import Slots
+from supervisor.sqlfiles import query
+
+log = logging.getLogger(__name__)
+
+# Exit codes the parent reads: why a worker left.
+EXIT_OK = 0
+EXIT_LEASE_LOST = 70  # a Python handler's lease was taken away: the process was its only stop
+EXIT_FENCED = 71  # the lease could not be renewed: stopped before another worker ran the job
+RECONNECT_DELAY_MAX = 5.0
+IDLE_RECHECK = 0.1  # a due job that another transaction holds: look again soon
+
+
+class Worker:
+    """The loop of one worker process. Signals: TERM stop after this job, USR1 release now."""
+
+    def __init__(self, settings: Settings, index: int, slots: Slots, handler: Handler) -> None:
+        self.settings = settings
+        self.index = index
+        self.slots = slots
+        self.handler = handler
+        self.pid = os.getpid()
+        self.worker_id = f"{settings.node}:{index}:{self.pid}"
+        self.conn: psycopg.Connection[Any] | None = None
+        self.stopping = False
+        self.releasing = False
+        self.wake_pending = True  # poll once at start
+        self.jobs_done = 0
+        self.current: Job | None = None
+        self.in_handler = False
+        self.lost_reason: str | None = None
+        self._wakeup_r, self._wakeup_w = os.pipe()
+        self.heartbeat = Heartbeat(settings.database_url, settings.heartbeat_interval,
+                                   settings.fence_after, self._on_lost, self._on_renewed)
+
+    # -- process life ----------------------------------------------------------
+
+    def run(self) -> int:
+        """Work until told to stop; return the process exit code."""
+        self._install_signals()
+        self.heartbeat.start()
+        event(log, logging.INFO, "worker_started", "worker ready", worker=self.worker_id)
+        job: Job | None = None
+        while not self.stopping:
+            try:
+                job = job or self._next_job()
+                if job is not None:
+                    job = self._process(job)
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                job = None
+                self._connection_lost(exc)
+        self.heartbeat.stop()
+        event(log, logging.INFO, "worker_stopped", "worker stopped", worker=self.worker_id,
+              jobs=self.jobs_done)
+        return EXIT_OK
+
+    def _install_signals(self) -> None:
+        os.set_blocking(self._wakeup_w, False)
+        signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGUSR1, self._on_release)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C means
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    def _on_term(self, signum: int, frame: Any) -> None:
+        self.stopping = True
+
+    def _on_release(self, signum: int, frame: Any) -> None:
+        self.stopping = self.releasing = True
+        if self.current is not None and not self.handler.abort() and self.in_handler:
+            raise Aborted("released at shutdown")
+
+    def _on_lost(self, reason: str) -> None:
+        """From the heartbeat thread: the running job is no longer ours."""
+        self.lost_reason = reason
+        if not self.handler.abort():
+            # A Python handler cannot be stopped from another thread: end the
+            # process; the parent starts a fresh worker.
+            os._exit(EXIT_LEASE_LOST if reason == "lease_lost" else EXIT_FENCED)
+
+    def _on_renewed(self, now: float) -> None:
+        self.slots.heartbeat_ok(self.index, now)
+
+    # -- database --------------------------------------------------------------
+
+    def _db(self) -> psycopg.Connection[Any]:
+        if self.conn is None or self.conn.closed:
+            extra = {} if self.settings.durable_completions else \
+                {"options": "-c synchronous_commit=off"}
+            self.conn = db.connect(self.settings.database_url, application_name="mobvibe-worker",
+                                   **extra)
+            self.conn.add_notify_handler(self._on_notify)
+            listen(self.conn, ["new_job"])
+            self.wake_pending = True  # notifications may have been missed: poll now
+        return self.conn
+
+    def _on_notify(self, notify: Any) -> None:
+        self.wake_pending = True
+
+    def _connection_lost(self, exc: BaseException) -> None:
+        event(log, logging.WARNING, "db_connection_lost", "database connection lost; reconnecting",
+              worker=self.worker_id, error=str(exc).splitlines()[0] if str(exc) else "")
+        if self.conn is not None:
+            self.conn.close()
+        self.conn = None
+        delay = 0.1
+        while not self.stopping:
+            try:
+                self._db()
+                return
+            except Exception:  # noqa: BLE001 - keep trying until the database is back
+                self._sleep(delay)
+                delay = min(2 * delay, RECONNECT_DELAY_MAX)
+
+    # -- the loop --------------------------------------------------------------
+
+    def _next_job(self) -> Job | None:
+        """Claim a job, or wait for a notification, the poll interval, or the next due retry."""
+        conn = self._db()
+        self.wake_pending = False
+        row = conn.execute(query("claim_next_job"), {"worker_id": self.worker_id},
+                           prepare=True).fetchone()
+        if row is not None:
+            return Job.from_row(row)
+        if not self.wake_pending:
+            self._wait(conn)
+        return None
+
+    def _wait(self, conn: psycopg.Connection[Any]) -> None:
+        next_run_at, now = conn.execute(query("next_run_at"), prepare=True).fetchone()  # type: ignore[misc]
+        poll = self.settings.poll_interval * random.uniform(0.8, 1.0)  # noqa: S311 - jitter
+        if next_run_at is not None:
+            due_in = (next_run_at - now).total_seconds()
+            poll = min(poll, due_in if due_in > 0 else IDLE_RECHECK)
+        ready = self._sleep(poll, conn)
+        if conn.fileno() in ready:
+            conn.pgconn.consume_input()
+            while conn.pgconn.notifies() is not None:
+                self.wake_pending = True
+
+    def _sleep(self, seconds: float, conn: psycopg.Connection[Any] | None = None) -> list[int]:
+        """Sleep up to `seconds`; a signal or (with conn) database input ends it early."""
+        fds = [self._wakeup_r] + ([conn.fileno()] if conn is not None else [])
+        try:
+            ready, _, _ = select.select(fds, [], [], max(0.0, seconds))
+        except InterruptedError:
+            return []
+        if self._wakeup_r in ready:
+            os.read(self._wakeup_r, 512)
+        return ready
+
+    def _process(self, job: Job) -> Job | None:
+        """Run `job` and finish it; return the next job when the finish claimed one."""
+        self.current, self.lost_reason = job, None
+        self.slots.hold(self.index, self.pid, job.id, job.lease_token, job.attempt,
+                        clock.monotonic())
+        self.heartbeat.track(job.id, job.lease_token)
+        started = clock.monotonic()
+        outcome = self._run_handler(job, started)
+        self.heartbeat.untrack()
+        try:
+            return self._finish(job, outcome, clock.monotonic() - started)
+        finally:
+            self.current = None
+            self.slots.release(self.index, self.pid)
+            self.jobs_done += 1
+            limit = self.settings.max_jobs_per_worker
+            if limit and self.jobs_done >= limit:
+                self.stopping = True
+
+    def _run_handler(self, job: Job, started: float) -> Outcome:
+        from supervisor import metrics  # noqa: PLC0415
+
+        metrics.JOBS_CLAIMED.inc()
+        timeout = self.settings.job_timeout
+        event(log, logging.DEBUG, "job_claimed", "job claimed", worker=self.worker_id,
+              job_id=str(job.id), session_id=str(job.session_id), attempt=job.attempt)
+        self.in_handler = True
+        try:
+            return self.handler.run(job, started + timeout if timeout else None)
+        except Aborted:
+            return Outcome(False, "released at shutdown", "released")
+        finally:
+            self.in_handler = False
+
+    def _finish(self, job: Job, outcome: Outcome, duration: float) -> Job | None:
+        from supervisor import finish  # noqa: PLC0415
+
+        if self.releasing and not outcome.ok:
+            outcome = Outcome(False, "released at shutdown", "released")
+        if self.lost_reason is not None:
+            outcome = Outcome(False, "the job's lease was taken away", "lease_lost")
+        chain = outcome.ok and not self.stopping and not self._recycle_due()
+        return finish.finish_job(self._db, self.worker_id, job, outcome, duration, chain,
+                                 retry_for=self.settings.heartbeat_timeout)
+
+    def _recycle_due(self) -> bool:
+        limit = self.settings.max_jobs_per_worker
+        return bool(limit) and self.jobs_done + 1 >= limit
+
+
+def run_worker(settings: Settings, index: int, slots: Slots, handler: Handler) -> int:
+    """Entry point of a forked worker process."""
+    return Worker(settings, index, slots, handler).run()
+
