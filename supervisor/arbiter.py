@@ -53,6 +53,8 @@ class Arbiter:
         self.rescuer = Rescuer(settings)
         self.children: dict[int, Child] = {}
         self.restart_at: dict[int, float] = {}
+        self.aux_restart_at: dict[str, float] = {}
+        self.aux_delay: dict[str, float] = {}
         self.exits: dict[int, deque[float]] = {i: deque() for i in range(settings.workers)}
         self.crashes: deque[float] = deque()
         self.stopping = False
@@ -125,6 +127,10 @@ class Arbiter:
             return
         taken = {c.index for c in self.workers()}
         now = clock.monotonic()
+        for name, at in list(self.aux_restart_at.items()):
+            if at <= now:
+                del self.aux_restart_at[name]
+                self.spawn_aux(name)
         for index in range(self.settings.workers):
             if index not in taken and self.restart_at.get(index, 0.0) <= now:
                 self.spawn_worker(index)
@@ -228,10 +234,16 @@ class Arbiter:
             self.stop(graceful=False, reason="crash loop")
 
     def _aux_exited(self, child: Child, how: Exit) -> None:
-        if not self.stopping:
-            event(log, logging.WARNING, "child_exited", f"{child.kind} exited: {how.describe}; "
-                  "starting it again", child=child.kind)
-            self.spawn_aux(child.kind)
+        if self.stopping:
+            return
+        # A child that ran for a while starts again at once; one that keeps
+        # failing at start waits longer each time (up to a minute).
+        now = clock.monotonic()
+        delay = 0.0 if now - child.started > 60 else min(60.0, 2 * self.aux_delay.get(child.kind, 0.5))
+        self.aux_delay[child.kind] = delay
+        event(log, logging.WARNING, "child_exited", f"{child.kind} exited: {how.describe}; "
+              f"starting it again in {delay:g} s", child=child.kind)
+        self.aux_restart_at[child.kind] = now + delay
 
     # -- deadlines and fencing ---------------------------------------------------
 
