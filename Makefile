@@ -1,0 +1,72 @@
+# Two commands on a fresh machine: `make run` (the main job, on an embedded
+# PostgreSQL unless DATABASE_URL is set) and `make test`.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+PYTEST := $(PY) -m pytest
+TOOLS := .tools
+PROMTOOL := $(TOOLS)/promtool
+WORKERS ?= 4
+
+.PHONY: venv run demo-jobs test test-unit test-contract test-processes test-reaper \
+        test-stateful test-faults test-deploy soak bench image clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(BIN)/.installed
+
+# promtool checks a live /metrics scrape; Debian ships it in the prometheus
+# package, of which only the one binary is unpacked here.
+$(PROMTOOL):
+	@mkdir -p $(TOOLS)/deb
+	@( cd $(TOOLS)/deb && (apt-get download prometheus >/dev/null 2>&1 || \
+	   (apt-get update >/dev/null 2>&1 && apt-get download prometheus >/dev/null 2>&1)) && \
+	   dpkg-deb -x prometheus_*.deb root && cp root/usr/bin/promtool ../promtool ) || \
+	   echo "promtool unavailable: the promtool check will be skipped"
+	@rm -rf $(TOOLS)/deb
+
+run: venv
+	$(BIN)/mobvibe-queue migrate
+	$(BIN)/mobvibe-queue enqueue --priority 5 "Build a todo app with React Native" \
+	    "Add dark mode to the settings screen" "Write unit tests for the login form"
+	$(BIN)/mobvibe-queue enqueue --priority 10 "Fix the crash on startup"
+	$(BIN)/mobvibe-queue enqueue --max-retries 2 "This prompt asks the demo handler to fail"
+	$(BIN)/mobvibe-supervisor --workers $(WORKERS) --drain --log-format text \
+	    --metrics-port 0 --poll-interval 1
+	$(BIN)/mobvibe-queue stats
+
+test: venv $(PROMTOOL)
+	PATH="$(CURDIR)/$(TOOLS):$$PATH" $(PYTEST) -m "not soak" -q
+
+test-unit: venv
+	$(PYTEST) tests/unit -q
+
+test-contract: venv
+	$(PYTEST) tests/contract -q
+
+test-processes: venv $(PROMTOOL)
+	PATH="$(CURDIR)/$(TOOLS):$$PATH" $(PYTEST) tests/processes -q
+
+test-reaper: venv
+	$(PYTEST) tests/reaper -q
+
+test-stateful: venv
+	$(PYTEST) tests/stateful -q
+
+test-faults: venv
+	$(PYTEST) tests/faults -q
+
+test-deploy: venv
+	$(PYTEST) tests/deploy -q
+
+soak: venv
+	HYPOTHESIS_PROFILE=long $(PYTEST) -m soak tests -q
+
+clean:
+	rm -rf $(VENV) $(TOOLS) build *.egg-info .pytest_cache .hypothesis
