@@ -25,7 +25,8 @@ seconds = click.FloatRange(min=0)
 @database_option
 @click.option("--workers", type=int, default=os.cpu_count() or 1, show_envvar=True,
               help="Worker processes to run (default: the number of CPUs).")
-@click.option("--exec", "exec_cmd", default=None, show_envvar=True, metavar="CMD",
+@click.option("--exec", "exec_cmd", default=None, envvar="MOBVIBE_EXEC", show_envvar=True,
+              metavar="CMD",
               help="Run CMD per job: prompt on stdin, JOB_ID, SESSION_ID, ATTEMPT in the "
                    "environment; exit 0 completes, non-zero fails with the end of stderr.")
 @click.option("--handler", default=None, show_envvar=True, metavar="PKG.MOD:FUNC",
