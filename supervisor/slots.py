@@ -77,14 +77,16 @@ class Slots:
 
     def holding(self, index: int) -> Holding | None:
         """The job worker `index` holds, or None (also when its slot is half-written)."""
+        offset = self._offset(index)
         for _ in range(100):
-            before = struct.unpack_from("=Q", self._map, self._offset(index))[0]
-            seq, _pid, job, lease, attempt, started = self._read(index)
-            if before == seq and seq % 2 == 0:
+            before = struct.unpack_from("=Q", self._map, offset)[0]
+            _seq, _pid, job, lease, attempt, started = self._read(index)
+            heartbeat_ok = _HEARTBEAT.unpack_from(self._map, offset + _SLOT.size)[0]
+            after = struct.unpack_from("=Q", self._map, offset)[0]
+            # Consistent only if no write began or ended while we copied.
+            if before == after and before % 2 == 0:
                 if job == _EMPTY_UUID:
                     return None
-                heartbeat_ok = _HEARTBEAT.unpack_from(self._map,
-                                                      self._offset(index) + _SLOT.size)[0]
                 return Holding(uuid.UUID(bytes=job), uuid.UUID(bytes=lease), attempt, started,
                                heartbeat_ok)
         return None
