@@ -25,6 +25,11 @@ SELECT queue_release_job(%(job_id)s, %(lease_token)s, %(reason)s)
 -- name: reap_expired
 SELECT job_id, session_id, will_retry FROM queue_reap_expired(%(timeout)s, %(batch_size)s)
 
+-- The reaper's report: retries waiting for their run_at. Only pending rows
+-- are read (get_queue_stats would count every completed job each sweep).
+-- name: waiting_retries
+SELECT count(*), min(run_at) FROM coding_jobs WHERE status = 'pending' AND run_at > queue_now()
+
 -- name: requeue_failed
 SELECT queue_requeue_failed(%(job_id)s)
 
@@ -124,3 +129,48 @@ VALUES (%(version)s, %(name)s, %(checksum)s)
 
 -- name: migrations_table_exists
 SELECT to_regclass('queue_migrations') IS NOT NULL
+
+-- The checks of `mobvibe-queue doctor`: each returns the offending rows (up to
+-- the limit) with, last, how many there are in all.
+
+-- name: doctor_processing_without_live_attempt
+SELECT id, session_id, worker_id, extract(epoch FROM queue_now() - heartbeat_at),
+       count(*) OVER ()
+FROM coding_jobs
+WHERE status = 'processing'
+  AND (lease_token IS NULL OR heartbeat_at IS NULL OR heartbeat_at < queue_now() - %(timeout)s)
+ORDER BY heartbeat_at NULLS FIRST, seq
+LIMIT %(limit)s
+
+-- name: doctor_retry_count_above_max
+SELECT id, session_id, retry_count, max_retries, count(*) OVER ()
+FROM coding_jobs WHERE retry_count > max_retries
+ORDER BY seq LIMIT %(limit)s
+
+-- name: doctor_failed_without_reason
+SELECT id, session_id, count(*) OVER ()
+FROM coding_jobs WHERE status = 'failed' AND coalesce(btrim(error_message), '') = ''
+ORDER BY seq LIMIT %(limit)s
+
+-- A failed session whose jobs are all gone (retention) is fine: only
+-- sessions that still have jobs are checked.
+-- name: doctor_failed_session_without_failed_job
+SELECT NULL::uuid, s.id, count(*) OVER ()
+FROM coding_sessions s
+WHERE s.status = 'failed'
+  AND EXISTS (SELECT 1 FROM coding_jobs j WHERE j.session_id = s.id)
+  AND NOT EXISTS (SELECT 1 FROM coding_jobs j WHERE j.session_id = s.id AND j.status = 'failed')
+ORDER BY s.id LIMIT %(limit)s
+
+-- The queue's functions (the plan's four, the queue_* ones, the trigger
+-- functions) that PUBLIC may execute, directly or by default privileges.
+-- name: doctor_public_functions
+SELECT NULL::uuid, NULL::uuid, p.oid::regprocedure::text, count(*) OVER ()
+FROM pg_proc p
+WHERE p.pronamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema())
+  AND (p.proname IN ('claim_next_job', 'complete_job', 'fail_job', 'get_queue_stats',
+                     'notify_new_job', 'notify_job_status_change')
+       OR starts_with(p.proname, 'queue_'))
+  AND EXISTS (SELECT 1 FROM aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
+              WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE')
+ORDER BY 3 LIMIT %(limit)s

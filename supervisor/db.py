@@ -40,7 +40,9 @@ def validate_url(url: str) -> str:
             from None
     port = str(params.get("port", "5432"))
     if not all(p.isdigit() and 0 < int(p) < 65536 for p in port.split(",")):
-        raise ConfigError(f"DATABASE_URL is not a valid PostgreSQL URL: invalid port {port!r}")
+        # Not echoed: in postgresql://user:pa/ss@host the parser takes "pa" for the port.
+        raise ConfigError("DATABASE_URL is not a valid PostgreSQL URL: invalid port (a number from "
+                          "1 to 65535; percent-encode any / ? # @ in the password)")
     sslmode = params.get("sslmode")
     if sslmode is not None and sslmode not in _SSLMODES:
         raise ConfigError(f"DATABASE_URL is not a valid PostgreSQL URL: invalid sslmode {sslmode!r}")

@@ -11,6 +11,7 @@ from typing import Any
 
 import psycopg
 from psycopg import errors as pgerrors
+from psycopg import pq
 from psycopg_pool import ConnectionPool
 
 from supervisor import db
@@ -119,12 +120,17 @@ class JobQueue:
             "delays": [job.delay for job in checked],
         }
         created = [s for s in new_sessions if s is not None]
-        with self.connection(conn) as c, c.transaction(), c.pipeline():
-            if created:
-                c.cursor().executemany(query("create_session"),
-                                       [{"session_id": s} for s in created])
-            cur = c.execute(query("enqueue_jobs"), params)
-            return [row[0] for row in cur.fetchall()]
+        with self.connection(conn) as c:
+            if not c.autocommit and c.info.transaction_status == pq.TransactionStatus.IDLE:
+                # transaction() on an idle connection would BEGIN and COMMIT, committing
+                # the caller's transaction early; open it first, so that ours is a savepoint.
+                c.execute("SELECT 1")
+            with c.transaction(), c.pipeline():
+                if created:
+                    c.cursor().executemany(query("create_session"),
+                                           [{"session_id": s} for s in created])
+                cur = c.execute(query("enqueue_jobs"), params)
+                return [row[0] for row in cur.fetchall()]
 
     def create_session(self, session_id: uuid.UUID | str | None = None) -> uuid.UUID:
         """Create a coding session (the table belongs to another phase) and return its id."""
@@ -180,14 +186,16 @@ class JobQueue:
 
     def requeue_failed(self, job_id: uuid.UUID | str) -> bool:
         """Bring a dead-lettered job back to pending with its retry count reset."""
+        params = {"job_id": parse_uuid(job_id)}  # a bad id is the caller's error, checked first
         with self.connection() as c:
-            row = c.execute(query("requeue_failed"), {"job_id": parse_uuid(job_id)}).fetchone()
+            row = c.execute(query("requeue_failed"), params).fetchone()
         return bool(row and row[0])
 
     def get(self, job_id: uuid.UUID | str) -> dict[str, Any] | None:
         """The job's row as a dict, or None."""
+        params = {"job_id": parse_uuid(job_id)}
         with self.connection() as c:
-            cur = c.execute(query("get_job"), {"job_id": parse_uuid(job_id)})
+            cur = c.execute(query("get_job"), params)
             row = cur.fetchone()
             names = [d.name for d in cur.description or ()]
         return None if row is None else dict(zip(names, row))

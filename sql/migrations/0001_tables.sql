@@ -26,29 +26,49 @@ CREATE TABLE IF NOT EXISTS coding_jobs (
     created_at    timestamptz NOT NULL DEFAULT now(),
     started_at    timestamptz,
     completed_at  timestamptz,
-    updated_at    timestamptz NOT NULL DEFAULT now(),
-    -- not claimable before run_at; backoff moves it forward
-    run_at        timestamptz NOT NULL DEFAULT now(),
-    -- last sign of life of the attempt holding the job
-    heartbeat_at  timestamptz,
-    -- identity of the attempt holding the job: who, which claim, which number
-    worker_id     text,
-    lease_token   uuid,
-    attempt       integer NOT NULL DEFAULT 0,
-    -- why the last attempt ended (see docs/backend/JOB_QUEUE.md)
-    end_reason    text,
-    -- tie-break for jobs created in the same instant (uuids are unordered)
-    seq           bigint GENERATED ALWAYS AS IDENTITY,
-    CONSTRAINT coding_jobs_status_check
-        CHECK (status IN ('pending', 'processing', 'completed', 'failed')),
-    CONSTRAINT coding_jobs_prompt_check
-        CHECK (prompt <> '' AND octet_length(prompt) <= 1048576),
-    CONSTRAINT coding_jobs_priority_check CHECK (priority BETWEEN 0 AND 10),
-    CONSTRAINT coding_jobs_max_retries_check CHECK (max_retries BETWEEN 1 AND 100),
-    CONSTRAINT coding_jobs_retry_count_check CHECK (retry_count BETWEEN 0 AND max_retries),
-    CONSTRAINT coding_jobs_lease_check
-        CHECK (status <> 'processing' OR (lease_token IS NOT NULL AND heartbeat_at IS NOT NULL))
+    updated_at    timestamptz NOT NULL DEFAULT now()
 ) WITH (fillfactor = 80, autovacuum_vacuum_scale_factor = 0.02, autovacuum_analyze_scale_factor = 0.02);
+
+-- The queue's own columns and checks are added, not created with the table, so
+-- that a coding_jobs made earlier with only the plan's columns gains them too.
+
+-- not claimable before run_at; backoff moves it forward
+ALTER TABLE coding_jobs ADD COLUMN IF NOT EXISTS run_at timestamptz NOT NULL DEFAULT now();
+-- last sign of life of the attempt holding the job
+ALTER TABLE coding_jobs ADD COLUMN IF NOT EXISTS heartbeat_at timestamptz;
+-- identity of the attempt holding the job: who, which claim, which number
+ALTER TABLE coding_jobs ADD COLUMN IF NOT EXISTS worker_id text;
+ALTER TABLE coding_jobs ADD COLUMN IF NOT EXISTS lease_token uuid;
+ALTER TABLE coding_jobs ADD COLUMN IF NOT EXISTS attempt integer NOT NULL DEFAULT 0;
+-- why the last attempt ended (see docs/backend/JOB_QUEUE.md)
+ALTER TABLE coding_jobs ADD COLUMN IF NOT EXISTS end_reason text;
+-- tie-break for jobs created in the same instant (uuids are unordered)
+ALTER TABLE coding_jobs ADD COLUMN IF NOT EXISTS seq bigint GENERATED ALWAYS AS IDENTITY;
+
+DO $$
+DECLARE
+    c record;
+BEGIN
+    FOR c IN SELECT * FROM (VALUES
+        ('coding_jobs_status_check',
+         $c$CHECK (status IN ('pending', 'processing', 'completed', 'failed'))$c$),
+        ('coding_jobs_prompt_check',
+         $c$CHECK (prompt <> '' AND octet_length(prompt) <= 1048576)$c$),
+        ('coding_jobs_priority_check', $c$CHECK (priority BETWEEN 0 AND 10)$c$),
+        ('coding_jobs_max_retries_check', $c$CHECK (max_retries BETWEEN 1 AND 100)$c$),
+        ('coding_jobs_retry_count_check', $c$CHECK (retry_count BETWEEN 0 AND max_retries)$c$),
+        ('coding_jobs_lease_check',
+         $c$CHECK (status <> 'processing'
+                 OR (lease_token IS NOT NULL AND heartbeat_at IS NOT NULL))$c$)
+    ) AS t (name, definition)
+    LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_constraint
+                       WHERE conrelid = 'coding_jobs'::regclass AND conname = c.name) THEN
+            EXECUTE format('ALTER TABLE coding_jobs ADD CONSTRAINT %I %s', c.name, c.definition);
+        END IF;
+    END LOOP;
+END
+$$;
 
 -- The claim walks this index in ORDER BY order and stops at the first due,
 -- unlocked row. Only pending rows are in it, so its cost does not grow with

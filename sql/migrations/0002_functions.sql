@@ -5,9 +5,12 @@
 
 -- The plan's signatures are replaced by ones with optional parameters; drop
 -- them first so that a call such as complete_job(id) is never ambiguous.
+-- get_queue_stats() keeps its signature but gains result columns, which
+-- CREATE OR REPLACE cannot do.
 DROP FUNCTION IF EXISTS claim_next_job();
 DROP FUNCTION IF EXISTS complete_job(uuid);
 DROP FUNCTION IF EXISTS fail_job(uuid, text);
+DROP FUNCTION IF EXISTS get_queue_stats();
 
 -- The one clock of the queue. Tests steer it per session with
 -- SET mobvibe.now = '...'; production reads the transaction's now().
@@ -18,11 +21,15 @@ $$;
 
 -- Delay before retry number `failures`: min(cap, base * 2^(failures-1)),
 -- stretched by a random factor in [1, 1 + jitter] so that retries of jobs that
--- failed together do not all come back at the same instant.
+-- failed together do not all come back at the same instant. Computed in
+-- seconds: as an interval, base * 2^(failures-1) overflows (10 s * 2^40 is
+-- past the interval's ~292,000 years) long before failures reach max_retries.
 CREATE OR REPLACE FUNCTION queue_backoff(failures integer) RETURNS interval
 LANGUAGE sql VOLATILE AS $$
-    SELECT least(c.backoff_cap, c.backoff_base * power(2, least(greatest(failures - 1, 0), 40)))
-           * (1 + c.backoff_jitter * random())
+    SELECT make_interval(secs => least(extract(epoch FROM c.backoff_cap),
+                                       extract(epoch FROM c.backoff_base)
+                                       * power(2, least(greatest(failures - 1, 0), 100)))
+                                 * (1 + c.backoff_jitter * random()))
     FROM queue_config c
 $$;
 
@@ -50,13 +57,18 @@ $$;
 -- (true also when that same attempt already completed it: a retried commit);
 -- without one, an operator completes any pending or processing job.
 -- Never changes a completed or failed job; false when nothing changed.
+-- A completed row keeps the token of the attempt that completed it, and only
+-- that one: an operator's completion clears the token, so that the retried-
+-- commit answer is never given to an attempt that was reaped, released or
+-- overruled (it would count a completion that it did not make).
 CREATE OR REPLACE FUNCTION complete_job(job_id_param uuid, lease_token_param uuid DEFAULT NULL)
 RETURNS boolean
 LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp AS $$
     WITH done AS (
         UPDATE coding_jobs
         SET status = 'completed', completed_at = queue_now(), updated_at = queue_now(),
-            heartbeat_at = NULL, end_reason = 'completed'
+            heartbeat_at = NULL, end_reason = 'completed',
+            lease_token = CASE WHEN lease_token_param IS NULL THEN NULL ELSE lease_token END
         WHERE id = job_id_param
           AND CASE WHEN lease_token_param IS NULL THEN status IN ('pending', 'processing')
                    ELSE status = 'processing' AND lease_token = lease_token_param END
@@ -81,7 +93,10 @@ DECLARE
     new_status text;
 BEGIN
     UPDATE coding_jobs j
-    SET retry_count  = j.retry_count + 1,
+    -- least(): an operator may have lowered max_retries to retry_count; this
+    -- failure is then the last one, not a CHECK violation that would also
+    -- abort the reaper's whole batch.
+    SET retry_count  = least(j.retry_count + 1, j.max_retries),
         status       = CASE WHEN j.retry_count + 1 >= j.max_retries THEN 'failed' ELSE 'pending' END,
         run_at       = CASE WHEN j.retry_count + 1 >= j.max_retries THEN j.run_at
                             ELSE queue_now() + queue_backoff(j.retry_count + 1) END,
@@ -156,20 +171,31 @@ $$;
 -- Requeue processing jobs whose heartbeat is older than `timeout` as failed
 -- attempts ("heartbeat expired"), through fail_job and its backoff. The rows
 -- are locked with SKIP LOCKED and re-checked under the lock, so several
--- reapers at once never count one attempt twice.
+-- reapers at once never count one attempt twice. They are then failed in
+-- session order: a dead letter also locks its session (queue_fail_session),
+-- and two reapers taking the same sessions in different orders deadlock.
 CREATE OR REPLACE FUNCTION queue_reap_expired(timeout interval, batch_size integer DEFAULT 500)
 RETURNS TABLE (job_id uuid, session_id uuid, will_retry boolean)
-LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp AS $$
-    WITH stale AS MATERIALIZED (
-        SELECT c.id, c.session_id, c.lease_token FROM coding_jobs c
-        WHERE c.status = 'processing' AND c.heartbeat_at < queue_now() - timeout
-        ORDER BY c.heartbeat_at
-        LIMIT batch_size
-        FOR UPDATE SKIP LOCKED)
-    SELECT s.id, s.session_id,
-           fail_job(s.id, 'heartbeat expired: no heartbeat for ' || timeout::text,
-                    s.lease_token, 'heartbeat_expired')
-    FROM stale s
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp AS $$
+DECLARE
+    stale record;
+BEGIN
+    FOR stale IN
+        WITH locked AS MATERIALIZED (
+            SELECT c.id, c.session_id, c.lease_token FROM coding_jobs c
+            WHERE c.status = 'processing' AND c.heartbeat_at < queue_now() - timeout
+            ORDER BY c.heartbeat_at
+            LIMIT batch_size
+            FOR UPDATE SKIP LOCKED)
+        SELECT l.id, l.session_id, l.lease_token FROM locked l ORDER BY l.session_id, l.id
+    LOOP
+        job_id := stale.id;
+        session_id := stale.session_id;
+        will_retry := fail_job(stale.id, 'heartbeat expired: no heartbeat for ' || timeout::text,
+                               stale.lease_token, 'heartbeat_expired');
+        RETURN NEXT;
+    END LOOP;
+END
 $$;
 
 -- Bring a dead-lettered job back: pending now, retry count reset. The last

@@ -5,14 +5,22 @@
 --   mobvibe_monitor - read-only statistics (dashboards, KEDA)
 -- A login role joins with: GRANT mobvibe_worker TO my_login;
 
+-- Roles are cluster-wide: another database of the cluster may be migrating at
+-- the same moment (the advisory lock is per database), so losing the race to
+-- create a role is fine.
 DO $$
+DECLARE
+    group_role text;
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'mobvibe_worker') THEN
-        CREATE ROLE mobvibe_worker NOLOGIN;
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'mobvibe_monitor') THEN
-        CREATE ROLE mobvibe_monitor NOLOGIN;
-    END IF;
+    FOREACH group_role IN ARRAY ARRAY['mobvibe_worker', 'mobvibe_monitor'] LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = group_role) THEN
+            BEGIN
+                EXECUTE format('CREATE ROLE %I NOLOGIN', group_role);
+            EXCEPTION WHEN unique_violation OR duplicate_object THEN
+                NULL;
+            END;
+        END IF;
+    END LOOP;
 EXCEPTION WHEN insufficient_privilege THEN
     RAISE NOTICE 'cannot create roles mobvibe_worker/mobvibe_monitor (no CREATEROLE); grant the functions by hand';
 END

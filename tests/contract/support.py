@@ -1,0 +1,82 @@
+"""Plain-SQL helpers for the contract tests: jobs made and read the way other MobVibe parts do."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+# A fixed instant in the future of every test run: jobs inserted with the
+# default run_at (the real now()) are due when the SQL clock is set to it.
+T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+
+QUEUE_CLI = str(Path(sys.executable).with_name("mobvibe-queue"))
+
+
+def insert_job(conn: psycopg.Connection[Any], session_id: Any, **columns: Any) -> uuid.UUID:
+    """INSERT one job (prompt 'Test' unless given); other columns keep their defaults."""
+    values = {"session_id": session_id, "prompt": "Test", **columns}
+    statement = sql.SQL("INSERT INTO coding_jobs ({}) VALUES ({}) RETURNING id").format(
+        sql.SQL(", ").join(map(sql.Identifier, values)),
+        sql.SQL(", ").join(sql.Placeholder() * len(values)))
+    row = conn.execute(statement, list(values.values())).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def job_row(conn: psycopg.Connection[Any], job_id: Any) -> dict[str, Any]:
+    """Every column of the job's row."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute("SELECT * FROM coding_jobs WHERE id = %s", [job_id]).fetchone()
+    assert row is not None, f"job {job_id} does not exist"
+    return row
+
+
+def claim(conn: psycopg.Connection[Any], worker_id: str | None = None) -> dict[str, Any] | None:
+    """SELECT * FROM claim_next_job(worker) on `conn`, as a dict (None: nothing due)."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute("SELECT * FROM claim_next_job(%s)", [worker_id]).fetchone()
+
+
+def scalar(conn: psycopg.Connection[Any], statement: Any, params: Any = None) -> Any:
+    """The first column of the first row."""
+    row = conn.execute(statement, params).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def table_counts(conn: psycopg.Connection[Any]) -> tuple[int, int]:
+    """(jobs, sessions): to show that a refused call wrote nothing."""
+    row = conn.execute("SELECT (SELECT count(*) FROM coding_jobs), "
+                       "(SELECT count(*) FROM coding_sessions)").fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
+def run_queue_cli(*args: str, database_url: str | None, stdin: str | None = None,
+                  timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run the installed `mobvibe-queue` with DATABASE_URL set (None: unset)."""
+    env = {k: v for k, v in os.environ.items()
+           if k != "DATABASE_URL" and not k.startswith("MOBVIBE_")}
+    if database_url is not None:
+        env["DATABASE_URL"] = database_url
+    return subprocess.run([QUEUE_CLI, *args], env=env, input=stdin, capture_output=True,
+                          text=True, timeout=timeout, check=False)
+
+
+def assert_one_error_line(result: subprocess.CompletedProcess[str], exit_code: int) -> str:
+    """The command failed with `exit_code`, one `Error:` line and no traceback; that line."""
+    output = result.stdout + result.stderr
+    assert result.returncode == exit_code, output
+    assert "Traceback" not in output, output
+    errors = [line for line in output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, output
+    return errors[0]

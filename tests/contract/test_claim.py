@@ -1,0 +1,172 @@
+"""claim_next_job: which job comes next, when, to whom, and at what cost."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.contract.support import T0, claim, insert_job, job_row, scalar, table_counts
+from tests.helpers import count, set_clock
+
+
+def test_claim_order_is_priority_desc_then_created_at_then_seq(conn: Any, session_id: Any) -> None:
+    older = T0 - timedelta(hours=1)
+    # (priority, minutes after `older`); equal pairs tie on created_at and fall back to seq
+    specs = [(5, 3), (10, 5), (5, 1), (0, 0), (10, 5), (10, 2), (5, 1), (0, 0)]
+    ids = [insert_job(conn, session_id, priority=p, created_at=older + timedelta(minutes=m))
+           for p, m in specs]
+    expected = [job for _, job in sorted(zip(specs, ids, strict=True),
+                                         key=lambda item: (-item[0][0], item[0][1]))]
+    # sorted() is stable, so equal (priority, created_at) keep insertion (seq) order
+    set_clock(conn, T0)
+    claimed = [claim(conn) for _ in ids]
+    assert [c["job_id"] if c else None for c in claimed] == expected
+    assert claim(conn) is None
+
+
+def test_a_due_job_of_lower_priority_goes_before_a_job_that_is_not_due(conn: Any,
+                                                                        session_id: Any) -> None:
+    later = insert_job(conn, session_id, priority=10, run_at=T0 + timedelta(minutes=5))
+    due = insert_job(conn, session_id, priority=0, run_at=T0 - timedelta(seconds=1))
+    set_clock(conn, T0)
+    first = claim(conn)
+    assert first is not None and first["job_id"] == due
+    assert claim(conn) is None
+    assert job_row(conn, later)["status"] == "pending"
+
+
+def test_a_job_is_never_claimed_before_its_run_at(conn: Any, session_id: Any) -> None:
+    run_at = T0 + timedelta(minutes=5)
+    job = insert_job(conn, session_id, priority=10, run_at=run_at)
+    for now in (T0 - timedelta(days=1), T0, run_at - timedelta(microseconds=1)):
+        set_clock(conn, now)
+        assert claim(conn) is None, f"claimed at {now}, due at {run_at}"
+    assert job_row(conn, job)["status"] == "pending"
+    set_clock(conn, run_at)
+    claimed = claim(conn)
+    assert claimed is not None and claimed["job_id"] == job
+
+
+def test_the_sql_clock_is_per_connection(db_url: str, conn: Any, session_id: Any) -> None:
+    job = insert_job(conn, session_id, run_at=T0)
+    set_clock(conn, T0 - timedelta(seconds=1))
+    with psycopg.connect(db_url, autocommit=True) as other:
+        set_clock(other, T0)
+        assert claim(conn) is None
+        claimed = claim(other)
+    assert claimed is not None and claimed["job_id"] == job
+
+
+def test_claim_returns_the_job_a_lease_token_and_the_attempt_number(conn: Any,
+                                                                     session_id: Any) -> None:
+    job = insert_job(conn, session_id, prompt="make a todo app", priority=7, max_retries=5)
+    set_clock(conn, T0)
+    first = claim(conn, "worker-1")
+    assert first is not None
+    assert {k: first[k] for k in ("job_id", "session_id", "prompt", "attempt", "retry_count",
+                                  "max_retries", "priority")} == {
+        "job_id": job, "session_id": session_id, "prompt": "make a todo app", "attempt": 1,
+        "retry_count": 0, "max_retries": 5, "priority": 7}
+    assert isinstance(first["lease_token"], uuid.UUID)
+    row = job_row(conn, job)
+    assert row["status"] == "processing"
+    assert row["lease_token"] == first["lease_token"]
+    assert row["worker_id"] == "worker-1"
+    assert row["started_at"] == row["heartbeat_at"] == row["updated_at"] == T0
+
+    # A failure sends it back; the next claim is attempt 2 with a new lease.
+    assert scalar(conn, "SELECT fail_job(%s, 'boom', %s)", [job, first["lease_token"]]) is True
+    set_clock(conn, job_row(conn, job)["run_at"])
+    second = claim(conn, "worker-2")
+    assert second is not None and second["job_id"] == job
+    assert (second["attempt"], second["retry_count"]) == (2, 1)
+    assert second["lease_token"] != first["lease_token"]
+
+    # A release is not a failure, but it is an attempt.
+    assert scalar(conn, "SELECT queue_release_job(%s, %s)", [job, second["lease_token"]]) is True
+    third = claim(conn, "worker-3")
+    assert third is not None
+    assert (third["attempt"], third["retry_count"]) == (3, 1)
+    assert len({first["lease_token"], second["lease_token"], third["lease_token"]}) == 3
+
+
+def test_claim_on_an_empty_queue_returns_no_row(conn: Any) -> None:
+    assert claim(conn) is None
+    assert table_counts(conn) == (0, 0)
+
+
+def test_eight_connections_claim_2000_jobs_each_exactly_once(db_url: str, conn: Any,
+                                                             session_id: Any) -> None:
+    conn.execute("INSERT INTO coding_jobs (session_id, prompt, priority) "
+                 "SELECT %s, 'job ' || i, mod(i, 11) FROM generate_series(1, 2000) AS i",
+                 [session_id])
+    workers = 8
+    start = threading.Barrier(workers)
+    claimed: list[list[uuid.UUID]] = [[] for _ in range(workers)]
+    errors: list[BaseException] = []
+
+    def claim_until_empty(n: int) -> None:
+        try:
+            with psycopg.connect(db_url, autocommit=True) as own:
+                start.wait(timeout=30)
+                while (row := own.execute("SELECT job_id FROM claim_next_job(%s)",
+                                          [f"w{n}"]).fetchone()) is not None:
+                    claimed[n].append(row[0])
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=claim_until_empty, args=(n,)) for n in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors, errors
+    assert not any(thread.is_alive() for thread in threads)
+
+    every = [job for mine in claimed for job in mine]
+    assert len(every) == 2000
+    assert len(set(every)) == 2000, "a job was claimed twice"
+    assert sum(1 for mine in claimed if mine) >= 2, "the claims did not overlap at all"
+    assert count(conn, "processing") == 2000 and count(conn, "pending") == 0
+    holders = dict(conn.execute("SELECT id, worker_id FROM coding_jobs").fetchall())
+    assert all(holders[job] == f"w{n}" for n, mine in enumerate(claimed) for job in mine)
+    assert scalar(conn, "SELECT count(*) FROM coding_jobs WHERE attempt <> 1") == 0
+
+
+def _inner_select_of_claim(conn: Any) -> str:
+    """The SELECT ... FOR UPDATE SKIP LOCKED inside claim_next_job, as the database has it."""
+    source = scalar(conn, "SELECT prosrc FROM pg_proc WHERE proname = 'claim_next_job'")
+    match = re.search(r"\(\s*(SELECT\b.*?SKIP LOCKED)\s*\)", source, re.DOTALL | re.IGNORECASE)
+    assert match, source
+    return match.group(1)
+
+
+def _plan_nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    return [plan, *(node for child in plan.get("Plans", ()) for node in _plan_nodes(child))]
+
+
+@pytest.mark.parametrize("pending", [5, 3000])
+def test_claim_walks_the_partial_index_without_a_sort(conn: Any, session_id: Any,
+                                                      pending: int) -> None:
+    conn.execute("INSERT INTO coding_jobs (session_id, prompt, status, completed_at) "
+                 "SELECT %s, 'done', CASE WHEN i %% 10 = 0 THEN 'failed' ELSE 'completed' END, "
+                 "now() FROM generate_series(1, 10000) AS i",
+                 [session_id])
+    conn.execute("INSERT INTO coding_jobs (session_id, prompt, priority) "
+                 "SELECT %s, 'todo', mod(i, 11) FROM generate_series(1, %s) AS i",
+                 [session_id, pending])
+    conn.execute("ANALYZE coding_jobs")
+    inner = _inner_select_of_claim(conn)
+    explained = scalar(conn, f"EXPLAIN (FORMAT JSON) {inner}")
+    plan = (json.loads(explained) if isinstance(explained, str) else explained)[0]["Plan"]
+    nodes = _plan_nodes(plan)
+    kinds = [node["Node Type"] for node in nodes]
+    assert not [kind for kind in kinds if "Sort" in kind], kinds
+    assert any(node.get("Index Name") == "coding_jobs_claim_idx" for node in nodes), kinds

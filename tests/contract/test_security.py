@@ -1,0 +1,127 @@
+"""Least privilege: PUBLIC cannot run the queue; the group roles can do what they are for."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import conninfo, sql
+
+from supervisor.queue import JobQueue
+from tests.contract.support import insert_job
+
+PLAN_FUNCTIONS = {"claim_next_job", "complete_job", "fail_job", "get_queue_stats"}
+DEFINER_FUNCTIONS = PLAN_FUNCTIONS | {
+    "queue_complete_and_claim", "queue_heartbeat", "queue_release_job", "queue_reap_expired",
+    "queue_requeue_failed", "queue_prune", "queue_next_run_at"}
+
+
+def test_no_function_of_the_public_schema_is_executable_by_public(conn: Any) -> None:
+    rows = conn.execute("""
+        SELECT p.proname, p.oid::regprocedure::text,
+               EXISTS (SELECT 1
+                       FROM aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) AS a
+                       WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE')
+        FROM pg_proc p WHERE p.pronamespace = 'public'::regnamespace""").fetchall()
+    names = {name for name, _, _ in rows}
+    assert PLAN_FUNCTIONS <= names
+    assert DEFINER_FUNCTIONS - PLAN_FUNCTIONS <= {n for n in names if n.startswith("queue_")}
+    # a NULL proacl means the default ACL, which lets PUBLIC execute: hence acldefault above
+    assert [signature for _, signature, public in rows if public] == []
+
+
+def test_every_security_definer_function_pins_its_search_path(conn: Any) -> None:
+    rows = conn.execute("SELECT proname, coalesce(proconfig, '{}') FROM pg_proc "
+                        "WHERE pronamespace = 'public'::regnamespace AND prosecdef").fetchall()
+    assert {name for name, _ in rows} == DEFINER_FUNCTIONS
+    for name, config in rows:
+        paths = [c.split("=", 1)[1] for c in config if c.startswith("search_path=")]
+        assert len(paths) == 1, f"{name} has no pinned search_path: {config}"
+        # pg_temp last, so that a temporary object can never shadow a queue table
+        assert [p.strip() for p in paths[0].split(",")][-1] == "pg_temp", (name, paths)
+
+
+@pytest.fixture
+def login_role(conn: Any, db_url: str) -> Iterator[Callable[..., str]]:
+    """Make login roles (cluster-wide, so with random names) and drop them afterwards."""
+    made: list[str] = []
+
+    def make(*member_of: str) -> str:
+        name = f"mobvibe_test_{secrets.token_hex(4)}"
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
+        made.append(name)
+        for group in member_of:
+            conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(group),
+                                                        sql.Identifier(name)))
+        return conninfo.make_conninfo(db_url, user=name)
+
+    yield make
+    for name in made:
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
+                     [name])
+        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+def test_a_member_of_mobvibe_worker_runs_the_whole_job_lifecycle(
+        login_role: Callable[..., str]) -> None:
+    url = login_role("mobvibe_worker")
+    with JobQueue(url) as queue:
+        first = queue.enqueue("job for the worker role", priority=3)
+        second = queue.enqueue("another", max_retries=1)
+        claimed = queue.claim("role-worker")
+        assert claimed is not None and claimed.id == first
+        assert queue.heartbeat(claimed.id, claimed.lease_token) is True
+        assert queue.complete(claimed.id, claimed.lease_token) is True
+        other = queue.claim("role-worker")
+        assert other is not None and other.id == second
+        assert queue.fail(other.id, "no luck", other.lease_token) is False
+        assert queue.requeue_failed(second) is True
+        again = queue.claim("role-worker")
+        assert again is not None
+        assert queue.release(again.id, again.lease_token) is True
+        stats = queue.stats()
+        assert (stats.pending_count, stats.completed_count) == (1, 1)
+    with psycopg.connect(url, autocommit=True) as own:
+        # the functions are the only way to change a job
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            own.execute("UPDATE coding_jobs SET status = 'completed'")
+
+
+def test_a_member_of_mobvibe_monitor_reads_statistics_but_cannot_claim(
+        login_role: Callable[..., str], conn: Any, session_id: Any) -> None:
+    insert_job(conn, session_id)
+    with psycopg.connect(login_role("mobvibe_monitor"), autocommit=True) as monitor:
+        row = monitor.execute("SELECT pending_count FROM get_queue_stats()").fetchone()
+        assert row == (1,)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            monitor.execute("SELECT * FROM claim_next_job()")
+
+
+@pytest.mark.parametrize("call", [
+    "SELECT * FROM claim_next_job()",
+    "SELECT complete_job(%(job)s)",
+    "SELECT fail_job(%(job)s, 'x')",
+    "SELECT * FROM get_queue_stats()",
+    "SELECT queue_heartbeat(%(job)s, %(job)s)",
+    "SELECT queue_requeue_failed(%(job)s)",
+])
+def test_a_login_role_without_grants_is_denied(login_role: Callable[..., str], conn: Any,
+                                              session_id: Any, call: str) -> None:
+    job = insert_job(conn, session_id)
+    with psycopg.connect(login_role(), autocommit=True) as stranger:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"):
+            stranger.execute(call, {"job": job})
+    assert conn.execute("SELECT status FROM coding_jobs WHERE id = %s", [job]).fetchone() == (
+        "pending",)
+
+
+def test_a_login_role_without_grants_cannot_insert_a_job(login_role: Callable[..., str],
+                                                        session_id: Any) -> None:
+    with psycopg.connect(login_role(), autocommit=True) as stranger:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            stranger.execute("INSERT INTO coding_jobs (session_id, prompt) VALUES (%s, 'x')",
+                             [uuid.UUID(str(session_id))])
