@@ -148,3 +148,10 @@ def _set_config(conn: Any, base: float | None, cap: float | None, jitter: float 
         conn.execute(query("set_queue_config"), {"base": base, "cap": cap, "jitter": jitter})
     except psycopg.errors.CheckViolation:
         raise ConfigError("backoff cap must be at least the backoff base") from None
+
+
+from supervisor.dlq import dlq  # noqa: E402 - the dead letters and the doctor live in modules
+from supervisor.doctor import doctor  # noqa: E402  of their own; registered here
+
+main.add_command(dlq)
+main.add_command(doctor)

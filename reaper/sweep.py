@@ -1,0 +1,192 @@
+"""One sweep of the reaper: requeue expired attempts, prune old finished jobs, report.
+
+Every statement runs on its own in autocommit, one bounded batch at a time, so
+a sweep never holds a lock for long and several reapers can sweep at once:
+queue_reap_expired locks with SKIP LOCKED and re-checks each row under its
+lock, so an attempt is counted by exactly one of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+
+from reaper.durations import format_duration
+from supervisor import clock
+from supervisor.errors import ConfigError
+from supervisor.logs import event
+from supervisor.sqlfiles import query
+
+log = logging.getLogger(__name__)
+DAY = 86400.0
+HEARTBEAT_TIMEOUT_DEFAULT = 30.0
+INTERVAL_DEFAULT = 5.0
+BATCH_SIZE_DEFAULT = 500
+RETAIN_COMPLETED_DEFAULT = 7 * DAY
+RETAIN_FAILED_DEFAULT = 30 * DAY
+PRUNE_BATCH_DEFAULT = 1000
+BATCH_MAX = 100_000
+
+
+def _default_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class ReaperSettings:
+    """What one reaper does each sweep. Durations in seconds; a retention of 0 is off."""
+
+    heartbeat_timeout: float = HEARTBEAT_TIMEOUT_DEFAULT
+    interval: float = INTERVAL_DEFAULT
+    batch_size: int = BATCH_SIZE_DEFAULT
+    retain_completed: float = RETAIN_COMPLETED_DEFAULT
+    retain_failed: float = RETAIN_FAILED_DEFAULT
+    prune_batch: int = PRUNE_BATCH_DEFAULT
+    # the reaper's row in queue_reaper_runs; built in the process that sweeps
+    name: str = field(default_factory=_default_name)
+
+    def validate(self, heartbeat_interval: float | None = None) -> ReaperSettings:
+        """Return self, or raise ConfigError naming the first setting that cannot work.
+
+        `heartbeat_interval` is the workers' interval: an attempt must be allowed
+        to miss a heartbeat or two before it is declared dead.
+        """
+        if self.heartbeat_timeout <= 0 or self.interval <= 0:
+            raise ConfigError("--heartbeat-timeout and --interval must be greater than 0")
+        if heartbeat_interval is not None and self.heartbeat_timeout <= heartbeat_interval:
+            raise ConfigError(
+                f"--heartbeat-timeout ({format_duration(self.heartbeat_timeout)}) must be larger "
+                f"than the workers' --heartbeat-interval ({format_duration(heartbeat_interval)}), "
+                f"or every running job is requeued; 3x ({format_duration(3 * heartbeat_interval)})"
+                " or more is safe")
+        for name in ("batch_size", "prune_batch"):
+            if not 1 <= getattr(self, name) <= BATCH_MAX:
+                raise ConfigError(f"--{name.replace('_', '-')} must be from 1 to {BATCH_MAX}, "
+                                  f"got {getattr(self, name)}")
+        if self.retain_completed < 0 or self.retain_failed < 0:
+            raise ConfigError("--retain-completed and --retain-failed must be >= 0 (0 is off)")
+        if not self.name:
+            raise ConfigError("--name must not be empty")
+        return self
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """What one sweep did, and the retries it left waiting."""
+
+    requeued: int = 0
+    dead_lettered: int = 0
+    pruned_completed: int = 0
+    pruned_failed: int = 0
+    duration_ms: float = 0.0
+    waiting_retries: int = 0
+    next_retry_at: datetime | None = None
+
+    @property
+    def pruned(self) -> int:
+        return self.pruned_completed + self.pruned_failed
+
+    def as_dict(self) -> dict[str, Any]:
+        """The `--once` summary: requeued, dead_lettered, pruned, duration_ms, then details."""
+        details = asdict(self)
+        next_at = details.pop("next_retry_at")
+        return {"requeued": self.requeued, "dead_lettered": self.dead_lettered,
+                "pruned": self.pruned, "duration_ms": self.duration_ms, **details,
+                "next_retry_at": None if next_at is None else next_at.isoformat()}
+
+
+def run_once(conn: psycopg.Connection[Any], settings: ReaperSettings) -> SweepResult:
+    """Sweep once on `conn` (autocommit); counts, logs and records the run."""
+    from supervisor import metrics  # noqa: PLC0415 - after PROMETHEUS_MULTIPROC_DIR is set
+
+    started = clock.monotonic()
+    try:
+        requeued, dead_lettered = reap_expired(conn, settings)
+        pruned_completed = prune(conn, "completed", settings.retain_completed,
+                                 settings.prune_batch)
+        pruned_failed = prune(conn, "failed", settings.retain_failed, settings.prune_batch)
+        waiting, next_at = _waiting_retries(conn)
+        conn.execute(query("record_reaper_run"), {
+            "reaper": settings.name, "requeued": requeued, "dead_lettered": dead_lettered,
+            "pruned": pruned_completed + pruned_failed})
+    except Exception:
+        metrics.REAPER_SWEEPS.labels("error").inc()
+        raise
+    duration = clock.monotonic() - started
+    result = SweepResult(requeued, dead_lettered, pruned_completed, pruned_failed,
+                         round(duration * 1000, 1), waiting, next_at)
+    _observe(result, duration)
+    return result
+
+
+def reap_expired(conn: psycopg.Connection[Any], settings: ReaperSettings) -> tuple[int, int]:
+    """Fail every attempt silent for longer than the heartbeat timeout; (requeued, dead)."""
+    from supervisor import metrics  # noqa: PLC0415
+
+    timeout = timedelta(seconds=settings.heartbeat_timeout)
+    requeued = dead_lettered = 0
+    while True:
+        rows = conn.execute(query("reap_expired"), {"timeout": timeout,
+                                                    "batch_size": settings.batch_size}).fetchall()
+        for job_id, session_id, will_retry in rows:
+            if will_retry is None:
+                continue  # finished by its worker between our scan and our lock
+            fields = {"job_id": str(job_id), "session_id": str(session_id),
+                      "reason": "heartbeat_expired", "reaper": settings.name}
+            if will_retry:
+                requeued += 1
+                metrics.REAPER_REQUEUED.inc()
+                event(log, logging.WARNING, "job_requeued",
+                      "attempt requeued: heartbeat expired", **fields)
+            else:
+                dead_lettered += 1
+                metrics.REAPER_DEAD_LETTERED.inc()
+                event(log, logging.ERROR, "job_dead_lettered",
+                      "attempts exhausted: heartbeat expired", **fields)
+        # A short batch means nothing expired is left that another reaper is
+        # not already handling (SKIP LOCKED hides the rows it holds).
+        if len(rows) < settings.batch_size or not any(r[2] is not None for r in rows):
+            return requeued, dead_lettered
+
+
+def prune(conn: psycopg.Connection[Any], status: str, older_than: float, batch: int) -> int:
+    """Delete `status` jobs finished more than `older_than` s ago, a batch per statement."""
+    if older_than <= 0:
+        return 0  # retention off
+    from supervisor import metrics  # noqa: PLC0415
+
+    age = timedelta(seconds=older_than)
+    total = 0
+    while True:
+        row = conn.execute(query("prune"), {"status": status, "older_than": age,
+                                            "batch_size": batch}).fetchone()
+        deleted = int(row[0]) if row else 0
+        total += deleted
+        metrics.REAPER_PRUNED.labels(status).inc(deleted)
+        if deleted < batch:
+            return total
+
+
+def _waiting_retries(conn: psycopg.Connection[Any]) -> tuple[int, datetime | None]:
+    row = conn.execute(query("waiting_retries")).fetchone()
+    assert row is not None
+    return int(row[0]), row[1]
+
+
+def _observe(result: SweepResult, duration: float) -> None:
+    from supervisor import metrics  # noqa: PLC0415
+
+    metrics.REAPER_SWEEPS.labels("ok").inc()
+    metrics.REAPER_SWEEP_DURATION.observe(duration)
+    metrics.REAPER_LAST_SUCCESS.set(clock.wall())
+    busy = result.requeued or result.dead_lettered or result.pruned
+    # An idle sweep every few seconds is noise at info level.
+    event(log, logging.INFO if busy else logging.DEBUG, "reaper_swept",
+          f"sweep done: {result.requeued} requeued, {result.dead_lettered} dead-lettered, "
+          f"{result.pruned} pruned", **result.as_dict())

@@ -1,0 +1,143 @@
+"""mobvibe-queue dlq: list, requeue and purge the dead letters (jobs in status failed)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import click
+import psycopg
+
+from reaper.durations import Duration, format_duration
+from supervisor import db, logs
+from supervisor.jobs import parse_uuid
+from supervisor.logs import event
+from supervisor.options import friendly_errors, resolve_database
+from supervisor.sqlfiles import query
+
+log = logging.getLogger(__name__)
+DELETE_BATCH = 1000  # ids per DELETE: short statements, short locks
+ERROR_WIDTH = 60
+
+
+@click.group()
+@click.option("--log-format", type=click.Choice(logs.LOG_FORMATS), default="text",
+              show_envvar=True, help="Format of the log of each action, on stderr.")
+@click.option("--log-level", type=click.Choice(logs.LOG_LEVELS, case_sensitive=False),
+              default="info", show_envvar=True, help="Lowest level logged.")
+def dlq(log_format: str, log_level: str) -> None:
+    """The dead letters: jobs that failed every attempt."""
+    logs.setup(log_format, log_level)
+
+
+def _connect(ctx: click.Context) -> psycopg.Connection[Any]:
+    return db.connect(resolve_database(ctx.obj), application_name="mobvibe-queue")
+
+
+@dlq.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=50, help="Newest jobs shown.")
+@click.pass_context
+@friendly_errors
+def list_(ctx: click.Context, as_json: bool, limit: int) -> None:
+    """List the dead-lettered jobs, newest first."""
+    with _connect(ctx) as conn:
+        cur = conn.execute(query("list_failed"), {"limit": limit})
+        names = [d.name for d in cur.description or ()]
+        jobs = [dict(zip(names, row)) for row in cur.fetchall()]
+        total = int(conn.execute(query("queue_stats")).fetchone()[3])  # type: ignore[index]
+    if as_json:
+        for job in jobs:
+            click.echo(json.dumps(job, default=_jsonable))
+    else:
+        click.echo(_table(jobs, total))
+
+
+def _jsonable(value: object) -> str:
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
+
+
+def _table(jobs: list[dict[str, Any]], total: int) -> str:
+    if not jobs:
+        return "no dead-lettered jobs"
+    lines = [f"{'JOB ID':<36}  {'SESSION ID':<36}  {'FAILED AT':<19}  TRIES  {'REASON':<17}  ERROR"]
+    for job in jobs:
+        error = " ".join((job["error_message"] or "-").split())
+        if len(error) > ERROR_WIDTH:
+            error = error[:ERROR_WIDTH - 1] + "…"
+        failed_at = f"{job['completed_at']:%Y-%m-%d %H:%M:%S}" if job["completed_at"] else "-"
+        lines.append(f"{job['id']}  {job['session_id']}  {failed_at:<19}  "
+                     f"{job['retry_count']:>2}/{job['max_retries']:<2}  "
+                     f"{job['end_reason'] or '-':<17}  {error}")
+    if total > len(jobs):
+        lines.append(f"showing the newest {len(jobs)} of {total}: --limit shows more")
+    return "\n".join(lines)
+
+
+@dlq.command()
+@click.argument("job_ids", nargs=-1, metavar="[ID]...")
+@click.option("--all", "every", is_flag=True, help="Requeue every dead-lettered job.")
+@click.pass_context
+@friendly_errors
+def requeue(ctx: click.Context, job_ids: tuple[str, ...], every: bool) -> None:
+    """Put dead-lettered jobs back to pending, due now, with their retry count reset."""
+    if bool(job_ids) == every:
+        raise click.UsageError("give the job IDs to requeue, or --all")
+    ids = [parse_uuid(job_id) for job_id in job_ids]  # all checked before any is touched
+    with _connect(ctx) as conn:
+        if every:
+            ids = [row[0] for row in conn.execute(query("failed_ids")).fetchall()]
+        problems = [problem for job_id in ids if (problem := _requeue_one(conn, job_id))]
+    for problem in problems:
+        click.echo(f"Error: {problem}", err=True)
+    click.echo(f"requeued {len(ids) - len(problems)} job(s)")
+    if problems:
+        ctx.exit(1)
+
+
+def _requeue_one(conn: psycopg.Connection[Any], job_id: uuid.UUID) -> str | None:
+    """Requeue one job; None on success, else why not."""
+    cur = conn.execute(query("get_job"), {"job_id": job_id})
+    row = cur.fetchone()
+    if row is None:
+        return f"job {job_id} not found"
+    job = dict(zip([d.name for d in cur.description or ()], row))
+    requeued = conn.execute(query("requeue_failed"), {"job_id": job_id}).fetchone()
+    if not (requeued and requeued[0]):
+        return f"job {job_id} is not dead-lettered (status {job['status']}): nothing to requeue"
+    # The next attempt overwrites error_message: this line is the error's history.
+    event(log, logging.INFO, "dlq_requeued", "dead-lettered job requeued", job_id=str(job_id),
+          session_id=str(job["session_id"]), last_error=job["error_message"],
+          end_reason=job["end_reason"], retry_count=job["retry_count"],
+          failed_at=_jsonable(job["completed_at"]))
+    return None
+
+
+@dlq.command()
+@click.option("--older-than", type=Duration(zero="every dead-lettered job"), required=True,
+              help="Delete dead-lettered jobs that failed longer ago than this (30d, 12h, 0).")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+@friendly_errors
+def purge(ctx: click.Context, older_than: float, yes: bool) -> None:
+    """Delete dead-lettered jobs older than --older-than; prints how many."""
+    age = format_duration(older_than)
+    with _connect(ctx) as conn:
+        ids = [row[0] for row in conn.execute(query("failed_ids_older_than"),
+                                              {"older_than": timedelta(seconds=older_than)})]
+        if ids and not yes:
+            click.confirm(f"Delete {len(ids)} dead-lettered job(s) older than {age}?",
+                          abort=True, err=True)
+        deleted = sum(_delete(conn, ids[i:i + DELETE_BATCH])
+                      for i in range(0, len(ids), DELETE_BATCH))
+    event(log, logging.INFO, "dlq_purged", f"deleted {deleted} dead-lettered job(s)",
+          deleted=deleted, older_than_s=older_than)
+    click.echo(f"deleted {deleted} dead-lettered job(s) older than {age}")
+
+
+def _delete(conn: psycopg.Connection[Any], ids: list[uuid.UUID]) -> int:
+    # delete_failed re-checks the status: a job requeued since the count stays.
+    return conn.execute(query("delete_failed"), {"ids": ids}).rowcount
