@@ -1,0 +1,256 @@
+"""Shared pieces of the stateful suites: the Hypothesis profiles, the test clock,
+connections that carry their own clock, and the database-side checks."""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+from hypothesis import HealthCheck, settings
+
+from tests.helpers import set_clock
+
+# The model's epoch: in the future, so that a plain INSERT (created_at and run_at
+# = the real now()) is always older and already due.
+T0 = datetime(2030, 1, 1, tzinfo=UTC)
+LEASE = timedelta(seconds=10)  # the reaper's heartbeat timeout
+BASE = timedelta(seconds=4)    # queue_config.backoff_base for these suites
+CAP = timedelta(seconds=10)    # queue_config.backoff_cap: reached at the third failure
+STATUSES = ("pending", "processing", "completed", "failed")
+REAPER_MESSAGE = "heartbeat expired: no heartbeat for 00:00:10"  # LEASE as interval text
+
+
+def backoff(failures: int) -> timedelta:
+    """The delay before retry number `failures` with no jitter: min(cap, base * 2^(n-1))."""
+    return min(CAP, BASE * 2 ** (failures - 1))
+
+
+# --- Hypothesis profiles --------------------------------------------------------------------
+# Registered, never loaded: the other suites keep Hypothesis' defaults, and these
+# suites pass the chosen profile explicitly. HYPOTHESIS_PROFILE=long for local runs.
+
+settings.register_profile(
+    "ci", derandomize=True, database=None, deadline=None, max_examples=450,
+    stateful_step_count=50, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile(
+    "long", derandomize=False, deadline=None, max_examples=1000, stateful_step_count=80,
+    print_blob=True, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
+if PROFILE not in ("ci", "long"):
+    PROFILE = "ci"
+
+
+def profile() -> settings:
+    """The settings of the chosen profile (ci unless HYPOTHESIS_PROFILE=long)."""
+    return settings.get_profile(PROFILE)
+
+
+def interleaving_settings() -> settings:
+    """The chosen profile, with the example count of the concurrent scenarios."""
+    return settings(profile(), max_examples={"ci": 60, "long": 600}[PROFILE])
+
+
+# --- Connections and the clock --------------------------------------------------------------
+
+
+class Clocked:
+    """An autocommit connection whose queue_now() we steer; the clock is set only on change."""
+
+    def __init__(self, url: str, name: str) -> None:
+        self.name = name
+        # Durability is not under test: without waiting for the WAL flush at each commit
+        # the machine runs several times faster, with the same semantics.
+        self.conn = psycopg.connect(url, autocommit=True, application_name=f"stateful-{name}",
+                                    options="-c synchronous_commit=off")
+        self._at: datetime | None = None
+
+    def at(self, when: datetime) -> psycopg.Connection[Any]:
+        """The connection, with queue_now() = `when`."""
+        if when != self._at:
+            set_clock(self.conn, when)
+            self._at = when
+        return self.conn
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def reset(conn: psycopg.Connection[Any], *, jitter: float = 0.0) -> None:
+    """Empty the queue and set the suites' backoff schedule."""
+    conn.execute("TRUNCATE coding_jobs, coding_sessions, queue_reaper_runs RESTART IDENTITY")
+    conn.execute("UPDATE queue_config SET backoff_base = %s, backoff_cap = %s, backoff_jitter = %s",
+                 [BASE, CAP, jitter])
+
+
+def new_session(conn: psycopg.Connection[Any]) -> uuid.UUID:
+    """A session, created the way the other MobVibe phase does: its id alone."""
+    row = conn.execute("INSERT INTO coding_sessions (id) VALUES (gen_random_uuid()) RETURNING id"
+                       ).fetchone()
+    assert row is not None
+    return uuid.UUID(str(row[0]))
+
+
+def insert_job(conn: psycopg.Connection[Any], session_id: uuid.UUID, *, priority: int = 0,
+               max_retries: int = 3, run_at: datetime | None = None,
+               created_at: datetime | None = None) -> tuple[uuid.UUID, datetime, datetime]:
+    """A plain INSERT, with created_at and run_at given or left to their now() defaults.
+
+    Returns (id, created_at, run_at) as the database stored them.
+    """
+    row = conn.execute(
+        "INSERT INTO coding_jobs (session_id, prompt, priority, max_retries, run_at, created_at)"
+        " VALUES (%s, 'stateful test', %s, %s, coalesce(%s, now()), coalesce(%s, now()))"
+        " RETURNING id, created_at, run_at",
+        [session_id, priority, max_retries, run_at, created_at]).fetchone()
+    assert row is not None
+    return row[0], row[1], row[2]
+
+
+def claim(conn: psycopg.Connection[Any], worker: str) -> Any:
+    """claim_next_job as a worker calls it: the claimed row, or None."""
+    return conn.execute("SELECT * FROM claim_next_job(%s)", [worker]).fetchone()
+
+
+def scalar(conn: psycopg.Connection[Any], statement: str, params: Iterable[Any]) -> Any:
+    """The one value a function call returns."""
+    row = conn.execute(statement, list(params)).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def reap(conn: psycopg.Connection[Any], batch_size: int = 100) -> list[tuple[Any, bool | None]]:
+    """One sweep of queue_reap_expired with the suites' timeout: [(job_id, will_retry)]."""
+    rows = conn.execute("SELECT job_id, will_retry FROM queue_reap_expired(%s, %s)",
+                        [LEASE, batch_size]).fetchall()
+    return [(r[0], r[1]) for r in rows]
+
+
+@dataclass(frozen=True)
+class Row:
+    """The columns of a coding_jobs row that the suites compare."""
+
+    id: uuid.UUID
+    seq: int
+    session_id: uuid.UUID
+    priority: int
+    status: str
+    retry_count: int
+    max_retries: int
+    attempt: int
+    created_at: datetime
+    run_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    heartbeat_at: datetime | None
+    worker_id: str | None
+    lease_token: uuid.UUID | None
+    end_reason: str | None
+    error_message: str | None
+
+
+ROW_QUERY = ("SELECT id, seq, session_id, priority, status, retry_count, max_retries, attempt,"
+             " created_at, run_at, started_at, completed_at, heartbeat_at, worker_id,"
+             " lease_token, end_reason, error_message FROM coding_jobs")
+
+
+def snapshot(conn: psycopg.Connection[Any]) -> dict[uuid.UUID, Row]:
+    """Every job row, by id."""
+    return {r[0]: Row(*r) for r in conn.execute(ROW_QUERY).fetchall()}
+
+
+def full_row(conn: psycopg.Connection[Any], job_id: Any) -> Any:
+    """Every column of one job (updated_at too), to prove that a write changed nothing."""
+    row = conn.execute("SELECT to_jsonb(j) FROM coding_jobs j WHERE id = %s", [job_id]).fetchone()
+    return None if row is None else row[0]
+
+
+def stats(conn: psycopg.Connection[Any]) -> Any:
+    """get_queue_stats() and queue_next_run_at() in one row."""
+    return conn.execute("SELECT s.*, queue_next_run_at() FROM get_queue_stats() s").fetchone()
+
+
+def sessions(conn: psycopg.Connection[Any]) -> dict[uuid.UUID, tuple[str, str | None]]:
+    """Every session: (status, error_message)."""
+    rows = conn.execute("SELECT id, status, error_message FROM coding_sessions").fetchall()
+    return {r[0]: (r[1], r[2]) for r in rows}
+
+
+# --- Model-free invariants, for the concurrent scenarios ------------------------------------
+
+
+@dataclass(frozen=True)
+class Observed:
+    """One look at the whole queue: every job row, every session, the statistics."""
+
+    rows: dict[uuid.UUID, Row]
+    sessions: dict[uuid.UUID, tuple[str, str | None]]
+    stats: tuple[Any, ...]
+
+
+def check_queue_invariants(conn: psycopg.Connection[Any], expected_ids: set[Any]) -> Observed:
+    """The invariants that hold whatever the interleaving; returns what it looked at.
+
+    - no job lost and none appeared: the ids are exactly the expected ones;
+    - every job is in one known status; 0 <= retry_count <= max_retries;
+    - `failed` exactly when retry_count = max_retries, and then its session is failed;
+    - `processing` exactly when a heartbeat is set, always with a lease; no two
+      processing jobs share a lease;
+    - get_queue_stats() counts equal a direct count.
+    """
+    seen = Observed(snapshot(conn), sessions(conn), tuple(stats(conn)))
+    rows = seen.rows
+    assert set(rows) == expected_ids, (
+        f"lost: {expected_ids - set(rows)}, appeared unasked: {set(rows) - expected_ids}")
+    for row in rows.values():
+        assert row.status in STATUSES
+        assert 0 <= row.retry_count <= row.max_retries, row
+        assert (row.status == "failed") == (row.retry_count == row.max_retries), row
+        if row.status == "failed":
+            assert seen.sessions[row.session_id][0] == "failed", row
+        assert (row.status == "processing") == (row.heartbeat_at is not None), row
+        if row.status == "processing":
+            assert row.lease_token is not None
+    live = [r.lease_token for r in rows.values() if r.status == "processing"]
+    assert len(live) == len(set(live)), "two processing jobs share a lease"
+    counts = Counter(r.status for r in rows.values())
+    assert seen.stats[:4] == tuple(counts[s] for s in STATUSES), "stats differ from a count"
+    return seen
+
+
+# --- Running things at the same instant -----------------------------------------------------
+
+
+def run_together(*calls: Callable[[], Any], timeout: float = 30.0) -> list[Any]:
+    """Run each call on a thread of its own, all released at once by a barrier; their results.
+
+    Each call must use a connection of its own. The first exception of any call is re-raised.
+    """
+    barrier = threading.Barrier(len(calls))
+    results: list[Any] = [None] * len(calls)
+    errors: list[BaseException] = []
+
+    def run(index: int, call: Callable[[], Any]) -> None:
+        try:
+            barrier.wait(timeout)
+            results[index] = call()
+        except BaseException as error:  # noqa: BLE001 - handed to the test thread below
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(i, c), daemon=True) for i, c in enumerate(calls)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+    assert not any(t.is_alive() for t in threads), f"a concurrent call hung for {timeout} s"
+    if errors:
+        raise errors[0]
+    return results

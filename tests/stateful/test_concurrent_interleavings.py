@@ -1,0 +1,376 @@
+"""Races that really run at once: threads on connections of their own, released together by
+a barrier, each scenario repeated over many small Hypothesis-drawn cases (with a drawn
+pause of a few hundred microseconds to spread the interleavings).
+
+Per scenario:
+  - 8 workers claiming together: no job is claimed twice; nothing before its run_at; the
+    claimed jobs are exactly the first ones of the due jobs in (priority DESC, created_at,
+    seq) order, as many as there were claims or due jobs; each worker's claims follow
+    that order (SKIP LOCKED only skips rows that another claim is taking);
+  - a claim racing a reaper sweep (and the holder's own heartbeat) on an expired job:
+    exactly one of the sweep and the heartbeat wins, the expired attempt is counted
+    once, and the claim gets the job only after the sweep requeued it;
+  - a late complete racing the sweep, requeue and re-claim: exactly one is accepted,
+    never both; the loser changes nothing; at most one terminal transition;
+  - 2 and 5 reapers sweeping the same expired jobs: each expired job is swept exactly
+    once, by one reaper, with retry_count 1; jobs with a fresh heartbeat are untouched;
+  - concurrent fail_job of one job: without a lease every failure counts (until the
+    job is dead-lettered, by exactly one of them); with the one lease exactly one counts;
+  - complete racing the heartbeat-expiry sweep: exactly one wins per job.
+After every case (check_queue_invariants): no job lost or appeared; one known status
+each; 0 <= retry_count <= max_retries; failed exactly when retry_count = max_retries,
+and then the session is failed; processing exactly with a lease and a heartbeat; no
+shared live lease; get_queue_stats() counts equal a direct count. The job_status_changed
+notifications count the terminal transitions.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from hypothesis import event, given
+from hypothesis import strategies as st
+
+from tests.stateful.support import (BASE, CAP, LEASE, T0, Clocked, check_queue_invariants, claim,
+                                    insert_job, interleaving_settings, new_session, reap, reset,
+                                    run_together, scalar, snapshot)
+
+LATE = T0 + LEASE + timedelta(seconds=1)  # every heartbeat from T0 has expired
+LATER = LATE + CAP + timedelta(seconds=1)  # every retry requeued at LATE is due
+pauses = st.integers(0, 400)  # microseconds before a thread makes its call
+
+
+def pause(micros: int) -> None:
+    if micros:
+        time.sleep(micros / 1e6)
+
+
+class Rig:
+    """The connections of the scenarios, kept for the whole module: 8 workers, 5 reapers,
+    an operator and a listener of job_status_changed."""
+
+    def __init__(self, url: str) -> None:
+        self.workers = [Clocked(url, f"w{i}") for i in range(8)]
+        self.reapers = [Clocked(url, f"r{i}") for i in range(5)]
+        self.operator = Clocked(url, "operator")
+        self.listener = psycopg.connect(url, autocommit=True)
+        self.changes: list[dict[str, Any]] = []
+        self.listener.execute("LISTEN job_status_changed")
+
+    def fresh(self) -> uuid.UUID:
+        """Empty queue, no pending notifications; a new session."""
+        conn = self.operator.at(T0)
+        reset(conn)
+        self.heard()
+        self.changes.clear()
+        return new_session(conn)
+
+    def heard(self) -> list[dict[str, Any]]:
+        """The status changes committed so far."""
+        self.listener.execute("SELECT 1")  # collects those that arrived into the backlog
+        self.changes.extend(json.loads(n.payload)
+                            for n in self.listener.notifies(timeout=0.01))
+        return self.changes
+
+    def terminal(self, job_id: Any) -> Counter[str]:
+        """How many times the job entered completed and failed."""
+        return Counter(c["new_status"] for c in self.heard()
+                       if c["job_id"] == str(job_id) and c["new_status"] in ("completed", "failed"))
+
+    def close(self) -> None:
+        for conn in (*self.workers, *self.reapers, self.operator):
+            conn.close()
+        self.listener.close()
+
+
+@pytest.fixture(scope="module")
+def rig(stateful_url: str) -> Iterator[Rig]:
+    made = Rig(stateful_url)
+    yield made
+    made.close()
+
+
+def claimed_by(rig: Rig, index: int, at: datetime) -> tuple[Any, Any]:
+    """Worker `index` claims at `at`: (job_id, lease_token), or (None, None)."""
+    row = claim(rig.workers[index].at(at), f"w{index}")
+    return (None, None) if row is None else (row[0], row[3])
+
+
+# --- 8 workers claim at once ----------------------------------------------------------------
+
+job_specs = st.lists(st.tuples(st.integers(0, 10), st.booleans(), st.integers(0, 3)),
+                     min_size=1, max_size=24)
+
+
+@interleaving_settings()
+@given(specs=job_specs, rounds=st.integers(1, 3), waits=st.lists(pauses, min_size=8, max_size=8))
+def test_eight_workers_claiming_at_once_take_each_due_job_once_in_priority_order(
+        rig: Rig, specs: list[tuple[int, bool, int]], rounds: int, waits: list[int]) -> None:
+    session = rig.fresh()
+    op = rig.operator.at(T0)
+    order: dict[Any, tuple[int, datetime, int]] = {}  # due jobs: their claim order key
+    ids = set()
+    for seq, (priority, due, age) in enumerate(specs):
+        created_at = T0 - timedelta(seconds=age)
+        job_id, _, _ = insert_job(op, session, priority=priority, created_at=created_at,
+                                  run_at=T0 if due else T0 + timedelta(hours=1))
+        ids.add(job_id)
+        if due:
+            order[job_id] = (-priority, created_at, seq)
+    ranked = sorted(order, key=order.__getitem__)
+    position = {job_id: i for i, job_id in enumerate(ranked)}
+
+    def worker(index: int) -> list[Any]:
+        conn = rig.workers[index].at(T0)
+        pause(waits[index])
+        got = []
+        for _ in range(rounds):
+            row = claim(conn, f"w{index}")
+            if row is not None:
+                got.append(row[0])
+        return got
+
+    results = run_together(*(lambda i=i: worker(i) for i in range(8)))
+    claimed = [job_id for got in results for job_id in got]
+    event(f"workers that claimed nothing: {sum(not got for got in results)}")
+    assert len(claimed) == len(set(claimed)), "a job was claimed twice"
+    assert set(claimed) <= set(order), "a job was claimed before its run_at"
+    expected = ranked[:min(8 * rounds, len(ranked))]
+    assert set(claimed) == set(expected), "the claimed jobs are not the first in priority order"
+    for got in results:
+        assert [position[j] for j in got] == sorted(position[j] for j in got)
+    rows = check_queue_invariants(op, ids).rows
+    holder = {job_id: f"w{index}" for index, got in enumerate(results) for job_id in got}
+    for job_id, row in rows.items():
+        assert (row.status, row.worker_id) == (
+            ("processing", holder[job_id]) if job_id in holder else ("pending", None))
+
+
+def run_all(worker: Any, count: int) -> list[Any]:
+    return run_together(*(lambda i=i: worker(i) for i in range(count)))
+
+
+# --- a claim racing a reaper sweep ----------------------------------------------------------
+
+
+@interleaving_settings()
+@given(max_retries=st.integers(1, 3), with_heartbeat=st.booleans(),
+       waits=st.lists(pauses, min_size=3, max_size=3))
+def test_a_claim_racing_a_reaper_sweep_ends_in_one_outcome_counted_once(
+        rig: Rig, max_retries: int, with_heartbeat: bool, waits: list[int]) -> None:
+    session = rig.fresh()
+    op = rig.operator.at(T0)
+    job, _, _ = insert_job(op, session, max_retries=max_retries, run_at=T0, created_at=T0)
+    _, token = claimed_by(rig, 0, T0)
+    reaper, claimer, holder = rig.reapers[0].at(LATE), rig.workers[1].at(LATER), \
+        rig.workers[0].at(LATE)
+
+    calls = [lambda: (pause(waits[0]), reap(reaper))[1],
+             lambda: (pause(waits[1]), claim(claimer, "w1"))[1]]
+    if with_heartbeat:
+        calls.append(lambda: (pause(waits[2]), scalar(
+            holder, "SELECT queue_heartbeat(%s, %s)", [job, token]))[1])
+    swept, claimed, *beat = run_together(*calls)
+    beat_won = bool(beat and beat[0])
+
+    reaped = [will_retry for job_id, will_retry in swept if job_id == job]
+    assert len(reaped) == int(not beat_won), "exactly one of the sweep and the heartbeat wins"
+    row = check_queue_invariants(op, {job}).rows[job]
+    event("heartbeat won" if beat_won else
+          "swept, then claimed" if claimed else "swept, claim found nothing")
+    if beat_won:
+        assert claimed is None
+        assert (row.status, row.retry_count, row.attempt, row.lease_token, row.heartbeat_at) == (
+            "processing", 0, 1, token, LATE)
+        return
+    assert reaped == [max_retries > 1]
+    assert row.retry_count == 1, "the expired attempt was not counted exactly once"
+    if claimed is not None:  # the claim came after the sweep's commit
+        assert max_retries > 1 and claimed[0] == job
+        assert (row.status, row.attempt, row.lease_token, row.worker_id) == (
+            "processing", 2, claimed[3], "w1")
+    elif max_retries > 1:
+        assert (row.status, row.run_at) == ("pending", LATE + BASE)
+    else:
+        assert row.status == "failed"
+
+
+# --- a late complete racing the requeue and a re-claim -------------------------------------
+
+
+@interleaving_settings()
+@given(max_retries=st.integers(1, 2), wait=st.integers(0, 3000))
+def test_a_late_complete_racing_requeue_and_reclaim_is_never_both_accepted(
+        rig: Rig, max_retries: int, wait: int) -> None:
+    session = rig.fresh()
+    op = rig.operator.at(T0)
+    job, _, _ = insert_job(op, session, max_retries=max_retries, run_at=T0, created_at=T0)
+    _, token = claimed_by(rig, 0, T0)
+    holder = rig.workers[0].at(LATE)
+    reaper, operator = rig.reapers[0].at(LATE), rig.operator.at(LATE)
+
+    def requeue_and_reclaim() -> tuple[list[Any], tuple[Any, Any]]:
+        swept = reap(reaper)
+        if swept and max_retries == 1:  # dead-lettered: the operator brings it back
+            assert scalar(operator, "SELECT queue_requeue_failed(%s)", [job]) is True
+        # Poll like a worker: the late complete, even when rejected, holds the row's lock
+        # for the length of its statement (UPDATE locks the new version before it
+        # rechecks), and a claim skips locked rows.
+        for _ in range(200):
+            got = claimed_by(rig, 1, LATER)
+            if got[0] is not None or not swept:
+                return swept, got
+            time.sleep(0.001)
+        return swept, got
+
+    def late_complete() -> bool:
+        pause(wait)
+        return bool(scalar(holder, "SELECT complete_job(%s, %s)", [job, token]))
+
+    (swept, (reclaimed, new_token)), completed = run_together(requeue_and_reclaim, late_complete)
+    reaped = any(job_id == job for job_id, _ in swept)
+    assert completed != reaped, "the late complete and the requeue were both (or neither) accepted"
+    row = check_queue_invariants(rig.operator.at(LATE), {job}).rows[job]
+    terminal = rig.terminal(job)
+    event("late complete won" if completed else "requeue and re-claim won")
+    if completed:
+        assert reclaimed is None
+        assert (row.status, row.retry_count, row.lease_token) == ("completed", 0, token)
+        assert terminal == Counter(completed=1)
+    else:
+        assert reclaimed == job and new_token != token
+        assert (row.status, row.attempt, row.lease_token) == ("processing", 2, new_token)
+        assert row.retry_count == (1 if max_retries > 1 else 0)  # requeue resets the count
+        assert terminal == (Counter(failed=1) if max_retries == 1 else Counter())
+    before = snapshot(op)[job]
+    # the holder retries its commit: accepted again only if its completion was the one
+    assert bool(scalar(holder, "SELECT complete_job(%s, %s)", [job, token])) is completed
+    assert snapshot(op)[job] == before
+
+
+# --- several reapers sweep the same expired jobs --------------------------------------------
+
+
+@pytest.mark.parametrize("reapers", [2, 5])
+@interleaving_settings()
+@given(expired=st.integers(1, 20), fresh=st.integers(0, 4), batch=st.sampled_from([1, 3, 100]),
+       max_retries=st.integers(1, 3), owners=st.lists(st.integers(0, 3), min_size=24, max_size=24),
+       waits=st.lists(pauses, min_size=5, max_size=5))
+def test_reapers_sweeping_the_same_expired_jobs_count_each_once(
+        rig: Rig, reapers: int, expired: int, fresh: int, batch: int, max_retries: int,
+        owners: list[int], waits: list[int]) -> None:
+    # Jobs of up to four sessions, claimed one millisecond apart so that each sweep takes
+    # them in a known order: reapers dead-lettering them (max_retries 1) also lock their
+    # sessions (the trigger), and taking sessions in crossed orders would deadlock.
+    sessions = [rig.fresh(), *(new_session(rig.operator.at(T0)) for _ in range(3))]
+    op = rig.operator.at(T0)
+    for index in range(expired + fresh):
+        insert_job(op, sessions[owners[index]], max_retries=max_retries, run_at=T0,
+                   created_at=T0)
+    leases = [claimed_by(rig, 0, T0 + timedelta(milliseconds=k)) for k in range(expired + fresh)]
+    holder = rig.workers[0].at(T0 + timedelta(seconds=5))  # still fresh at LATE
+    for job_id, token in leases[expired:]:
+        assert scalar(holder, "SELECT queue_heartbeat(%s, %s)", [job_id, token]) is True
+    stale = {job_id for job_id, _ in leases[:expired]}
+
+    def sweep_until_empty(index: int) -> list[tuple[Any, bool | None]]:
+        conn = rig.reapers[index].at(LATE)
+        pause(waits[index])
+        seen: list[tuple[Any, bool | None]] = []
+        while swept := reap(conn, batch):
+            seen.extend(swept)
+        return seen
+
+    results = run_together(*(lambda i=i: sweep_until_empty(i) for i in range(reapers)))
+    swept_ids = [job_id for seen in results for job_id, _ in seen]
+    event(f"reapers that swept something: {sum(bool(seen) for seen in results)}/{reapers}")
+    assert len(swept_ids) == len(set(swept_ids)), "a job was swept twice"
+    assert set(swept_ids) == stale, "the sweeps missed an expired job or took a fresh one"
+    assert all(will_retry is (max_retries > 1) for seen in results for _, will_retry in seen)
+    rows = check_queue_invariants(op, {job_id for job_id, _ in leases}).rows
+    for job_id, token in leases:
+        row = rows[job_id]
+        if job_id in stale:
+            assert row.retry_count == 1
+            assert row.status == ("pending" if max_retries > 1 else "failed")
+        else:
+            assert (row.status, row.retry_count, row.lease_token) == ("processing", 0, token)
+
+
+# --- concurrent failures of one job ---------------------------------------------------------
+
+
+@interleaving_settings()
+@given(threads=st.integers(2, 8), max_retries=st.integers(1, 10), fenced=st.booleans(),
+       running=st.booleans(), waits=st.lists(pauses, min_size=8, max_size=8))
+def test_concurrent_failures_of_one_job_are_each_counted(
+        rig: Rig, threads: int, max_retries: int, fenced: bool, running: bool,
+        waits: list[int]) -> None:
+    session = rig.fresh()
+    op = rig.operator.at(T0)
+    job, _, _ = insert_job(op, session, max_retries=max_retries, run_at=T0, created_at=T0)
+    token = claimed_by(rig, 0, T0)[1] if fenced or running else None
+
+    def fail(index: int) -> bool | None:
+        conn = rig.workers[index].at(T0)
+        pause(waits[index])
+        answer: bool | None = scalar(conn, "SELECT fail_job(%s, %s, %s)",
+                                     [job, f"error {index}", token if fenced else None])
+        return answer
+
+    answers = run_together(*(lambda i=i: fail(i) for i in range(threads)))
+    counted = [a for a in answers if a is not None]
+    event("dead-lettered" if False in counted else "still retrying")
+    row = check_queue_invariants(op, {job}).rows[job]
+    expected = 1 if fenced else min(threads, max_retries)
+    assert len(counted) == row.retry_count == expected, f"answers {answers}, row {row}"
+    assert counted.count(False) == int(row.retry_count == max_retries)
+    assert rig.terminal(job) == (Counter(failed=1) if row.status == "failed" else Counter())
+
+
+# --- complete racing the heartbeat-expiry sweep ---------------------------------------------
+
+
+@interleaving_settings()
+@given(jobs=st.integers(1, 4), max_retries=st.integers(1, 3),
+       waits=st.lists(pauses, min_size=5, max_size=5))
+def test_complete_racing_the_expiry_sweep_has_exactly_one_winner(
+        rig: Rig, jobs: int, max_retries: int, waits: list[int]) -> None:
+    session = rig.fresh()
+    op = rig.operator.at(T0)
+    for _ in range(jobs):
+        insert_job(op, session, max_retries=max_retries, run_at=T0, created_at=T0)
+    leases = [claimed_by(rig, i, T0) for i in range(jobs)]
+
+    def complete(index: int) -> bool:
+        job_id, token = leases[index]
+        conn = rig.workers[index].at(LATE)
+        pause(waits[index])
+        return bool(scalar(conn, "SELECT complete_job(%s, %s)", [job_id, token]))
+
+    def sweep() -> list[tuple[Any, bool | None]]:
+        pause(waits[4])
+        return reap(rig.reapers[0].at(LATE))
+
+    *completed, swept = run_together(*(lambda i=i: complete(i) for i in range(jobs)), sweep)
+    reaped = {job_id for job_id, _ in swept}
+    rows = check_queue_invariants(op, {job_id for job_id, _ in leases}).rows
+    event(f"completes won: {sum(completed)}/{jobs}")
+    for (job_id, _), won in zip(leases, completed, strict=True):
+        assert won != (job_id in reaped), "the complete and the sweep both (or neither) won"
+        row = rows[job_id]
+        if won:
+            assert (row.status, row.retry_count) == ("completed", 0)
+            assert rig.terminal(job_id) == Counter(completed=1)
+        else:
+            assert row.retry_count == 1
+            assert row.status == ("pending" if max_retries > 1 else "failed")
+            assert rig.terminal(job_id) == (Counter(failed=1) if max_retries == 1 else Counter())
