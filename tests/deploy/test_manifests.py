@@ -1,0 +1,186 @@
+"""The Kubernetes manifests: schema-valid for Kubernetes 1.30, and our rules for a queue worker."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from supervisor.settings import HEARTBEAT_TIMEOUT_DEFAULT, SHUTDOWN_TIMEOUT_DEFAULT
+from tests.deploy.support import (IMAGE_USER, KEDA_API, KUBE, KUBERNETES_VERSION, METRICS_DIR,
+                                  applied, documents, kustomization, manifest_files, one, option,
+                                  pod_spec, tool, workloads)
+
+CORE_MANIFESTS = [p for p in manifest_files()
+                  if all(d["apiVersion"] != KEDA_API for d in documents(p))]
+
+
+@pytest.mark.parametrize("path", CORE_MANIFESTS, ids=lambda p: p.name)
+def test_manifest_passes_kubernetes_validate_strict(path: Path) -> None:
+    for doc in documents(path):
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+def test_kubernetes_validate_cli_strict_passes_every_core_manifest() -> None:
+    cli = tool("kubernetes-validate")
+    if cli is None:
+        pytest.skip("kubernetes-validate is not installed (pip install '.[dev]')")
+    result = subprocess.run([cli, "--strict", "-k", KUBERNETES_VERSION,
+                             *map(str, CORE_MANIFESTS)], capture_output=True, text=True,
+                            check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_strict_validation_rejects_a_misspelt_field() -> None:
+    deployment = yaml.safe_load((KUBE / "deployment.yaml").read_text())
+    deployment["spec"]["template"]["spec"]["terminationGracePeriodSecond"] = 30
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
+
+
+def test_kustomization_lists_every_manifest_but_the_secret_example() -> None:
+    listed = set(kustomization()["resources"])
+    on_disk = {p.name for p in manifest_files()}
+    assert listed == on_disk - {"secret.example.yaml"}
+    assert kustomization()["namespace"] == "mobvibe"
+
+
+def test_kustomize_build_renders_objects_that_validate() -> None:
+    kubectl = tool("kubectl")
+    if kubectl is None:
+        pytest.skip("no kubectl on PATH: `kubectl kustomize` cannot render the kustomization")
+    result = subprocess.run([kubectl, "kustomize", str(KUBE)], capture_output=True, text=True,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    rendered = [d for d in yaml.safe_load_all(result.stdout) if d]
+    assert len(rendered) == len(applied())
+    for doc in rendered:
+        assert doc["metadata"].get("namespace", "mobvibe") == "mobvibe"
+        if doc["apiVersion"] != KEDA_API:
+            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+def test_namespace_enforces_the_restricted_pod_security_standard() -> None:
+    labels = one("Namespace")["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+def test_secret_is_an_example_only() -> None:
+    secret = documents(KUBE / "secret.example.yaml")[0]
+    assert "EXAMPLE ONLY" in (KUBE / "secret.example.yaml").read_text()
+    assert all("CHANGE-ME" in value for value in secret["stringData"].values())
+    assert all(d["kind"] != "Secret" for d in applied())
+
+
+def _supervisor_container() -> dict[str, Any]:
+    containers = pod_spec(one("Deployment", "mobvibe-supervisor"))["containers"]
+    assert len(containers) == 1
+    return containers[0]  # type: ignore[no-any-return]
+
+
+def test_grace_period_covers_the_shutdown_timeout_plus_5_s() -> None:
+    args = _supervisor_container()["args"]
+    timeout = float(option(args, "--shutdown-timeout") or SHUTDOWN_TIMEOUT_DEFAULT)
+    grace = pod_spec(one("Deployment"))["terminationGracePeriodSeconds"]
+    assert grace >= timeout + 5
+
+
+def test_supervisor_leaves_the_reaper_to_the_cronjob() -> None:
+    assert "--no-reaper" in _supervisor_container()["args"]
+    one("CronJob", "mobvibe-reaper")
+
+
+def test_supervisor_probes_use_healthz_and_readyz_on_the_metrics_port() -> None:
+    container = _supervisor_container()
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert container["livenessProbe"]["httpGet"]["port"] in ("metrics", ports["metrics"])
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert int(env.get("MOBVIBE_METRICS_PORT", 9400)) == ports["metrics"]
+    service = one("Service", "mobvibe-metrics")
+    assert service["spec"]["type"] == "ClusterIP"
+    assert service["spec"]["ports"][0]["port"] == 9400
+
+
+@pytest.mark.parametrize("obj", workloads(), ids=lambda o: f"{o['kind']}/{o['metadata']['name']}")
+def test_workload_runs_restricted_with_a_read_only_root(obj: dict[str, Any]) -> None:
+    spec = pod_spec(obj)
+    assert spec["automountServiceAccountToken"] is False
+    pod_ctx = spec["securityContext"]
+    assert pod_ctx["runAsNonRoot"] is True
+    assert pod_ctx["seccompProfile"]["type"] == "RuntimeDefault"
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    for container in spec["containers"]:
+        ctx = container["securityContext"]
+        user = ctx.get("runAsUser", pod_ctx.get("runAsUser"))
+        assert isinstance(user, int) and user == IMAGE_USER, "runAsUser must be numeric"
+        assert ctx["allowPrivilegeEscalation"] is False
+        assert ctx["readOnlyRootFilesystem"] is True
+        assert ctx["capabilities"]["drop"] == ["ALL"]
+        assert "limits" in container["resources"] and "requests" in container["resources"]
+        mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
+        assert "emptyDir" in volumes[mounts["/tmp"]], "TMPDIR needs a writable emptyDir"
+        if obj["kind"] == "Deployment":
+            env = {e["name"]: e.get("value") for e in container["env"]}
+            metrics_dir = env.get("MOBVIBE_METRICS_DIR", METRICS_DIR)
+            assert "emptyDir" in volumes[mounts[metrics_dir]], \
+                "the Prometheus multiprocess directory needs a writable emptyDir"
+
+
+def test_database_url_comes_from_the_secret() -> None:
+    for obj in workloads():
+        for container in pod_spec(obj)["containers"]:
+            env = {e["name"]: e for e in container["env"]}
+            ref = env["DATABASE_URL"]["valueFrom"]["secretKeyRef"]
+            assert ref["name"] == "mobvibe-database"
+            assert ref["key"] in documents(KUBE / "secret.example.yaml")[0]["stringData"]
+
+
+def test_reaper_cronjob_sweeps_once_a_minute_without_overlap() -> None:
+    cron = one("CronJob", "mobvibe-reaper")
+    spec = cron["spec"]
+    assert spec["schedule"] == "* * * * *"
+    assert spec["concurrencyPolicy"] == "Forbid"
+    assert spec["startingDeadlineSeconds"] >= 10
+    assert spec["successfulJobsHistoryLimit"] >= 1 and spec["failedJobsHistoryLimit"] >= 1
+    job = spec["jobTemplate"]["spec"]
+    assert job["backoffLimit"] == 0
+    assert 0 < job["activeDeadlineSeconds"] < 60
+    assert job["ttlSecondsAfterFinished"] > 0
+    pod = pod_spec(cron)
+    assert pod["restartPolicy"] == "Never"
+    container = pod["containers"][0]
+    assert container["command"] == ["mobvibe-reaper"] and "--once" in container["args"]
+    assert len(cron["metadata"]["name"]) <= 52
+
+
+def test_reaper_and_supervisor_share_one_heartbeat_timeout() -> None:
+    def timeout(obj: dict[str, Any]) -> float:
+        container = pod_spec(obj)["containers"][0]
+        from_args = option(container.get("args", []), "--heartbeat-timeout")
+        if from_args is not None:
+            return float(from_args.rstrip("s"))
+        settings = {}
+        for source in container.get("envFrom", []):
+            settings.update(one("ConfigMap", source["configMapRef"]["name"])["data"])
+        return float(settings.get("MOBVIBE_HEARTBEAT_TIMEOUT", HEARTBEAT_TIMEOUT_DEFAULT))
+
+    assert timeout(one("CronJob")) == timeout(one("Deployment"))
+
+
+def test_migration_job_runs_migrate_as_the_owner() -> None:
+    job = one("Job", "mobvibe-migrate")
+    container = pod_spec(job)["containers"][0]
+    assert container["command"] == ["mobvibe-queue"] and container["args"] == ["migrate"]
+    assert pod_spec(job)["restartPolicy"] == "Never"
+
+
+def test_pod_disruption_budget_selects_the_supervisor_pods() -> None:
+    pdb = one("PodDisruptionBudget")
+    labels = one("Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
