@@ -1,0 +1,96 @@
+"""Claim cost as the table grows: 1 thousand, 100 thousand, 1 million rows, 99 % finished.
+
+Each size: the table is loaded (1 % due pending, the rest completed or failed,
+as a queue leaves them), vacuumed and analyzed; then on one connection, with
+the worker's prepared statements, claim_next_job and complete_job are timed
+cycle after cycle. Between cycles (untimed) the completed job is deleted and a
+new pending one enqueued, so that size and mix stay as loaded. Last, the same
+at 100 thousand due pending jobs. The claim's plan and buffer count are kept:
+buffers are a measure of work that the machine's noise does not touch.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import psycopg
+
+from bench.context import Context
+from bench.queries import query
+from bench.stats import summary
+from supervisor.jobs import Job
+from supervisor.sqlfiles import query as queue_query
+
+PENDING_SHARE = 0.01
+SESSIONS = 100
+WARM_UP = 20
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    url = ctx.server.database("claim")
+    sessions = [uuid.uuid4() for _ in range(SESSIONS)]
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(query("create_sessions"), {"session_ids": sessions})
+    costs: dict[str, float] = {}
+    detail: dict[str, Any] = {}
+    shapes = [(str(rows), rows, PENDING_SHARE) for rows in ctx.sizes.claim_rows]
+    shapes.append((f"pending_{ctx.sizes.claim_pending_rows}", ctx.sizes.claim_pending_rows, 1.0))
+    for key, rows, share in shapes:
+        with psycopg.connect(url, autocommit=True) as conn:
+            started = time.monotonic()
+            _load(conn, rows, share, sessions)
+            load_s = time.monotonic() - started
+        ctx.log(f"claim: {rows} rows ({share:.0%} pending) loaded in {load_s:.1f} s; "
+                f"{ctx.sizes.claim_cycles} claims")
+        with psycopg.connect(url, autocommit=True, application_name="mobvibe-bench") as conn:
+            result = _cycles(conn, ctx.sizes.claim_cycles)
+            result["plan"] = _plan(conn)
+        result["load_s"] = round(load_s, 1)
+        costs[key] = result["claim_ms"]["p50"]
+        detail[key] = result
+    return {"claim_ms": costs, "claim": detail}
+
+
+def _load(conn: psycopg.Connection[Any], rows: int, share: float,
+          sessions: list[uuid.UUID]) -> None:
+    conn.execute(query("truncate_jobs"))
+    with conn.transaction():
+        conn.execute(query("disable_new_job_trigger"))
+        conn.execute(query("load_mixed_jobs"), {"count": rows, "pending_share": share,
+                                                "session_ids": sessions, "sessions": SESSIONS})
+        conn.execute(query("enable_new_job_trigger"))
+    conn.execute(query("vacuum_analyze_jobs"))
+
+
+def _cycles(conn: psycopg.Connection[Any], cycles: int) -> dict[str, Any]:
+    claim_ms: list[float] = []
+    complete_ms: list[float] = []
+    worker = "bench:claim-cost"
+    for i in range(WARM_UP + cycles):
+        t0 = time.perf_counter()
+        row = conn.execute(queue_query("claim_next_job"), {"worker_id": worker},
+                           prepare=True).fetchone()
+        t1 = time.perf_counter()
+        if row is None:
+            raise RuntimeError("claim cost: the queue ran dry")
+        job = Job.from_row(row)
+        done = conn.execute(queue_query("complete_job"), {"job_id": job.id,
+                                                          "lease_token": job.lease_token},
+                            prepare=True).fetchone()
+        t2 = time.perf_counter()
+        if not (done and done[0]):
+            raise RuntimeError("claim cost: complete_job refused its own lease")
+        conn.execute(query("replace_completed_job"), {"job_id": job.id}, prepare=True)
+        if i >= WARM_UP:
+            claim_ms.append((t1 - t0) * 1000)
+            complete_ms.append((t2 - t1) * 1000)
+    return {"claim_ms": summary(claim_ms, 4), "complete_ms": summary(complete_ms, 4),
+            "cycles": cycles}
+
+
+def _plan(conn: psycopg.Connection[Any]) -> list[str]:
+    """The claim's inner SELECT, explained (in a transaction rolled back: it locks a row)."""
+    with conn.transaction(force_rollback=True):
+        return [row[0] for row in conn.execute(query("explain_claim")).fetchall()]

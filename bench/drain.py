@@ -1,0 +1,85 @@
+"""Drain: 20,000 no-op jobs through `mobvibe-supervisor --workers N --drain`, N = 1, 2, 4, 8.
+
+The rate is the database's own account: jobs / (last completed_at - first
+started_at), so process start and the drain check do not count; the wall
+time, start to exit, is reported beside it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import psycopg
+
+from bench import cpu
+from bench.context import Context
+from bench.procs import Supervisor, supervisor_args
+from bench.queries import query
+from supervisor.jobs import NewJob
+from supervisor.queue import JobQueue
+
+CHUNK = 5000
+SESSIONS = 100
+PROMPT = "Build a todo app with React Native: benchmark job {}"
+TIMEOUT = 300.0
+WATCH_INTERVAL = 0.1
+
+
+def enqueue_jobs(url: str, count: int) -> None:
+    """`count` due pending jobs, on SESSIONS sessions, through the batch API."""
+    with JobQueue(url) as queue:
+        sessions = [queue.create_session() for _ in range(SESSIONS)]
+        for first in range(0, count, CHUNK):
+            queue.enqueue_many(NewJob(PROMPT.format(i), sessions[i % SESSIONS])
+                               for i in range(first, min(first + CHUNK, count)))
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    url = ctx.server.database("drain")
+    count = ctx.sizes.drain_jobs
+    rates: dict[str, float] = {}
+    detail: dict[str, Any] = {}
+    for workers in ctx.sizes.drain_workers:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(query("truncate_jobs"))
+        enqueue_jobs(url, count)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(query("vacuum_analyze_jobs"))
+        ctx.log(f"drain: {count} jobs, --workers {workers}")
+        started = time.monotonic()
+        with Supervisor(url, *supervisor_args(workers, "supervisor.handlers:noop_handler",
+                                              "--drain", "--no-reaper")) as sup:
+            cpu_use = _watch(url, sup, count, ctx.postmaster)
+            code = sup.wait(TIMEOUT)
+            if code != 0:
+                raise RuntimeError(f"the supervisor exited {code}: {sup.log_tail()}")
+        wall = time.monotonic() - started
+        with psycopg.connect(url, autocommit=True) as conn:
+            completed, total, span = conn.execute(query("drain_span")).fetchone()  # type: ignore[misc]
+        if completed != count or total != count:
+            raise RuntimeError(f"drain with {workers} workers: {completed} of {total} completed")
+        rates[str(workers)] = count / float(span)
+        detail[str(workers)] = {"processing_s": round(float(span), 3), "wall_s": round(wall, 3),
+                                "wall_jobs_per_s": round(count / wall, 1),
+                                "cpu_us_per_job": cpu_use}
+    return {"drain_jobs_per_s": rates, "drain": {"jobs": count, "runs": detail}}
+
+
+
+def _watch(url: str, sup: Supervisor, count: int, postmaster: int | None) -> dict[str, float]:
+    """CPU per job of the workers, the supervisor and the server, from 25 % to 75 % of the drain."""
+    marks = [count // 4, 3 * count // 4]
+    snaps: list[cpu.Snapshot] = []
+    meter: cpu.Meter | None = None
+    deadline = time.monotonic() + TIMEOUT
+    with psycopg.connect(url, autocommit=True) as conn:
+        while len(snaps) < len(marks) and sup.proc.poll() is None and time.monotonic() < deadline:
+            row = conn.execute(query("completed_count"), prepare=True).fetchone()
+            done = int(row[0]) if row else 0
+            if done >= marks[len(snaps)]:
+                meter = meter or cpu.Meter(postmaster, {"workers": sup.children(),
+                                                        "supervisor": [sup.pid]})
+                snaps.append(meter.snapshot(done))
+            time.sleep(WATCH_INTERVAL)
+    return cpu.per_job(snaps[0], snaps[1]) if len(snaps) == len(marks) else {}

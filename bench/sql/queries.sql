@@ -1,0 +1,123 @@
+-- Named queries of the benchmark. Each starts with `-- name: <name>`;
+-- parameters are psycopg placeholders.
+
+-- name: server_settings
+SELECT name, setting, unit FROM pg_settings WHERE name = ANY(%(names)s) ORDER BY name
+
+-- name: server_version
+SELECT version()
+
+-- name: backend_pid
+SELECT pg_backend_pid()
+
+-- The floors' table: coding_jobs' columns, defaults, checks, identity and
+-- indexes (the partial claim index included), without its triggers and its
+-- foreign key, so that the floor is what PostgreSQL does for this row shape.
+-- name: create_floor_table
+CREATE TABLE bench_jobs (LIKE coding_jobs INCLUDING ALL)
+
+-- LIKE copies no storage parameters (fillfactor...): the floor gets coding_jobs' own.
+-- name: table_options
+SELECT coalesce(reloptions, '{}') FROM pg_class WHERE oid = 'coding_jobs'::regclass
+
+-- name: create_session
+INSERT INTO coding_sessions (id) VALUES (%(session_id)s)
+
+-- Pending jobs for the floors, oldest first, one microsecond apart.
+-- name: load_floor_jobs
+INSERT INTO bench_jobs (session_id, prompt, created_at)
+SELECT %(session_id)s, 'Build a todo app with React Native: benchmark job ' || g,
+       now() - interval '1 hour' + g * interval '1 microsecond'
+FROM generate_series(1, %(count)s) AS g
+
+-- name: truncate_floor_jobs
+TRUNCATE bench_jobs
+
+-- name: analyze_floor_jobs
+ANALYZE bench_jobs
+
+-- The same on coding_jobs. The new_job trigger is off during the load (one
+-- notification per row is not what is measured), inside the load's
+-- transaction, so no other session ever sees it off.
+-- name: disable_new_job_trigger
+ALTER TABLE coding_jobs DISABLE TRIGGER on_job_created
+
+-- name: enable_new_job_trigger
+ALTER TABLE coding_jobs ENABLE TRIGGER on_job_created
+
+-- name: load_pending_jobs
+INSERT INTO coding_jobs (session_id, prompt, created_at)
+SELECT %(session_id)s, 'Build a todo app with React Native: benchmark job ' || g,
+       now() - interval '1 hour' + g * interval '1 microsecond'
+FROM generate_series(1, %(count)s) AS g
+
+-- A table of `count` jobs of which a `pending_share` are due pending, the rest
+-- finished as a queue leaves them (mostly completed, one in ten failed), on
+-- `sessions` sessions.
+-- name: load_mixed_jobs
+INSERT INTO coding_jobs (session_id, prompt, status, retry_count, max_retries, error_message,
+                         end_reason, created_at, started_at, completed_at, run_at, attempt)
+SELECT s.session_id, 'Build a todo app with React Native: benchmark job ' || g, st.status,
+       CASE st.status WHEN 'failed' THEN 3 ELSE 0 END, 3,
+       CASE st.status WHEN 'failed' THEN 'benchmark failure' END,
+       CASE st.status WHEN 'pending' THEN NULL ELSE st.status END,
+       t.created_at,
+       CASE st.status WHEN 'pending' THEN NULL ELSE t.created_at + interval '1 second' END,
+       CASE st.status WHEN 'pending' THEN NULL ELSE t.created_at + interval '2 seconds' END,
+       t.created_at,
+       CASE st.status WHEN 'pending' THEN 0 ELSE 1 END
+FROM generate_series(1, %(count)s) AS g
+CROSS JOIN LATERAL (SELECT now() - interval '30 days'
+                           + g * (interval '30 days' / %(count)s) AS created_at) AS t
+CROSS JOIN LATERAL (SELECT CASE
+        WHEN g > %(count)s - %(count)s * %(pending_share)s THEN 'pending'
+        WHEN g %% 10 = 0 THEN 'failed'
+        ELSE 'completed' END AS status) AS st
+CROSS JOIN LATERAL (SELECT (%(session_ids)s::uuid[])[1 + g %% %(sessions)s] AS session_id) AS s
+
+-- name: create_sessions
+INSERT INTO coding_sessions (id) SELECT unnest(%(session_ids)s::uuid[])
+
+-- name: analyze_jobs
+ANALYZE coding_jobs
+
+-- name: vacuum_analyze_jobs
+VACUUM (ANALYZE) coding_jobs
+
+-- name: truncate_jobs
+TRUNCATE coding_jobs
+
+-- The claim cost loop keeps the table's size and mix: the completed job is
+-- deleted and a new pending job takes its place, at the back of the queue.
+-- name: replace_completed_job
+WITH gone AS (DELETE FROM coding_jobs WHERE id = %(job_id)s RETURNING session_id)
+INSERT INTO coding_jobs (session_id, prompt)
+SELECT session_id, 'Build a todo app with React Native: benchmark job' FROM gone
+
+-- name: drain_span
+SELECT count(*) FILTER (WHERE status = 'completed'), count(*),
+       extract(epoch FROM max(completed_at) - min(started_at))
+FROM coding_jobs
+
+-- name: completed_count
+SELECT count(*) FROM coding_jobs WHERE status = 'completed'
+
+-- name: job_state
+SELECT status, worker_id, end_reason, error_message, attempt FROM coding_jobs WHERE id = %(job_id)s
+
+-- Workers connected and waiting (idle between statements) on this database.
+-- name: idle_workers
+SELECT count(*) FROM pg_stat_activity
+WHERE application_name = 'mobvibe-worker' AND state = 'idle' AND datname = current_database()
+
+-- name: job_status
+SELECT status FROM coding_jobs WHERE id = %(job_id)s
+
+-- The claim's inner query, to show its plan in the report.
+-- name: explain_claim
+EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, TIMING OFF, SUMMARY OFF)
+SELECT c.id FROM coding_jobs c
+WHERE c.status = 'pending' AND c.run_at <= queue_now()
+ORDER BY c.priority DESC, c.created_at, c.seq
+LIMIT 1
+FOR UPDATE SKIP LOCKED
