@@ -11,7 +11,7 @@ PROMTOOL := $(TOOLS)/promtool
 WORKERS ?= 4
 
 .PHONY: venv run demo-jobs test test-unit test-contract test-processes test-reaper \
-        test-stateful test-faults test-deploy soak bench image clean
+        test-stateful test-faults test-deploy soak bench image deploy-check clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -68,5 +68,26 @@ test-deploy: venv
 soak: venv
 	HYPOTHESIS_PROFILE=long $(PYTEST) -m soak tests -q
 
+# Throughput, latency, claim cost, recovery and memory against pgbench floors;
+# about 7 minutes. BENCH_DATABASE_URL picks the server; see docs/backend/BENCHMARKS.md.
+bench: venv
+	$(PY) -m bench
+
 clean:
 	rm -rf $(VENV) $(TOOLS) build *.egg-info .pytest_cache .hypothesis
+
+# The container image, on the local base image where no registry is reachable
+# (deploy/docker/base/README.md); pip in the build needs the host network.
+BASE_IMAGE ?= mobvibe/python-base:bookworm
+IMAGE ?= mobvibe/queue:latest
+
+image:
+	bash deploy/docker/base/make-base-image.sh
+	docker build --network host --force-rm --build-arg BASE=$(BASE_IMAGE) \
+	    -f deploy/docker/Dockerfile -t $(IMAGE) .
+
+# Offline checks of deploy/: manifests, KEDA objects, Dockerfile, compose, alert rules.
+deploy-check: venv $(PROMTOOL)
+	$(BIN)/kubernetes-validate --strict -k 1.30.0 $$(grep -L 'keda.sh/' deploy/kubernetes/*.yaml | grep -v kustomization)
+	$(BIN)/hadolint deploy/docker/Dockerfile
+	PATH="$(CURDIR)/$(TOOLS):$$PATH" $(PYTEST) tests/deploy -q -m "not docker"
