@@ -18,6 +18,10 @@ from dataclasses import dataclass
 # seqlock the last good heartbeat (monotonic), written only by the heartbeat
 # thread: one aligned 8-byte store.
 _SLOT = struct.Struct("=Qq16s16sqd")
+_SEQ = struct.Struct("=Q")
+# The fields after seq, written on their own: pack_into zeroes its whole target
+# first, and the sequence number must never pass through 0 (even) mid-write.
+_FIELDS = struct.Struct("=q16s16sqd")
 _HEARTBEAT = struct.Struct("=d")
 _SLOT_SIZE = _SLOT.size + _HEARTBEAT.size
 # parent's last loop turn (monotonic), workers alive
@@ -51,11 +55,11 @@ class Slots:
 
     def _write(self, index: int, pid: int, job: bytes, lease: bytes, attempt: int,
                started: float) -> None:
-        seq = self._read(index)[0]
         offset = self._offset(index)
-        struct.pack_into("=Q", self._map, offset, seq + 1)  # odd: write in progress
-        _SLOT.pack_into(self._map, offset, seq + 1, pid, job, lease, attempt, started)
-        struct.pack_into("=Q", self._map, offset, seq + 2)
+        seq = _SEQ.unpack_from(self._map, offset)[0]
+        _SEQ.pack_into(self._map, offset, seq + 1)  # odd: write in progress
+        _FIELDS.pack_into(self._map, offset + _SEQ.size, pid, job, lease, attempt, started)
+        _SEQ.pack_into(self._map, offset, seq + 2)
 
     # -- written by a worker ---------------------------------------------------
 
@@ -79,10 +83,10 @@ class Slots:
         """The job worker `index` holds, or None (also when its slot is half-written)."""
         offset = self._offset(index)
         for _ in range(100):
-            before = struct.unpack_from("=Q", self._map, offset)[0]
+            before = _SEQ.unpack_from(self._map, offset)[0]
             _seq, _pid, job, lease, attempt, started = self._read(index)
             heartbeat_ok = _HEARTBEAT.unpack_from(self._map, offset + _SLOT.size)[0]
-            after = struct.unpack_from("=Q", self._map, offset)[0]
+            after = _SEQ.unpack_from(self._map, offset)[0]
             # Consistent only if no write began or ended while we copied.
             if before == after and before % 2 == 0:
                 if job == _EMPTY_UUID:
