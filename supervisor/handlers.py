@@ -54,7 +54,9 @@ class ExecHandler(Handler):
     def __init__(self, command: str) -> None:
         self.command = command
         self._proc: subprocess.Popen[bytes] | None = None
-        self._lock = threading.Lock()
+        # Reentrant: abort() also runs in a signal handler, on the thread that
+        # may be holding the lock in run().
+        self._lock = threading.RLock()
 
     def run(self, job: Job, deadline: float | None) -> Outcome:
         env = {**os.environ, "JOB_ID": str(job.id), "SESSION_ID": str(job.session_id),
@@ -84,11 +86,34 @@ class ExecHandler(Handler):
                        f"command failed ({code})", "error")
 
     def abort(self) -> bool:
+        """Stop the running command: TERM now, KILL after KILL_GRACE.
+
+        Called from a signal handler or the heartbeat thread while run() waits
+        in communicate(), so it only sends signals: run() sees the command end
+        and collects it (communicate() must not be entered twice).
+        """
         with self._lock:
             proc = self._proc
         if proc is not None:
-            self._kill(proc)
+            self._signal_group(proc, signal.SIGTERM)
+            timer = threading.Timer(KILL_GRACE, self._kill_if_running, (proc,))
+            timer.daemon = True
+            timer.start()
         return True
+
+    @classmethod
+    def _kill_if_running(cls, proc: subprocess.Popen[bytes]) -> None:
+        if proc.returncode is None:
+            cls._signal_group(proc, signal.SIGKILL)
+
+    @staticmethod
+    def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        except OSError:
+            proc.send_signal(sig)
 
     @staticmethod
     def _kill(proc: subprocess.Popen[bytes]) -> None:

@@ -166,9 +166,6 @@ def test_container_migrates_works_serves_metrics_and_stops_on_sigterm_losing_no_
         f"{time.monotonic() - started:.1f} s; docker stop took {took:.1f} s"
 
 
-@pytest.mark.xfail(strict=True, reason="supervisor bug: ExecHandler.abort() from the SIGUSR1 "
-                   "handler re-enters Popen.communicate() (ValueError: flush of closed file), the "
-                   "worker exits 1 and the attempt is counted instead of released")
 def test_sigterm_gives_a_running_exec_command_back_without_counting_an_attempt(
         docker_client: Any, image: str, fresh_database: str, containers: list[Any]) -> None:
     run_once(docker_client, image, "mobvibe-queue", ["migrate"], fresh_database)
