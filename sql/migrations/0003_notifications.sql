@@ -31,11 +31,16 @@ END
 $$;
 
 -- The WHEN clause keeps heartbeats and other non-status updates from calling
--- the function at all.
+-- the function at all. A session that sets mobvibe.status_notify to off (the
+-- supervisor's --no-status-notifications, for deployments where nothing
+-- listens) skips it as well: the notifications cost about a third of the
+-- server's work per job, and a notifying commit holds a cluster-wide lock
+-- through its WAL flush.
 DROP TRIGGER IF EXISTS on_job_status_changed ON coding_jobs;
 CREATE TRIGGER on_job_status_changed
     AFTER UPDATE OF status ON coding_jobs
-    FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status)
+    FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status
+                       AND current_setting('mobvibe.status_notify', true) IS DISTINCT FROM 'off')
     EXECUTE FUNCTION notify_job_status_change();
 
 -- Supabase Realtime: publish row changes where the publication exists.

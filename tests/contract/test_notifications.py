@@ -126,6 +126,22 @@ def test_release_and_the_operator_path_notify_too(listener: Any, conn: Any,
     ]
 
 
+def test_a_session_with_status_notify_off_sends_no_status_changes(listener: Any, conn: Any,
+                                                                  db_url: str,
+                                                                  session_id: Any) -> None:
+    job = insert_job(conn, session_id)
+    with psycopg.connect(db_url, autocommit=True,
+                         options="-c mobvibe.status_notify=off") as quiet:
+        taken = claim(quiet)
+        assert taken is not None
+        assert scalar(quiet, "SELECT complete_job(%s, %s)", [job, taken["lease_token"]]) is True
+    other = insert_job(conn, session_id)
+    assert scalar(conn, "SELECT complete_job(%s)", [other]) is True  # others still notify
+    notes = received(listener, conn)
+    assert [channel for channel, _ in notes] == ["new_job", "new_job", "job_status_changed"]
+    assert notes[2] == status_change(other, session_id, "pending", "completed")
+
+
 def test_a_heartbeat_notifies_nothing(listener: Any, conn: Any, session_id: Any) -> None:
     insert_job(conn, session_id)
     set_clock(conn, T0)
