@@ -56,8 +56,8 @@ RETURNING id
 -- name: enqueue_jobs
 INSERT INTO coding_jobs (session_id, prompt, priority, max_retries, run_at)
 SELECT s, p, pr, mr, coalesce(ra, queue_now() + d * interval '1 second')
-FROM unnest(%(session_ids)s::uuid[], %(prompts)s::text[], %(priorities)s::smallint[],
-            %(max_retries)s::integer[], %(run_ats)s::timestamptz[], %(delays)s::float8[])
+FROM unnest(%(session_ids)b::uuid[], %(prompts)b::text[], %(priorities)b::smallint[],
+            %(max_retries)b::integer[], %(run_ats)s::timestamptz[], %(delays)b::float8[])
      AS t(s, p, pr, mr, ra, d)
 RETURNING id
 
