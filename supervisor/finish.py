@@ -55,7 +55,7 @@ def _finish_once(conn: psycopg.Connection[Any], worker_id: str, job: Job, outcom
                                                        "lease_token": job.lease_token,
                                                        "reason": "released at shutdown"}).fetchone()
         if released and released[0]:
-            metrics.ATTEMPTS_ENDED.labels("released").inc()
+            metrics.ENDED["released"].inc()
             event(log, logging.INFO, "job_released", "job given back at shutdown", **fields)
         else:
             _lease_lost(fields)
@@ -78,7 +78,7 @@ def _complete(conn: psycopg.Connection[Any], worker_id: str, job: Job, chain: bo
         completed, next_row = bool(one and one[0]), (None,)
     if completed:
         metrics.JOBS_COMPLETED.inc()
-        metrics.ATTEMPTS_ENDED.labels("completed").inc()
+        metrics.ENDED["completed"].inc()
         event(log, logging.INFO, "job_completed", "job completed", **fields)
     else:
         _lease_lost(fields)
@@ -97,7 +97,7 @@ def record_failure(conn: psycopg.Connection[Any], job_id: Any, lease_token: Any,
         _lease_lost(fields)
         return None
     metrics.JOBS_FAILED.inc()
-    metrics.ATTEMPTS_ENDED.labels(reason).inc()
+    (metrics.ENDED.get(reason) or metrics.ATTEMPTS_ENDED.labels(reason)).inc()
     if will_retry:
         metrics.JOBS_RETRIED.inc()
         event(log, logging.WARNING, "job_retry_scheduled", f"attempt failed: {error}",
@@ -113,6 +113,6 @@ def _lease_lost(fields: dict[str, Any]) -> None:
     from supervisor import metrics  # noqa: PLC0415
 
     metrics.LEASES_LOST.inc()
-    metrics.ATTEMPTS_ENDED.labels("lease_lost").inc()
+    metrics.ENDED["lease_lost"].inc()
     event(log, logging.WARNING, "lease_lost", "the job's lease was taken away; result dropped",
           **fields)

@@ -51,8 +51,8 @@ REAPER_LAST_SUCCESS = Gauge("mobvibe_reaper_last_success_timestamp_seconds",
                             "Unix time of the last successful sweep of this reaper.",
                             multiprocess_mode="max")
 
-for _reason in END_REASONS:
-    ATTEMPTS_ENDED.labels(_reason)
+# One child per reason, made once: labels() takes a lock and a dict lookup per call.
+ENDED = {reason: ATTEMPTS_ENDED.labels(reason) for reason in END_REASONS}
 for _cause in ("clean", "error", "signal", "deadline", "recycled"):
     WORKER_EXITS.labels(_cause)
 for _status in ("completed", "failed"):

@@ -56,7 +56,7 @@ class Rescuer:
                                                   "lease_token": holding.lease_token,
                                                   "reason": "released at shutdown"}).fetchone()
         if row and row[0]:
-            metrics.ATTEMPTS_ENDED.labels("released").inc()
+            metrics.ENDED["released"].inc()
             event(log, logging.INFO, "job_released", "job given back at shutdown", **fields)
 
     def queue_is_empty(self) -> bool:

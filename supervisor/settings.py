@@ -42,6 +42,7 @@ class Settings:
     crash_loop_limit: int = CRASH_LOOP_LIMIT_DEFAULT
     crash_loop_window: float = CRASH_LOOP_WINDOW_DEFAULT
     durable_completions: bool = True
+    status_notifications: bool = True  # job_status_changed from the workers' transitions
     node: str = field(default_factory=socket.gethostname)
 
     def validate(self) -> Settings:

@@ -10,6 +10,7 @@ import signal
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from supervisor import clock, db
 from supervisor.handlers import Aborted, Handler, Outcome
@@ -69,10 +70,23 @@ class Worker:
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
                 job = None
                 self._connection_lost(exc)
+        if job is not None:
+            self._give_back(job)
         self.heartbeat.stop()
         event(log, logging.INFO, "worker_stopped", "worker stopped", worker=self.worker_id,
               jobs=self.jobs_done)
         return EXIT_OK
+
+    def _give_back(self, job: Job) -> None:
+        """Release a job claimed with the last completion but not started: we are stopping."""
+        try:
+            self._db().execute(query("release_job"), {"job_id": job.id,
+                                                      "lease_token": job.lease_token,
+                                                      "reason": "released at shutdown"})
+        except (psycopg.OperationalError, psycopg.InterfaceError):
+            return  # its heartbeat stops with us: the reaper requeues it
+        event(log, logging.INFO, "job_released", "claimed job given back unstarted",
+              worker=self.worker_id, job_id=str(job.id), attempt=job.attempt)
 
     def _install_signals(self) -> None:
         os.set_blocking(self._wakeup_w, False)
@@ -105,8 +119,12 @@ class Worker:
 
     def _db(self) -> psycopg.Connection[Any]:
         if self.conn is None or self.conn.closed:
-            extra = {} if self.settings.durable_completions else \
-                {"options": "-c synchronous_commit=off"}
+            options = [str(conninfo_to_dict(self.settings.database_url).get("options", ""))]
+            if not self.settings.durable_completions:
+                options.append("-c synchronous_commit=off")
+            if not self.settings.status_notifications:
+                options.append("-c mobvibe.status_notify=off")  # read by the trigger's WHEN
+            extra = {"options": " ".join(options).strip()} if any(options) else {}
             self.conn = db.connect(self.settings.database_url, application_name="mobvibe-worker",
                                    **extra)
             self.conn.add_notify_handler(self._on_notify)

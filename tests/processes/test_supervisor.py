@@ -156,6 +156,19 @@ def test_exec_command_past_job_timeout_is_killed_and_retried(queue: JobQueue, co
     assert job is not None and job["end_reason"] == "deadline_exceeded"
 
 
+def test_sigterm_gives_a_running_exec_command_back_without_counting_it(
+        queue: JobQueue, conn: Any, supervisor: Any) -> None:
+    queue.enqueue_many([NewJob("anything")] * 2)
+    running = supervisor("--workers", "2", "--exec", "sleep 60", *FAST,
+                         "--shutdown-timeout", "0.5")
+    wait_for(lambda: count(conn, "processing") == 2, message="2 commands running")
+    running.signal(signal.SIGTERM)
+    assert running.wait_exit(15) == 0
+    rows = conn.execute("SELECT status, retry_count, end_reason FROM coding_jobs").fetchall()
+    assert rows == [("pending", 0, "released at shutdown")] * 2
+    assert {e["cause"] for e in running.events("worker_exited")} <= {"clean"}
+
+
 def test_exec_command_gets_prompt_and_environment(queue: JobQueue, conn: Any, supervisor: Any,
                                                   tmp_path: Any) -> None:
     out = tmp_path / "out"
@@ -190,7 +203,11 @@ def test_sighup_replaces_every_worker_without_dropping_a_job(queue: JobQueue, co
              message="every worker replaced")
     assert running.wait_exit(60) == 0
     assert statuses(conn) == {"completed": 200}
-    assert conn.execute("SELECT max(attempt) FROM coding_jobs").fetchone()[0] == 1
+    # A job claimed along with a retiring worker's last completion is given back
+    # unstarted (a second attempt, no failure); none may wait for the reaper.
+    failed_once = conn.execute("SELECT id, attempt, error_message FROM coding_jobs "
+                               "WHERE error_message IS NOT NULL OR retry_count > 0").fetchall()
+    assert not failed_once
 
 
 def test_max_jobs_per_worker_recycles_workers(queue: JobQueue, conn: Any,
@@ -221,6 +238,16 @@ def test_bad_options_fail_at_start_with_one_line(db_url: str) -> None:
         assert result.returncode == 2, (args, result.stderr)
         assert fragment in result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_unwritable_metrics_dir_fails_at_start_with_one_line(db_url: str, tmp_path: Any) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = run_cli("--metrics-port", "0", "--metrics-dir", str(blocker / "metrics"),
+                     env={"DATABASE_URL": db_url})
+    assert result.returncode == 2, result.stderr
+    assert "--metrics-dir" in result.stderr and "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1
 
 
 def test_env_variables_configure_the_supervisor(db_url: str) -> None:
