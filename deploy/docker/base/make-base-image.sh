@@ -326,8 +326,24 @@ ensure_image() {
     log "built $IMAGE: python3 $version"
 }
 
+# The compose CLI lets the tests check deploy/docker-compose.yml with the tool
+# itself; they skip that check without it, so a failure here is not fatal.
+ensure_compose() {
+    if docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null 2>&1; then
+        return
+    fi
+    [ "$(id -u)" -eq 0 ] || { log "no compose CLI (not root: not installing docker-compose)"; return; }
+    if DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+            docker-compose >/tmp/make-base-image-compose.log 2>&1; then
+        log "installed docker-compose"
+    else
+        log "could not install docker-compose (see /tmp/make-base-image-compose.log)"
+    fi
+}
+
 main() {
     ensure_packages
+    ensure_compose
     ensure_engine
     ensure_image
     log "ready: $IMAGE ($(docker image inspect --format '{{.Size}}' "$IMAGE" |
