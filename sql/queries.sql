@@ -84,7 +84,12 @@ WHERE status = 'failed' AND completed_at < queue_now() - %(older_than)s
 -- name: delete_failed
 DELETE FROM coding_jobs WHERE id = ANY(%(ids)s) AND status = 'failed'
 
+-- Each CronJob run is a new pod, so a new host:pid row: rows of reapers not
+-- seen for a week are dropped on the way, or the table would grow forever.
 -- name: record_reaper_run
+WITH forgotten AS (
+    DELETE FROM queue_reaper_runs
+    WHERE last_sweep_at < queue_now() - interval '7 days' AND reaper <> %(reaper)s)
 INSERT INTO queue_reaper_runs AS r (reaper, last_sweep_at, requeued, dead_lettered, pruned)
 VALUES (%(reaper)s, queue_now(), %(requeued)s, %(dead_lettered)s, %(pruned)s)
 ON CONFLICT (reaper) DO UPDATE

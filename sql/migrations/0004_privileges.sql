@@ -65,7 +65,7 @@ BEGIN
             EXECUTE format('GRANT SELECT ON coding_jobs, coding_sessions, queue_config,
                             queue_reaper_runs TO %I', api_role);
             EXECUTE format('GRANT INSERT ON coding_jobs, coding_sessions TO %I', api_role);
-            EXECUTE format('GRANT INSERT, UPDATE ON queue_reaper_runs TO %I', api_role);
+            EXECUTE format('GRANT INSERT, UPDATE, DELETE ON queue_reaper_runs TO %I', api_role);
         END IF;
     END LOOP;
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'mobvibe_monitor') THEN

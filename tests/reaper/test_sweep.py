@@ -147,6 +147,16 @@ def test_a_sweep_is_recorded_in_queue_reaper_runs(
     assert row == (clock.now, 3, 0, 0)
 
 
+def test_reapers_not_seen_for_a_week_are_forgotten(conn: Any, clock: Clock,
+                                                  settings: ReaperSettings) -> None:
+    conn.execute("INSERT INTO queue_reaper_runs (reaper, last_sweep_at) VALUES "
+                 "('old-cronjob-pod:1', %s), ('recent-pod:1', %s)",
+                 [clock.now - timedelta(days=8), clock.now - timedelta(days=6)])
+    run_once(conn, settings)
+    names = {row[0] for row in conn.execute("SELECT reaper FROM queue_reaper_runs")}
+    assert names == {"recent-pod:1", "test-reaper"}
+
+
 def test_batches_loop_until_every_expired_attempt_is_requeued(
         queue: JobQueue, conn: Any, clock: Clock) -> None:
     queue.enqueue_many([NewJob("x")] * 23)
