@@ -52,7 +52,7 @@ def _at_least(figure: str, value: float | None, unit: str, target: str, ratio: f
 
 def _by_count(mapping: dict[str, Any]) -> list[tuple[str, Any]]:
     """Items keyed by a number ("1", "8", "10000"), in numeric order."""
-    return sorted(mapping.items(), key=lambda kv: int(kv[0]))
+    return sorted(mapping.items(), key=lambda kv: (int(kv[0].split("-")[0]), kv[0]))
 
 
 def _floors(r: dict[str, Any]) -> list[Check]:
@@ -93,6 +93,10 @@ def _drain(r: dict[str, Any]) -> list[Check]:
         else:
             rows.append(Check(f"drain_jobs_per_s[{workers}]", rate, "jobs/s", "x floor",
                               _ratio(rate, floor)))
+    quiet = _get(r, "drain_no_status_notifications_jobs_per_s")
+    if quiet:
+        rows.append(Check("drain[8] --no-status-notifications", quiet, "jobs/s",
+                          "info: x floor", _ratio(quiet, floor)))
     for workers, run in _by_count(_get(r, "drain", "runs") or {}):
         use = run.get("cpu_us_per_job") or {}
         if "postgres" in use:
