@@ -65,8 +65,11 @@ test-faults: venv
 test-deploy: venv
 	$(PYTEST) tests/deploy -q
 
+# The state machine with the long Hypothesis profile (random, 1,000 examples of
+# 80 steps; tens of minutes), then the tests marked soak.
 soak: venv
-	HYPOTHESIS_PROFILE=long $(PYTEST) -m soak tests -q
+	HYPOTHESIS_PROFILE=long $(PYTEST) tests/stateful -q -s
+	$(PYTEST) -m soak tests -q -s || [ $$? -eq 5 ]
 
 # Throughput, latency, claim cost, recovery and memory against pgbench floors;
 # about 7 minutes. BENCH_DATABASE_URL picks the server; see docs/backend/BENCHMARKS.md.
