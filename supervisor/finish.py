@@ -9,6 +9,7 @@ from typing import Any
 import psycopg
 
 from supervisor import clock
+from supervisor.errors import DatabaseUnavailableError
 from supervisor.handlers import Outcome
 from supervisor.jobs import Job
 from supervisor.logs import event
@@ -16,6 +17,7 @@ from supervisor.sqlfiles import query
 
 log = logging.getLogger(__name__)
 Connect = Callable[[], psycopg.Connection[Any]]
+FIRST_RETRY = 0.1
 
 
 def finish_job(connect: Connect, worker_id: str, job: Job, outcome: Outcome, duration: float,
@@ -27,11 +29,16 @@ def finish_job(connect: Connect, worker_id: str, job: Job, outcome: Outcome, dur
     reaper gets the job back.
     """
     deadline = clock.monotonic() + retry_for
-    delay = 0.1
+    delay = FIRST_RETRY
     while True:
         try:
             return _finish_once(connect(), worker_id, job, outcome, duration, chain)
-        except (psycopg.OperationalError, psycopg.InterfaceError):
+        except (psycopg.OperationalError, psycopg.InterfaceError,
+                DatabaseUnavailableError) as exc:
+            if delay == FIRST_RETRY:
+                event(log, logging.WARNING, "finish_retrying",
+                      "database connection lost while finishing a job; retrying",
+                      worker=worker_id, job_id=str(job.id), error=str(exc).split("\n")[0])
             if clock.monotonic() + delay > deadline:
                 raise
             clock.sleep(delay)

@@ -13,6 +13,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from supervisor import clock, db
+from supervisor.errors import DatabaseUnavailableError
 from supervisor.handlers import Aborted, Handler, Outcome
 from supervisor.heartbeat import Heartbeat
 from supervisor.jobs import Job
@@ -43,6 +44,7 @@ class Worker:
         self.pid = os.getpid()
         self.worker_id = f"{settings.node}:{index}:{self.pid}"
         self.conn: psycopg.Connection[Any] | None = None
+        self.connections = 0  # made so far: the first is not a reconnection
         self.stopping = False
         self.releasing = False
         self.wake_pending = True  # poll once at start
@@ -67,7 +69,11 @@ class Worker:
                 job = job or self._next_job()
                 if job is not None:
                     job = self._process(job)
-            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            except (psycopg.OperationalError, psycopg.InterfaceError,
+                    DatabaseUnavailableError) as exc:
+                # A database outage is waited out here, not by exiting: a worker that
+                # exits is restarted at once and fails again, and a few of those in a
+                # row look like a crash loop that stops the whole supervisor.
                 job = None
                 self._connection_lost(exc)
         if job is not None:
@@ -83,7 +89,7 @@ class Worker:
             self._db().execute(query("release_job"), {"job_id": job.id,
                                                       "lease_token": job.lease_token,
                                                       "reason": "released at shutdown"})
-        except (psycopg.OperationalError, psycopg.InterfaceError):
+        except (psycopg.OperationalError, psycopg.InterfaceError, DatabaseUnavailableError):
             return  # its heartbeat stops with us: the reaper requeues it
         event(log, logging.INFO, "job_released", "claimed job given back unstarted",
               worker=self.worker_id, job_id=str(job.id), attempt=job.attempt)
@@ -130,6 +136,10 @@ class Worker:
             self.conn.add_notify_handler(self._on_notify)
             listen(self.conn, ["new_job"])
             self.wake_pending = True  # notifications may have been missed: poll now
+            if self.connections:
+                event(log, logging.INFO, "db_reconnected", "database connection re-established",
+                      worker=self.worker_id, connections=self.connections + 1)
+            self.connections += 1
         return self.conn
 
     def _on_notify(self, notify: Any) -> None:
