@@ -51,6 +51,11 @@ seconds = click.FloatRange(min=0)
 @click.option("--metrics-dir", type=click.Path(file_okay=False), default=None, show_envvar=True,
               help="Directory for the metrics of all processes (emptied at start; default: a "
                    "new temporary directory).")
+@click.option("--crash-loop-limit", type=click.IntRange(min=1),
+              default=defaults.CRASH_LOOP_LIMIT_DEFAULT, show_envvar=True,
+              help=f"Exit (code 3) after this many worker crashes within "
+                   f"{defaults.CRASH_LOOP_WINDOW_DEFAULT:g} s, so that the orchestrator "
+                   "restarts the pod.")
 @click.option("--reaper/--no-reaper", default=True, show_envvar=True,
               help="Run the reaper as a child (--no-reaper when a CronJob runs it).")
 @click.option("--reaper-interval", type=seconds, default=defaults.REAPER_INTERVAL_DEFAULT,
@@ -71,7 +76,8 @@ seconds = click.FloatRange(min=0)
 def main(database_url: str | None, workers: int, exec_cmd: str | None, handler: str | None,
          poll_interval: float, heartbeat_interval: float, heartbeat_timeout: float,
          job_timeout: float, shutdown_timeout: float, max_jobs_per_worker: int,
-         metrics_port: int, metrics_dir: str | None, reaper: bool, reaper_interval: float,
+         metrics_port: int, metrics_dir: str | None, crash_loop_limit: int, reaper: bool,
+         reaper_interval: float,
          migrate: bool, drain: bool, async_completions: bool, status_notifications: bool,
          log_format: str, log_level: str) -> None:
     """Run the MobVibe job queue: N worker processes claiming and running coding jobs."""
@@ -81,7 +87,8 @@ def main(database_url: str | None, workers: int, exec_cmd: str | None, handler: 
         poll_interval=poll_interval, heartbeat_interval=heartbeat_interval,
         heartbeat_timeout=heartbeat_timeout, job_timeout=job_timeout,
         shutdown_timeout=shutdown_timeout, max_jobs_per_worker=max_jobs_per_worker,
-        metrics_port=metrics_port, reaper=reaper, reaper_interval=reaper_interval, drain=drain,
+        metrics_port=metrics_port, crash_loop_limit=crash_loop_limit, reaper=reaper,
+        reaper_interval=reaper_interval, drain=drain,
         durable_completions=not async_completions,
         status_notifications=status_notifications).validate()
     from supervisor.handlers import make_handler  # noqa: PLC0415
