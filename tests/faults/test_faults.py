@@ -69,6 +69,26 @@ def duplicates(log: Path) -> list[tuple[str, int, int]]:
             for attempt, pid in sorted(runs)[:-1]]
 
 
+def seconds_until_more_complete(conn: psycopg.Connection[Any], more: int) -> float:
+    """From now until `more` further jobs have completed: how long processing took to resume."""
+    start, begun = completed(conn), time.monotonic()
+    wait_for(lambda: completed(conn) >= start + more, timeout=60,
+             message=f"{more} more jobs completing after the fault")
+    return time.monotonic() - begun
+
+
+def all_completed_once_or_explained(conn: psycopg.Connection[Any], ids: set[str], log: Path,
+                                    running: Running) -> int:
+    """Every job completed, none lost or added; the number of repeated executions."""
+    assert running.wait_exit(120) == 0, running.log()[-3000:]
+    rows = final_rows(conn)
+    assert set(rows) == ids, "a job disappeared or appeared"
+    assert {status for status, _, _ in rows.values()} == {"completed"}
+    again = duplicates(log)
+    assert not unexplained(again, running)
+    return len(again)
+
+
 def unexplained(again: list[tuple[str, int, int]], running: Running,
                 killed: set[int] = frozenset()) -> list[tuple[str, int, int]]:  # type: ignore[assignment]
     """The repeated executions that no lost attempt explains.
@@ -138,21 +158,11 @@ def test_every_worker_connection_terminated_mid_run(
         "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
         "WHERE datname = current_database() AND application_name IN "
         "('mobvibe-worker', 'mobvibe-heartbeat') AND pid <> pg_backend_pid()").fetchone()[0]
-    at_kill = completed(conn)
-    cut = time.monotonic()
-    wait_for(lambda: completed(conn) >= at_kill + 50, timeout=30,
-             message="jobs completing again after the connections were cut")
-    recovery = time.monotonic() - cut
-    assert running.wait_exit(120) == 0, running.log()[-3000:]
-
-    rows = final_rows(conn)
-    assert set(rows) == ids
-    assert {status for status, _, _ in rows.values()} == {"completed"}
+    recovery = seconds_until_more_complete(conn, 50)
+    again = all_completed_once_or_explained(conn, ids, log, running)
     assert running.events("db_reconnected"), "the workers reconnected"
-    again = duplicates(log)
-    assert not unexplained(again, running)
     report("terminate-backends", jobs=len(ids), terminated=terminated,
-           duplicates=len(again), recovery_s=f"{recovery:.2f}")
+           duplicates=again, recovery_s=f"{recovery:.2f}")
     assert terminated >= 4
 
 
@@ -197,17 +207,9 @@ def test_postgres_immediate_stop_and_restart_mid_run(
     restarted = time.monotonic()
     assert running.proc.poll() is None, "the supervisor survived the outage"
     with psycopg.connect(url, autocommit=True) as watch:
-        at_restart = completed(watch)
-        wait_for(lambda: completed(watch) > at_restart + 10, timeout=60,
-                 message="jobs completing after the restart")
-        recovery = time.monotonic() - restarted
-        assert running.wait_exit(120) == 0, running.log()[-3000:]
-        rows = final_rows(watch)
-    assert set(rows) == ids
-    assert {status for status, _, _ in rows.values()} == {"completed"}
-    again = duplicates(log)
-    assert not unexplained(again, running)
-    report("postgres-restart", jobs=len(ids), duplicates=len(again),
+        recovery = seconds_until_more_complete(watch, 10)
+        again = all_completed_once_or_explained(watch, ids, log, running)
+    report("postgres-restart", jobs=len(ids), duplicates=again,
            outage_s=f"{restarted - stopped:.2f}", recovery_s=f"{recovery:.2f}",
            bound_s=RESTART_RECOVERY_BOUND, supervisor_pid_kept=running.proc.pid)
     assert recovery <= RESTART_RECOVERY_BOUND
