@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -90,8 +92,13 @@ def embedded_dir() -> Path:
 
 def embedded_url() -> str:
     """Start (or reuse) the embedded PostgreSQL and return its URL."""
+    # pgserver logs every pg_ctl command line at INFO, and platformdirs warns on
+    # import when XDG_RUNTIME_DIR is unset: neither is news to the user.
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
     try:
-        import pgserver  # noqa: PLC0415 - only local runs without DATABASE_URL need it
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import pgserver  # noqa: PLC0415 - only local runs without DATABASE_URL need it
     except ImportError:
         raise ConfigError("DATABASE_URL is not set and the embedded PostgreSQL is not installed: "
                           "set DATABASE_URL, or pip install 'mobvibe-supervisor[embedded]'") \
