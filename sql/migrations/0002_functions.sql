@@ -297,7 +297,7 @@ CREATE OR REPLACE FUNCTION queue_fail_session() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     UPDATE coding_sessions
-    SET status = 'failed', error_message = NEW.error_message, updated_at = now()
+    SET status = 'failed', error_message = NEW.error_message, updated_at = queue_now()
     WHERE id = NEW.session_id;
     RETURN NULL;
 END
