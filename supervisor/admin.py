@@ -9,6 +9,8 @@ from typing import Any
 import click
 
 from supervisor import db, logs
+from supervisor.dlq import dlq
+from supervisor.doctor import doctor
 from supervisor.errors import ConfigError
 from supervisor.jobs import MAX_RETRIES_DEFAULT, PRIORITY_MAX, PRIORITY_MIN, NewJob
 from supervisor.migrate import migrate as run_migrations
@@ -150,8 +152,6 @@ def _set_config(conn: Any, base: float | None, cap: float | None, jitter: float 
         raise ConfigError("backoff cap must be at least the backoff base") from None
 
 
-from supervisor.dlq import dlq  # noqa: E402 - the dead letters and the doctor live in modules
-from supervisor.doctor import doctor  # noqa: E402  of their own; registered here
-
+# The dead letters and the doctor live in modules of their own.
 main.add_command(dlq)
 main.add_command(doctor)
