@@ -98,7 +98,7 @@ def _sweep_once(url: str, settings: sweep.ReaperSettings) -> dict[str, object]:
         try:
             return sweep.run_once(conn, settings).as_dict()
         except psycopg.Error as exc:
-            raise SweepFailedError(f"the sweep failed: {db._first_line(exc)}") from None
+            raise SweepFailedError(f"the sweep failed: {db.first_line(exc)}") from None
 
 
 def _check_schema(url: str) -> None:

@@ -38,7 +38,7 @@ def validate_url(url: str) -> str:
         params = conninfo.conninfo_to_dict(url)
     except psycopg.ProgrammingError as exc:
         raise ConfigError("DATABASE_URL is not a valid PostgreSQL URL: "
-                          f"{_first_line(exc, redact=True)}") \
+                          f"{first_line(exc, redact=True)}") \
             from None
     port = str(params.get("port", "5432"))
     if not all(p.isdigit() and 0 < int(p) < 65536 for p in port.split(",")):
@@ -51,7 +51,8 @@ def validate_url(url: str) -> str:
     return url
 
 
-def _first_line(exc: BaseException, *, redact: bool = False) -> str:
+def first_line(exc: BaseException, *, redact: bool = False) -> str:
+    """The first line of an error's message (its type when it has none), for one-line reports."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     # A parse error quotes the offending fragment, which can be a password.
     return re.sub(r'"[^"]*"', '"..."', text) if redact else text
@@ -65,7 +66,7 @@ def connect(url: str, *, autocommit: bool = True, application_name: str = "mobvi
     try:
         return psycopg.connect(url, autocommit=autocommit, **options)
     except psycopg.OperationalError as exc:
-        raise DatabaseUnavailableError(f"cannot connect to the database: {_first_line(exc)}") \
+        raise DatabaseUnavailableError(f"cannot connect to the database: {first_line(exc)}") \
             from None
 
 
@@ -109,5 +110,5 @@ def embedded_url() -> str:
         server = pgserver.get_server(directory, cleanup_mode="stop")
     except Exception as exc:  # noqa: BLE001 - pgserver raises plain exceptions
         raise DatabaseUnavailableError(f"cannot start the embedded PostgreSQL in {directory}: "
-                                       f"{_first_line(exc)}") from None
+                                       f"{first_line(exc)}") from None
     return str(server.get_uri())

@@ -79,7 +79,7 @@ def diagnose(conn: psycopg.Connection[Any], heartbeat_timeout: float, limit: int
         try:
             rows = conn.execute(query(name), params).fetchall()
         except psycopg.Error as exc:
-            report.findings.append(Finding(check, f"could not run: {db._first_line(exc)}"))
+            report.findings.append(Finding(check, f"could not run: {db.first_line(exc)}"))
             continue
         for row in rows:
             report.findings.append(_finding(check, row, describe(row, format_duration(

@@ -8,7 +8,7 @@ from typing import Any
 
 import psycopg
 
-from supervisor import clock
+from supervisor import clock, db
 from supervisor.errors import DatabaseUnavailableError
 from supervisor.handlers import Outcome
 from supervisor.jobs import Job
@@ -38,7 +38,7 @@ def finish_job(connect: Connect, worker_id: str, job: Job, outcome: Outcome, dur
             if delay == FIRST_RETRY:
                 event(log, logging.WARNING, "finish_retrying",
                       "database connection lost while finishing a job; retrying",
-                      worker=worker_id, job_id=str(job.id), error=str(exc).split("\n")[0])
+                      worker=worker_id, job_id=str(job.id), error=db.first_line(exc))
             if clock.monotonic() + delay > deadline:
                 raise
             clock.sleep(delay)

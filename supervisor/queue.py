@@ -88,7 +88,7 @@ class JobQueue:
             name = exc.diag.constraint_name or "a check"
             raise InvalidJobError(f"the database refused the job ({name})") from None
         except (psycopg.OperationalError, psycopg.errors.ConnectionTimeout) as exc:
-            raise DatabaseUnavailableError(f"database unavailable: {db._first_line(exc)}") \
+            raise DatabaseUnavailableError(f"database unavailable: {db.first_line(exc)}") \
                 from None
         except Exception as exc:
             if type(exc).__name__ == "PoolTimeout":
