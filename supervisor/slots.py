@@ -12,18 +12,23 @@ from __future__ import annotations
 import mmap
 import struct
 import uuid
+import zlib
 from dataclasses import dataclass
 
-# seq, pid, job_id, lease_token, attempt, started (monotonic), then outside the
-# seqlock the last good heartbeat (monotonic), written only by the heartbeat
-# thread: one aligned 8-byte store.
-_SLOT = struct.Struct("=Qq16s16sqd")
-_SEQ = struct.Struct("=Q")
-# The fields after seq, written on their own: pack_into zeroes its whole target
-# first, and the sequence number must never pass through 0 (even) mid-write.
+# seq, then pid, job_id, lease_token, attempt, started (monotonic) and a CRC-32
+# of those fields, then outside the seqlock the last good heartbeat (monotonic),
+# written only by the heartbeat thread: one aligned 8-byte store.
+# The sequence number and the heartbeat use the native format: struct's
+# standard ("=") formats read and write 8-byte integers one byte at a time, so
+# a reader could see half of a new sequence number. The checksum makes a torn
+# copy of the fields detectable whatever order the stores become visible in.
+_SEQ = struct.Struct("Q")
 _FIELDS = struct.Struct("=q16s16sqd")
-_HEARTBEAT = struct.Struct("=d")
-_SLOT_SIZE = _SLOT.size + _HEARTBEAT.size
+_CRC = struct.Struct("=I")
+_BODY = _FIELDS.size + _CRC.size
+_HEARTBEAT = struct.Struct("d")
+_HEARTBEAT_AT = _SEQ.size + _BODY + 4  # 8-byte aligned
+_SLOT_SIZE = _HEARTBEAT_AT + _HEARTBEAT.size
 # parent's last loop turn (monotonic), workers alive
 _HEADER = struct.Struct("=dq")
 _EMPTY_UUID = b"\x00" * 16
@@ -50,15 +55,14 @@ class Slots:
     def _offset(self, index: int) -> int:
         return _HEADER.size + _SLOT_SIZE * index
 
-    def _read(self, index: int) -> tuple[int, int, bytes, bytes, int, float]:
-        return _SLOT.unpack_from(self._map, self._offset(index))  # type: ignore[return-value]
-
     def _write(self, index: int, pid: int, job: bytes, lease: bytes, attempt: int,
                started: float) -> None:
         offset = self._offset(index)
+        fields = _FIELDS.pack(pid, job, lease, attempt, started)
+        body = fields + _CRC.pack(zlib.crc32(fields))
         seq = _SEQ.unpack_from(self._map, offset)[0]
         _SEQ.pack_into(self._map, offset, seq + 1)  # odd: write in progress
-        _FIELDS.pack_into(self._map, offset + _SEQ.size, pid, job, lease, attempt, started)
+        self._map[offset + _SEQ.size:offset + _SEQ.size + _BODY] = body
         _SEQ.pack_into(self._map, offset, seq + 2)
 
     # -- written by a worker ---------------------------------------------------
@@ -75,7 +79,7 @@ class Slots:
 
     def heartbeat_ok(self, index: int, now: float) -> None:
         """Worker `index` renewed its lease (or reached the database) at `now`."""
-        _HEARTBEAT.pack_into(self._map, self._offset(index) + _SLOT.size, now)
+        _HEARTBEAT.pack_into(self._map, self._offset(index) + _HEARTBEAT_AT, now)
 
     # -- read by the parent ----------------------------------------------------
 
@@ -84,11 +88,17 @@ class Slots:
         offset = self._offset(index)
         for _ in range(100):
             before = _SEQ.unpack_from(self._map, offset)[0]
-            _seq, _pid, job, lease, attempt, started = self._read(index)
-            heartbeat_ok = _HEARTBEAT.unpack_from(self._map, offset + _SLOT.size)[0]
+            body = self._map[offset + _SEQ.size:offset + _SEQ.size + _BODY]
+            heartbeat_ok = _HEARTBEAT.unpack_from(self._map, offset + _HEARTBEAT_AT)[0]
             after = _SEQ.unpack_from(self._map, offset)[0]
-            # Consistent only if no write began or ended while we copied.
-            if before == after and before % 2 == 0:
+            if before == 0:
+                return None  # never written
+            # Consistent only if no write began or ended while we copied, and the
+            # copy is one whole write.
+            fields = body[:_FIELDS.size]
+            if before == after and before % 2 == 0 and \
+                    _CRC.unpack_from(body, _FIELDS.size)[0] == zlib.crc32(fields):
+                _pid, job, lease, attempt, started = _FIELDS.unpack(fields)
                 if job == _EMPTY_UUID:
                     return None
                 return Holding(uuid.UUID(bytes=job), uuid.UUID(bytes=lease), attempt, started,
