@@ -22,6 +22,12 @@ SELECT queue_heartbeat(%(job_id)s, %(lease_token)s)
 -- name: release_job
 SELECT queue_release_job(%(job_id)s, %(lease_token)s, %(reason)s)
 
+-- The jobs a dead worker holds, for the supervisor to give back those it never
+-- started (processing rows only: the partial index coding_jobs_processing_idx).
+-- name: claims_of_worker
+SELECT id, lease_token FROM coding_jobs
+WHERE status = 'processing' AND worker_id = %(worker_id)s
+
 -- name: reap_expired
 SELECT job_id, session_id, will_retry FROM queue_reap_expired(%(timeout)s, %(batch_size)s)
 

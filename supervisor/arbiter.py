@@ -180,6 +180,9 @@ class Arbiter:
             reason = child.killed_for or ("heartbeat_expired" if how.code == EXIT_FENCED
                                           else "worker_exited")
             self.rescuer.rescue(holding, reason, self._rescue_message(child, how))
+        if cause in ("signal", "error"):
+            self.rescuer.release_unstarted(self.settings.worker_id(child.index, child.pid),
+                                           holding)
         self._schedule_restart(child, cause)
 
     def _exit_cause(self, child: Child, how: Exit) -> str:

@@ -7,6 +7,7 @@ job, so nothing it owns is ever inherited by a worker it forks later.
 from __future__ import annotations
 
 import logging
+import uuid
 
 import psycopg
 
@@ -20,6 +21,7 @@ from supervisor.sqlfiles import query
 
 log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 2
+UNSTARTED = "worker exited before starting the job"
 
 
 class Rescuer:
@@ -36,7 +38,7 @@ class Rescuer:
             with db.connect(self.settings.database_url, application_name="mobvibe-supervisor",
                             connect_timeout=CONNECT_TIMEOUT) as conn:
                 if reason == "released":
-                    self._release(conn, holding, fields)
+                    self._release(conn, holding.job_id, holding.lease_token, fields)
                 else:
                     event(log, logging.WARNING, "job_rescued",
                           f"failing the attempt of a dead worker: {message}", reason=reason,
@@ -48,16 +50,44 @@ class Rescuer:
                   "cannot reach the database; the reaper will requeue the job", error=str(exc),
                   **fields)
 
-    def _release(self, conn: psycopg.Connection[object], holding: Holding,
-                 fields: dict[str, object]) -> None:
+    def release_unstarted(self, worker_id: str, holding: Holding | None) -> None:
+        """Give back, not counted as a failure, the jobs a dead worker claimed but never started.
+
+        A claim commits before its worker hears of it: a worker killed while
+        its claim (or complete-and-claim) commit was in flight leaves a job
+        `processing` under its worker_id that its slot never showed, so no
+        handler ever ran it. Left alone, it would wait for the heartbeat
+        timeout and then count as a failed attempt (and a job with
+        max_retries 1 would be dead-lettered without ever running).
+        """
+        started = holding.job_id if holding is not None else None
+        try:
+            with db.connect(self.settings.database_url, application_name="mobvibe-supervisor",
+                            connect_timeout=CONNECT_TIMEOUT) as conn:
+                claims = conn.execute(query("claims_of_worker"),
+                                      {"worker_id": worker_id}).fetchall()
+                for job_id, lease_token in claims:
+                    if job_id != started:
+                        self._release(conn, job_id, lease_token,
+                                      {"job_id": str(job_id), "worker": worker_id},
+                                      reason=UNSTARTED, name="unstarted_job_released",
+                                      message="job given back: its worker died before starting it")
+        except (DatabaseUnavailableError, psycopg.Error) as exc:
+            event(log, logging.ERROR, "rescue_failed",
+                  "cannot reach the database; the reaper will requeue the worker's claims",
+                  error=str(exc), worker=worker_id)
+
+    def _release(self, conn: psycopg.Connection[object], job_id: uuid.UUID,
+                 lease_token: uuid.UUID, fields: dict[str, object],
+                 reason: str = "released at shutdown", name: str = "job_released",
+                 message: str = "job given back at shutdown") -> None:
         from supervisor import metrics  # noqa: PLC0415
 
-        row = conn.execute(query("release_job"), {"job_id": holding.job_id,
-                                                  "lease_token": holding.lease_token,
-                                                  "reason": "released at shutdown"}).fetchone()
+        row = conn.execute(query("release_job"), {"job_id": job_id, "lease_token": lease_token,
+                                                  "reason": reason}).fetchone()
         if row and row[0]:
             metrics.ENDED["released"].inc()
-            event(log, logging.INFO, "job_released", "job given back at shutdown", **fields)
+            event(log, logging.INFO, name, message, **fields)
 
     def queue_is_empty(self) -> bool:
         """True when no job is pending or processing (for --drain)."""

@@ -65,6 +65,11 @@ class Settings:
             raise ConfigError(f"--metrics-port must be from 0 to 65535, got {self.metrics_port}")
         return self
 
+    def worker_id(self, index: int, pid: int) -> str:
+        """The id worker `index` (process `pid`) claims under; the supervisor finds a dead
+        worker's claims by it."""
+        return f"{self.node}:{index}:{pid}"
+
     @property
     def fence_after(self) -> float:
         """Seconds without a renewed lease after which a worker stops its job itself.

@@ -42,7 +42,7 @@ class Worker:
         self.slots = slots
         self.handler = handler
         self.pid = os.getpid()
-        self.worker_id = f"{settings.node}:{index}:{self.pid}"
+        self.worker_id = settings.worker_id(index, self.pid)
         self.conn: psycopg.Connection[Any] | None = None
         self.connections = 0  # made so far: the first is not a reconnection
         self.stopping = False
@@ -147,7 +147,7 @@ class Worker:
 
     def _connection_lost(self, exc: BaseException) -> None:
         event(log, logging.WARNING, "db_connection_lost", "database connection lost; reconnecting",
-              worker=self.worker_id, error=str(exc).splitlines()[0] if str(exc) else "")
+              worker=self.worker_id, error=db.first_line(exc))
         if self.conn is not None:
             self.conn.close()
         self.conn = None
