@@ -1,8 +1,13 @@
 """The fault suite's job handler: record each execution, then act as the prompt says.
 
-  rec:PATH:SECONDS   append "job_id attempt pid" to PATH at the start, sleep, complete
+  rec:PATH:SECONDS   record the execution in PATH, sleep SECONDS, complete
+  hang:PATH          record the execution in PATH, then spin in pure Python forever
+                     (the heartbeat thread stays alive: only --job-timeout ends it)
   crash              kill the worker process with SIGKILL (a poison job)
-  hang               spin in pure Python (the heartbeat thread stays alive)
+
+A record is one line, "job_id attempt pid time", written when the handler
+starts: a job's lines are its real executions, which may outnumber its
+completions when attempts are lost.
 """
 
 from __future__ import annotations
@@ -10,26 +15,39 @@ from __future__ import annotations
 import os
 import signal
 import time
+from typing import NamedTuple
 
 from supervisor.jobs import Job
+
+
+class Execution(NamedTuple):
+    job_id: str
+    attempt: int
+    pid: int
+    at: float  # time.time() when the handler started
 
 
 def run(job: Job) -> None:
     verb, _, arg = job.prompt.partition(":")
     if verb == "rec":
         path, _, seconds = arg.rpartition(":")
-        with open(path, "a") as out:
-            out.write(f"{job.id} {job.attempt} {os.getpid()}\n")
+        _record(path, job)
         time.sleep(float(seconds))
-    elif verb == "crash":
-        os.kill(os.getpid(), signal.SIGKILL)
     elif verb == "hang":
+        _record(arg, job)
         while True:
             pass
+    elif verb == "crash":
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
-def executions(path: str | os.PathLike[str]) -> list[tuple[str, int, int]]:
-    """(job id, attempt, worker pid) of every execution recorded in `path`."""
+def _record(path: str, job: Job) -> None:
+    with open(path, "a") as out:
+        out.write(f"{job.id} {job.attempt} {os.getpid()} {time.time():.6f}\n")
+
+
+def executions(path: str | os.PathLike[str]) -> list[Execution]:
+    """Every execution recorded in `path`, in the order written (a torn last line is skipped)."""
     try:
         with open(path) as records:
             lines = records.read().split("\n")
@@ -38,6 +56,6 @@ def executions(path: str | os.PathLike[str]) -> list[tuple[str, int, int]]:
     found = []
     for line in lines:
         parts = line.split()
-        if len(parts) == 3:
-            found.append((parts[0], int(parts[1]), int(parts[2])))
+        if len(parts) == 4:
+            found.append(Execution(parts[0], int(parts[1]), int(parts[2]), float(parts[3])))
     return found

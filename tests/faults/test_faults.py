@@ -2,6 +2,10 @@
 
 Real supervisor and reaper processes, a real PostgreSQL, real signals. Each
 test prints one `FAULT name: figure=value ...` line with what it measured.
+
+The oracle is the handler's own record of every execution (tests/faults/handlers.py)
+against the rows and the supervisor's JSON log: a job may run more than once
+only when an earlier attempt of it was lost, and the log must say how.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +27,15 @@ import pytest
 
 from supervisor.jobs import NewJob
 from supervisor.queue import JobQueue
-from tests.faults.handlers import executions
+from supervisor.worker import RECONNECT_DELAY_MAX
+from tests.faults.handlers import Execution, executions
 from tests.helpers import count, wait_for
-from tests.processes.conftest import Running
+from tests.processes.conftest import FAST, Running
 
 HANDLER = ["--handler", "tests.faults.handlers:run"]
-# Quick detection, but with room for a loaded 2-core machine: a heartbeat gap
-# of 3 s under load would be a lease lost for no fault of the test's.
-QUICK = ["--log-level", "info", "--poll-interval", "0.5", "--heartbeat-interval", "0.2",
-         "--heartbeat-timeout", "3", "--reaper-interval", "0.5", "--shutdown-timeout", "5"]
+# FAST, with room for a loaded 2-core machine: a heartbeat gap of 1.5 s under
+# load would be a lease lost for no fault of the test's.
+QUICK = [*FAST, "--log-level", "info", "--heartbeat-timeout", "3", "--reaper-interval", "0.5"]
 KILL_EVERY = 1.0
 STORM_JOBS = 5000
 
@@ -47,71 +52,118 @@ def report(capsys: pytest.CaptureFixture[str]) -> Callable[..., None]:
     return say
 
 
-def quick_backoff(conn: psycopg.Connection[Any]) -> None:
-    conn.execute("UPDATE queue_config SET backoff_base = '0.1 s', backoff_cap = '0.5 s'")
+def set_backoff(conn: psycopg.Connection[Any], base: str = "0.1 s", cap: str = "0.5 s") -> None:
+    conn.execute("UPDATE queue_config SET backoff_base = %s, backoff_cap = %s", [base, cap])
 
 
 def completed(conn: psycopg.Connection[Any]) -> int:
     return count(conn, "completed")
 
 
-def final_rows(conn: psycopg.Connection[Any]) -> dict[str, tuple[str, int, str | None]]:
-    rows = conn.execute("SELECT id::text, status, attempt, error_message FROM coding_jobs")
-    return {job_id: (status, attempt, error) for job_id, status, attempt, error in rows}
+def final_rows(conn: psycopg.Connection[Any]) -> dict[str, tuple[str, int, str | None, str | None]]:
+    """job id -> (status, attempt, error_message, end_reason)."""
+    rows = conn.execute("SELECT id::text, status, attempt, error_message, end_reason "
+                        "FROM coding_jobs")
+    return {job_id: (status, attempt, error, reason)
+            for job_id, status, attempt, error, reason in rows}
 
 
-def duplicates(log: Path) -> list[tuple[str, int, int]]:
-    """Executions of a job other than its last one: (job id, attempt, worker pid)."""
-    per_job: dict[str, list[tuple[int, int]]] = defaultdict(list)
-    for job_id, attempt, pid in executions(log):
-        per_job[job_id].append((attempt, pid))
-    return [(job_id, attempt, pid) for job_id, runs in per_job.items()
-            for attempt, pid in sorted(runs)[:-1]]
+def repeated(log: Path) -> list[Execution]:
+    """Every execution of a job but its last attempt's; no attempt may have run twice."""
+    per_job: dict[str, list[Execution]] = defaultdict(list)
+    for run in executions(log):
+        per_job[run.job_id].append(run)
+    again = []
+    for runs in per_job.values():
+        attempts = [run.attempt for run in runs]
+        assert len(set(attempts)) == len(attempts), f"one attempt (one lease) ran twice: {runs}"
+        again.extend(sorted(runs, key=lambda run: run.attempt)[:-1])
+    return again
 
 
-def seconds_until_more_complete(conn: psycopg.Connection[Any], more: int) -> float:
-    """From now until `more` further jobs have completed: how long processing took to resume."""
-    start, begun = completed(conn), time.monotonic()
-    wait_for(lambda: completed(conn) >= start + more, timeout=60,
-             message=f"{more} more jobs completing after the fault")
-    return time.monotonic() - begun
+def unexplained(again: list[Execution], log: Path, running: Running,
+                killed: frozenset[int] = frozenset()) -> list[Execution]:
+    """The repeated executions that no lost attempt explains.
+
+    An attempt is lost, and may run again under a new attempt number, when
+    its worker died in it (killed by the test, or by a signal, an error or the
+    job deadline, as worker_exited says: the worker's last execution), when
+    its worker was told or found out that the lease was gone (lease_lost,
+    self_fenced), when the supervisor failed it for a dead worker
+    (job_rescued, with its attempt), or when the reaper requeued it
+    (job_requeued).
+    """
+    last_of: dict[int, Execution] = {}
+    for run in executions(log):
+        last_of[run.pid] = run
+    died = set(killed) | {int(e["worker_pid"]) for e in running.events("worker_exited")
+                          if e.get("cause") in ("signal", "error", "deadline")}
+    died_in = {last_of[pid] for pid in died if pid in last_of}
+    fenced = {(e.get("job_id"), int(e["pid"])) for name in ("lease_lost", "self_fenced")
+              for e in running.events(name)}
+    rescued = {(e.get("job_id"), e.get("attempt")) for e in running.events("job_rescued")}
+    reaped = {e.get("job_id") for e in running.events("job_requeued")}
+    return [run for run in again
+            if run not in died_in and (run.job_id, run.pid) not in fenced
+            and (run.job_id, run.attempt) not in rescued and run.job_id not in reaped]
+
+
+def failures_that_never_started(conn: psycopg.Connection[Any], runs: list[Execution],
+                                running: Running) -> list[tuple[str, int, int]]:
+    """(job id, failures counted, attempts started) of each job with more failures than starts.
+
+    Every failure counted against a job must be an attempt that started: one
+    the handler recorded, or one its worker's slot showed when the worker died
+    (the supervisor failed it: job_rescued). A completed job has started
+    retry_count + 1 attempts at least, a dead letter retry_count.
+    """
+    started = {(run.job_id, run.attempt) for run in runs} | {
+        (e.get("job_id"), e.get("attempt")) for e in running.events("job_rescued")}
+    starts = Counter(job_id for job_id, _ in started)
+    rows = conn.execute("SELECT id::text, retry_count + (status = 'completed')::int "
+                        "FROM coding_jobs WHERE retry_count > 0")
+    return [(job_id, needed, starts[job_id]) for job_id, needed in rows if starts[job_id] < needed]
+
+
+def seconds_until_completed(conn: psycopg.Connection[Any], target: int, since: float) -> float:
+    """Seconds from `since` (monotonic) until `target` jobs have completed."""
+    wait_for(lambda: completed(conn) >= target, timeout=60,
+             message=f"{target} jobs completed after the fault")
+    return time.monotonic() - since
 
 
 def all_completed_once_or_explained(conn: psycopg.Connection[Any], ids: set[str], log: Path,
-                                    running: Running) -> int:
-    """Every job completed, none lost or added; the number of repeated executions."""
+                                    running: Running) -> tuple[int, int]:
+    """The drain ended, every job completed, none lost or added: (repeated, explained)."""
     assert running.wait_exit(120) == 0, running.log()[-3000:]
     rows = final_rows(conn)
     assert set(rows) == ids, "a job disappeared or appeared"
-    assert {status for status, _, _ in rows.values()} == {"completed"}
-    again = duplicates(log)
-    assert not unexplained(again, running)
-    return len(again)
+    assert Counter(row[0] for row in rows.values()) == {"completed": len(ids)}
+    again = repeated(log)
+    assert not unexplained(again, log, running), "a job ran again with no lost attempt"
+    return len(again), len(again)
 
 
-def unexplained(again: list[tuple[str, int, int]], running: Running,
-                killed: set[int] = frozenset()) -> list[tuple[str, int, int]]:  # type: ignore[assignment]
-    """The repeated executions that no lost attempt explains.
+def log_time(record: dict[str, Any]) -> float:
+    """A JSON log record's time (logging's local asctime, to the millisecond) as time.time()."""
+    return datetime.strptime(record["time"], "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
-    An execution may be repeated only when its attempt was lost: its worker was
-    killed, was told or found out that its lease was gone, or the job was
-    handed back by the reaper or the supervisor's rescue.
-    """
-    lost_pids = killed | {int(e["pid"]) for name in ("lease_lost", "self_fenced")
-                          for e in running.events(name) if "pid" in e}
-    taken_back = {e.get("job_id") for name in ("job_requeued", "job_rescued")
-                  for e in running.events(name)}
-    return [(job_id, attempt, pid) for job_id, attempt, pid in again
-            if pid not in lost_pids and job_id not in taken_back]
+
+# -- 1. kill -9 storm ------------------------------------------------------------
 
 
 def test_kill_9_storm_while_5000_jobs_drain_loses_nothing(
         queue: JobQueue, conn: Any, supervisor: Any, tmp_path: Path, report: Any) -> None:
-    quick_backoff(conn)
+    set_backoff(conn)
     log = tmp_path / "executions"
     session = queue.create_session()
-    ids = {str(i) for i in queue.enqueue_many([NewJob(f"rec:{log}:0.005", session)] * STORM_JOBS)}
+    # Half the jobs have one attempt only: a kill that hits one dead-letters it.
+    jobs = [NewJob(f"rec:{log}:0.005", session, max_retries=1 + 2 * (n % 2))
+            for n in range(STORM_JOBS)]
+    ids = {str(i) for i in queue.enqueue_many(jobs)}
     started = time.monotonic()
+    # Each kill is a crash to the arbiter: more than --crash-loop-limit of them
+    # a minute would stop the supervisor, as designed for a real crash loop.
     running = supervisor("--workers", "4", "--drain", "--crash-loop-limit", "100000",
                          *HANDLER, *QUICK)
     killed: set[int] = set()
@@ -134,41 +186,83 @@ def test_kill_9_storm_while_5000_jobs_drain_loses_nothing(
     assert running.proc.returncode == 0, running.log()[-3000:]
 
     rows = final_rows(conn)
-    assert set(rows) == ids, "a job disappeared or appeared"
-    statuses = Counter(status for status, _, _ in rows.values())
-    assert set(statuses) <= {"completed", "failed"}, statuses
-    assert all(error for status, _, error in rows.values() if status == "failed")
-    assert {job_id for job_id, _, _ in executions(log)} == ids, "a job never ran"
-    again = duplicates(log)
-    assert not unexplained(again, running, killed)
+    statuses = Counter(status for status, _, _, _ in rows.values())
+    dead = [row for row in rows.values() if row[0] == "failed"]
+    runs = executions(log)
+    rescued = {e.get("job_id") for e in running.events("job_rescued")}
+    never = ids - {run.job_id for run in runs}
+    again = repeated(log)
+    not_explained = unexplained(again, log, running, frozenset(killed))
+    unstarted = failures_that_never_started(conn, runs, running)
+    # what the supervisor gave back as never started, its dead worker indeed never ran
+    given_back = {(e.get("job_id"), int(str(e.get("worker")).rsplit(":", 1)[-1]))
+                  for e in running.events("unstarted_job_released")}
+    ran_anyway = [run for run in runs if (run.job_id, run.pid) in given_back]
     report("kill9-storm", jobs=len(ids), completed=statuses["completed"],
-           dead_lettered=statuses["failed"], kills=len(killed), duplicates=len(again),
-           explained=len(again), seconds=f"{seconds:.1f}")
+           dead=statuses["failed"], kills=len(killed),
+           rescued=len(running.events("job_rescued")),
+           released_unstarted=len(running.events("unstarted_job_released")), executions=len(runs),
+           duplicates=len(again), explained=len(again) - len(not_explained),
+           failures_unstarted=len(unstarted), seconds=f"{seconds:.1f}")
+    assert set(rows) == ids, "a job disappeared or appeared"
+    assert set(statuses) <= {"completed", "failed"}, statuses
+    assert all(error and reason in ("worker_exited", "heartbeat_expired")
+               for _, _, error, reason in dead), dead
+    # a job that never reached its handler must be a dead letter whose worker died in it
+    assert all(rows[job_id][0] == "failed" and job_id in rescued for job_id in never), never
+    assert not not_explained, not_explained
+    # a repeated execution is an earlier attempt: the row ended on a later one
+    assert all(rows[run.job_id][1] > run.attempt for run in again)
+    assert not unstarted, f"failures counted for attempts that never started: {unstarted[:5]}"
+    assert not ran_anyway, ran_anyway
     assert len(killed) >= 3, "the storm must have hit some workers"
 
 
-def test_every_worker_connection_terminated_mid_run(
+# -- 2. every connection terminated ------------------------------------------------
+
+
+def test_every_connection_terminated_mid_run(
         queue: JobQueue, conn: Any, supervisor: Any, tmp_path: Path, report: Any) -> None:
     log = tmp_path / "executions"
     session = queue.create_session()
     ids = {str(i) for i in queue.enqueue_many([NewJob(f"rec:{log}:0.005", session)] * 1500)}
     running = supervisor("--workers", "4", "--drain", *HANDLER, *QUICK)
     wait_for(lambda: completed(conn) >= 300, timeout=60, message="300 jobs completed")
-    terminated = conn.execute(
-        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
-        "WHERE datname = current_database() AND application_name IN "
-        "('mobvibe-worker', 'mobvibe-heartbeat') AND pid <> pg_backend_pid()").fetchone()[0]
-    recovery = seconds_until_more_complete(conn, 50)
-    again = all_completed_once_or_explained(conn, ids, log, running)
-    assert running.events("db_reconnected"), "the workers reconnected"
-    report("terminate-backends", jobs=len(ids), terminated=terminated,
-           duplicates=again, recovery_s=f"{recovery:.2f}")
-    assert terminated >= 4
+    done_before = completed(conn)
+    # Every backend of the test database but this one: the workers' claim and
+    # LISTEN connections, their heartbeat connections, the reaper's, the client's.
+    cut = conn.execute(
+        "SELECT application_name, pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND backend_type = 'client backend' "
+        "AND pid <> pg_backend_pid()").fetchall()
+    since = time.monotonic()
+    workers = {e["worker"] for e in running.events("worker_started")}
+    wait_for(lambda: {e["worker"] for e in running.events("db_reconnected")} >= workers,
+             timeout=30, message="every worker reconnected")
+    reconnected = time.monotonic() - since
+    resumed = seconds_until_completed(conn, done_before + 50, since)
+    again, explained = all_completed_once_or_explained(conn, ids, log, running)
+    # the workers waited the fault out: none died, none was replaced
+    assert len(running.events("worker_spawned")) == 4
+    assert {e["cause"] for e in running.events("worker_exited")} == {"clean"}
+    terminated = Counter(name for name, done in cut if done)
+    report("terminate-backends", jobs=len(ids), terminated=sum(terminated.values()),
+           workers_reconnected=len(workers), duplicates=again, explained=explained,
+           reconnect_s=f"{reconnected:.2f}", recovery_s=f"{resumed:.2f}",
+           by_application="/".join(f"{k}:{v}" for k, v in sorted(terminated.items())))
+    assert terminated["mobvibe-worker"] == 4
+
+
+# -- 3. PostgreSQL crash and restart -------------------------------------------------
 
 
 @pytest.fixture
 def own_server() -> Iterator[Any]:
-    """A PostgreSQL of this test's own, to stop and start: never the shared one."""
+    """A PostgreSQL of this test's own, to stop and start: never the shared one.
+
+    pgserver listens on a Unix socket in the data directory, which a restart
+    keeps, so the URL stays valid.
+    """
     import pgserver  # noqa: PLC0415
 
     with tempfile.TemporaryDirectory(prefix="mobvibe-fault-pg-") as directory:
@@ -177,7 +271,10 @@ def own_server() -> Iterator[Any]:
         server.cleanup()
 
 
-RESTART_RECOVERY_BOUND = 12.0  # reconnect backoff (at most 5 s) + a poll + slack
+POLL = 0.5
+# After the restart, a worker may still sleep out its reconnect delay (doubling,
+# at most RECONNECT_DELAY_MAX), then wait up to a poll interval; plus 2 s of slack.
+RESTART_RECOVERY_BOUND = RECONNECT_DELAY_MAX + POLL + 2.0
 OUTAGE_SEEN = ("finish_retrying", "db_connection_lost", "heartbeat_failed")
 
 
@@ -188,7 +285,7 @@ def test_postgres_immediate_stop_and_restart_mid_run(
     url = own_server.get_uri()
     log = tmp_path / "executions"
     running = supervisor("--workers", "2", "--drain", "--migrate", *HANDLER, "--log-level", "info",
-                         "--poll-interval", "0.5", "--heartbeat-interval", "0.5",
+                         "--poll-interval", str(POLL), "--heartbeat-interval", "0.5",
                          "--heartbeat-timeout", "10", "--reaper-interval", "0.5", url=url)
     with JobQueue(url) as queue:
         session = queue.create_session()
@@ -207,13 +304,19 @@ def test_postgres_immediate_stop_and_restart_mid_run(
     restarted = time.monotonic()
     assert running.proc.poll() is None, "the supervisor survived the outage"
     with psycopg.connect(url, autocommit=True) as watch:
-        recovery = seconds_until_more_complete(watch, 10)
-        again = all_completed_once_or_explained(watch, ids, log, running)
-    report("postgres-restart", jobs=len(ids), duplicates=again,
+        done_then = completed(watch)
+        recovery = seconds_until_completed(watch, done_then + 10, restarted)
+        again, explained = all_completed_once_or_explained(watch, ids, log, running)
+    replaced = len(running.events("worker_spawned")) - 2
+    report("postgres-restart", jobs=len(ids), duplicates=again, explained=explained,
            outage_s=f"{restarted - stopped:.2f}", recovery_s=f"{recovery:.2f}",
-           bound_s=RESTART_RECOVERY_BOUND, supervisor_pid_kept=running.proc.pid)
+           bound_s=RESTART_RECOVERY_BOUND, workers_replaced=replaced,
+           supervisor_pid_kept=running.proc.pid)
     assert recovery <= RESTART_RECOVERY_BOUND
+    assert replaced == 0, "the workers waited the outage out instead of exiting"
 
+
+# -- 4. lost notifications ------------------------------------------------------------
 
 SILENT_POLL = 1.0
 
@@ -246,7 +349,7 @@ def test_jobs_start_within_the_poll_interval_when_notifications_are_lost(
                                     "VALUES (%s, %s) RETURNING id::text",
                                     [session, f"rec:{log}:0"]).fetchone()[0]
             enqueued = time.monotonic()
-            wait_for(lambda: any(j == job_id for j, _, _ in executions(log)), timeout=10,
+            wait_for(lambda: any(run.job_id == job_id for run in executions(log)), timeout=10,
                      interval=0.01, message="the job to start without a notification")
             latencies.append(time.monotonic() - enqueued)
             if n % 2:  # and once more after the listening connection is cut outright
@@ -259,46 +362,79 @@ def test_jobs_start_within_the_poll_interval_when_notifications_are_lost(
     assert max(latencies) <= SILENT_POLL + 0.5
 
 
+# -- 5. and 6. a bad job among good ones ---------------------------------------------
+
+
+def bad_job_among_others(queue: JobQueue, prompt: str, others: int, log: Path,
+                         max_retries: int) -> tuple[Any, list[Any]]:
+    """Enqueue the bad job first and ahead of `others` recording jobs; (bad id, other ids)."""
+    session = queue.create_session()
+    bad = queue.enqueue(prompt, session_id=session, max_retries=max_retries, priority=10)
+    return bad, queue.enqueue_many([NewJob(f"rec:{log}:0.01", session)] * others)
+
+
+def all_completed(queue: JobQueue, ids: list[Any]) -> bool:
+    return all((queue.get(i) or {}).get("status") == "completed" for i in ids)
+
+
 def test_a_poison_job_is_dead_lettered_and_the_others_complete(
         queue: JobQueue, conn: Any, supervisor: Any, tmp_path: Path, report: Any) -> None:
-    quick_backoff(conn)
-    log = tmp_path / "executions"
-    session = queue.create_session()
-    poison = queue.enqueue("crash", session_id=session, max_retries=3, priority=10)
-    others = queue.enqueue_many([NewJob(f"rec:{log}:0.01", session)] * 100)
+    set_backoff(conn)
+    poison, others = bad_job_among_others(queue, "crash", 100, tmp_path / "executions", 3)
     started = time.monotonic()
+    # the default --crash-loop-limit (10 a minute): one poison job's three
+    # crashes are no crash loop
     running = supervisor("--workers", "2", "--drain", *HANDLER, *QUICK)
-    assert running.wait_exit(60) == 0, running.log()[-3000:]
-    job = queue.get(poison)
-    assert job is not None and job["status"] == "failed" and job["retry_count"] == 3
+    code = running.wait_exit(60)
+    job = queue.get(poison) or {}
+    deaths = [e for e in running.events("worker_exited") if e.get("cause") == "signal"]
+    report("poison-job", attempts=job.get("attempt"), retry_count=job.get("retry_count"),
+           worker_deaths=len(deaths), others_completed=len(others),
+           crash_loop_exit=bool(running.events("crash_loop")), supervisor_exit=code,
+           seconds=f"{time.monotonic() - started:.1f}")
+    assert code == 0, running.log()[-3000:]
+    assert not running.events("crash_loop")
+    assert job["status"] == "failed" and job["retry_count"] == 3 and len(deaths) == 3
     assert "worker exited" in job["error_message"] and "signal 9" in job["error_message"]
     assert job["end_reason"] == "worker_exited"
-    assert all((queue.get(i) or {}).get("status") == "completed" for i in others)
-    assert not running.events("crash_loop")
-    report("poison-job", attempts=job["attempt"], others_completed=len(others),
-           worker_deaths=len([e for e in running.events("worker_exited")
-                              if e.get("cause") == "signal"]),
-           seconds=f"{time.monotonic() - started:.1f}")
+    assert all_completed(queue, others)
+
+
+JOB_TIMEOUT = 1.0
+HUNG_BACKOFF = 0.5  # base = cap: a retry waits 0.5 to 0.625 s (jitter 0.25)
 
 
 def test_a_hung_job_is_ended_by_the_job_timeout(
         queue: JobQueue, conn: Any, supervisor: Any, tmp_path: Path, report: Any) -> None:
-    quick_backoff(conn)
+    set_backoff(conn, f"{HUNG_BACKOFF} s", f"{HUNG_BACKOFF} s")
     log = tmp_path / "executions"
-    session = queue.create_session()
-    hung = queue.enqueue("hang", session_id=session, max_retries=2, priority=10)
-    others = queue.enqueue_many([NewJob(f"rec:{log}:0.01", session)] * 50)
-    running = supervisor("--workers", "2", "--drain", "--job-timeout", "1", *HANDLER, *QUICK)
+    hung, others = bad_job_among_others(queue, f"hang:{log}", 150, log, 2)
+    running = supervisor("--workers", "2", "--drain", "--job-timeout", str(JOB_TIMEOUT),
+                         *HANDLER, *QUICK)
     assert running.wait_exit(60) == 0, running.log()[-3000:]
-    job = queue.get(hung)
-    assert job is not None and job["status"] == "failed" and job["retry_count"] == 2
+    job = queue.get(hung) or {}
+    killed = [e for e in running.events("worker_exited") if e.get("cause") == "deadline"]
+    runs = executions(log)
+    hangs = sorted((run for run in runs if run.job_id == str(hung)), key=lambda run: run.attempt)
+    ends = sorted(log_time(e) for e in running.events("job_rescued")
+                  if e.get("job_id") == str(hung) and e.get("reason") == "deadline_exceeded")
+    assert [run.attempt for run in hangs] == [1, 2] and len(ends) == 2, (hangs, ends)
+    # from the handler's start: the deadline counts from the claim, a little earlier
+    held = [end - run.at for run, end in zip(hangs, ends)]
+    claimed, ended = job.get("started_at"), job.get("completed_at")  # the last attempt's
+    last_held = (ended - claimed).total_seconds() if claimed and ended else float("nan")
+    waited = hangs[1].at - ends[0]  # from the failed attempt to its retry
+    during = sum(1 for run in runs if run.job_id != str(hung) and hangs[0].at < run.at < ends[0])
+    report("hung-job", attempts=job.get("attempt"), killed_at_deadline=len(killed),
+           held_s="/".join(f"{s:.2f}" for s in held), last_claim_to_end_s=f"{last_held:.2f}",
+           retry_after_s=f"{waited:.2f}", backoff_s=HUNG_BACKOFF,
+           others_run_while_hung=during, others_completed=len(others))
+    assert job["status"] == "failed" and job["retry_count"] == 2 and len(killed) == 2
     assert job["end_reason"] == "deadline_exceeded"
     assert "--job-timeout" in job["error_message"]
-    assert all((queue.get(i) or {}).get("status") == "completed" for i in others)
     # the heartbeat thread kept the lease alive: the deadline ended the job, not the reaper
     assert not running.events("lease_lost") and not running.events("self_fenced")
-    killed = [e for e in running.events("worker_exited") if e.get("cause") == "deadline"]
-    report("hung-job", attempts=job["attempt"], killed_at_deadline=len(killed),
-           others_completed=len(others),
-           held_s=f"{(job['completed_at'] - job['started_at']).total_seconds():.2f}")
-    assert len(killed) == 2
+    assert JOB_TIMEOUT <= last_held and all(s <= JOB_TIMEOUT + 2.0 for s in held)
+    assert waited >= HUNG_BACKOFF - 0.01  # the retry waited out its backoff
+    assert during > 0, "the other worker went on while one hung"
+    assert all_completed(queue, others)
