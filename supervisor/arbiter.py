@@ -11,6 +11,7 @@ import logging
 import os
 import select
 import signal
+import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -57,6 +58,8 @@ class Arbiter:
         self.aux_delay: dict[str, float] = {}
         self.exits: dict[int, deque[float]] = {i: deque() for i in range(settings.workers)}
         self.crashes: deque[float] = deque()
+        # jobs whose crash already counted toward the crash loop, and when
+        self.crashed_jobs: dict[uuid.UUID, float] = {}
         self.stopping = False
         self.release_at: float | None = None
         self.kill_at: float | None = None
@@ -183,7 +186,7 @@ class Arbiter:
         if cause in ("signal", "error"):
             self.rescuer.release_unstarted(self.settings.worker_id(child.index, child.pid),
                                            holding)
-        self._schedule_restart(child, cause)
+        self._schedule_restart(child, cause, holding.job_id if holding else None)
 
     def _exit_cause(self, child: Child, how: Exit) -> str:
         from supervisor import metrics  # noqa: PLC0415
@@ -206,7 +209,7 @@ class Arbiter:
             return "released at shutdown"
         return f"worker exited ({how.describe})"
 
-    def _schedule_restart(self, child: Child, cause: str) -> None:
+    def _schedule_restart(self, child: Child, cause: str, job_id: uuid.UUID | None) -> None:
         if self.stopping:
             return
         from supervisor import metrics  # noqa: PLC0415
@@ -220,13 +223,25 @@ class Arbiter:
                 recent.popleft()
             # the first crash is replaced at once; repeated ones wait longer each time
             delay = min(10.0, 0.1 * 2 ** (len(recent) - 2)) if len(recent) > 1 else 0.0
-            self._count_crash(now)
+            self._count_crash(now, job_id)
         self.restart_at[child.index] = now + delay
         metrics.WORKER_RESTARTS.inc()
 
-    def _count_crash(self, now: float) -> None:
+    def _count_crash(self, now: float, job_id: uuid.UUID | None) -> None:
+        """Count a worker crash; too many within the window stop the supervisor.
+
+        The crashes of one job count once: a poison job is the job's problem,
+        and its max_retries ends it (the fast path fails each attempt), whereas
+        workers that crash on every job they take are the pod's.
+        """
+        window = self.settings.crash_loop_window
+        self.crashed_jobs = {j: t for j, t in self.crashed_jobs.items() if now - t <= window}
+        if job_id is not None:
+            if job_id in self.crashed_jobs:
+                return
+            self.crashed_jobs[job_id] = now
         self.crashes.append(now)
-        while self.crashes and now - self.crashes[0] > self.settings.crash_loop_window:
+        while self.crashes and now - self.crashes[0] > window:
             self.crashes.popleft()
         if len(self.crashes) >= self.settings.crash_loop_limit:
             event(log, logging.CRITICAL, "crash_loop",

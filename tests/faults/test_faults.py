@@ -377,26 +377,33 @@ def all_completed(queue: JobQueue, ids: list[Any]) -> bool:
     return all((queue.get(i) or {}).get("status") == "completed" for i in ids)
 
 
-def test_a_poison_job_is_dead_lettered_and_the_others_complete(
+POISON_JOBS = 4
+
+
+def test_poison_jobs_are_dead_lettered_and_the_others_complete(
         queue: JobQueue, conn: Any, supervisor: Any, tmp_path: Path, report: Any) -> None:
     set_backoff(conn)
     poison, others = bad_job_among_others(queue, "crash", 100, tmp_path / "executions", 3)
+    poisons = [poison, *(queue.enqueue("crash", max_retries=3, priority=10)
+                         for _ in range(POISON_JOBS - 1))]
     started = time.monotonic()
-    # the default --crash-loop-limit (10 a minute): one poison job's three
-    # crashes are no crash loop
+    # the default --crash-loop-limit (10 a minute): the 12 crashes of four poison
+    # jobs count once per job, so they are no crash loop
     running = supervisor("--workers", "2", "--drain", *HANDLER, *QUICK)
     code = running.wait_exit(60)
-    job = queue.get(poison) or {}
+    jobs = [queue.get(p) or {} for p in poisons]
     deaths = [e for e in running.events("worker_exited") if e.get("cause") == "signal"]
-    report("poison-job", attempts=job.get("attempt"), retry_count=job.get("retry_count"),
+    report("poison-job", poison_jobs=len(jobs), attempts=sum(j.get("attempt", 0) for j in jobs),
            worker_deaths=len(deaths), others_completed=len(others),
            crash_loop_exit=bool(running.events("crash_loop")), supervisor_exit=code,
            seconds=f"{time.monotonic() - started:.1f}")
     assert code == 0, running.log()[-3000:]
     assert not running.events("crash_loop")
-    assert job["status"] == "failed" and job["retry_count"] == 3 and len(deaths) == 3
-    assert "worker exited" in job["error_message"] and "signal 9" in job["error_message"]
-    assert job["end_reason"] == "worker_exited"
+    assert len(deaths) == 3 * POISON_JOBS
+    for job in jobs:
+        assert job["status"] == "failed" and job["retry_count"] == 3
+        assert "worker exited" in job["error_message"] and "signal 9" in job["error_message"]
+        assert job["end_reason"] == "worker_exited"
     assert all_completed(queue, others)
 
 
