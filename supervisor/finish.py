@@ -93,15 +93,24 @@ def _complete(conn: psycopg.Connection[Any], worker_id: str, job: Job, chain: bo
 
 
 def record_failure(conn: psycopg.Connection[Any], job_id: Any, lease_token: Any, error: str,
-                   reason: str, fields: dict[str, Any]) -> bool | None:
-    """fail_job with the lease; counts and logs the retry or dead letter. None: lease lost."""
+                   reason: str, fields: dict[str, Any], *,
+                   by_holder: bool = True) -> bool | None:
+    """fail_job with the lease; counts and logs the retry or dead letter. None: lease lost.
+
+    `by_holder` False: the supervisor fails a dead worker's attempt, which may
+    have ended already (completed just before the death); that is no lost lease.
+    """
     from supervisor import metrics  # noqa: PLC0415
 
     row = conn.execute(query("fail_job"), {"job_id": job_id, "lease_token": lease_token,
                                            "error": error, "reason": reason}).fetchone()
     will_retry = None if row is None else row[0]
     if will_retry is None:
-        _lease_lost(fields)
+        if by_holder:
+            _lease_lost(fields)
+        else:
+            event(log, logging.INFO, "rescue_not_needed",
+                  "the dead worker's attempt had already ended", **fields)
         return None
     metrics.JOBS_FAILED.inc()
     (metrics.ENDED.get(reason) or metrics.ATTEMPTS_ENDED.labels(reason)).inc()

@@ -44,7 +44,7 @@ class Rescuer:
                           f"failing the attempt of a dead worker: {message}", reason=reason,
                           **fields)
                     record_failure(conn, holding.job_id, holding.lease_token, message, reason,
-                                   fields)
+                                   fields, by_holder=False)
         except (DatabaseUnavailableError, psycopg.Error) as exc:
             event(log, logging.ERROR, "rescue_failed",
                   "cannot reach the database; the reaper will requeue the job", error=str(exc),
