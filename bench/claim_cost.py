@@ -20,8 +20,7 @@ import psycopg
 from bench.context import Context
 from bench.queries import query
 from bench.stats import summary
-from supervisor.jobs import Job
-from supervisor.sqlfiles import query as queue_query
+from mobvibe.sql import store
 
 PENDING_SHARE = 0.01
 SESSIONS = 100
@@ -70,17 +69,13 @@ def _cycles(conn: psycopg.Connection[Any], cycles: int) -> dict[str, Any]:
     worker = "bench:claim-cost"
     for i in range(WARM_UP + cycles):
         t0 = time.perf_counter()
-        row = conn.execute(queue_query("claim_next_job"), {"worker_id": worker},
-                           prepare=True).fetchone()
+        job = store.claim(conn, worker)
         t1 = time.perf_counter()
-        if row is None:
+        if job is None:
             raise RuntimeError("claim cost: the queue ran dry")
-        job = Job.from_row(row)
-        done = conn.execute(queue_query("complete_job"), {"job_id": job.id,
-                                                          "lease_token": job.lease_token},
-                            prepare=True).fetchone()
+        done = store.complete(conn, job.id, job.lease_token)
         t2 = time.perf_counter()
-        if not (done and done[0]):
+        if not done:
             raise RuntimeError("claim cost: complete_job refused its own lease")
         conn.execute(query("replace_completed_job"), {"job_id": job.id}, prepare=True)
         if i >= WARM_UP:

@@ -16,8 +16,8 @@ from bench import cpu
 from bench.context import Context
 from bench.procs import Supervisor, supervisor_args
 from bench.queries import query
-from supervisor.jobs import NewJob
-from supervisor.queue import JobQueue
+from mobvibe.sql.jobs import NewJob
+from mobvibe.client import JobQueue
 
 CHUNK = 5000
 SESSIONS = 100
@@ -54,7 +54,7 @@ def run(ctx: Context) -> dict[str, Any]:
             conn.execute(query("vacuum_analyze_jobs"))
         ctx.log(f"drain: {count} jobs, --workers {workers} {' '.join(extra)}")
         started = time.monotonic()
-        with Supervisor(url, *supervisor_args(workers, "supervisor.handlers:noop_handler",
+        with Supervisor(url, *supervisor_args(workers, "mobvibe.supervisor.handlers:noop_handler",
                                               "--drain", "--no-reaper", *extra)) as sup:
             cpu_use = _watch(url, sup, count, ctx.postmaster)
             code = sup.wait(TIMEOUT)

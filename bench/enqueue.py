@@ -15,8 +15,8 @@ from typing import Any
 
 from bench import cpu
 from bench.context import Context
-from supervisor.jobs import NewJob
-from supervisor.queue import JobQueue
+from mobvibe.sql.jobs import NewJob
+from mobvibe.client import JobQueue
 
 SESSIONS = 100
 PROMPT = "Build a todo app with React Native: benchmark job {}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from supervisor.jobs import Job
+from mobvibe.sql.jobs import Job
 
 LATENCY_FILE = "BENCH_LATENCY_FILE"
 LONG_JOB_SECONDS = 120.0

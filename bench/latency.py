@@ -21,7 +21,7 @@ from bench.handlers import LATENCY_FILE
 from bench.procs import Supervisor, supervisor_args, wait_for
 from bench.queries import query
 from bench.stats import summary
-from supervisor.queue import JobQueue
+from mobvibe.client import JobQueue
 
 WORKERS = 4
 SETTLE = 1.0  # let every worker reach its wait after the first empty claim

@@ -38,8 +38,7 @@ class Supervisor:
     def __init__(self, url: str, *args: str, env: dict[str, str] | None = None) -> None:
         self.workdir = Path(tempfile.mkdtemp(prefix="mobvibe-bench-sup-"))
         self.log_path = self.workdir / "supervisor.log"
-        command = [str(BIN / "mobvibe-supervisor"), "--metrics-dir", str(self.workdir / "metrics"),
-                   *args]
+        command = [str(BIN / "mobvibe-supervisor"), *args]
         # PYTHONPATH: so that --handler bench.handlers:... imports from this checkout.
         full_env = {**os.environ, "DATABASE_URL": url, "PYTHONPATH": str(ROOT), **(env or {})}
         self.started = time.monotonic()

@@ -29,8 +29,8 @@ import psycopg
 from bench.context import Context
 from bench.procs import Supervisor, supervisor_args, wait_for
 from bench.queries import query
-from supervisor import settings as defaults
-from supervisor.queue import JobQueue
+from mobvibe.supervisor import settings as defaults
+from mobvibe.client import JobQueue
 
 FAST_TRIALS = 3
 POLL = 0.01

@@ -30,7 +30,7 @@ def run(ctx: Context) -> dict[str, Any]:
     samples: dict[str, Any] = {}
     ctx.log(f"rss: {total} jobs through {WORKERS} workers")
     with psycopg.connect(url, autocommit=True) as conn, \
-            Supervisor(url, *supervisor_args(WORKERS, "supervisor.handlers:noop_handler",
+            Supervisor(url, *supervisor_args(WORKERS, "mobvibe.supervisor.handlers:noop_handler",
                                              "--no-reaper")) as sup:
         # With --no-reaper and no metrics port, every child is a worker.
         workers = wait_for(lambda: _all_workers(sup), 30, POLL, f"{WORKERS} workers")

@@ -22,7 +22,7 @@ from psycopg import conninfo, sql
 
 from bench.cpu import postmaster_of
 from bench.queries import query
-from supervisor.migrate import migrate
+from mobvibe.sql.migrate import migrate
 
 # The settings that decide how fast a queue can commit and how many clients it takes.
 SETTINGS = ("server_version", "fsync", "synchronous_commit", "wal_sync_method", "full_page_writes",

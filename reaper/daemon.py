@@ -10,10 +10,12 @@ from typing import Any
 
 import psycopg
 
-from reaper.sweep import ReaperSettings, run_once
-from supervisor import clock, db
-from supervisor.errors import DatabaseUnavailableError
-from supervisor.logs import event
+from mobvibe import metrics
+from mobvibe.reaper.sweep import ReaperSettings, run_once
+from mobvibe import clock
+from mobvibe.sql import db
+from mobvibe.errors import DatabaseUnavailableError
+from mobvibe.logs import event
 
 log = logging.getLogger(__name__)
 JITTER = 0.1  # reapers started together drift apart instead of sweeping in lockstep
@@ -82,8 +84,6 @@ def _backoff(failures: int, interval: float) -> float:
 
 
 def _sweep_failed(exc: BaseException, failures: int, delay: float) -> None:
-    from supervisor import metrics  # noqa: PLC0415 - after PROMETHEUS_MULTIPROC_DIR is set
-
     if isinstance(exc, DatabaseUnavailableError):
         # run_once never ran, so it did not count this failed sweep itself.
         metrics.REAPER_SWEEPS.labels("error").inc()

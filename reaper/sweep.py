@@ -17,11 +17,12 @@ from typing import Any
 
 import psycopg
 
-from reaper.durations import format_duration
-from supervisor import clock
-from supervisor.errors import ConfigError
-from supervisor.logs import event
-from supervisor.sqlfiles import query
+from mobvibe import metrics
+from mobvibe.durations import format_duration
+from mobvibe import clock
+from mobvibe.errors import ConfigError
+from mobvibe.logs import event
+from mobvibe.sql import store
 
 log = logging.getLogger(__name__)
 DAY = 86400.0
@@ -103,43 +104,37 @@ class SweepResult:
 
 def run_once(conn: psycopg.Connection[Any], settings: ReaperSettings) -> SweepResult:
     """Sweep once on `conn` (autocommit); counts, logs and records the run."""
-    from supervisor import metrics  # noqa: PLC0415 - after PROMETHEUS_MULTIPROC_DIR is set
-
     started = clock.monotonic()
     try:
         requeued, dead_lettered = reap_expired(conn, settings)
         pruned_completed = prune(conn, "completed", settings.retain_completed,
                                  settings.prune_batch)
         pruned_failed = prune(conn, "failed", settings.retain_failed, settings.prune_batch)
-        waiting, next_at = _waiting_retries(conn)
-        conn.execute(query("record_reaper_run"), {
-            "reaper": settings.name, "requeued": requeued, "dead_lettered": dead_lettered,
-            "pruned": pruned_completed + pruned_failed})
+        waiting = store.waiting_retries(conn)
+        store.record_reaper_run(conn, settings.name, requeued, dead_lettered,
+                                pruned_completed + pruned_failed)
     except Exception:
         metrics.REAPER_SWEEPS.labels("error").inc()
         raise
     duration = clock.monotonic() - started
     result = SweepResult(requeued, dead_lettered, pruned_completed, pruned_failed,
-                         round(duration * 1000, 1), waiting, next_at)
+                         round(duration * 1000, 1), waiting.count, waiting.next_at)
     _observe(result, duration)
     return result
 
 
 def reap_expired(conn: psycopg.Connection[Any], settings: ReaperSettings) -> tuple[int, int]:
     """Fail every attempt silent for longer than the heartbeat timeout; (requeued, dead)."""
-    from supervisor import metrics  # noqa: PLC0415
-
     timeout = timedelta(seconds=settings.heartbeat_timeout)
     requeued = dead_lettered = 0
     while True:
-        rows = conn.execute(query("reap_expired"), {"timeout": timeout,
-                                                    "batch_size": settings.batch_size}).fetchall()
-        for job_id, session_id, will_retry in rows:
-            if will_retry is None:
+        rows = store.reap_expired(conn, timeout, settings.batch_size)
+        for reaped in rows:
+            if reaped.will_retry is None:
                 continue  # finished by its worker between our scan and our lock
-            fields = {"job_id": str(job_id), "session_id": str(session_id),
+            fields = {"job_id": str(reaped.job_id), "session_id": str(reaped.session_id),
                       "reason": "heartbeat_expired", "reaper": settings.name}
-            if will_retry:
+            if reaped.will_retry:
                 requeued += 1
                 metrics.REAPER_REQUEUED.inc()
                 event(log, logging.WARNING, "job_requeued",
@@ -151,7 +146,7 @@ def reap_expired(conn: psycopg.Connection[Any], settings: ReaperSettings) -> tup
                       "attempts exhausted: heartbeat expired", **fields)
         # A short batch means nothing expired is left that another reaper is
         # not already handling (SKIP LOCKED hides the rows it holds).
-        if len(rows) < settings.batch_size or not any(r[2] is not None for r in rows):
+        if len(rows) < settings.batch_size or all(r.will_retry is None for r in rows):
             return requeued, dead_lettered
 
 
@@ -159,29 +154,17 @@ def prune(conn: psycopg.Connection[Any], status: str, older_than: float, batch: 
     """Delete `status` jobs finished more than `older_than` s ago, a batch per statement."""
     if older_than <= 0:
         return 0  # retention off
-    from supervisor import metrics  # noqa: PLC0415
-
     age = timedelta(seconds=older_than)
     total = 0
     while True:
-        row = conn.execute(query("prune"), {"status": status, "older_than": age,
-                                            "batch_size": batch}).fetchone()
-        deleted = int(row[0]) if row else 0
+        deleted = store.prune(conn, status, age, batch)
         total += deleted
         metrics.REAPER_PRUNED.labels(status).inc(deleted)
         if deleted < batch:
             return total
 
 
-def _waiting_retries(conn: psycopg.Connection[Any]) -> tuple[int, datetime | None]:
-    row = conn.execute(query("waiting_retries")).fetchone()
-    assert row is not None
-    return int(row[0]), row[1]
-
-
 def _observe(result: SweepResult, duration: float) -> None:
-    from supervisor import metrics  # noqa: PLC0415
-
     metrics.REAPER_SWEEPS.labels("ok").inc()
     metrics.REAPER_SWEEP_DURATION.observe(duration)
     metrics.REAPER_LAST_SUCCESS.set(clock.wall())

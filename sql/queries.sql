@@ -134,6 +134,11 @@ CREATE TABLE IF NOT EXISTS queue_migrations (
 -- name: applied_migrations
 SELECT version, name, checksum FROM queue_migrations ORDER BY version
 
+-- A migration waits at most this long for a lock (a busy table), then fails
+-- and can be run again, rather than queueing every query behind it.
+-- name: migration_lock_timeout
+SET LOCAL lock_timeout = '10s'
+
 -- name: record_migration
 INSERT INTO queue_migrations (version, name, checksum)
 VALUES (%(version)s, %(name)s, %(checksum)s)
@@ -145,8 +150,9 @@ SELECT to_regclass('queue_migrations') IS NOT NULL
 -- the limit) with, last, how many there are in all.
 
 -- name: doctor_processing_without_live_attempt
-SELECT id, session_id, worker_id, extract(epoch FROM queue_now() - heartbeat_at),
-       count(*) OVER ()
+SELECT id AS job_id, session_id, worker_id,
+       extract(epoch FROM queue_now() - heartbeat_at)::float8 AS silent_seconds,
+       count(*) OVER () AS total
 FROM coding_jobs
 WHERE status = 'processing'
   AND (lease_token IS NULL OR heartbeat_at IS NULL OR heartbeat_at < queue_now() - %(timeout)s)
@@ -154,19 +160,19 @@ ORDER BY heartbeat_at NULLS FIRST, seq
 LIMIT %(limit)s
 
 -- name: doctor_retry_count_above_max
-SELECT id, session_id, retry_count, max_retries, count(*) OVER ()
+SELECT id AS job_id, session_id, retry_count, max_retries, count(*) OVER () AS total
 FROM coding_jobs WHERE retry_count > max_retries
 ORDER BY seq LIMIT %(limit)s
 
 -- name: doctor_failed_without_reason
-SELECT id, session_id, count(*) OVER ()
+SELECT id AS job_id, session_id, count(*) OVER () AS total
 FROM coding_jobs WHERE status = 'failed' AND coalesce(btrim(error_message), '') = ''
 ORDER BY seq LIMIT %(limit)s
 
 -- A failed session whose jobs are all gone (retention) is fine: only
 -- sessions that still have jobs are checked.
 -- name: doctor_failed_session_without_failed_job
-SELECT NULL::uuid, s.id, count(*) OVER ()
+SELECT s.id AS session_id, count(*) OVER () AS total
 FROM coding_sessions s
 WHERE s.status = 'failed'
   AND EXISTS (SELECT 1 FROM coding_jobs j WHERE j.session_id = s.id)
@@ -175,8 +181,8 @@ ORDER BY s.id LIMIT %(limit)s
 
 -- The queue's functions (the plan's four, the queue_* ones, the trigger
 -- functions) that PUBLIC may execute, directly or by default privileges.
--- name: doctor_public_functions
-SELECT NULL::uuid, NULL::uuid, p.oid::regprocedure::text, count(*) OVER ()
+-- name: doctor_function_executable_by_public
+SELECT p.oid::regprocedure::text AS function, count(*) OVER () AS total
 FROM pg_proc p
 WHERE p.pronamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema())
   AND (p.proname IN ('claim_next_job', 'complete_job', 'fail_job', 'get_queue_stats',
@@ -184,4 +190,4 @@ WHERE p.pronamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_sch
        OR starts_with(p.proname, 'queue_'))
   AND EXISTS (SELECT 1 FROM aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
               WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE')
-ORDER BY 3 LIMIT %(limit)s
+ORDER BY 1 LIMIT %(limit)s

@@ -16,13 +16,16 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from supervisor import children, clock
-from supervisor.children import Exit
-from supervisor.logs import event
-from supervisor.rescue import Rescuer
-from supervisor.settings import Settings
-from supervisor.slots import Slots
-from supervisor.worker import EXIT_FENCED, EXIT_LEASE_LOST
+from mobvibe import metrics
+from mobvibe.supervisor import children
+
+from mobvibe import clock
+from mobvibe.supervisor.children import Exit
+from mobvibe.logs import event
+from mobvibe.supervisor.rescue import Rescuer
+from mobvibe.supervisor.settings import Settings
+from mobvibe.supervisor.slots import Slots
+from mobvibe.supervisor.worker import EXIT_FENCED, EXIT_LEASE_LOST
 
 log = logging.getLogger(__name__)
 TICK = 0.25
@@ -51,6 +54,9 @@ class Arbiter:
         self.worker_main = worker_main
         self.aux = aux
         self.slots = Slots(settings.workers)
+        # metrics rows: the parent's, one per worker index, one per other child
+        metrics.init(1 + settings.workers + len(aux))
+        self.aux_rows = {name: 1 + settings.workers + i for i, name in enumerate(aux)}
         self.rescuer = Rescuer(settings)
         self.children: dict[int, Child] = {}
         self.restart_at: dict[int, float] = {}
@@ -137,12 +143,10 @@ class Arbiter:
         for index in range(self.settings.workers):
             if index not in taken and self.restart_at.get(index, 0.0) <= now:
                 self.spawn_worker(index)
-        from supervisor import metrics  # noqa: PLC0415
-
         metrics.WORKERS_ALIVE.set(self.workers_alive())
 
     def spawn_worker(self, index: int) -> None:
-        pid = children.fork(lambda: self.worker_main(index, self.slots),
+        pid = children.fork(lambda: self.worker_main(index, self.slots), 1 + index,
                             (self._pipe_r, self._pipe_w))
         self.children[pid] = Child(pid, "worker", index)
         event(log, logging.INFO, "worker_spawned", "worker started", worker_index=index,
@@ -150,7 +154,8 @@ class Arbiter:
 
     def spawn_aux(self, name: str) -> None:
         target = self.aux[name]
-        pid = children.fork(lambda: target(self.slots), (self._pipe_r, self._pipe_w))
+        pid = children.fork(lambda: target(self.slots), self.aux_rows[name],
+                            (self._pipe_r, self._pipe_w))
         self.children[pid] = Child(pid, name)
 
     def reap(self) -> None:
@@ -167,9 +172,6 @@ class Arbiter:
                 self.child_exited(child, Exit.from_status(status))
 
     def child_exited(self, child: Child, how: Exit) -> None:
-        from prometheus_client import multiprocess  # noqa: PLC0415
-
-        multiprocess.mark_process_dead(child.pid)
         if child.kind != "worker":
             self._aux_exited(child, how)
             return
@@ -189,8 +191,6 @@ class Arbiter:
         self._schedule_restart(child, cause, holding.job_id if holding else None)
 
     def _exit_cause(self, child: Child, how: Exit) -> str:
-        from supervisor import metrics  # noqa: PLC0415
-
         if child.killed_for == "deadline_exceeded":
             cause = "deadline"
         elif how.code in (0, EXIT_LEASE_LOST, EXIT_FENCED):
@@ -212,8 +212,6 @@ class Arbiter:
     def _schedule_restart(self, child: Child, cause: str, job_id: uuid.UUID | None) -> None:
         if self.stopping:
             return
-        from supervisor import metrics  # noqa: PLC0415
-
         now = clock.monotonic()
         delay = 0.0
         if cause in ("signal", "error"):

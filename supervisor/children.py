@@ -11,6 +11,8 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from mobvibe import metrics
+
 log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
 
@@ -37,14 +39,18 @@ class Exit:
         return f"exit code {self.code}"
 
 
-def fork(target: Callable[[], int], close_fds: tuple[int, ...] = ()) -> int:
-    """Run `target` in a child process; return its pid. The child never returns here."""
+def fork(target: Callable[[], int], metrics_row: int, close_fds: tuple[int, ...] = ()) -> int:
+    """Run `target` in a child process that writes metrics row `metrics_row`; return its pid.
+
+    The child never returns here.
+    """
     pid = os.fork()
     if pid:
         return pid
     code = 1
     try:
         _child_setup(close_fds)
+        metrics.bind(metrics_row)
         code = target()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1

@@ -8,12 +8,14 @@ from typing import Any
 
 import psycopg
 
-from supervisor import clock, db
-from supervisor.errors import DatabaseUnavailableError
-from supervisor.handlers import Outcome
-from supervisor.jobs import Job
-from supervisor.logs import event
-from supervisor.sqlfiles import query
+from mobvibe import metrics
+from mobvibe import clock
+
+from mobvibe.sql import db, store
+from mobvibe.errors import DatabaseUnavailableError
+from mobvibe.supervisor.handlers import Outcome
+from mobvibe.sql.jobs import Job
+from mobvibe.logs import event
 
 log = logging.getLogger(__name__)
 Connect = Callable[[], psycopg.Connection[Any]]
@@ -47,8 +49,6 @@ def finish_job(connect: Connect, worker_id: str, job: Job, outcome: Outcome, dur
 
 def _finish_once(conn: psycopg.Connection[Any], worker_id: str, job: Job, outcome: Outcome,
                  duration: float, chain: bool) -> Job | None:
-    from supervisor import metrics  # noqa: PLC0415 - after PROMETHEUS_MULTIPROC_DIR is set
-
     metrics.JOB_DURATION.observe(duration)
     fields = {"worker": worker_id, "job_id": str(job.id), "session_id": str(job.session_id),
               "attempt": job.attempt, "duration_ms": round(duration * 1000, 1)}
@@ -58,10 +58,7 @@ def _finish_once(conn: psycopg.Connection[Any], worker_id: str, job: Job, outcom
     if outcome.ok:
         return _complete(conn, worker_id, job, chain, fields)
     if outcome.reason == "released":
-        released = conn.execute(query("release_job"), {"job_id": job.id,
-                                                       "lease_token": job.lease_token,
-                                                       "reason": "released at shutdown"}).fetchone()
-        if released and released[0]:
+        if store.release(conn, job.id, job.lease_token, "released at shutdown"):
             metrics.ENDED["released"].inc()
             event(log, logging.INFO, "job_released", "job given back at shutdown", **fields)
         else:
@@ -73,23 +70,18 @@ def _finish_once(conn: psycopg.Connection[Any], worker_id: str, job: Job, outcom
 
 def _complete(conn: psycopg.Connection[Any], worker_id: str, job: Job, chain: bool,
               fields: dict[str, Any]) -> Job | None:
-    from supervisor import metrics  # noqa: PLC0415
-
-    params = {"job_id": job.id, "lease_token": job.lease_token, "worker_id": worker_id}
     if chain:
-        row = conn.execute(query("complete_and_claim"), params, prepare=True).fetchone()
-        assert row is not None
-        completed, next_row = row[0], row[1:]
+        chained = store.complete_and_claim(conn, job.id, job.lease_token, worker_id)
+        completed, next_job = chained.completed, chained.next_job
     else:
-        one = conn.execute(query("complete_job"), params, prepare=True).fetchone()
-        completed, next_row = bool(one and one[0]), (None,)
+        completed, next_job = store.complete(conn, job.id, job.lease_token), None
     if completed:
         metrics.JOBS_COMPLETED.inc()
         metrics.ENDED["completed"].inc()
         event(log, logging.INFO, "job_completed", "job completed", **fields)
     else:
         _lease_lost(fields)
-    return None if next_row[0] is None else Job.from_row(next_row)
+    return next_job
 
 
 def record_failure(conn: psycopg.Connection[Any], job_id: Any, lease_token: Any, error: str,
@@ -100,11 +92,7 @@ def record_failure(conn: psycopg.Connection[Any], job_id: Any, lease_token: Any,
     `by_holder` False: the supervisor fails a dead worker's attempt, which may
     have ended already (completed just before the death); that is no lost lease.
     """
-    from supervisor import metrics  # noqa: PLC0415
-
-    row = conn.execute(query("fail_job"), {"job_id": job_id, "lease_token": lease_token,
-                                           "error": error, "reason": reason}).fetchone()
-    will_retry = None if row is None else row[0]
+    will_retry = store.fail(conn, job_id, error, lease_token, reason)
     if will_retry is None:
         if by_holder:
             _lease_lost(fields)
@@ -113,7 +101,7 @@ def record_failure(conn: psycopg.Connection[Any], job_id: Any, lease_token: Any,
                   "the dead worker's attempt had already ended", **fields)
         return None
     metrics.JOBS_FAILED.inc()
-    (metrics.ENDED.get(reason) or metrics.ATTEMPTS_ENDED.labels(reason)).inc()
+    metrics.ATTEMPTS_ENDED.inc(label=reason)
     if will_retry:
         metrics.JOBS_RETRIED.inc()
         event(log, logging.WARNING, "job_retry_scheduled", f"attempt failed: {error}",
@@ -126,8 +114,6 @@ def record_failure(conn: psycopg.Connection[Any], job_id: Any, lease_token: Any,
 
 
 def _lease_lost(fields: dict[str, Any]) -> None:
-    from supervisor import metrics  # noqa: PLC0415
-
     metrics.LEASES_LOST.inc()
     metrics.ENDED["lease_lost"].inc()
     event(log, logging.WARNING, "lease_lost", "the job's lease was taken away; result dropped",

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from supervisor.errors import ConfigError
-from supervisor.jobs import Job
+from mobvibe.errors import ConfigError
+from mobvibe.sql.jobs import Job
 
 log = logging.getLogger(__name__)
 STDERR_TAIL = 2000
@@ -171,7 +171,7 @@ def make_handler(exec_cmd: str | None, handler: str | None) -> Handler:
     """The handler the options name; the demo handler when they name none."""
     if exec_cmd:
         return ExecHandler(exec_cmd)
-    return PythonHandler(load_function(handler or "supervisor.handlers:demo_handler"))
+    return PythonHandler(load_function(handler or "mobvibe.supervisor.handlers:demo_handler"))
 
 
 def demo_handler(job: Job) -> None:

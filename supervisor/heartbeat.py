@@ -10,10 +10,12 @@ from typing import Any
 
 import psycopg
 
-from supervisor import clock, db
-from supervisor.errors import DatabaseUnavailableError
-from supervisor.logs import event
-from supervisor.sqlfiles import query
+from mobvibe import metrics
+from mobvibe import clock
+
+from mobvibe.sql import db, store
+from mobvibe.errors import DatabaseUnavailableError
+from mobvibe.logs import event
 
 log = logging.getLogger(__name__)
 
@@ -79,17 +81,13 @@ class Heartbeat(threading.Thread):
 
     def _renew(self, job: tuple[uuid.UUID, uuid.UUID]) -> bool | None:
         """True renewed, False lease lost, None the database could not be reached."""
-        from supervisor import metrics  # noqa: PLC0415 - after PROMETHEUS_MULTIPROC_DIR is set
-
         try:
             if self._conn is None or self._conn.closed:
                 # A lost heartbeat only ages the lease: no need to wait for the disk.
                 self._conn = db.connect(self.url, application_name="mobvibe-heartbeat",
                                         connect_timeout=max(1, int(self.interval)),
                                         options="-c synchronous_commit=off")
-            row = self._conn.execute(query("heartbeat"), {"job_id": job[0],
-                                                          "lease_token": job[1]}).fetchone()
-            return bool(row and row[0])
+            return store.heartbeat(self._conn, job[0], job[1])
         except (psycopg.Error, OSError, DatabaseUnavailableError) as exc:
             metrics.HEARTBEAT_FAILURES.inc()
             event(log, logging.WARNING, "heartbeat_failed", "cannot renew the lease",

@@ -14,15 +14,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import psycopg
-from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from supervisor import clock, db
-from supervisor.errors import DatabaseUnavailableError
-from supervisor.settings import Settings
-from supervisor.slots import Slots
-from supervisor.sqlfiles import query
+from mobvibe import clock, metrics
+
+from mobvibe.sql import db, store
+from mobvibe.sql.store import QueueStats
+from mobvibe.errors import DatabaseUnavailableError
+from mobvibe.supervisor.settings import Settings
+from mobvibe.supervisor.slots import Slots
 
 log = logging.getLogger(__name__)
 HEALTHY_TICK_AGE = 10.0  # the parent's loop turns every 0.25 s
@@ -38,11 +40,11 @@ class QueueState:
         self._conn: psycopg.Connection[Any] | None = None
         self._lock = threading.Lock()
         self._at = -CACHE_SECONDS
-        self._stats: tuple[Any, ...] | None = None
+        self._stats: QueueStats | None = None
         self._last_sweep: float | None = None
 
-    def read(self) -> tuple[tuple[Any, ...] | None, float | None]:
-        """(get_queue_stats row, last reaper sweep unix time); (None, None) if unreachable."""
+    def read(self) -> tuple[QueueStats | None, float | None]:
+        """(queue statistics, last reaper sweep unix time); (None, None) if unreachable."""
         with self._lock:
             if clock.monotonic() - self._at > CACHE_SECONDS:
                 self._refresh()
@@ -54,9 +56,8 @@ class QueueState:
             if self._conn is None or self._conn.closed:
                 self._conn = db.connect(self.url, application_name="mobvibe-metrics",
                                         connect_timeout=2, options="-c statement_timeout=2000")
-            self._stats = self._conn.execute(query("queue_stats")).fetchone()
-            row = self._conn.execute(query("last_reaper_sweep")).fetchone()
-            self._last_sweep = None if row is None or row[0] is None else float(row[0])
+            self._stats = store.stats(self._conn)
+            self._last_sweep = store.last_reaper_sweep(self._conn)
         except (DatabaseUnavailableError, psycopg.Error):
             if self._conn is not None:
                 self._conn.close()
@@ -64,12 +65,16 @@ class QueueState:
 
 
 class QueueCollector(Collector):
-    """Queue depth per status and the oldest pending age, from get_queue_stats()."""
+    """Queue depth per status and the oldest pending age, from get_queue_stats(), and the
+    jobs this supervisor's workers hold, from their slots."""
 
-    def __init__(self, state: QueueState) -> None:
+    def __init__(self, state: QueueState, slots: Slots) -> None:
         self.state = state
+        self.slots = slots
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        held = sum(self.slots.holding(i) is not None for i in range(self.slots.count))
+        yield GaugeMetricFamily("mobvibe_jobs_in_progress", "Jobs running now.", value=held)
         stats, last_sweep = self.state.read()
         up = GaugeMetricFamily("mobvibe_database_up", "1 when the database answered the scrape.")
         up.add_metric([], 0 if stats is None else 1)
@@ -78,15 +83,20 @@ class QueueCollector(Collector):
             return
         depth = GaugeMetricFamily("mobvibe_queue_jobs", "Jobs in the queue, by status.",
                                   labels=["status"])
-        for status, value in zip(("pending", "processing", "completed", "failed"), stats[:4]):
+        for status, value in (("pending", stats.pending_count),
+                              ("processing", stats.processing_count),
+                              ("completed", stats.completed_count),
+                              ("failed", stats.failed_count)):
             depth.add_metric([status], value)
         yield depth
-        age = stats[4].total_seconds() if stats[4] is not None else 0.0
+        age = stats.oldest_pending_age
+        age_seconds = age.total_seconds() if age is not None else 0.0
         yield GaugeMetricFamily("mobvibe_queue_oldest_pending_age_seconds",
-                                "Age of the oldest pending job (0 when none).", value=age)
+                                "Age of the oldest pending job (0 when none).",
+                                value=age_seconds)
         yield GaugeMetricFamily("mobvibe_queue_retries_waiting",
                                 "Pending jobs waiting for their backoff to pass.",
-                                value=stats[5])
+                                value=stats.waiting_retry_count)
         if last_sweep is not None:
             yield GaugeMetricFamily("mobvibe_reaper_last_sweep_timestamp_seconds",
                                     "Unix time of the last sweep of any reaper (daemon or cron).",
@@ -102,8 +112,8 @@ def serve(settings: Settings, slots: Slots) -> int:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
                 registry = CollectorRegistry()
-                multiprocess.MultiProcessCollector(registry)
-                registry.register(QueueCollector(state))
+                registry.register(metrics.QueueMetrics())
+                registry.register(QueueCollector(state, slots))
                 self._reply(200, generate_latest(registry), "text/plain; version=0.0.4")
             elif path == "/healthz":
                 last_tick, _ = slots.parent_state()

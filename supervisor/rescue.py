@@ -11,13 +11,15 @@ import uuid
 
 import psycopg
 
-from supervisor import clock, db
-from supervisor.errors import DatabaseUnavailableError
-from supervisor.finish import record_failure
-from supervisor.logs import event
-from supervisor.settings import Settings
-from supervisor.slots import Holding
-from supervisor.sqlfiles import query
+from mobvibe import metrics
+from mobvibe import clock
+
+from mobvibe.sql import db, store
+from mobvibe.errors import DatabaseUnavailableError
+from mobvibe.supervisor.finish import record_failure
+from mobvibe.logs import event
+from mobvibe.supervisor.settings import Settings
+from mobvibe.supervisor.slots import Holding
 
 log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 2
@@ -64,12 +66,10 @@ class Rescuer:
         try:
             with db.connect(self.settings.database_url, application_name="mobvibe-supervisor",
                             connect_timeout=CONNECT_TIMEOUT) as conn:
-                claims = conn.execute(query("claims_of_worker"),
-                                      {"worker_id": worker_id}).fetchall()
-                for job_id, lease_token in claims:
-                    if job_id != started:
-                        self._release(conn, job_id, lease_token,
-                                      {"job_id": str(job_id), "worker": worker_id},
+                for claim in store.claims_of_worker(conn, worker_id):
+                    if claim.job_id != started:
+                        self._release(conn, claim.job_id, claim.lease_token,
+                                      {"job_id": str(claim.job_id), "worker": worker_id},
                                       reason=UNSTARTED, name="unstarted_job_released",
                                       message="job given back: its worker died before starting it")
         except (DatabaseUnavailableError, psycopg.Error) as exc:
@@ -81,11 +81,7 @@ class Rescuer:
                  lease_token: uuid.UUID, fields: dict[str, object],
                  reason: str = "released at shutdown", name: str = "job_released",
                  message: str = "job given back at shutdown") -> None:
-        from supervisor import metrics  # noqa: PLC0415
-
-        row = conn.execute(query("release_job"), {"job_id": job_id, "lease_token": lease_token,
-                                                  "reason": reason}).fetchone()
-        if row and row[0]:
+        if store.release(conn, job_id, lease_token, reason):
             metrics.ENDED["released"].inc()
             event(log, logging.INFO, name, message, **fields)
 
@@ -94,7 +90,7 @@ class Rescuer:
         try:
             with db.connect(self.settings.database_url, application_name="mobvibe-supervisor",
                             connect_timeout=CONNECT_TIMEOUT) as conn:
-                row = conn.execute(query("queue_stats")).fetchone()
+                stats = store.stats(conn)
         except (DatabaseUnavailableError, psycopg.Error):
             return False
-        return row is not None and row[0] == 0 and row[1] == 0
+        return stats.pending_count == 0 and stats.processing_count == 0

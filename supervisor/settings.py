@@ -6,7 +6,7 @@ import os
 import socket
 from dataclasses import dataclass, field
 
-from supervisor.errors import ConfigError
+from mobvibe.errors import ConfigError
 
 POLL_INTERVAL_DEFAULT = 10.0
 HEARTBEAT_INTERVAL_DEFAULT = 5.0

@@ -12,16 +12,19 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from supervisor import clock, db
-from supervisor.errors import DatabaseUnavailableError
-from supervisor.handlers import Aborted, Handler, Outcome
-from supervisor.heartbeat import Heartbeat
-from supervisor.jobs import Job
-from supervisor.logs import event
-from supervisor.notify import listen
-from supervisor.settings import Settings
-from supervisor.slots import Slots
-from supervisor.sqlfiles import query
+from mobvibe import metrics
+from mobvibe import clock
+
+from mobvibe.sql import db, store
+from mobvibe.errors import DatabaseUnavailableError
+from mobvibe.supervisor.handlers import Aborted, Handler, Outcome
+from mobvibe.supervisor import finish
+from mobvibe.supervisor.heartbeat import Heartbeat
+from mobvibe.sql.jobs import Job
+from mobvibe.logs import event
+from mobvibe.sql.notify import listen
+from mobvibe.supervisor.settings import Settings
+from mobvibe.supervisor.slots import Slots
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +89,7 @@ class Worker:
     def _give_back(self, job: Job) -> None:
         """Release a job claimed with the last completion but not started: we are stopping."""
         try:
-            self._db().execute(query("release_job"), {"job_id": job.id,
-                                                      "lease_token": job.lease_token,
-                                                      "reason": "released at shutdown"})
+            store.release(self._db(), job.id, job.lease_token, "released at shutdown")
         except (psycopg.OperationalError, psycopg.InterfaceError, DatabaseUnavailableError):
             return  # its heartbeat stops with us: the reaper requeues it
         event(log, logging.INFO, "job_released", "claimed job given back unstarted",
@@ -166,19 +167,17 @@ class Worker:
         """Claim a job, or wait for a notification, the poll interval, or the next due retry."""
         conn = self._db()
         self.wake_pending = False
-        row = conn.execute(query("claim_next_job"), {"worker_id": self.worker_id},
-                           prepare=True).fetchone()
-        if row is not None:
-            return Job.from_row(row)
+        job = store.claim(conn, self.worker_id)
+        if job is not None:
+            return job
         if not self.wake_pending:
             self._wait(conn)
         return None
 
     def _wait(self, conn: psycopg.Connection[Any]) -> None:
-        next_run_at, now = conn.execute(query("next_run_at"), prepare=True).fetchone()  # type: ignore[misc]
+        due_in = store.next_run(conn).due_in
         poll = self.settings.poll_interval * random.uniform(0.8, 1.0)  # noqa: S311 - jitter
-        if next_run_at is not None:
-            due_in = (next_run_at - now).total_seconds()
+        if due_in is not None:
             poll = min(poll, due_in if due_in > 0 else IDLE_RECHECK)
         ready = self._sleep(poll, conn)
         if conn.fileno() in ready:
@@ -217,8 +216,6 @@ class Worker:
                 self.stopping = True
 
     def _run_handler(self, job: Job, started: float) -> Outcome:
-        from supervisor import metrics  # noqa: PLC0415
-
         metrics.JOBS_CLAIMED.inc()
         timeout = self.settings.job_timeout
         event(log, logging.DEBUG, "job_claimed", "job claimed", worker=self.worker_id,
@@ -232,8 +229,6 @@ class Worker:
             self.in_handler = False
 
     def _finish(self, job: Job, outcome: Outcome, duration: float) -> Job | None:
-        from supervisor import finish  # noqa: PLC0415
-
         if self.releasing and not outcome.ok:
             outcome = Outcome(False, "released at shutdown", "released")
         if self.lost_reason is not None:

@@ -16,8 +16,8 @@ import psycopg
 import pytest
 from psycopg import conninfo, sql
 
-from supervisor.migrate import migrate
-from supervisor.queue import JobQueue
+from mobvibe.sql.migrate import migrate
+from mobvibe.client import JobQueue
 
 RESET = """
 TRUNCATE coding_jobs, coding_sessions, queue_reaper_runs;

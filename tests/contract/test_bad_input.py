@@ -10,9 +10,9 @@ import psycopg
 import pytest
 from psycopg import errors as pgerrors
 
-from supervisor.errors import InvalidJobError
-from supervisor.jobs import NewJob
-from supervisor.queue import JobQueue
+from mobvibe.errors import InvalidJobError
+from mobvibe.sql.jobs import NewJob
+from mobvibe.client import JobQueue
 from tests.contract.support import (
     assert_one_error_line, claim, insert_job, run_queue_cli, scalar, table_counts)
 
@@ -161,7 +161,7 @@ def test_a_valid_prompt_is_stored_and_read_back_byte_for_byte(
         queue: JobQueue, conn: Any, what: str, prompt: str) -> None:
     job = queue.enqueue(prompt)
     stored = queue.get(job)
-    assert stored is not None and stored["prompt"] == prompt
+    assert stored is not None and stored.prompt == prompt
     assert scalar(conn, "SELECT octet_length(prompt) FROM coding_jobs WHERE id = %s",
                   [job]) == len(prompt.encode())
     claimed = queue.claim()
@@ -174,10 +174,10 @@ def test_the_edges_of_the_ranges_are_accepted(queue: JobQueue, conn: Any) -> Non
            queue.enqueue("highest", priority=10, max_retries=100),
            queue.enqueue("zoned", run_at=later),
            queue.enqueue("no delay", delay=0)]
-    rows = {row["prompt"]: row for row in map(queue.get, ids) if row}
-    assert (rows["lowest"]["priority"], rows["lowest"]["max_retries"]) == (0, 1)
-    assert (rows["highest"]["priority"], rows["highest"]["max_retries"]) == (10, 100)
-    assert rows["zoned"]["run_at"] == later.astimezone(UTC)
+    rows = {row.prompt: row for row in map(queue.get, ids) if row}
+    assert (rows["lowest"].priority, rows["lowest"].max_retries) == (0, 1)
+    assert (rows["highest"].priority, rows["highest"].max_retries) == (10, 100)
+    assert rows["zoned"].run_at == later.astimezone(UTC)
     assert claim(conn)["job_id"] == ids[1]  # type: ignore[index]
 
 

@@ -8,9 +8,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from supervisor.errors import InvalidJobError
-from supervisor.jobs import NewJob
-from supervisor.queue import JobQueue
+from mobvibe.errors import InvalidJobError
+from mobvibe.sql.jobs import NewJob
+from mobvibe.client import JobQueue
 from tests.contract.support import table_counts
 
 

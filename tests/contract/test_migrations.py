@@ -11,9 +11,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from supervisor.errors import MigrationError
-from supervisor.migrate import migrate
-from supervisor.sqlfiles import migrations
+from mobvibe.errors import MigrationError
+from mobvibe.sql.migrate import migrate
+from mobvibe.sql.files import migrations
 from tests.contract.support import (
     QUEUE_CLI, assert_one_error_line, claim, insert_job, run_queue_cli, scalar)
 

@@ -11,9 +11,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from supervisor.jobs import NewJob
-from supervisor.notify import Notification
-from supervisor.queue import JobQueue
+from mobvibe.sql.jobs import NewJob
+from mobvibe.sql.notify import Notification
+from mobvibe.client import JobQueue
 from tests.contract.support import T0, claim, insert_job, job_row, scalar
 from tests.helpers import set_clock, wait_for
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from supervisor.queue import JobQueue
+from mobvibe.client import JobQueue
 
 
 def insert_job(conn: Any, session_id: Any, priority: int = 0, max_retries: int | None = None) -> Any:

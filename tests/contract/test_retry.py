@@ -9,7 +9,7 @@ from typing import Any
 
 import psycopg
 
-from supervisor.queue import JobQueue
+from mobvibe.client import JobQueue
 from tests.contract.support import (
     T0, assert_one_error_line, claim, insert_job, job_row, run_queue_cli, scalar)
 from tests.helpers import set_clock

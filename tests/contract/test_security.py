@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from psycopg import conninfo, sql
 
-from supervisor.queue import JobQueue
+from mobvibe.client import JobQueue
 from tests.contract.support import insert_job
 
 PLAN_FUNCTIONS = {"claim_next_job", "complete_job", "fail_job", "get_queue_stats"}

@@ -18,7 +18,6 @@ COMPOSE = DEPLOY / "docker-compose.yml"
 ALERTS = DEPLOY / "prometheus" / "alerts.yml"
 KUBERNETES_VERSION = "1.30.0"
 KEDA_API = "keda.sh/v1alpha1"
-METRICS_DIR = "/run/mobvibe/metrics"
 IMAGE_USER = 10001
 
 

@@ -65,7 +65,7 @@ def test_supervisor_is_the_exec_form_entry_point_and_stops_on_sigterm() -> None:
     assert last("STOPSIGNAL") == "SIGTERM"
     assert last("EXPOSE") == "9400"
     env = last("ENV")
-    for setting in ("PYTHONUNBUFFERED=1", "MOBVIBE_METRICS_DIR=", "TMPDIR="):
+    for setting in ("PYTHONUNBUFFERED=1", "TMPDIR="):
         assert setting in env
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from supervisor.queue import JobQueue
+from mobvibe.client import JobQueue
 from tests.deploy.conftest import MEASURES
 from tests.deploy.support import ROOT
 from tests.helpers import wait_for
@@ -30,7 +30,7 @@ PYTHON_HANDLER = {"args": ["--handler", "deploy_test_handlers:run"],
 # As Kubernetes runs it: non-root, read-only root, writable tmpfs only where needed.
 HARDENED: dict[str, Any] = {
     "network_mode": "host", "read_only": True, "user": "10001:10001",
-    "tmpfs": {"/tmp": "", "/run/mobvibe": "uid=10001,gid=10001"},
+    "tmpfs": {"/tmp": ""},
 }
 
 

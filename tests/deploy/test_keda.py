@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from supervisor.queue import JobQueue
+from mobvibe.client import JobQueue
 from tests.deploy.support import KEDA_API, one, option, pod_spec
 
 # Field sets of keda.sh/v1alpha1 (kedacore/keda apis/keda/v1alpha1/scaledobject_types.go,

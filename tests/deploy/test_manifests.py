@@ -10,8 +10,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from supervisor.settings import HEARTBEAT_TIMEOUT_DEFAULT, SHUTDOWN_TIMEOUT_DEFAULT
-from tests.deploy.support import (IMAGE_USER, KEDA_API, KUBE, KUBERNETES_VERSION, METRICS_DIR,
+from mobvibe.supervisor.settings import HEARTBEAT_TIMEOUT_DEFAULT, SHUTDOWN_TIMEOUT_DEFAULT
+from tests.deploy.support import (IMAGE_USER, KEDA_API, KUBE, KUBERNETES_VERSION,
                                   applied, documents, kustomization, manifest_files, one, option,
                                   pod_spec, tool, workloads)
 
@@ -125,11 +125,6 @@ def test_workload_runs_restricted_with_a_read_only_root(obj: dict[str, Any]) -> 
         assert "limits" in container["resources"] and "requests" in container["resources"]
         mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
         assert "emptyDir" in volumes[mounts["/tmp"]], "TMPDIR needs a writable emptyDir"
-        if obj["kind"] == "Deployment":
-            env = {e["name"]: e.get("value") for e in container["env"]}
-            metrics_dir = env.get("MOBVIBE_METRICS_DIR", METRICS_DIR)
-            assert "emptyDir" in volumes[mounts[metrics_dir]], \
-                "the Prometheus multiprocess directory needs a writable emptyDir"
 
 
 def test_database_url_comes_from_the_secret() -> None:

@@ -17,7 +17,7 @@ import signal
 import time
 from typing import NamedTuple
 
-from supervisor.jobs import Job
+from mobvibe.sql.jobs import Job
 
 
 class Execution(NamedTuple):

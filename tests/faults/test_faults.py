@@ -25,9 +25,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from supervisor.jobs import NewJob
-from supervisor.queue import JobQueue
-from supervisor.worker import RECONNECT_DELAY_MAX
+from mobvibe.sql.jobs import NewJob
+from mobvibe.client import JobQueue
+from mobvibe.supervisor.worker import RECONNECT_DELAY_MAX
 from tests.faults.handlers import Execution, executions
 from tests.helpers import count, wait_for
 from tests.processes.conftest import FAST, Running
@@ -374,7 +374,7 @@ def bad_job_among_others(queue: JobQueue, prompt: str, others: int, log: Path,
 
 
 def all_completed(queue: JobQueue, ids: list[Any]) -> bool:
-    return all((queue.get(i) or {}).get("status") == "completed" for i in ids)
+    return all(getattr(queue.get(i), "status", None) == "completed" for i in ids)
 
 
 POISON_JOBS = 4
@@ -391,9 +391,9 @@ def test_poison_jobs_are_dead_lettered_and_the_others_complete(
     # jobs count once per job, so they are no crash loop
     running = supervisor("--workers", "2", "--drain", *HANDLER, *QUICK)
     code = running.wait_exit(60)
-    jobs = [queue.get(p) or {} for p in poisons]
+    jobs = [job for p in poisons if (job := queue.get(p)) is not None]
     deaths = [e for e in running.events("worker_exited") if e.get("cause") == "signal"]
-    report("poison-job", poison_jobs=len(jobs), attempts=sum(j.get("attempt", 0) for j in jobs),
+    report("poison-job", poison_jobs=len(jobs), attempts=sum(j.attempt for j in jobs),
            worker_deaths=len(deaths), others_completed=len(others),
            crash_loop_exit=bool(running.events("crash_loop")), supervisor_exit=code,
            seconds=f"{time.monotonic() - started:.1f}")
@@ -401,9 +401,9 @@ def test_poison_jobs_are_dead_lettered_and_the_others_complete(
     assert not running.events("crash_loop")
     assert len(deaths) == 3 * POISON_JOBS
     for job in jobs:
-        assert job["status"] == "failed" and job["retry_count"] == 3
-        assert "worker exited" in job["error_message"] and "signal 9" in job["error_message"]
-        assert job["end_reason"] == "worker_exited"
+        assert job.status == "failed" and job.retry_count == 3
+        assert "worker exited" in job.error_message and "signal 9" in job.error_message
+        assert job.end_reason == "worker_exited"
     assert all_completed(queue, others)
 
 
@@ -419,7 +419,8 @@ def test_a_hung_job_is_ended_by_the_job_timeout(
     running = supervisor("--workers", "2", "--drain", "--job-timeout", str(JOB_TIMEOUT),
                          *HANDLER, *QUICK)
     assert running.wait_exit(60) == 0, running.log()[-3000:]
-    job = queue.get(hung) or {}
+    job = queue.get(hung)
+    assert job is not None
     killed = [e for e in running.events("worker_exited") if e.get("cause") == "deadline"]
     runs = executions(log)
     hangs = sorted((run for run in runs if run.job_id == str(hung)), key=lambda run: run.attempt)
@@ -428,17 +429,17 @@ def test_a_hung_job_is_ended_by_the_job_timeout(
     assert [run.attempt for run in hangs] == [1, 2] and len(ends) == 2, (hangs, ends)
     # from the handler's start: the deadline counts from the claim, a little earlier
     held = [end - run.at for run, end in zip(hangs, ends)]
-    claimed, ended = job.get("started_at"), job.get("completed_at")  # the last attempt's
+    claimed, ended = job.started_at, job.completed_at  # the last attempt's
     last_held = (ended - claimed).total_seconds() if claimed and ended else float("nan")
     waited = hangs[1].at - ends[0]  # from the failed attempt to its retry
     during = sum(1 for run in runs if run.job_id != str(hung) and hangs[0].at < run.at < ends[0])
-    report("hung-job", attempts=job.get("attempt"), killed_at_deadline=len(killed),
+    report("hung-job", attempts=job.attempt, killed_at_deadline=len(killed),
            held_s="/".join(f"{s:.2f}" for s in held), last_claim_to_end_s=f"{last_held:.2f}",
            retry_after_s=f"{waited:.2f}", backoff_s=HUNG_BACKOFF,
            others_run_while_hung=during, others_completed=len(others))
-    assert job["status"] == "failed" and job["retry_count"] == 2 and len(killed) == 2
-    assert job["end_reason"] == "deadline_exceeded"
-    assert "--job-timeout" in job["error_message"]
+    assert job.status == "failed" and job.retry_count == 2 and len(killed) == 2
+    assert job.end_reason == "deadline_exceeded"
+    assert "--job-timeout" in job.error_message
     # the heartbeat thread kept the lease alive: the deadline ended the job, not the reaper
     assert not running.events("lease_lost") and not running.events("self_fenced")
     assert JOB_TIMEOUT <= last_held and all(s <= JOB_TIMEOUT + 2.0 for s in held)

@@ -86,7 +86,7 @@ def supervisor(db_url: str, tmp_path: Path) -> Iterator[Callable[..., Running]]:
         full_env = {**os.environ, "DATABASE_URL": url or db_url, "PYTHONPATH": str(ROOT),
                     **(env or {})}
         command = [str(BIN / "mobvibe-supervisor"), "--log-format", "json", "--log-level", "debug",
-                   "--metrics-port", str(port), "--metrics-dir", str(tmp_path / f"m{len(started)}"),
+                   "--metrics-port", str(port),
                    *args]
         with log_path.open("wb") as out:
             proc = subprocess.Popen(command, env=full_env, stdout=out, stderr=subprocess.STDOUT,

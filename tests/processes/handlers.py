@@ -15,7 +15,7 @@ import os
 import signal
 import time
 
-from supervisor.jobs import Job
+from mobvibe.sql.jobs import Job
 
 
 def by_prompt(job: Job) -> None:

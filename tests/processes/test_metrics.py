@@ -17,9 +17,9 @@ import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from supervisor.jobs import NewJob
-from supervisor.migrate import migrate
-from supervisor.queue import JobQueue
+from mobvibe.sql.jobs import NewJob
+from mobvibe.sql.migrate import migrate
+from mobvibe.client import JobQueue
 from tests.helpers import count, wait_for
 from tests.processes.conftest import FAST
 

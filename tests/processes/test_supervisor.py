@@ -9,8 +9,8 @@ import time
 from typing import Any
 
 
-from supervisor.jobs import NewJob
-from supervisor.queue import JobQueue
+from mobvibe.sql.jobs import NewJob
+from mobvibe.client import JobQueue
 from tests.helpers import count, wait_for
 from tests.processes.conftest import BIN, FAST, ROOT
 
@@ -52,13 +52,13 @@ def test_kill_9_of_a_busy_worker_fails_its_attempt_within_1s(queue: JobQueue, co
     recovery = time.monotonic() - killed_at
     job = queue.get(job_id)
     assert job is not None
-    assert job["retry_count"] == 1
-    assert job["end_reason"] == "worker_exited"
-    assert "signal 9" in job["error_message"]
+    assert job.retry_count == 1
+    assert job.end_reason == "worker_exited"
+    assert "signal 9" in job.error_message
     base, cap, jitter = conn.execute("SELECT extract(epoch FROM backoff_base), "
                                      "extract(epoch FROM backoff_cap), backoff_jitter "
                                      "FROM queue_config").fetchone()
-    delay = (job["run_at"] - job["updated_at"]).total_seconds()
+    delay = (job.run_at - job.updated_at).total_seconds()
     assert float(base) <= delay <= float(base) * (1 + jitter) + 0.01
     running.wait_workers(1)  # replaced
     print(f"fast-path recovery: {recovery * 1000:.0f} ms")
@@ -140,11 +140,11 @@ def test_python_handler_past_job_timeout_is_killed_and_retried(queue: JobQueue, 
                                                                supervisor: Any) -> None:
     job_id = queue.enqueue("hang", max_retries=3)
     running = supervisor("--workers", "1", *HANDLER, *FAST, "--job-timeout", "1")
-    wait_for(lambda: (queue.get(job_id) or {}).get("retry_count") == 1, timeout=10,
+    wait_for(lambda: getattr(queue.get(job_id), "retry_count", None) == 1, timeout=10,
              message="the hung job to be failed")
     job = queue.get(job_id)
-    assert job is not None and job["end_reason"] == "deadline_exceeded"
-    assert job["status"] == "pending" and job["run_at"] > job["updated_at"]
+    assert job is not None and job.end_reason == "deadline_exceeded"
+    assert job.status == "pending" and job.run_at > job.updated_at
     running.wait_event("worker_spawned", count=2)
 
 
@@ -152,10 +152,10 @@ def test_exec_command_past_job_timeout_is_killed_and_retried(queue: JobQueue, co
                                                              supervisor: Any) -> None:
     job_id = queue.enqueue("anything", max_retries=3)
     supervisor("--workers", "1", "--exec", "sleep 60", *FAST, "--job-timeout", "0.5")
-    wait_for(lambda: (queue.get(job_id) or {}).get("retry_count") == 1, timeout=10,
+    wait_for(lambda: getattr(queue.get(job_id), "retry_count", None) == 1, timeout=10,
              message="the slow command to be failed")
     job = queue.get(job_id)
-    assert job is not None and job["end_reason"] == "deadline_exceeded"
+    assert job is not None and job.end_reason == "deadline_exceeded"
 
 
 def test_sigterm_gives_a_running_exec_command_back_without_counting_it(
@@ -182,8 +182,8 @@ def test_exec_command_gets_prompt_and_environment(queue: JobQueue, conn: Any, su
     assert running.wait_exit(30) == 0
     assert f"{good} 1 hello prompt" in out.read_text()
     failed = queue.get(bad)
-    assert failed is not None and failed["status"] == "failed"
-    assert "it broke" in failed["error_message"] and "exit status 3" in failed["error_message"]
+    assert failed is not None and failed.status == "failed"
+    assert "it broke" in failed.error_message and "exit status 3" in failed.error_message
 
 
 def test_crash_looping_handler_stops_the_supervisor(queue: JobQueue, conn: Any,
@@ -240,16 +240,6 @@ def test_bad_options_fail_at_start_with_one_line(db_url: str) -> None:
         assert result.returncode == 2, (args, result.stderr)
         assert fragment in result.stderr
         assert "Traceback" not in result.stderr
-
-
-def test_unwritable_metrics_dir_fails_at_start_with_one_line(db_url: str, tmp_path: Any) -> None:
-    blocker = tmp_path / "a-file"
-    blocker.write_text("")
-    result = run_cli("--metrics-port", "0", "--metrics-dir", str(blocker / "metrics"),
-                     env={"DATABASE_URL": db_url})
-    assert result.returncode == 2, result.stderr
-    assert "--metrics-dir" in result.stderr and "Traceback" not in result.stderr
-    assert result.stderr.count("\n") == 1
 
 
 def test_env_variables_configure_the_supervisor(db_url: str) -> None:

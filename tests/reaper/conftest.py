@@ -17,11 +17,11 @@ import psycopg
 import pytest
 from click.testing import CliRunner, Result
 
-from reaper.sweep import ReaperSettings
-from supervisor import admin
-from supervisor.jobs import Job
-from supervisor.migrate import migrate
-from supervisor.sqlfiles import query
+from mobvibe.reaper.sweep import ReaperSettings
+from mobvibe.cli import admin
+from mobvibe.sql.jobs import Job
+from mobvibe.sql.migrate import migrate
+from mobvibe.sql import store
 from tests.helpers import set_clock, wait_for
 
 
@@ -51,15 +51,13 @@ def clock(conn: psycopg.Connection[Any]) -> Clock:
 
 def claim(conn: psycopg.Connection[Any], worker: str = "worker-a") -> Job | None:
     """claim_next_job on `conn`, so that it reads that connection's clock."""
-    row = conn.execute(query("claim_next_job"), {"worker_id": worker}).fetchone()
-    return None if row is None or row[0] is None else Job.from_row(row)
+    return store.claim(conn, worker)
 
 
 def job_row(conn: psycopg.Connection[Any], job_id: Any) -> dict[str, Any]:
-    cur = conn.execute(query("get_job"), {"job_id": job_id})
-    row = cur.fetchone()
+    row = store.get_job(conn, job_id)
     assert row is not None, f"job {job_id} is gone"
-    return dict(zip([d.name for d in cur.description or ()], row))
+    return row.as_dict()
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from supervisor.queue import JobQueue
+from mobvibe.client import JobQueue
 from tests.helpers import wait_for
 from tests.reaper.conftest import ROOT, Daemon, env_for, reaper_once
 
@@ -51,13 +51,6 @@ def test_once_sweeps_and_prints_a_json_summary(queue: JobQueue, conn: Any, db_ur
     assert [(e["job_id"], e["reason"]) for e in requeued] == [(str(job_id), "heartbeat_expired")]
 
 
-def test_python_dash_m_reaper_is_the_same_command(db_url: str) -> None:
-    done = subprocess.run([sys.executable, "-m", "reaper", "--once"], env=env_for(db_url),
-                          capture_output=True, text=True, timeout=60, cwd=ROOT, check=False)
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["requeued"] == 0
-
-
 def test_once_on_an_unmigrated_database_says_to_migrate(new_database: Any) -> None:
     done = reaper_once(new_database("mobvibe_unmigrated"))
     assert done.returncode == 2
@@ -85,7 +78,7 @@ def test_daemon_requeues_an_expired_job_and_exits_0_on_sigterm(
     job_id = queue.enqueue("orphaned")
     assert queue.claim() is not None
     expire(conn, job_id)
-    wait_for(lambda: (job := queue.get(job_id)) and job["retry_count"] == 1, timeout=5,
+    wait_for(lambda: (job := queue.get(job_id)) and job.retry_count == 1, timeout=5,
              message="the job requeued by the daemon")
     assert running.wait_event("job_requeued")[0]["job_id"] == str(job_id)
 
@@ -106,7 +99,7 @@ def test_daemon_survives_losing_its_connection(
     job_id = queue.enqueue("orphaned after the outage")
     assert queue.claim() is not None
     expire(conn, job_id)
-    wait_for(lambda: (job := queue.get(job_id)) and job["retry_count"] == 1, timeout=10,
+    wait_for(lambda: (job := queue.get(job_id)) and job.retry_count == 1, timeout=10,
              message="the job requeued after the reconnect")
     running.proc.send_signal(signal.SIGINT)
     assert running.proc.wait(5) == 0

@@ -9,9 +9,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from reaper.sweep import ReaperSettings, SweepResult, run_once
-from supervisor.jobs import NewJob
-from supervisor.queue import JobQueue
+from mobvibe.reaper.sweep import ReaperSettings, SweepResult, run_once
+from mobvibe.sql.jobs import NewJob
+from mobvibe.client import JobQueue
 
 JOBS = 1000
 

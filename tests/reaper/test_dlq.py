@@ -8,9 +8,9 @@ from typing import Any
 
 from click.testing import Result
 
-from reaper.sweep import ReaperSettings, run_once
-from supervisor.jobs import NewJob
-from supervisor.queue import JobQueue
+from mobvibe.reaper.sweep import ReaperSettings, run_once
+from mobvibe.sql.jobs import NewJob
+from mobvibe.client import JobQueue
 from tests.reaper.conftest import Clock, claim, job_row
 
 Cli = Callable[..., Result]

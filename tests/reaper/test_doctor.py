@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 from click.testing import Result
 
-from supervisor.queue import JobQueue
+from mobvibe.client import JobQueue
 
 Cli = Callable[..., Result]
 

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from supervisor.jobs import NewJob
-from supervisor.queue import JobQueue
+from mobvibe.sql.jobs import NewJob
+from mobvibe.client import JobQueue
 from tests.helpers import count, wait_for
 from tests.reaper.conftest import BIN, Daemon, env_for
 
@@ -28,7 +28,7 @@ def test_an_attempt_is_requeued_within_timeout_plus_interval_of_its_last_heartbe
     job_id = queue.enqueue("silent from the start")
     assert queue.claim() is not None
     claimed = time.monotonic()  # the claim is the attempt's last heartbeat
-    wait_for(lambda: (job := queue.get(job_id)) and job["status"] == "pending", timeout=10,
+    wait_for(lambda: (job := queue.get(job_id)) and job.status == "pending", timeout=10,
              interval=0.01, message="the job requeued")
     recovery = time.monotonic() - claimed
     assert TIMEOUT <= recovery + 0.05 <= TIMEOUT + INTERVAL * 1.1 + SLACK
@@ -46,7 +46,7 @@ def test_kill_9_of_a_whole_supervisor_is_recovered_by_the_standalone_reaper(
             [str(BIN / "mobvibe-supervisor"), "--workers", "3", "--no-reaper",
              "--handler", "tests.processes.handlers:by_prompt", "--metrics-port", "0",
              "--heartbeat-interval", str(HEARTBEAT), "--heartbeat-timeout", str(TIMEOUT),
-             "--poll-interval", "0.5", "--metrics-dir", str(tmp_path / "metrics")],
+             "--poll-interval", "0.5"],
             env=env_for(db_url), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_for(lambda: count(conn, "processing") == 3, timeout=15, message="3 jobs running")

@@ -8,9 +8,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from reaper.sweep import DAY, ReaperSettings, run_once
-from supervisor.jobs import NewJob
-from supervisor.queue import JobQueue
+from mobvibe.reaper.sweep import DAY, ReaperSettings, run_once
+from mobvibe.sql.jobs import NewJob
+from mobvibe.client import JobQueue
 
 COUNT_DELETES = """
 CREATE TABLE test_delete_statements (deleted integer NOT NULL);

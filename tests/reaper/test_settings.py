@@ -5,9 +5,9 @@ from __future__ import annotations
 import click
 import pytest
 
-from reaper.durations import Duration, format_duration, parse_duration
-from reaper.sweep import DAY, ReaperSettings, SweepResult
-from supervisor.errors import ConfigError
+from mobvibe.durations import Duration, format_duration, parse_duration
+from mobvibe.reaper.sweep import DAY, ReaperSettings, SweepResult
+from mobvibe.errors import ConfigError
 
 
 @pytest.mark.parametrize("text, seconds", [

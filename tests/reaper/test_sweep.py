@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from reaper.sweep import ReaperSettings, run_once
-from supervisor.jobs import NewJob
-from supervisor.queue import JobQueue
+from mobvibe import metrics
+from mobvibe.reaper.sweep import ReaperSettings, run_once
+from mobvibe.sql.jobs import NewJob
+from mobvibe.client import JobQueue
 from tests.reaper.conftest import Clock, claim, job_row
 
 
@@ -171,17 +172,11 @@ def test_batches_loop_until_every_expired_attempt_is_requeued(
 
 def test_sweep_updates_the_reaper_metrics(
         queue: JobQueue, conn: Any, clock: Clock, settings: ReaperSettings) -> None:
-    from supervisor import metrics
-
-    def sample(metric: Any, **labels: str) -> float:
-        target = metric.labels(**labels) if labels else metric
-        return float(target._value.get())
-
-    before = (sample(metrics.REAPER_REQUEUED), sample(metrics.REAPER_SWEEPS, result="ok"))
+    before = (metrics.REAPER_REQUEUED.value(), metrics.REAPER_SWEEPS.value("ok"))
     queue.enqueue("x")
     claim(conn)
     clock.advance(31)
     run_once(conn, settings)
-    assert sample(metrics.REAPER_REQUEUED) == before[0] + 1
-    assert sample(metrics.REAPER_SWEEPS, result="ok") == before[1] + 1
-    assert sample(metrics.REAPER_LAST_SUCCESS) > 0
+    assert metrics.REAPER_REQUEUED.value() == before[0] + 1
+    assert metrics.REAPER_SWEEPS.value("ok") == before[1] + 1
+    assert metrics.REAPER_LAST_SUCCESS.value() > 0

@@ -8,7 +8,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from supervisor.migrate import migrate
+from mobvibe.sql.migrate import migrate
 
 
 @pytest.fixture(scope="session")

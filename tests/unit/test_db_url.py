@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from supervisor.db import validate_url
-from supervisor.errors import ConfigError
+from mobvibe.sql.db import validate_url
+from mobvibe.errors import ConfigError
 
 GOOD = [
     "postgresql://postgres@127.0.0.1/test",

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from supervisor.errors import InvalidJobError, QueueError
-from supervisor.jobs import (
+from mobvibe.errors import InvalidJobError, QueueError
+from mobvibe.sql.jobs import (
     MAX_RETRIES_DEFAULT, PRIORITY_DEFAULT, PROMPT_MAX_BYTES, NewJob, parse_uuid, validate_prompt)
-from supervisor.queue import JobQueue
+from mobvibe.client import JobQueue
 
 MIB = 1024 * 1024
 # Port 1 on loopback: nothing listens there. A call that reached the database

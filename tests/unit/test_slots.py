@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 
-from supervisor.slots import Slots
+from mobvibe.supervisor.slots import Slots
 
 
 def test_hold_and_release_round_trip() -> None:

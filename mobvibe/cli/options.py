@@ -9,8 +9,10 @@ from typing import Any, TypeVar
 
 import click
 
-from supervisor import db, logs
-from supervisor.errors import QueueError
+from mobvibe.sql import db
+
+from mobvibe import logs
+from mobvibe.errors import QueueError
 
 F = TypeVar("F", bound=Callable[..., Any])
 

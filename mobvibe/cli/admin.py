@@ -7,16 +7,21 @@ import time
 from typing import Any
 
 import click
+import psycopg
 
-from supervisor import db, logs
-from supervisor.dlq import dlq
-from supervisor.doctor import doctor
-from supervisor.errors import ConfigError
-from supervisor.jobs import MAX_RETRIES_DEFAULT, PRIORITY_MAX, PRIORITY_MIN, NewJob
-from supervisor.migrate import migrate as run_migrations
-from supervisor.options import CONTEXT, database_option, friendly_errors, resolve_database
-from supervisor.queue import JobQueue, QueueStats
-from supervisor.sqlfiles import query
+from mobvibe.sql import db
+
+from mobvibe import logs
+from mobvibe.cli.dlq import dlq
+from mobvibe.cli.doctor import doctor
+from mobvibe.errors import ConfigError
+from mobvibe.sql.jobs import MAX_RETRIES_DEFAULT, PRIORITY_MAX, PRIORITY_MIN, NewJob
+from mobvibe.sql.migrate import migrate as run_migrations
+from mobvibe.cli.options import CONTEXT, database_option, friendly_errors, resolve_database
+from mobvibe.client import JobQueue
+from mobvibe.sql.notify import Listener
+from mobvibe.sql import store
+from mobvibe.sql.store import QueueStats
 
 
 @click.group(context_settings=CONTEXT)
@@ -116,8 +121,6 @@ def stats(ctx: click.Context, as_json: bool, watch: bool, interval: float) -> No
 @friendly_errors
 def watch(ctx: click.Context, channels: tuple[str, ...]) -> None:
     """Print the queue's notifications as they arrive, one JSON object per line."""
-    from supervisor.notify import Listener  # noqa: PLC0415
-
     with Listener(_url(ctx), channels) as listener:
         for note in listener.iterate():
             click.echo(json.dumps({"channel": note.channel, **note.payload}))
@@ -138,16 +141,15 @@ def config(ctx: click.Context, backoff_base: float | None, backoff_cap: float | 
     with db.connect(_url(ctx)) as conn:
         if (backoff_base, backoff_cap, backoff_jitter) != (None, None, None):
             _set_config(conn, backoff_base, backoff_cap, backoff_jitter)
-        base, cap, jitter = conn.execute(query("queue_config")).fetchone()  # type: ignore[misc]
-    click.echo(json.dumps({"backoff_base_seconds": float(base), "backoff_cap_seconds": float(cap),
-                           "backoff_jitter": jitter}))
+        current = store.queue_config(conn)
+    click.echo(json.dumps({"backoff_base_seconds": current.backoff_base,
+                           "backoff_cap_seconds": current.backoff_cap,
+                           "backoff_jitter": current.backoff_jitter}))
 
 
 def _set_config(conn: Any, base: float | None, cap: float | None, jitter: float | None) -> None:
-    import psycopg  # noqa: PLC0415
-
     try:
-        conn.execute(query("set_queue_config"), {"base": base, "cap": cap, "jitter": jitter})
+        store.set_queue_config(conn, base, cap, jitter)
     except psycopg.errors.CheckViolation:
         raise ConfigError("backoff cap must be at least the backoff base") from None
 

@@ -12,8 +12,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from supervisor import db
-from supervisor.errors import DatabaseUnavailableError
+from mobvibe.sql import db
+from mobvibe.errors import DatabaseUnavailableError
 
 log = logging.getLogger(__name__)
 CHANNELS = ("new_job", "job_status_changed")

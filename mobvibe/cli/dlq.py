@@ -11,12 +11,13 @@ from typing import Any
 import click
 import psycopg
 
-from reaper.durations import Duration, format_duration
-from supervisor import db, logs
-from supervisor.jobs import parse_uuid
-from supervisor.logs import event
-from supervisor.options import friendly_errors, resolve_database
-from supervisor.sqlfiles import query
+from mobvibe.durations import Duration, format_duration
+from mobvibe.sql import db, store
+from mobvibe.sql.store import DeadLetter
+from mobvibe import logs
+from mobvibe.sql.jobs import parse_uuid
+from mobvibe.logs import event
+from mobvibe.cli.options import friendly_errors, resolve_database
 
 log = logging.getLogger(__name__)
 DELETE_BATCH = 1000  # ids per DELETE: short statements, short locks
@@ -45,13 +46,11 @@ def _connect(ctx: click.Context) -> psycopg.Connection[Any]:
 def list_(ctx: click.Context, as_json: bool, limit: int) -> None:
     """List the dead-lettered jobs, newest first."""
     with _connect(ctx) as conn:
-        cur = conn.execute(query("list_failed"), {"limit": limit})
-        names = [d.name for d in cur.description or ()]
-        jobs = [dict(zip(names, row)) for row in cur.fetchall()]
-        total = int(conn.execute(query("queue_stats")).fetchone()[3])  # type: ignore[index]
+        jobs = store.list_failed(conn, limit)
+        total = store.stats(conn).failed_count
     if as_json:
         for job in jobs:
-            click.echo(json.dumps(job, default=_jsonable))
+            click.echo(json.dumps(job.as_dict(), default=_jsonable))
     else:
         click.echo(_table(jobs, total))
 
@@ -60,18 +59,18 @@ def _jsonable(value: object) -> str:
     return value.isoformat() if hasattr(value, "isoformat") else str(value)
 
 
-def _table(jobs: list[dict[str, Any]], total: int) -> str:
+def _table(jobs: list[DeadLetter], total: int) -> str:
     if not jobs:
         return "no dead-lettered jobs"
     lines = [f"{'JOB ID':<36}  {'SESSION ID':<36}  {'FAILED AT':<19}  TRIES  {'REASON':<17}  ERROR"]
     for job in jobs:
-        error = " ".join((job["error_message"] or "-").split())
+        error = " ".join((job.error_message or "-").split())
         if len(error) > ERROR_WIDTH:
             error = error[:ERROR_WIDTH - 1] + "…"
-        failed_at = f"{job['completed_at']:%Y-%m-%d %H:%M:%S}" if job["completed_at"] else "-"
-        lines.append(f"{job['id']}  {job['session_id']}  {failed_at:<19}  "
-                     f"{job['retry_count']:>2}/{job['max_retries']:<2}  "
-                     f"{job['end_reason'] or '-':<17}  {error}")
+        failed_at = f"{job.completed_at:%Y-%m-%d %H:%M:%S}" if job.completed_at else "-"
+        lines.append(f"{job.id}  {job.session_id}  {failed_at:<19}  "
+                     f"{job.retry_count:>2}/{job.max_retries:<2}  "
+                     f"{job.end_reason or '-':<17}  {error}")
     if total > len(jobs):
         lines.append(f"showing the newest {len(jobs)} of {total}: --limit shows more")
     return "\n".join(lines)
@@ -89,7 +88,7 @@ def requeue(ctx: click.Context, job_ids: tuple[str, ...], every: bool) -> None:
     ids = [parse_uuid(job_id) for job_id in job_ids]  # all checked before any is touched
     with _connect(ctx) as conn:
         if every:
-            ids = [row[0] for row in conn.execute(query("failed_ids")).fetchall()]
+            ids = store.failed_ids(conn)
         problems = [problem for job_id in ids if (problem := _requeue_one(conn, job_id))]
     for problem in problems:
         click.echo(f"Error: {problem}", err=True)
@@ -100,19 +99,16 @@ def requeue(ctx: click.Context, job_ids: tuple[str, ...], every: bool) -> None:
 
 def _requeue_one(conn: psycopg.Connection[Any], job_id: uuid.UUID) -> str | None:
     """Requeue one job; None on success, else why not."""
-    cur = conn.execute(query("get_job"), {"job_id": job_id})
-    row = cur.fetchone()
-    if row is None:
+    job = store.get_job(conn, job_id)
+    if job is None:
         return f"job {job_id} not found"
-    job = dict(zip([d.name for d in cur.description or ()], row))
-    requeued = conn.execute(query("requeue_failed"), {"job_id": job_id}).fetchone()
-    if not (requeued and requeued[0]):
-        return f"job {job_id} is not dead-lettered (status {job['status']}): nothing to requeue"
+    if not store.requeue_failed(conn, job_id):
+        return f"job {job_id} is not dead-lettered (status {job.status}): nothing to requeue"
     # The next attempt overwrites error_message: this line is the error's history.
     event(log, logging.INFO, "dlq_requeued", "dead-lettered job requeued", job_id=str(job_id),
-          session_id=str(job["session_id"]), last_error=job["error_message"],
-          end_reason=job["end_reason"], retry_count=job["retry_count"],
-          failed_at=_jsonable(job["completed_at"]))
+          session_id=str(job.session_id), last_error=job.error_message,
+          end_reason=job.end_reason, retry_count=job.retry_count,
+          failed_at=_jsonable(job.completed_at))
     return None
 
 
@@ -126,8 +122,7 @@ def purge(ctx: click.Context, older_than: float, yes: bool) -> None:
     """Delete dead-lettered jobs older than --older-than; prints how many."""
     age = format_duration(older_than)
     with _connect(ctx) as conn:
-        ids = [row[0] for row in conn.execute(query("failed_ids_older_than"),
-                                              {"older_than": timedelta(seconds=older_than)})]
+        ids = store.failed_ids(conn, timedelta(seconds=older_than))
         if ids and not yes:
             click.confirm(f"Delete {len(ids)} dead-lettered job(s) older than {age}?",
                           abort=True, err=True)
@@ -140,4 +135,4 @@ def purge(ctx: click.Context, older_than: float, yes: bool) -> None:
 
 def _delete(conn: psycopg.Connection[Any], ids: list[uuid.UUID]) -> int:
     # delete_failed re-checks the status: a job requeued since the count stays.
-    return conn.execute(query("delete_failed"), {"ids": ids}).rowcount
+    return store.delete_failed(conn, ids)

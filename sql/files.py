@@ -29,7 +29,7 @@ class Migration:
 @functools.cache
 def queries() -> dict[str, LiteralString]:
     """Named queries of sql/queries.sql: `-- name: x` starts the query `x`."""
-    text = (files("supervisor.sql") / "queries.sql").read_text(encoding="utf-8")
+    text = (files("mobvibe.sql") / "queries.sql").read_text(encoding="utf-8")
     parts = _QUERY_HEADER.split(text)
     # The SQL comes from our own package file, never from input: it is as
     # trusted as a string literal in the code.
@@ -45,7 +45,7 @@ def query(name: str) -> LiteralString:
 def migrations() -> tuple[Migration, ...]:
     """Every migration shipped with the package, in version order."""
     found = []
-    for entry in (files("supervisor.sql") / "migrations").iterdir():
+    for entry in (files("mobvibe.sql") / "migrations").iterdir():
         match = _MIGRATION_NAME.match(entry.name)
         if match:
             sql = entry.read_text(encoding="utf-8")

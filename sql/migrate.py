@@ -8,8 +8,9 @@ from typing import Any
 
 import psycopg
 
-from supervisor.errors import MigrationError
-from supervisor.sqlfiles import Migration, migrations, query
+from mobvibe.errors import MigrationError
+from mobvibe.sql import store
+from mobvibe.sql.files import Migration, migrations
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +28,9 @@ def migrate(conn: psycopg.Connection[Any]) -> MigrationReport:
 
     Raises MigrationError when an applied migration's file changed since.
     """
-    conn.execute(query("migration_lock"))  # serialises concurrent pods
+    store.lock_migrations(conn)  # serialises concurrent pods
     try:
-        conn.execute(query("create_migrations_table"))
+        store.create_migrations_table(conn)
         applied = _applied(conn)
         check_drift(applied)
         done = []
@@ -39,17 +40,16 @@ def migrate(conn: psycopg.Connection[Any]) -> MigrationReport:
                 done.append(f"{migration.version:04d}_{migration.name}")
         return MigrationReport(tuple(done), len(applied))
     finally:
-        conn.execute(query("migration_unlock"))
+        store.unlock_migrations(conn)
 
 
 def _applied(conn: psycopg.Connection[Any]) -> dict[int, tuple[str, str]]:
-    rows = conn.execute(query("applied_migrations")).fetchall()
-    return {version: (name, checksum) for version, name, checksum in rows}
+    return {m.version: (m.name, m.checksum) for m in store.applied_migrations(conn)}
 
 
 def applied_migrations(conn: psycopg.Connection[Any]) -> dict[int, tuple[str, str]]:
     """version -> (name, checksum) of what the database has applied ({} if none)."""
-    if not conn.execute(query("migrations_table_exists")).fetchone()[0]:  # type: ignore[index]
+    if not store.migrations_table_exists(conn):
         return {}
     return _applied(conn)
 
@@ -74,11 +74,7 @@ def pending_migrations(conn: psycopg.Connection[Any]) -> list[Migration]:
 
 
 def _apply(conn: psycopg.Connection[Any], migration: Migration) -> None:
-    with conn.transaction():
-        conn.execute("SET LOCAL lock_timeout = '10s'")
-        conn.execute(migration.sql.encode())  # a file of several statements, ours
-        conn.execute(query("record_migration"), {"version": migration.version,
-                                                 "name": migration.name,
-                                                 "checksum": migration.checksum})
+    store.apply_migration(conn, migration.version, migration.name, migration.checksum,
+                          migration.sql)
     log.info("migration applied", extra={"event": "migration_applied",
                                          "migration": f"{migration.version:04d}_{migration.name}"})

@@ -10,14 +10,17 @@ from typing import Any
 
 import click
 import psycopg
+from prometheus_client import CollectorRegistry, start_http_server
 
-from reaper import sweep
-from reaper.durations import Duration, format_duration
-from supervisor import db, logs
-from supervisor.errors import ConfigError, QueueError
-from supervisor.logs import event
-from supervisor.migrate import pending_migrations
-from supervisor.options import (
+from mobvibe import logs, metrics
+from mobvibe.durations import Duration, format_duration
+from mobvibe.errors import ConfigError, QueueError
+from mobvibe.logs import event
+from mobvibe.reaper import sweep
+from mobvibe.reaper.daemon import run_daemon
+from mobvibe.sql import db
+from mobvibe.sql.migrate import pending_migrations
+from mobvibe.cli.options import (
     CONTEXT,
     database_option,
     friendly_errors,
@@ -87,8 +90,6 @@ def main(database_url: str | None, once: bool, interval: float, heartbeat_timeou
     _check_schema(url)
     if metrics_port:
         _serve_metrics(metrics_port)
-    from reaper.daemon import run_daemon  # noqa: PLC0415
-
     sys.exit(run_daemon(url, settings))
 
 
@@ -119,19 +120,10 @@ def _require_migrated(conn: psycopg.Connection[Any]) -> None:
 
 
 def _serve_metrics(port: int) -> None:
-    from prometheus_client import CollectorRegistry, start_http_server  # noqa: PLC0415
-
-    registry = None
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        from prometheus_client import multiprocess  # noqa: PLC0415
-
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    registry = CollectorRegistry()
+    registry.register(metrics.QueueMetrics())
     try:
-        if registry is None:
-            start_http_server(port)
-        else:
-            start_http_server(port, registry=registry)
+        start_http_server(port, registry=registry)
     except OSError as exc:
         raise ConfigError(f"--metrics-port {port}: {exc.strerror}; choose another port, or 0 "
                           "to turn the endpoint off") from None

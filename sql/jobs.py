@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from supervisor.errors import InvalidJobError
+from mobvibe.errors import InvalidJobError
 
 PRIORITY_MIN, PRIORITY_MAX = 0, 10
 PRIORITY_DEFAULT = 0
@@ -32,10 +32,6 @@ class Job:
     retry_count: int
     max_retries: int
     priority: int
-
-    @classmethod
-    def from_row(cls, row: tuple[Any, ...]) -> Job:
-        return cls(*row)
 
 
 @dataclass(frozen=True, slots=True)

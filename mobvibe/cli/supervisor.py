@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 import os
-import shutil
+import signal
 import socket
 import sys
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import click
 
-from supervisor import db, logs, settings as defaults
-from supervisor.errors import ConfigError
-from supervisor.options import CONTEXT, database_option, friendly_errors, logging_options
-from supervisor.settings import Settings
+from mobvibe import logs
+from mobvibe.cli.options import CONTEXT, database_option, friendly_errors, logging_options
+from mobvibe.errors import ConfigError
+from mobvibe.reaper.daemon import serve_forever
+from mobvibe.reaper.sweep import ReaperSettings
+from mobvibe.sql import db
+from mobvibe.sql.migrate import migrate as run_migrations
+from mobvibe.sql.migrate import pending_migrations
+from mobvibe.supervisor import settings as defaults
+from mobvibe.supervisor.arbiter import Arbiter
+from mobvibe.supervisor.handlers import make_handler
+from mobvibe.supervisor.httpserver import serve
+from mobvibe.supervisor.settings import Settings
+from mobvibe.supervisor.slots import Slots
+from mobvibe.supervisor.worker import run_worker
 
 seconds = click.FloatRange(min=0)
 
@@ -48,9 +57,6 @@ seconds = click.FloatRange(min=0)
               help="Replace a worker after this many jobs (0: never).")
 @click.option("--metrics-port", type=int, default=defaults.METRICS_PORT_DEFAULT,
               show_envvar=True, help="Port of /metrics, /healthz, /readyz (0: off).")
-@click.option("--metrics-dir", type=click.Path(file_okay=False), default=None, show_envvar=True,
-              help="Directory for the metrics of all processes (emptied at start; default: a "
-                   "new temporary directory).")
 @click.option("--crash-loop-limit", type=click.IntRange(min=1),
               default=defaults.CRASH_LOOP_LIMIT_DEFAULT, show_envvar=True,
               help=f"Exit (code 3) after this many worker crashes within "
@@ -76,7 +82,7 @@ seconds = click.FloatRange(min=0)
 def main(database_url: str | None, workers: int, exec_cmd: str | None, handler: str | None,
          poll_interval: float, heartbeat_interval: float, heartbeat_timeout: float,
          job_timeout: float, shutdown_timeout: float, max_jobs_per_worker: int,
-         metrics_port: int, metrics_dir: str | None, crash_loop_limit: int, reaper: bool,
+         metrics_port: int, crash_loop_limit: int, reaper: bool,
          reaper_interval: float,
          migrate: bool, drain: bool, async_completions: bool, status_notifications: bool,
          log_format: str, log_level: str) -> None:
@@ -91,13 +97,10 @@ def main(database_url: str | None, workers: int, exec_cmd: str | None, handler: 
         reaper_interval=reaper_interval, drain=drain,
         durable_completions=not async_completions,
         status_notifications=status_notifications).validate()
-    from supervisor.handlers import make_handler  # noqa: PLC0415
-
     make_handler(exec_cmd, handler)  # a handler that does not import stops us here, not later
     _check_port(config)
     url = db.resolve_url(database_url)
     _check_database(url, migrate)
-    _prepare_metrics_dir(metrics_dir)
     sys.exit(_run(Settings(**{**config.__dict__, "database_url": url})))
 
 
@@ -114,9 +117,6 @@ def _check_port(config: Settings) -> None:
 
 
 def _check_database(url: str, migrate: bool) -> None:
-    from supervisor.migrate import migrate as run_migrations  # noqa: PLC0415
-    from supervisor.migrate import pending_migrations  # noqa: PLC0415
-
     with db.connect(url, application_name="mobvibe-supervisor") as conn:
         if migrate:
             run_migrations(conn)
@@ -125,44 +125,12 @@ def _check_database(url: str, migrate: bool) -> None:
                               "migrate` (or start with --migrate)")
 
 
-def _prepare_metrics_dir(metrics_dir: str | None) -> None:
-    """Empty the multiprocess metrics directory and point prometheus_client at it.
-
-    Must run before prometheus_client is imported anywhere: it chooses its
-    storage at import time.
-    """
-    try:
-        path = Path(metrics_dir) if metrics_dir else \
-            Path(tempfile.mkdtemp(prefix="mobvibe-metrics-"))
-        if path.exists():
-            for entry in path.iterdir():
-                if entry.is_dir():
-                    shutil.rmtree(entry)
-                else:
-                    entry.unlink()
-        path.mkdir(parents=True, exist_ok=True)
-        (path / ".writable").touch()
-        (path / ".writable").unlink()
-    except OSError as exc:
-        where = metrics_dir or tempfile.gettempdir()
-        raise ConfigError(f"--metrics-dir {where}: {exc.strerror or exc}; give a writable "
-                          "directory (in a container with a read-only root, a mounted "
-                          "volume)") from None
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
-
-
 def _run(config: Settings) -> int:
-    from supervisor.arbiter import Arbiter  # noqa: PLC0415 - after the metrics directory is set
-    from supervisor.handlers import make_handler  # noqa: PLC0415
-    from supervisor.worker import run_worker  # noqa: PLC0415
-
-    def worker_main(index: int, slots: Any) -> int:
+    def worker_main(index: int, slots: Slots) -> int:
         return run_worker(config, index, slots, make_handler(config.exec_cmd, config.handler))
 
     aux: dict[str, Any] = {}
     if config.metrics_port:
-        from supervisor.httpserver import serve  # noqa: PLC0415
-
         aux["http"] = lambda slots: serve(config, slots)
     if config.reaper:
         aux["reaper"] = lambda slots: _reaper_main(config)
@@ -170,11 +138,6 @@ def _run(config: Settings) -> int:
 
 
 def _reaper_main(config: Settings) -> int:
-    import signal  # noqa: PLC0415
-
-    from reaper.daemon import serve_forever  # noqa: PLC0415
-    from reaper.sweep import ReaperSettings  # noqa: PLC0415
-
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     settings = ReaperSettings(heartbeat_timeout=config.heartbeat_timeout,

@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 from psycopg import conninfo
 
-from supervisor.errors import ConfigError, DatabaseUnavailableError
+from mobvibe.errors import ConfigError, DatabaseUnavailableError
 
 _SCHEMES = ("postgresql://", "postgres://")
 _SSLMODES = {"disable", "allow", "prefer", "require", "verify-ca", "verify-full"}

@@ -1,0 +1,1 @@
+"""The command lines: mobvibe-supervisor, mobvibe-reaper and mobvibe-queue."""
