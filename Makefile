@@ -10,7 +10,7 @@ TOOLS := .tools
 PROMTOOL := $(TOOLS)/promtool
 WORKERS ?= 4
 
-.PHONY: venv run demo-jobs test test-unit test-contract test-processes test-reaper \
+.PHONY: venv run demo-jobs lint format test test-unit test-contract test-processes test-reaper \
         test-stateful test-faults test-deploy soak bench image deploy-check clean
 
 $(BIN)/.installed: pyproject.toml
@@ -40,6 +40,16 @@ run: venv
 	$(BIN)/mobvibe-supervisor --workers $(WORKERS) --drain --log-format text \
 	    --metrics-port 0 --poll-interval 1
 	$(BIN)/mobvibe-queue stats
+
+# Style and types: ruff (lint and format) on everything, mypy --strict on the package.
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: venv
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 test: venv $(PROMTOOL)
 	PATH="$(CURDIR)/$(TOOLS):$$PATH" $(PYTEST) -m "not soak" -q

@@ -32,12 +32,19 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("parts", nargs="*", metavar="PART",
-                        help=f"parts to run (default: all): {', '.join(PARTS)}")
-    parser.add_argument("--quick", action="store_true",
-                        help="small sizes: a smoke run of the harness, not a measurement")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "parts", nargs="*", metavar="PART", help=f"parts to run (default: all): {', '.join(PARTS)}"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small sizes: a smoke run of the harness, not a measurement",
+    )
     parser.add_argument("--output", type=Path, default=None, help="where to write the JSON")
     args = parser.parse_args(argv)
     # pgserver's platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI).
@@ -63,8 +70,10 @@ def main(argv: list[str] | None = None) -> int:
                 traceback.print_exc()
                 results.setdefault("errors", {})[part] = f"{type(exc).__name__}: {exc}"
             results.setdefault("part_seconds", {})[part] = round(time.monotonic() - part_started, 1)
-            context.log(f"{part}: {'FAILED' if part in results.get('errors', {}) else 'done'} "
-                        f"in {results['part_seconds'][part]:.0f} s")
+            context.log(
+                f"{part}: {'FAILED' if part in results.get('errors', {}) else 'done'} "
+                f"in {results['part_seconds'][part]:.0f} s"
+            )
     results["machine"]["loadavg_end"] = os.getloadavg()[0]
     results["total_seconds"] = round(time.monotonic() - started, 1)
     results["checks"] = report.checks(results)

@@ -41,8 +41,10 @@ def run(ctx: Context) -> dict[str, Any]:
             started = time.monotonic()
             _load(conn, rows, share, sessions)
             load_s = time.monotonic() - started
-        ctx.log(f"claim: {rows} rows ({share:.0%} pending) loaded in {load_s:.1f} s; "
-                f"{ctx.sizes.claim_cycles} claims")
+        ctx.log(
+            f"claim: {rows} rows ({share:.0%} pending) loaded in {load_s:.1f} s; "
+            f"{ctx.sizes.claim_cycles} claims"
+        )
         with psycopg.connect(url, autocommit=True, application_name="mobvibe-bench") as conn:
             result = _cycles(conn, ctx.sizes.claim_cycles)
             result["plan"] = _plan(conn)
@@ -52,13 +54,16 @@ def run(ctx: Context) -> dict[str, Any]:
     return {"claim_ms": costs, "claim": detail}
 
 
-def _load(conn: psycopg.Connection[Any], rows: int, share: float,
-          sessions: list[uuid.UUID]) -> None:
+def _load(
+    conn: psycopg.Connection[Any], rows: int, share: float, sessions: list[uuid.UUID]
+) -> None:
     conn.execute(query("truncate_jobs"))
     with conn.transaction():
         conn.execute(query("disable_new_job_trigger"))
-        conn.execute(query("load_mixed_jobs"), {"count": rows, "pending_share": share,
-                                                "session_ids": sessions, "sessions": SESSIONS})
+        conn.execute(
+            query("load_mixed_jobs"),
+            {"count": rows, "pending_share": share, "session_ids": sessions, "sessions": SESSIONS},
+        )
         conn.execute(query("enable_new_job_trigger"))
     conn.execute(query("vacuum_analyze_jobs"))
 
@@ -81,8 +86,11 @@ def _cycles(conn: psycopg.Connection[Any], cycles: int) -> dict[str, Any]:
         if i >= WARM_UP:
             claim_ms.append((t1 - t0) * 1000)
             complete_ms.append((t2 - t1) * 1000)
-    return {"claim_ms": summary(claim_ms, 4), "complete_ms": summary(complete_ms, 4),
-            "cycles": cycles}
+    return {
+        "claim_ms": summary(claim_ms, 4),
+        "complete_ms": summary(complete_ms, 4),
+        "cycles": cycles,
+    }
 
 
 def _plan(conn: psycopg.Connection[Any]) -> list[str]:

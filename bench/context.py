@@ -29,10 +29,19 @@ class Sizes:
 
     @classmethod
     def quick(cls) -> Sizes:
-        return cls(floor_jobs_per_client=250, insert_floor_rows=500, drain_jobs=2000,
-                   drain_workers=(1, 8), enqueue_batch_total=10_000, enqueue_single_jobs=300,
-                   latency_jobs=50, claim_rows=(1000, 100_000), claim_pending_rows=10_000,
-                   claim_cycles=50, rss_jobs=2000)
+        return cls(
+            floor_jobs_per_client=250,
+            insert_floor_rows=500,
+            drain_jobs=2000,
+            drain_workers=(1, 8),
+            enqueue_batch_total=10_000,
+            enqueue_single_jobs=300,
+            latency_jobs=50,
+            claim_rows=(1000, 100_000),
+            claim_pending_rows=10_000,
+            claim_cycles=50,
+            rss_jobs=2000,
+        )
 
 
 @dataclass

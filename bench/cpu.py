@@ -82,22 +82,25 @@ class Snapshot:
 class Meter:
     """Snapshots of named groups: "server" (a postmaster's tree) and sets of processes."""
 
-    def __init__(self, postmaster: int | None, processes: dict[str, list[int]] | None = None
-                 ) -> None:
+    def __init__(
+        self, postmaster: int | None, processes: dict[str, list[int]] | None = None
+    ) -> None:
         self.postmaster = postmaster
         self.processes = processes or {}
 
     def snapshot(self, jobs: int) -> Snapshot:
-        groups = {name: sum(process_cpu(p) or 0.0 for p in pids)
-                  for name, pids in self.processes.items()}
+        groups = {
+            name: sum(process_cpu(p) or 0.0 for p in pids) for name, pids in self.processes.items()
+        }
         if self.postmaster is not None:
             groups["postgres"] = tree_cpu(self.postmaster) or 0.0
         busy, total = machine_cpu()
         return Snapshot(jobs, groups, busy, total)
 
 
-def per_job(before: Snapshot, after: Snapshot, extra: dict[str, float] | None = None
-            ) -> dict[str, float]:
+def per_job(
+    before: Snapshot, after: Snapshot, extra: dict[str, float] | None = None
+) -> dict[str, float]:
     """CPU microseconds per job of each group, of the rest of the machine, and the load."""
     jobs = after.jobs - before.jobs
     if jobs <= 0:

@@ -16,8 +16,8 @@ from bench import cpu
 from bench.context import Context
 from bench.procs import Supervisor, supervisor_args
 from bench.queries import query
-from mobvibe.sql.jobs import NewJob
 from mobvibe.client import JobQueue
+from mobvibe.sql.jobs import NewJob
 
 CHUNK = 5000
 SESSIONS = 100
@@ -31,8 +31,10 @@ def enqueue_jobs(url: str, count: int) -> None:
     with JobQueue(url) as queue:
         sessions = [queue.create_session() for _ in range(SESSIONS)]
         for first in range(0, count, CHUNK):
-            queue.enqueue_many(NewJob(PROMPT.format(i), sessions[i % SESSIONS])
-                               for i in range(first, min(first + CHUNK, count)))
+            queue.enqueue_many(
+                NewJob(PROMPT.format(i), sessions[i % SESSIONS])
+                for i in range(first, min(first + CHUNK, count))
+            )
 
 
 def run(ctx: Context) -> dict[str, Any]:
@@ -54,8 +56,16 @@ def run(ctx: Context) -> dict[str, Any]:
             conn.execute(query("vacuum_analyze_jobs"))
         ctx.log(f"drain: {count} jobs, --workers {workers} {' '.join(extra)}")
         started = time.monotonic()
-        with Supervisor(url, *supervisor_args(workers, "mobvibe.supervisor.handlers:noop_handler",
-                                              "--drain", "--no-reaper", *extra)) as sup:
+        with Supervisor(
+            url,
+            *supervisor_args(
+                workers,
+                "mobvibe.supervisor.handlers:noop_handler",
+                "--drain",
+                "--no-reaper",
+                *extra,
+            ),
+        ) as sup:
             cpu_use = _watch(url, sup, count, ctx.postmaster)
             code = sup.wait(TIMEOUT)
             if code != 0:
@@ -70,12 +80,17 @@ def run(ctx: Context) -> dict[str, Any]:
             quiet = rate
         else:
             rates[key] = rate
-        detail[key] = {"processing_s": round(float(span), 3), "wall_s": round(wall, 3),
-                                "wall_jobs_per_s": round(count / wall, 1),
-                                "cpu_us_per_job": cpu_use}
-    return {"drain_jobs_per_s": rates, "drain_no_status_notifications_jobs_per_s": quiet,
-            "drain": {"jobs": count, "runs": detail}}
-
+        detail[key] = {
+            "processing_s": round(float(span), 3),
+            "wall_s": round(wall, 3),
+            "wall_jobs_per_s": round(count / wall, 1),
+            "cpu_us_per_job": cpu_use,
+        }
+    return {
+        "drain_jobs_per_s": rates,
+        "drain_no_status_notifications_jobs_per_s": quiet,
+        "drain": {"jobs": count, "runs": detail},
+    }
 
 
 def _watch(url: str, sup: Supervisor, count: int, postmaster: int | None) -> dict[str, float]:
@@ -89,8 +104,9 @@ def _watch(url: str, sup: Supervisor, count: int, postmaster: int | None) -> dic
             row = conn.execute(query("completed_count"), prepare=True).fetchone()
             done = int(row[0]) if row else 0
             if done >= marks[len(snaps)]:
-                meter = meter or cpu.Meter(postmaster, {"workers": sup.children(),
-                                                        "supervisor": [sup.pid]})
+                meter = meter or cpu.Meter(
+                    postmaster, {"workers": sup.children(), "supervisor": [sup.pid]}
+                )
                 snaps.append(meter.snapshot(done))
             time.sleep(WATCH_INTERVAL)
     return cpu.per_job(snaps[0], snaps[1]) if len(snaps) == len(marks) else {}

@@ -15,8 +15,8 @@ from typing import Any
 
 from bench import cpu
 from bench.context import Context
-from mobvibe.sql.jobs import NewJob
 from mobvibe.client import JobQueue
+from mobvibe.sql.jobs import NewJob
 
 SESSIONS = 100
 PROMPT = "Build a todo app with React Native: benchmark job {}"
@@ -44,18 +44,25 @@ def run(ctx: Context) -> dict[str, Any]:
         total = sizes.enqueue_batch_total
         for size in sizes.enqueue_batches:
             ctx.log(f"enqueue: {total} jobs in batches of {size}")
-            batch[str(size)] = measure(f"batch_{size}", total,
-                                       partial(_batches, queue, sessions, size, total))
+            batch[str(size)] = measure(
+                f"batch_{size}", total, partial(_batches, queue, sessions, size, total)
+            )
         size = sizes.enqueue_batches[0]
         ctx.log(f"enqueue: batches of {size}, a new session per job (enqueue_many's default)")
-        measure(f"batch_{size}_new_sessions", total // 5,
-                lambda: _batches(queue, None, size, total // 5))
+        measure(
+            f"batch_{size}_new_sessions",
+            total // 5,
+            lambda: _batches(queue, None, size, total // 5),
+        )
         count = sizes.enqueue_single_jobs
         ctx.log(f"enqueue: {count} jobs, one per transaction")
         single = measure("single", count, lambda: _singles(queue, sessions, count))
     best = max(batch, key=lambda k: batch[k])
-    return {"enqueue_batch_jobs_per_s": batch[best], "enqueue_single_jobs_per_s": single,
-            "enqueue": {"batch_size_reported": int(best), "sessions": SESSIONS, "runs": detail}}
+    return {
+        "enqueue_batch_jobs_per_s": batch[best],
+        "enqueue_single_jobs_per_s": single,
+        "enqueue": {"batch_size_reported": int(best), "sessions": SESSIONS, "runs": detail},
+    }
 
 
 def _batches(queue: JobQueue, sessions: list[uuid.UUID] | None, size: int, total: int) -> None:
@@ -63,7 +70,8 @@ def _batches(queue: JobQueue, sessions: list[uuid.UUID] | None, size: int, total
     for first in range(0, total, size):
         queue.enqueue_many(
             NewJob(PROMPT.format(i), None if sessions is None else sessions[i % len(sessions)])
-            for i in range(first, min(first + size, total)))
+            for i in range(first, min(first + size, total))
+        )
 
 
 def _singles(queue: JobQueue, sessions: list[uuid.UUID], count: int) -> None:

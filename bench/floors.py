@@ -35,40 +35,60 @@ def run(ctx: Context) -> dict[str, Any]:
     nil = {"job_id": NIL_UUID, "lease_token": NIL_UUID}
     runs: dict[str, Any] = {}
 
-    def bench(name: str, table: str, clients: int, count: int,
-              variables: dict[str, str] | None = None) -> float:
+    def bench(
+        name: str, table: str, clients: int, count: int, variables: dict[str, str] | None = None
+    ) -> float:
         with psycopg.connect(url, autocommit=True) as conn:
             _load(conn, table, session, jobs if clients > 1 else 0)
         ctx.log(f"floors: pgbench {name} ({clients} clients x {count})")
-        run = pgbench(ctx.pgbench, url, name, clients=clients, per_client=count,
-                      variables=variables, postmaster=ctx.postmaster)
-        runs[name] = {"per_s": round(run.scripts_per_s, 1), "clients": clients,
-                      "runs": run.processed, "latency_ms": run.latency_ms,
-                      "cpu_us_per_run": run.cpu_us}
+        run = pgbench(
+            ctx.pgbench,
+            url,
+            name,
+            clients=clients,
+            per_client=count,
+            variables=variables,
+            postmaster=ctx.postmaster,
+        )
+        runs[name] = {
+            "per_s": round(run.scripts_per_s, 1),
+            "clients": clients,
+            "runs": run.processed,
+            "latency_ms": run.latency_ms,
+            "cpu_us_per_run": run.cpu_us,
+        }
         return run.scripts_per_s
 
     # One script run is one job: two transactions (claim, complete) or one (fused).
     results: dict[str, Any] = {
         "floor_jobs_per_s": bench("floor_claim_complete", "floor", CLIENTS, per_client),
         "floor_fused_jobs_per_s": bench("floor_fused", "floor", CLIENTS, per_client, nil),
-        "insert_floor_per_s": bench("floor_insert", "floor", 1, ctx.sizes.insert_floor_rows,
-                                    {"session_id": str(session)}),
+        "insert_floor_per_s": bench(
+            "floor_insert", "floor", 1, ctx.sizes.insert_floor_rows, {"session_id": str(session)}
+        ),
     }
     # What batching 10 jobs per statement would reach: context for the 2 x floor target.
     results["floor_batched_jobs_per_s"] = BATCH * bench(
-        "floor_batched", "floor", CLIENTS, max(1, per_client // BATCH),
-        {"ids": "{}", "leases": "{}"})
+        "floor_batched",
+        "floor",
+        CLIENTS,
+        max(1, per_client // BATCH),
+        {"ids": "{}", "leases": "{}"},
+    )
     # The queue's own SQL from C, on fewer jobs: it is context, not a target.
     ours = max(1, per_client // 4)
     results["sql_functions"] = {
         "claim_complete_jobs_per_s": bench("queue_claim_complete", "queue", CLIENTS, ours),
         "fused_jobs_per_s": bench("queue_fused", "queue", CLIENTS, ours, nil),
-        "insert_per_s": bench("queue_insert", "queue", 1, ctx.sizes.insert_floor_rows,
-                              {"session_id": str(session)}),
+        "insert_per_s": bench(
+            "queue_insert", "queue", 1, ctx.sizes.insert_floor_rows, {"session_id": str(session)}
+        ),
     }
-    results["floors"] = {"table": "bench_jobs: LIKE coding_jobs INCLUDING ALL, its storage "
-                                  "parameters, no triggers, no foreign key",
-                         "pgbench": runs}
+    results["floors"] = {
+        "table": "bench_jobs: LIKE coding_jobs INCLUDING ALL, its storage "
+        "parameters, no triggers, no foreign key",
+        "pgbench": runs,
+    }
     return results
 
 
@@ -77,8 +97,11 @@ def _create_floor_table(conn: psycopg.Connection[Any]) -> None:
     row = conn.execute(query("table_options")).fetchone()
     for option in row[0] if row else []:
         key, _, value = option.partition("=")
-        conn.execute(sql.SQL("ALTER TABLE bench_jobs SET ({} = {})")
-                     .format(sql.Identifier(key), sql.Literal(value)))
+        conn.execute(
+            sql.SQL("ALTER TABLE bench_jobs SET ({} = {})").format(
+                sql.Identifier(key), sql.Literal(value)
+            )
+        )
 
 
 def _load(conn: psycopg.Connection[Any], table: str, session: uuid.UUID, count: int) -> None:

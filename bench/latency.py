@@ -35,9 +35,14 @@ def run(ctx: Context) -> dict[str, Any]:
     path = Path(name)
     committed: dict[uuid.UUID, float] = {}
     try:
-        with JobQueue(url) as queue, \
-                Supervisor(url, *supervisor_args(WORKERS, "bench.handlers:record_start"),
-                           env={LATENCY_FILE: name}) as sup:
+        with (
+            JobQueue(url) as queue,
+            Supervisor(
+                url,
+                *supervisor_args(WORKERS, "bench.handlers:record_start"),
+                env={LATENCY_FILE: name},
+            ) as sup,
+        ):
             session = queue.create_session()
             queue.enqueue("warm-up", session_id=session)  # opens the pool, one job run
             wait_for(lambda: _workers_waiting(url), 30, 0.05, "4 idle workers")
@@ -55,8 +60,10 @@ def run(ctx: Context) -> dict[str, Any]:
         path.unlink(missing_ok=True)
     latencies = [(started[job] - at) * 1000 for job, at in committed.items()]
     stats = summary(latencies)
-    return {"latency_ms": {k: stats[k] for k in ("p50", "p95", "p99")},
-            "latency": {**stats, "jobs": count, "spacing_ms": spacing * 1000, "workers": WORKERS}}
+    return {
+        "latency_ms": {k: stats[k] for k in ("p50", "p95", "p99")},
+        "latency": {**stats, "jobs": count, "spacing_ms": spacing * 1000, "workers": WORKERS},
+    }
 
 
 def _read(path: Path) -> dict[uuid.UUID, float]:

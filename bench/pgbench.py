@@ -32,13 +32,27 @@ class Run:
     cpu_us: dict[str, float] = field(default_factory=dict)  # per script run
 
 
-def pgbench(binary: str, url: str, name: str, *, clients: int, per_client: int,
-            variables: dict[str, str] | None = None, threads: int = 2,
-            postmaster: int | None = None) -> Run:
+def pgbench(
+    binary: str,
+    url: str,
+    name: str,
+    *,
+    clients: int,
+    per_client: int,
+    variables: dict[str, str] | None = None,
+    threads: int = 2,
+    postmaster: int | None = None,
+) -> Run:
     """Run script `name` `per_client` times on each of `clients` connections (prepared mode)."""
-    command = [binary, "--no-vacuum", "--protocol=prepared", f"--client={clients}",
-               f"--jobs={min(threads, clients)}", f"--transactions={per_client}",
-               f"--file={script(name)}"]
+    command = [
+        binary,
+        "--no-vacuum",
+        "--protocol=prepared",
+        f"--client={clients}",
+        f"--jobs={min(threads, clients)}",
+        f"--transactions={per_client}",
+        f"--file={script(name)}",
+    ]
     for key, value in (variables or {}).items():
         command.append(f"--define={key}={value}")
     command.append(url)  # pgbench takes a connection URI where the database name goes
@@ -55,8 +69,14 @@ def pgbench(binary: str, url: str, name: str, *, clients: int, per_client: int,
     if done.returncode != 0 or not complete or tps is None or processed is None:
         raise RuntimeError(f"pgbench {name} failed (exit {done.returncode}):\n{out}\n{done.stderr}")
     latency = _LATENCY.search(out)
-    return Run(name, clients, float(tps.group(1)), int(processed.group(1)),
-               float(latency.group(1)) if latency else None, use)
+    return Run(
+        name,
+        clients,
+        float(tps.group(1)),
+        int(processed.group(1)),
+        float(latency.group(1)) if latency else None,
+        use,
+    )
 
 
 def _children_cpu() -> float:

@@ -19,8 +19,12 @@ ROOT = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
 
 
-def wait_for(predicate: Callable[[], T | None], timeout: float, interval: float = 0.01,
-             message: str = "condition") -> T:
+def wait_for(
+    predicate: Callable[[], T | None],
+    timeout: float,
+    interval: float = 0.01,
+    message: str = "condition",
+) -> T:
     """Poll `predicate` until it returns a truthy value; RuntimeError after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -43,9 +47,14 @@ class Supervisor:
         full_env = {**os.environ, "DATABASE_URL": url, "PYTHONPATH": str(ROOT), **(env or {})}
         self.started = time.monotonic()
         with self.log_path.open("wb") as out:
-            self.proc = subprocess.Popen(command, env=full_env, stdout=out,
-                                         stderr=subprocess.STDOUT, cwd=self.workdir,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                command,
+                env=full_env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                start_new_session=True,
+            )
 
     @property
     def pid(self) -> int:
@@ -65,8 +74,9 @@ class Supervisor:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
-            raise RuntimeError(f"the supervisor did not exit within {timeout:g} s; its log: "
-                               f"{self.log_tail()}") from None
+            raise RuntimeError(
+                f"the supervisor did not exit within {timeout:g} s; its log: {self.log_tail()}"
+            ) from None
 
     def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM (after SIGCONT, in case it was stopped), then SIGKILL of its group."""
@@ -115,5 +125,14 @@ def rss_mb(pid: int) -> dict[str, float]:
 
 def supervisor_args(workers: int, handler: str, *extra: str) -> list[str]:
     """The command line every benchmark run shares."""
-    return ["--workers", str(workers), "--handler", handler, "--metrics-port", "0",
-            "--log-level", "warning", *extra]
+    return [
+        "--workers",
+        str(workers),
+        "--handler",
+        handler,
+        "--metrics-port",
+        "0",
+        "--log-level",
+        "warning",
+        *extra,
+    ]

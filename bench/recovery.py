@@ -29,8 +29,8 @@ import psycopg
 from bench.context import Context
 from bench.procs import Supervisor, supervisor_args, wait_for
 from bench.queries import query
-from mobvibe.supervisor import settings as defaults
 from mobvibe.client import JobQueue
+from mobvibe.supervisor import settings as defaults
 
 FAST_TRIALS = 3
 POLL = 0.01
@@ -40,12 +40,17 @@ REAPER_MESSAGE = "heartbeat expired"  # queue_reap_expired's message; the superv
 def run(ctx: Context) -> dict[str, Any]:
     ctx.log(f"recovery: kill -9 of a busy worker, {FAST_TRIALS} times")
     fast = _fast_path(ctx.server.database("recovery_fast"))
-    ctx.log("recovery: SIGSTOP of a busy worker, and of a worker and its supervisor "
-            f"(defaults: --heartbeat-timeout {defaults.HEARTBEAT_TIMEOUT_DEFAULT:g}, "
-            f"--reaper-interval {defaults.REAPER_INTERVAL_DEFAULT:g}); about 35 s")
+    ctx.log(
+        "recovery: SIGSTOP of a busy worker, and of a worker and its supervisor "
+        f"(defaults: --heartbeat-timeout {defaults.HEARTBEAT_TIMEOUT_DEFAULT:g}, "
+        f"--reaper-interval {defaults.REAPER_INTERVAL_DEFAULT:g}); about 35 s"
+    )
     found: dict[str, Any] = {}
-    urls = {"reaper": ctx.server.database("recovery_hb"),
-            "reaper_only": ctx.server.database("recovery_reaper")}
+    urls = {
+        "reaper": ctx.server.database("recovery_hb"),
+        "reaper_only": ctx.server.database("recovery_reaper"),
+    }
+
     def measure(kind: str) -> None:
         found[kind] = _stopped(urls[kind], kind)
 
@@ -58,23 +63,34 @@ def run(ctx: Context) -> dict[str, Any]:
         if key not in found:
             raise RuntimeError(f"recovery {key}: the measurement failed (see the traceback)")
     limit = defaults.HEARTBEAT_TIMEOUT_DEFAULT + defaults.REAPER_INTERVAL_DEFAULT + 1
-    return {"recovery_s": {"fast_path": fast["median_s"], "reaper": found["reaper"]["seconds"]},
-            "recovery": {"fast_path": fast, **found, "reaper_limit_s": limit,
-                         "heartbeat_timeout_s": defaults.HEARTBEAT_TIMEOUT_DEFAULT,
-                         "reaper_interval_s": defaults.REAPER_INTERVAL_DEFAULT,
-                         "heartbeat_interval_s": defaults.HEARTBEAT_INTERVAL_DEFAULT}}
+    return {
+        "recovery_s": {"fast_path": fast["median_s"], "reaper": found["reaper"]["seconds"]},
+        "recovery": {
+            "fast_path": fast,
+            **found,
+            "reaper_limit_s": limit,
+            "heartbeat_timeout_s": defaults.HEARTBEAT_TIMEOUT_DEFAULT,
+            "reaper_interval_s": defaults.REAPER_INTERVAL_DEFAULT,
+            "heartbeat_interval_s": defaults.HEARTBEAT_INTERVAL_DEFAULT,
+        },
+    }
 
 
-def _start_long_job(queue: JobQueue, session: uuid.UUID,
-                    poll: psycopg.Connection[Any]) -> tuple[uuid.UUID, int]:
+def _start_long_job(
+    queue: JobQueue, session: uuid.UUID, poll: psycopg.Connection[Any]
+) -> tuple[uuid.UUID, int]:
     """Enqueue a long job, wait until a worker runs it; (job id, worker pid)."""
     job = queue.enqueue("a long job", session_id=session)
     state = wait_for(lambda: _state(poll, job, "processing"), 30, POLL, "the job to start")
     return job, int(state["worker_id"].rsplit(":", 1)[1])  # worker_id: node:index:pid
 
 
-def _state(conn: psycopg.Connection[Any], job: uuid.UUID, status: str | None = None,
-           not_status: str | None = None) -> dict[str, Any] | None:
+def _state(
+    conn: psycopg.Connection[Any],
+    job: uuid.UUID,
+    status: str | None = None,
+    not_status: str | None = None,
+) -> dict[str, Any] | None:
     cur = conn.execute(query("job_state"), {"job_id": job}, prepare=True)
     row = cur.fetchone()
     if row is None:
@@ -89,16 +105,23 @@ def _state(conn: psycopg.Connection[Any], job: uuid.UUID, status: str | None = N
 
 def _fast_path(url: str) -> dict[str, Any]:
     trials = []
-    with JobQueue(url) as queue, psycopg.connect(url, autocommit=True) as poll, \
-            Supervisor(url, *supervisor_args(2, "bench.handlers:long_job")) as sup:
+    with (
+        JobQueue(url) as queue,
+        psycopg.connect(url, autocommit=True) as poll,
+        Supervisor(url, *supervisor_args(2, "bench.handlers:long_job")) as sup,
+    ):
         session = queue.create_session()
         for _ in range(FAST_TRIALS):
             job, pid = _start_long_job(queue, session, poll)
             time.sleep(0.5)  # well into the job: heartbeat thread running, slot written
             killed = time.monotonic()
             os.kill(pid, signal.SIGKILL)
-            state = wait_for(partial(_state, poll, job, not_status="processing"), 30, POLL,
-                             "the killed worker's job to be requeued")
+            state = wait_for(
+                partial(_state, poll, job, not_status="processing"),
+                30,
+                POLL,
+                "the killed worker's job to be requeued",
+            )
             trials.append({"seconds": round(time.monotonic() - killed, 4), **_public(state)})
         sup.kill()
     seconds = sorted(t["seconds"] for t in trials)
@@ -107,8 +130,11 @@ def _fast_path(url: str) -> dict[str, Any]:
 
 def _stopped(url: str, kind: str) -> dict[str, Any]:
     """SIGSTOP the busy worker (and, for reaper_only, its supervisor); time the requeue."""
-    with JobQueue(url) as queue, psycopg.connect(url, autocommit=True) as poll, \
-            Supervisor(url, *supervisor_args(1, "bench.handlers:long_job")) as sup:
+    with (
+        JobQueue(url) as queue,
+        psycopg.connect(url, autocommit=True) as poll,
+        Supervisor(url, *supervisor_args(1, "bench.handlers:long_job")) as sup,
+    ):
         session = queue.create_session()
         job, pid = _start_long_job(queue, session, poll)
         # 0.5 s after the claim, which set heartbeat_at: the reaper's clock and
@@ -118,8 +144,12 @@ def _stopped(url: str, kind: str) -> dict[str, Any]:
         os.kill(pid, signal.SIGSTOP)
         if kind == "reaper_only":
             os.kill(sup.pid, signal.SIGSTOP)
-        state = wait_for(lambda: _state(poll, job, not_status="processing"), 120, POLL,
-                         "the stopped worker's job to be requeued")
+        state = wait_for(
+            lambda: _state(poll, job, not_status="processing"),
+            120,
+            POLL,
+            "the stopped worker's job to be requeued",
+        )
         seconds = time.monotonic() - stopped
         sup.kill()
     by = "reaper" if (state["error_message"] or "").startswith(REAPER_MESSAGE) else "supervisor"

@@ -45,8 +45,9 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or not b else a / b
 
 
-def _at_least(figure: str, value: float | None, unit: str, target: str, ratio: float | None,
-              minimum: float) -> Check:
+def _at_least(
+    figure: str, value: float | None, unit: str, target: str, ratio: float | None, minimum: float
+) -> Check:
     return Check(figure, value, unit, target, ratio, None if ratio is None else ratio >= minimum)
 
 
@@ -58,27 +59,54 @@ def _by_count(mapping: dict[str, Any]) -> list[tuple[str, Any]]:
 def _floors(r: dict[str, Any]) -> list[Check]:
     floor, fused = _get(r, "floor_jobs_per_s"), _get(r, "floor_fused_jobs_per_s")
     batched = _get(r, "floor_batched_jobs_per_s")
-    rows = [Check("floor_jobs_per_s", floor, "jobs/s", "reference (pgbench)"),
-            Check("floor_fused_jobs_per_s", fused, "jobs/s", "reference (pgbench)",
-                  _ratio(fused, floor)),
-            Check("insert_floor_per_s", _get(r, "insert_floor_per_s"), "rows/s",
-                  "reference (pgbench, 1 client)"),
-            Check("floor_batched_jobs_per_s", batched, "jobs/s", "info: 10 jobs per statement",
-                  _ratio(batched, floor))]
+    rows = [
+        Check("floor_jobs_per_s", floor, "jobs/s", "reference (pgbench)"),
+        Check(
+            "floor_fused_jobs_per_s", fused, "jobs/s", "reference (pgbench)", _ratio(fused, floor)
+        ),
+        Check(
+            "insert_floor_per_s",
+            _get(r, "insert_floor_per_s"),
+            "rows/s",
+            "reference (pgbench, 1 client)",
+        ),
+        Check(
+            "floor_batched_jobs_per_s",
+            batched,
+            "jobs/s",
+            "info: 10 jobs per statement",
+            _ratio(batched, floor),
+        ),
+    ]
     rows = [row for row in rows if row.value is not None]
     for name in ("floor_claim_complete", "floor_fused"):
         use = _get(r, "floors", "pgbench", name, "cpu_us_per_run") or {}
         if "postgres" in use:
-            rows.append(Check(f"{name} cpu per job", use["postgres"] + use["pgbench"], "us",
-                              f"info: postgres {use['postgres']:.0f} + pgbench "
-                              f"{use['pgbench']:.0f} (other load {use['other']:.0f})"))
+            rows.append(
+                Check(
+                    f"{name} cpu per job",
+                    use["postgres"] + use["pgbench"],
+                    "us",
+                    f"info: postgres {use['postgres']:.0f} + pgbench "
+                    f"{use['pgbench']:.0f} (other load {use['other']:.0f})",
+                )
+            )
     functions = _get(r, "sql_functions") or {}
-    for key, base in (("claim_complete_jobs_per_s", floor), ("fused_jobs_per_s", floor),
-                      ("insert_per_s", _get(r, "insert_floor_per_s"))):
+    for key, base in (
+        ("claim_complete_jobs_per_s", floor),
+        ("fused_jobs_per_s", floor),
+        ("insert_per_s", _get(r, "insert_floor_per_s")),
+    ):
         if key in functions:
-            rows.append(Check(f"sql_functions.{key}", functions[key],
-                              "rows/s" if key == "insert_per_s" else "jobs/s",
-                              "info: our SQL from pgbench", _ratio(functions[key], base)))
+            rows.append(
+                Check(
+                    f"sql_functions.{key}",
+                    functions[key],
+                    "rows/s" if key == "insert_per_s" else "jobs/s",
+                    "info: our SQL from pgbench",
+                    _ratio(functions[key], base),
+                )
+            )
     return rows
 
 
@@ -87,23 +115,45 @@ def _drain(r: dict[str, Any]) -> list[Check]:
     rows = []
     for workers, rate in _by_count(_get(r, "drain_jobs_per_s") or {}):
         if workers == "8":
-            rows.append(_at_least("drain_jobs_per_s[8]", rate, "jobs/s",
-                                  f">= {DRAIN_OVER_FLOOR:g} x floor", _ratio(rate, floor),
-                                  DRAIN_OVER_FLOOR))
+            rows.append(
+                _at_least(
+                    "drain_jobs_per_s[8]",
+                    rate,
+                    "jobs/s",
+                    f">= {DRAIN_OVER_FLOOR:g} x floor",
+                    _ratio(rate, floor),
+                    DRAIN_OVER_FLOOR,
+                )
+            )
         else:
-            rows.append(Check(f"drain_jobs_per_s[{workers}]", rate, "jobs/s", "x floor",
-                              _ratio(rate, floor)))
+            rows.append(
+                Check(
+                    f"drain_jobs_per_s[{workers}]", rate, "jobs/s", "x floor", _ratio(rate, floor)
+                )
+            )
     quiet = _get(r, "drain_no_status_notifications_jobs_per_s")
     if quiet:
-        rows.append(Check("drain[8] --no-status-notifications", quiet, "jobs/s",
-                          "info: x floor", _ratio(quiet, floor)))
+        rows.append(
+            Check(
+                "drain[8] --no-status-notifications",
+                quiet,
+                "jobs/s",
+                "info: x floor",
+                _ratio(quiet, floor),
+            )
+        )
     for workers, run in _by_count(_get(r, "drain", "runs") or {}):
         use = run.get("cpu_us_per_job") or {}
         if "postgres" in use:
-            rows.append(Check(f"drain[{workers}] cpu per job",
-                              use["workers"] + use["supervisor"] + use["postgres"], "us",
-                              f"info: workers {use['workers']:.0f} + postgres "
-                              f"{use['postgres']:.0f} (other load {use['other']:.0f})"))
+            rows.append(
+                Check(
+                    f"drain[{workers}] cpu per job",
+                    use["workers"] + use["supervisor"] + use["postgres"],
+                    "us",
+                    f"info: workers {use['workers']:.0f} + postgres "
+                    f"{use['postgres']:.0f} (other load {use['other']:.0f})",
+                )
+            )
     return rows
 
 
@@ -111,15 +161,28 @@ def _enqueue(r: dict[str, Any]) -> list[Check]:
     rows = []
     batch = _get(r, "enqueue_batch_jobs_per_s")
     if batch is not None:
-        rows.append(_at_least("enqueue_batch_jobs_per_s", batch, "jobs/s",
-                              f">= {ENQUEUE_BATCH_MIN:,.0f}", _ratio(batch, ENQUEUE_BATCH_MIN),
-                              1.0))
+        rows.append(
+            _at_least(
+                "enqueue_batch_jobs_per_s",
+                batch,
+                "jobs/s",
+                f">= {ENQUEUE_BATCH_MIN:,.0f}",
+                _ratio(batch, ENQUEUE_BATCH_MIN),
+                1.0,
+            )
+        )
     single = _get(r, "enqueue_single_jobs_per_s")
     if single is not None:
-        rows.append(_at_least("enqueue_single_jobs_per_s", single, "jobs/s",
-                              f">= {ENQUEUE_SINGLE_OVER_FLOOR:g} x insert floor",
-                              _ratio(single, _get(r, "insert_floor_per_s")),
-                              ENQUEUE_SINGLE_OVER_FLOOR))
+        rows.append(
+            _at_least(
+                "enqueue_single_jobs_per_s",
+                single,
+                "jobs/s",
+                f">= {ENQUEUE_SINGLE_OVER_FLOOR:g} x insert floor",
+                _ratio(single, _get(r, "insert_floor_per_s")),
+                ENQUEUE_SINGLE_OVER_FLOOR,
+            )
+        )
     return rows
 
 
@@ -132,8 +195,16 @@ def _latency(r: dict[str, Any]) -> list[Check]:
         if limit is None:
             rows.append(Check(f"latency_ms.{key}", latency[key], "ms"))
         else:
-            rows.append(Check(f"latency_ms.{key}", latency[key], "ms", f"<= {limit:g} ms",
-                              latency[key] / limit, latency[key] <= limit))
+            rows.append(
+                Check(
+                    f"latency_ms.{key}",
+                    latency[key],
+                    "ms",
+                    f"<= {limit:g} ms",
+                    latency[key] / limit,
+                    latency[key] <= limit,
+                )
+            )
     return rows
 
 
@@ -146,9 +217,16 @@ def _claim(r: dict[str, Any]) -> list[Check]:
         if key == "1000":
             rows.append(Check("claim_ms[1000]", cost, "ms", "reference"))
         elif key == "1000000":
-            rows.append(Check(f"claim_ms[{key}]", cost, "ms",
-                              f"<= {CLAIM_GROWTH_MAX:g} x claim_ms[1000]", ratio,
-                              None if ratio is None else ratio <= CLAIM_GROWTH_MAX))
+            rows.append(
+                Check(
+                    f"claim_ms[{key}]",
+                    cost,
+                    "ms",
+                    f"<= {CLAIM_GROWTH_MAX:g} x claim_ms[1000]",
+                    ratio,
+                    None if ratio is None else ratio <= CLAIM_GROWTH_MAX,
+                )
+            )
         else:
             rows.append(Check(f"claim_ms[{key}]", cost, "ms", "x claim_ms[1000]", ratio))
     return rows
@@ -159,15 +237,31 @@ def _recovery(r: dict[str, Any]) -> list[Check]:
     rows = []
     if "fast_path" in recovery:
         fast = recovery["fast_path"]
-        rows.append(Check("recovery_s.fast_path", fast, "s", f"<= {RECOVERY_FAST_MAX_S:g} s",
-                          fast / RECOVERY_FAST_MAX_S, fast <= RECOVERY_FAST_MAX_S))
+        rows.append(
+            Check(
+                "recovery_s.fast_path",
+                fast,
+                "s",
+                f"<= {RECOVERY_FAST_MAX_S:g} s",
+                fast / RECOVERY_FAST_MAX_S,
+                fast <= RECOVERY_FAST_MAX_S,
+            )
+        )
     limit = _get(r, "recovery", "reaper_limit_s")
     only = _get(r, "recovery", "reaper_only", "seconds")
     for key, seconds in (("reaper", recovery.get("reaper")), ("reaper_only", only)):
         if seconds is not None and limit:
             by = _get(r, "recovery", key, "requeued_by") or "?"
-            rows.append(Check(f"recovery_s.{key}", seconds, "s", f"<= {limit:g} s (by {by})",
-                              seconds / limit, seconds <= limit))
+            rows.append(
+                Check(
+                    f"recovery_s.{key}",
+                    seconds,
+                    "s",
+                    f"<= {limit:g} s (by {by})",
+                    seconds / limit,
+                    seconds <= limit,
+                )
+            )
     return rows
 
 
@@ -176,17 +270,33 @@ def _rss(r: dict[str, Any]) -> list[Check]:
     if len(marks) != 2:
         return []
     (half, first), (full, last) = marks
-    return [Check(f"worker_rss_mb[{half}]", first, "MB", f"<= {RSS_MAX_MB:g} MB",
-                  first / RSS_MAX_MB, first <= RSS_MAX_MB),
-            Check(f"worker_rss_mb[{full}]", last, "MB",
-                  f"<= {RSS_MAX_MB:g} MB, growth <= {RSS_GROWTH_MAX_MB:g} MB", _ratio(last, first),
-                  last <= RSS_MAX_MB and last - first <= RSS_GROWTH_MAX_MB)]
+    return [
+        Check(
+            f"worker_rss_mb[{half}]",
+            first,
+            "MB",
+            f"<= {RSS_MAX_MB:g} MB",
+            first / RSS_MAX_MB,
+            first <= RSS_MAX_MB,
+        ),
+        Check(
+            f"worker_rss_mb[{full}]",
+            last,
+            "MB",
+            f"<= {RSS_MAX_MB:g} MB, growth <= {RSS_GROWTH_MAX_MB:g} MB",
+            _ratio(last, first),
+            last <= RSS_MAX_MB and last - first <= RSS_GROWTH_MAX_MB,
+        ),
+    ]
 
 
 def checks(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Every figure of the run, with its target and verdict where there is one."""
-    rows = [row for part in (_floors, _drain, _enqueue, _latency, _claim, _recovery, _rss)
-            for row in part(results)]
+    rows = [
+        row
+        for part in (_floors, _drain, _enqueue, _latency, _claim, _recovery, _rss)
+        for row in part(results)
+    ]
     return [asdict(row) for row in rows]
 
 
@@ -207,8 +317,9 @@ def table(results: dict[str, Any]) -> str:
     for row in results.get("checks") or checks(results):
         verdict = {True: "pass", False: "FAIL", None: ""}[row["ok"]]
         ratio = "" if row["ratio"] is None else f"{row['ratio']:.2f}"
-        lines.append((row["figure"], _number(row["value"]), row["unit"], row["target"], ratio,
-                      verdict))
+        lines.append(
+            (row["figure"], _number(row["value"]), row["unit"], row["target"], ratio, verdict)
+        )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     align = ["<", ">", "<", "<", ">", "<"]
 
@@ -216,6 +327,12 @@ def table(results: dict[str, Any]) -> str:
         cells = zip(line, align, widths, strict=True)
         return "| " + " | ".join(f"{cell:{a}{w}}" for cell, a, w in cells) + " |"
 
-    rule = "|" + "|".join(("-" * (w + 1) + ":" if a == ">" else "-" * (w + 2))
-                          for a, w in zip(align, widths, strict=True)) + "|"
+    rule = (
+        "|"
+        + "|".join(
+            ("-" * (w + 1) + ":" if a == ">" else "-" * (w + 2))
+            for a, w in zip(align, widths, strict=True)
+        )
+        + "|"
+    )
     return "\n".join([render(lines[0]), rule, *(render(line) for line in lines[1:])])

@@ -29,21 +29,27 @@ def run(ctx: Context) -> dict[str, Any]:
     enqueue_jobs(url, total)
     samples: dict[str, Any] = {}
     ctx.log(f"rss: {total} jobs through {WORKERS} workers")
-    with psycopg.connect(url, autocommit=True) as conn, \
-            Supervisor(url, *supervisor_args(WORKERS, "mobvibe.supervisor.handlers:noop_handler",
-                                             "--no-reaper")) as sup:
+    with (
+        psycopg.connect(url, autocommit=True) as conn,
+        Supervisor(
+            url,
+            *supervisor_args(WORKERS, "mobvibe.supervisor.handlers:noop_handler", "--no-reaper"),
+        ) as sup,
+    ):
         # With --no-reaper and no metrics port, every child is a worker.
         workers = wait_for(lambda: _all_workers(sup), 30, POLL, f"{WORKERS} workers")
         samples["start"] = {"jobs": _completed(conn) or 0, "workers": _sample(workers)}
         for mark in marks:
-            done = wait_for(partial(_completed, conn, mark), TIMEOUT, POLL,
-                            f"{mark} completed jobs")
+            done = wait_for(
+                partial(_completed, conn, mark), TIMEOUT, POLL, f"{mark} completed jobs"
+            )
             if sorted(sup.children()) != sorted(workers):
                 raise RuntimeError("a worker was replaced during the RSS run")
             samples[str(mark)] = {"jobs": done, "workers": _sample(workers)}
         sup.stop()
-    figures = {str(mark): max(w["VmRSS"] for w in samples[str(mark)]["workers"].values())
-               for mark in marks}
+    figures = {
+        str(mark): max(w["VmRSS"] for w in samples[str(mark)]["workers"].values()) for mark in marks
+    }
     return {"worker_rss_mb": figures, "worker_rss": {"workers": WORKERS, "samples": samples}}
 
 

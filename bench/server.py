@@ -25,10 +25,24 @@ from bench.queries import query
 from mobvibe.sql.migrate import migrate
 
 # The settings that decide how fast a queue can commit and how many clients it takes.
-SETTINGS = ("server_version", "fsync", "synchronous_commit", "wal_sync_method", "full_page_writes",
-            "commit_delay", "wal_level", "wal_buffers", "shared_buffers", "work_mem",
-            "max_connections", "max_wal_size", "checkpoint_timeout", "autovacuum",
-            "random_page_cost", "jit")
+SETTINGS = (
+    "server_version",
+    "fsync",
+    "synchronous_commit",
+    "wal_sync_method",
+    "full_page_writes",
+    "commit_delay",
+    "wal_level",
+    "wal_buffers",
+    "shared_buffers",
+    "work_mem",
+    "max_connections",
+    "max_wal_size",
+    "checkpoint_timeout",
+    "autovacuum",
+    "random_page_cost",
+    "jit",
+)
 
 
 class Server:
@@ -53,8 +67,9 @@ class Server:
     def drop_all(self) -> None:
         with psycopg.connect(self.url, autocommit=True) as admin:
             for name in self.created:
-                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
-                              .format(sql.Identifier(name)))
+                admin.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+                )
         self.created.clear()
 
     def postmaster(self) -> int | None:
@@ -69,10 +84,13 @@ class Server:
             rows = conn.execute(query("server_settings"), {"names": list(SETTINGS)}).fetchall()
             version = conn.execute(query("server_version")).fetchone()
         settings = {name: _with_unit(value, unit) for name, value, unit in rows}
-        return {"version": version[0] if version else None,
-                "server": "embedded (pgserver, temporary data directory, default settings)"
-                if self.embedded else "BENCH_DATABASE_URL",
-                "settings": settings}
+        return {
+            "version": version[0] if version else None,
+            "server": "embedded (pgserver, temporary data directory, default settings)"
+            if self.embedded
+            else "BENCH_DATABASE_URL",
+            "settings": settings,
+        }
 
     def pgbench(self) -> str:
         """The pgbench binary: pgserver's (PostgreSQL 16), else one on the machine."""
@@ -85,11 +103,17 @@ class Server:
         except ImportError:
             pass
         found = shutil.which("pgbench") or next(
-            (str(p) for p in sorted(Path("/usr/lib/postgresql").glob("*/bin/pgbench"),
-                                    reverse=True)), None)
+            (
+                str(p)
+                for p in sorted(Path("/usr/lib/postgresql").glob("*/bin/pgbench"), reverse=True)
+            ),
+            None,
+        )
         if found is None:
-            raise SystemExit("pgbench not found: pip install pgserver into the venv "
-                             "(make venv does) or install the postgresql-client package")
+            raise SystemExit(
+                "pgbench not found: pip install pgserver into the venv "
+                "(make venv does) or install the postgresql-client package"
+            )
         return found
 
 
@@ -135,6 +159,11 @@ def machine() -> dict[str, Any]:
     memory_mb = None
     with contextlib.suppress(OSError, ValueError, IndexError):
         memory_mb = int(Path("/proc/meminfo").read_text().split()[1]) // 1024
-    return {"cpus": os.cpu_count(), "cpu_model": model, "memory_mb": memory_mb,
-            "kernel": platform.release(), "python": sys.version.split()[0],
-            "loadavg_start": os.getloadavg()[0]}
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "memory_mb": memory_mb,
+        "kernel": platform.release(),
+        "python": sys.version.split()[0],
+        "loadavg_start": os.getloadavg()[0],
+    }

@@ -18,8 +18,12 @@ def percentile(values: Sequence[float], p: float) -> float:
 
 def summary(values: Sequence[float], digits: int = 3) -> dict[str, float]:
     """p50, p95, p99, min, max and mean of `values`."""
-    return {"p50": round(percentile(values, 50), digits),
-            "p95": round(percentile(values, 95), digits),
-            "p99": round(percentile(values, 99), digits), "min": round(min(values), digits),
-            "max": round(max(values), digits), "mean": round(sum(values) / len(values), digits),
-            "count": len(values)}
+    return {
+        "p50": round(percentile(values, 50), digits),
+        "p95": round(percentile(values, 95), digits),
+        "p99": round(percentile(values, 99), digits),
+        "min": round(min(values), digits),
+        "max": round(max(values), digits),
+        "mean": round(sum(values) / len(values), digits),
+        "count": len(values),
+    }

@@ -31,9 +31,17 @@ class JobQueue:
     def __init__(self, url: str, *, max_size: int = 4) -> None:
         self.url = db.validate_url(url)
         self._pool = ConnectionPool(
-            self.url, min_size=1, max_size=max_size, open=False, timeout=10,
-            kwargs={"autocommit": True, "connect_timeout": db.CONNECT_TIMEOUT_DEFAULT,
-                    "application_name": "mobvibe-client"})
+            self.url,
+            min_size=1,
+            max_size=max_size,
+            open=False,
+            timeout=10,
+            kwargs={
+                "autocommit": True,
+                "connect_timeout": db.CONNECT_TIMEOUT_DEFAULT,
+                "application_name": "mobvibe-client",
+            },
+        )
 
     def __enter__(self) -> JobQueue:
         return self
@@ -58,25 +66,35 @@ class JobQueue:
             with self._pool.connection() as pooled:
                 yield pooled
         except pgerrors.ForeignKeyViolation:
-            raise InvalidJobError("session does not exist: create the session first, or "
-                                  "enqueue without a session id to start a new one") from None
+            raise InvalidJobError(
+                "session does not exist: create the session first, or "
+                "enqueue without a session id to start a new one"
+            ) from None
         except pgerrors.CheckViolation as exc:
             name = exc.diag.constraint_name or "a check"
             raise InvalidJobError(f"the database refused the job ({name})") from None
         except (psycopg.OperationalError, psycopg.errors.ConnectionTimeout) as exc:
-            raise DatabaseUnavailableError(f"database unavailable: {db.first_line(exc)}") \
-                from None
+            raise DatabaseUnavailableError(f"database unavailable: {db.first_line(exc)}") from None
         except Exception as exc:
             if type(exc).__name__ == "PoolTimeout":
-                raise DatabaseUnavailableError("database unavailable: no connection within "
-                                               "10 s") from None
+                raise DatabaseUnavailableError(
+                    "database unavailable: no connection within 10 s"
+                ) from None
             raise
 
     # -- producers -----------------------------------------------------------
 
-    def enqueue(self, prompt: str, *, session_id: uuid.UUID | str | None = None,
-                priority: int = PRIORITY_DEFAULT, max_retries: int = MAX_RETRIES_DEFAULT,
-                run_at: Any = None, delay: float = 0.0, conn: Conn | None = None) -> uuid.UUID:
+    def enqueue(
+        self,
+        prompt: str,
+        *,
+        session_id: uuid.UUID | str | None = None,
+        priority: int = PRIORITY_DEFAULT,
+        max_retries: int = MAX_RETRIES_DEFAULT,
+        run_at: Any = None,
+        delay: float = 0.0,
+        conn: Conn | None = None,
+    ) -> uuid.UUID:
         """Add one job and return its id; with `conn`, inside the caller's transaction."""
         job = NewJob(prompt, session_id, priority, max_retries, run_at, delay).validated()
         if job.session_id is None or conn is not None:
@@ -93,8 +111,10 @@ class JobQueue:
         if not checked:
             return []
         new_sessions = [uuid.uuid4() if job.session_id is None else None for job in checked]
-        session_ids = [new or uuid.UUID(str(job.session_id))
-                       for new, job in zip(new_sessions, checked, strict=True)]
+        session_ids = [
+            new or uuid.UUID(str(job.session_id))
+            for new, job in zip(new_sessions, checked, strict=True)
+        ]
         created = [s for s in new_sessions if s is not None]
         with self.connection(conn) as c:
             if not created and conn is None:  # one INSERT on our connection: atomic by itself
@@ -134,15 +154,24 @@ class JobQueue:
         with self.connection() as c:
             return store.complete(c, job, lease)
 
-    def fail(self, job_id: uuid.UUID | str, error: str, lease_token: uuid.UUID | str | None = None,
-             reason: str = "error") -> bool | None:
+    def fail(
+        self,
+        job_id: uuid.UUID | str,
+        error: str,
+        lease_token: uuid.UUID | str | None = None,
+        reason: str = "error",
+    ) -> bool | None:
         """Record a failed attempt: True will retry, False dead-lettered, None nothing changed."""
         job, lease = parse_uuid(job_id), _lease(lease_token)
         with self.connection() as c:
             return store.fail(c, job, error, lease, reason)
 
-    def release(self, job_id: uuid.UUID | str, lease_token: uuid.UUID | str,
-                reason: str = "released at shutdown") -> bool:
+    def release(
+        self,
+        job_id: uuid.UUID | str,
+        lease_token: uuid.UUID | str,
+        reason: str = "released at shutdown",
+    ) -> bool:
         """Give an unfinished attempt back without counting it; False if the lease is lost."""
         job, lease = parse_uuid(job_id), parse_uuid(lease_token, "lease token")
         with self.connection() as c:
@@ -172,8 +201,12 @@ class JobQueue:
         with self.connection() as c:
             return store.list_failed(c, limit)
 
-    def notifications(self, channels: Sequence[str] = ("new_job", "job_status_changed"),
-                      *, timeout: float | None = None) -> Iterator[Notification]:
+    def notifications(
+        self,
+        channels: Sequence[str] = ("new_job", "job_status_changed"),
+        *,
+        timeout: float | None = None,
+    ) -> Iterator[Notification]:
         """Yield notifications from `channels`, reconnecting after a dropped connection."""
         with Listener(self.url, channels) as listener:
             yield from listener.iterate(timeout=timeout)

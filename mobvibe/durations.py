@@ -36,16 +36,21 @@ class Duration(click.ParamType):  # type: ignore[type-arg]  # generic in newer c
     def __init__(self, zero: str | None = None) -> None:
         self.zero = zero
 
-    def convert(self, value: Any, param: click.Parameter | None,
-                ctx: click.Context | None) -> float:
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             seconds = float(value)
         else:
             try:
                 seconds = parse_duration(str(value))
             except ValueError:
-                self.fail(f"{value!r} is not a duration: give seconds, or a number with a unit "
-                          f"(500ms, 30s, 5m, 2h, 7d){self._zero_hint()}", param, ctx)
+                self.fail(
+                    f"{value!r} is not a duration: give seconds, or a number with a unit "
+                    f"(500ms, 30s, 5m, 2h, 7d){self._zero_hint()}",
+                    param,
+                    ctx,
+                )
         if seconds < 0 or (seconds == 0 and self.zero is None):
             self.fail(f"{value!r} must be greater than 0", param, ctx)
         return seconds

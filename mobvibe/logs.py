@@ -18,8 +18,9 @@ class _TextFormatter(logging.Formatter):
     """`time level event message key=value ...` for people reading a terminal."""
 
     def format(self, record: logging.LogRecord) -> str:
-        extra = " ".join(f"{k}={v}" for k, v in record.__dict__.items()
-                         if k not in _RESERVED and k != "event")
+        extra = " ".join(
+            f"{k}={v}" for k, v in record.__dict__.items() if k not in _RESERVED and k != "event"
+        )
         event = getattr(record, "event", "-")
         line = f"{self.formatTime(record)} {record.levelname:<7} {event:<22} {record.getMessage()}"
         return f"{line} {extra}".rstrip()
@@ -29,9 +30,12 @@ def setup(log_format: str = "json", level: str = "info") -> None:
     """Send the root logger to stderr in `log_format` at `level`."""
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
-        handler.setFormatter(JsonFormatter(
-            "%(asctime)s %(levelname)s %(name)s %(message)s",
-            rename_fields={"levelname": "level", "asctime": "time"}))
+        handler.setFormatter(
+            JsonFormatter(
+                "%(asctime)s %(levelname)s %(name)s %(message)s",
+                rename_fields={"levelname": "level", "asctime": "time"},
+            )
+        )
     else:
         handler.setFormatter(_TextFormatter())
     root = logging.getLogger()

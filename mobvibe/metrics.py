@@ -21,6 +21,8 @@ from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
+)
+from prometheus_client.core import (
     Metric as Family,
 )
 from prometheus_client.registry import Collector
@@ -93,7 +95,9 @@ class Counter(Metric):
         return f"{self.name}_total"
 
     def family(self) -> Family:
-        family = CounterMetricFamily(self.name, self.help, labels=[self.label] if self.label else ())
+        family = CounterMetricFamily(
+            self.name, self.help, labels=[self.label] if self.label else ()
+        )
         for value in self.values or (None,):
             family.add_metric([value] if value else [], self.value(value))
         return family
@@ -165,44 +169,69 @@ def _register(metric: Metric) -> int:
 
 # Why an attempt ended: the one label set shared by the job row's end_reason
 # and the metrics.
-END_REASONS = ("completed", "error", "deadline_exceeded", "worker_exited", "heartbeat_expired",
-               "lease_lost", "released")
+END_REASONS = (
+    "completed",
+    "error",
+    "deadline_exceeded",
+    "worker_exited",
+    "heartbeat_expired",
+    "lease_lost",
+    "released",
+)
 EXIT_CAUSES = ("clean", "error", "signal", "deadline", "recycled")
 DURATION_BUCKETS = (0.005, 0.05, 0.25, 1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 
 JOBS_CLAIMED = Counter("mobvibe_jobs_claimed", "Jobs claimed by workers.")
 JOBS_COMPLETED = Counter("mobvibe_jobs_completed", "Jobs completed.")
-JOBS_FAILED = Counter("mobvibe_jobs_failed",
-                      "Failed attempts recorded by this supervisor (retried or dead-lettered).")
+JOBS_FAILED = Counter(
+    "mobvibe_jobs_failed", "Failed attempts recorded by this supervisor (retried or dead-lettered)."
+)
 JOBS_RETRIED = Counter("mobvibe_jobs_retried", "Failed attempts scheduled for a retry.")
-JOBS_DEAD_LETTERED = Counter("mobvibe_jobs_dead_lettered",
-                             "Jobs moved to the dead letters (status failed).")
-ATTEMPTS_ENDED = Counter("mobvibe_attempts_ended", "Attempts ended, by reason.", "reason",
-                         END_REASONS)
-JOB_DURATION = Histogram("mobvibe_job_duration_seconds", "Run time of an attempt.",
-                         buckets=DURATION_BUCKETS)
-LEASES_LOST = Counter("mobvibe_leases_lost",
-                      "Writes refused because the attempt's lease was taken away.")
-HEARTBEAT_FAILURES = Counter("mobvibe_heartbeat_failures",
-                             "Heartbeats that could not reach the database.")
+JOBS_DEAD_LETTERED = Counter(
+    "mobvibe_jobs_dead_lettered", "Jobs moved to the dead letters (status failed)."
+)
+ATTEMPTS_ENDED = Counter(
+    "mobvibe_attempts_ended", "Attempts ended, by reason.", "reason", END_REASONS
+)
+JOB_DURATION = Histogram(
+    "mobvibe_job_duration_seconds", "Run time of an attempt.", buckets=DURATION_BUCKETS
+)
+LEASES_LOST = Counter(
+    "mobvibe_leases_lost", "Writes refused because the attempt's lease was taken away."
+)
+HEARTBEAT_FAILURES = Counter(
+    "mobvibe_heartbeat_failures", "Heartbeats that could not reach the database."
+)
 WORKER_RESTARTS = Counter("mobvibe_worker_restarts", "Worker processes started again.")
-WORKER_EXITS = Counter("mobvibe_worker_exits", "Worker process exits, by cause.", "cause",
-                       EXIT_CAUSES)
+WORKER_EXITS = Counter(
+    "mobvibe_worker_exits", "Worker process exits, by cause.", "cause", EXIT_CAUSES
+)
 WORKERS_ALIVE = Gauge("mobvibe_workers_alive", "Worker processes running.")
 
-REAPER_REQUEUED = Counter("mobvibe_reaper_jobs_requeued",
-                          "Expired attempts requeued by the reaper.")
-REAPER_DEAD_LETTERED = Counter("mobvibe_reaper_jobs_dead_lettered",
-                               "Expired attempts dead-lettered by the reaper.")
-REAPER_PRUNED = Counter("mobvibe_reaper_jobs_pruned", "Finished jobs deleted by retention.",
-                        "status", ("completed", "failed"))
-REAPER_SWEEP_DURATION = Histogram("mobvibe_reaper_sweep_duration_seconds",
-                                  "Duration of one reaper sweep.",
-                                  buckets=(0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30))
-REAPER_SWEEPS = Counter("mobvibe_reaper_sweeps", "Reaper sweeps, by result.", "result",
-                        ("ok", "error"))
-REAPER_LAST_SUCCESS = Gauge("mobvibe_reaper_last_success_timestamp_seconds",
-                            "Unix time of the last successful sweep of this reaper.")
+REAPER_REQUEUED = Counter(
+    "mobvibe_reaper_jobs_requeued", "Expired attempts requeued by the reaper."
+)
+REAPER_DEAD_LETTERED = Counter(
+    "mobvibe_reaper_jobs_dead_lettered", "Expired attempts dead-lettered by the reaper."
+)
+REAPER_PRUNED = Counter(
+    "mobvibe_reaper_jobs_pruned",
+    "Finished jobs deleted by retention.",
+    "status",
+    ("completed", "failed"),
+)
+REAPER_SWEEP_DURATION = Histogram(
+    "mobvibe_reaper_sweep_duration_seconds",
+    "Duration of one reaper sweep.",
+    buckets=(0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30),
+)
+REAPER_SWEEPS = Counter(
+    "mobvibe_reaper_sweeps", "Reaper sweeps, by result.", "result", ("ok", "error")
+)
+REAPER_LAST_SUCCESS = Gauge(
+    "mobvibe_reaper_last_success_timestamp_seconds",
+    "Unix time of the last successful sweep of this reaper.",
+)
 
 # One child per reason, made once, for the hot path.
 ENDED = {reason: ATTEMPTS_ENDED.labels(reason) for reason in END_REASONS}
@@ -214,7 +243,7 @@ _row = 0  # where this process's row starts in _memory.cells
 
 def init(rows: int) -> None:
     """Map the shared memory of a supervisor with `rows` processes; call before forking."""
-    global _memory, _row  # noqa: PLW0603 - the one switch from private to shared storage
+    global _memory, _row
     _memory, _row = _Memory(rows, _WIDTH), 0
 
 

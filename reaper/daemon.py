@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import signal
@@ -10,12 +11,11 @@ from typing import Any
 
 import psycopg
 
-from mobvibe import metrics
-from mobvibe.reaper.sweep import ReaperSettings, run_once
-from mobvibe import clock
-from mobvibe.sql import db
+from mobvibe import clock, metrics
 from mobvibe.errors import DatabaseUnavailableError
 from mobvibe.logs import event
+from mobvibe.reaper.sweep import ReaperSettings, run_once
+from mobvibe.sql import db
 
 log = logging.getLogger(__name__)
 JITTER = 0.1  # reapers started together drift apart instead of sweeping in lockstep
@@ -31,14 +31,21 @@ def serve_forever(url: str, settings: ReaperSettings, should_stop: Callable[[], 
     """Sweep every `settings.interval` (±10%) until should_stop(); never raise on a DB outage."""
     conn: psycopg.Connection[Any] | None = None
     failures = 0
-    event(log, logging.INFO, "reaper_started", "reaper started", reaper=settings.name,
-          interval=settings.interval, heartbeat_timeout=settings.heartbeat_timeout)
+    event(
+        log,
+        logging.INFO,
+        "reaper_started",
+        "reaper started",
+        reaper=settings.name,
+        interval=settings.interval,
+        heartbeat_timeout=settings.heartbeat_timeout,
+    )
     try:
         while not should_stop():
             try:
                 conn = conn if conn is not None and not conn.closed else _connect(url)
                 run_once(conn, settings)
-                failures, delay = 0, settings.interval * random.uniform(1 - JITTER, 1 + JITTER)
+                failures, delay = 0, settings.interval * random.uniform(1 - JITTER, 1 + JITTER)  # noqa: S311
             except (DatabaseUnavailableError, psycopg.Error) as exc:
                 failures += 1
                 delay = _backoff(failures, settings.interval)
@@ -65,22 +72,23 @@ def run_daemon(url: str, settings: ReaperSettings) -> int:
 
 
 def _connect(url: str) -> psycopg.Connection[Any]:
-    return db.connect(url, application_name="mobvibe-reaper",
-                      options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}")
+    return db.connect(
+        url,
+        application_name="mobvibe-reaper",
+        options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
+    )
 
 
 def _close(conn: psycopg.Connection[Any] | None) -> None:
     if conn is not None:
-        try:
+        with contextlib.suppress(psycopg.Error):
             conn.close()
-        except psycopg.Error:
-            pass
 
 
 def _backoff(failures: int, interval: float) -> float:
     """Capped exponential backoff, with jitter, so an outage is not met with a storm."""
     base = min(BACKOFF_CAP, max(BACKOFF_FIRST, min(interval, 1.0)) * 2 ** (failures - 1))
-    return float(base * random.uniform(1 - JITTER, 1 + JITTER))
+    return float(base * random.uniform(1 - JITTER, 1 + JITTER))  # noqa: S311 - jitter
 
 
 def _sweep_failed(exc: BaseException, failures: int, delay: float) -> None:
@@ -88,8 +96,14 @@ def _sweep_failed(exc: BaseException, failures: int, delay: float) -> None:
         # run_once never ran, so it did not count this failed sweep itself.
         metrics.REAPER_SWEEPS.labels("error").inc()
     message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    event(log, logging.ERROR, "reaper_sweep_failed", f"sweep failed: {message}",
-          failures=failures, retry_in_s=round(delay, 2))
+    event(
+        log,
+        logging.ERROR,
+        "reaper_sweep_failed",
+        f"sweep failed: {message}",
+        failures=failures,
+        retry_in_s=round(delay, 2),
+    )
 
 
 def _sleep(seconds: float, should_stop: Callable[[], bool]) -> None:

@@ -38,27 +38,37 @@ class Report:
         return not self.findings
 
     def as_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "findings": [asdict(f) for f in self.findings],
-                "not_shown": self.not_shown}
+        return {
+            "ok": self.ok,
+            "findings": [asdict(f) for f in self.findings],
+            "not_shown": self.not_shown,
+        }
 
 
 def _processing(row: DoctorRow, timeout: str) -> str:
-    silent = ("no heartbeat" if row.silent_seconds is None
-              else f"last heartbeat {row.silent_seconds:.0f} s ago")
-    return (f"is processing with no live attempt ({silent}, timeout {timeout}, "
-            f"worker {row.worker_id or '?'}): the reaper requeues it; is a reaper running?")
+    silent = (
+        "no heartbeat"
+        if row.silent_seconds is None
+        else f"last heartbeat {row.silent_seconds:.0f} s ago"
+    )
+    return (
+        f"is processing with no live attempt ({silent}, timeout {timeout}, "
+        f"worker {row.worker_id or '?'}): the reaper requeues it; is a reaper running?"
+    )
 
 
 # check name -> what a row it finds means
 DATA_CHECKS: dict[str, Callable[[DoctorRow, str], str]] = {
     "processing_without_live_attempt": _processing,
     "retry_count_above_max": lambda row, _: (
-        f"has retry_count {row.retry_count} above max_retries {row.max_retries}"),
+        f"has retry_count {row.retry_count} above max_retries {row.max_retries}"
+    ),
     "failed_without_reason": lambda row, _: "is dead-lettered with no error message",
     "failed_session_without_failed_job": lambda row, _: "is failed, but none of its jobs is",
     "function_executable_by_public": lambda row, _: (
         f"function {row.function} is executable by PUBLIC: REVOKE EXECUTE ON FUNCTION "
-        f"{row.function} FROM PUBLIC (or run `mobvibe-queue migrate`)"),
+        f"{row.function} FROM PUBLIC (or run `mobvibe-queue migrate`)"
+    ),
 }
 CHECK_COUNT = len(DATA_CHECKS) + 2  # and the two migration checks
 
@@ -77,8 +87,9 @@ def diagnose(conn: psycopg.Connection[Any], heartbeat_timeout: float, limit: int
             report.findings.append(Finding(check, f"could not run: {db.first_line(exc)}"))
             continue
         for row in rows:
-            report.findings.append(_finding(check, row, describe(row, format_duration(
-                heartbeat_timeout))))
+            report.findings.append(
+                _finding(check, row, describe(row, format_duration(heartbeat_timeout)))
+            )
         if rows and rows[0].total > len(rows):
             report.not_shown[check] = rows[0].total - len(rows)
     return report
@@ -87,8 +98,11 @@ def diagnose(conn: psycopg.Connection[Any], heartbeat_timeout: float, limit: int
 def _finding(check: str, row: DoctorRow, what: str) -> Finding:
     job_id = None if row.job_id is None else str(row.job_id)
     session_id = None if row.session_id is None else str(row.session_id)
-    subject = f"job {job_id} (session {session_id})" if job_id else (
-        f"session {session_id}" if session_id else "")
+    subject = (
+        f"job {job_id} (session {session_id})"
+        if job_id
+        else (f"session {session_id}" if session_id else "")
+    )
     return Finding(check, f"{subject} {what}".strip(), job_id, session_id)
 
 
@@ -101,7 +115,11 @@ def _check_migrations(conn: psycopg.Connection[Any], report: Report) -> bool:
         except MigrationError as exc:
             report.findings.append(Finding("migration_drift", str(exc)))
     for migration in pending_migrations(conn):
-        report.findings.append(Finding(
-            "migration_not_applied", f"migration {migration.version:04d}_{migration.name} is "
-                                     "not applied: run `mobvibe-queue migrate`"))
+        report.findings.append(
+            Finding(
+                "migration_not_applied",
+                f"migration {migration.version:04d}_{migration.name} is "
+                "not applied: run `mobvibe-queue migrate`",
+            )
+        )
     return bool(applied)

@@ -17,9 +17,8 @@ from typing import Any
 
 import psycopg
 
-from mobvibe import metrics
+from mobvibe import clock, metrics
 from mobvibe.durations import format_duration
-from mobvibe import clock
 from mobvibe.errors import ConfigError
 from mobvibe.logs import event
 from mobvibe.sql import store
@@ -65,11 +64,14 @@ class ReaperSettings:
                 f"--heartbeat-timeout ({format_duration(self.heartbeat_timeout)}) must be larger "
                 f"than the workers' --heartbeat-interval ({format_duration(heartbeat_interval)}), "
                 f"or every running job is requeued; 3x ({format_duration(3 * heartbeat_interval)})"
-                " or more is safe")
+                " or more is safe"
+            )
         for name in ("batch_size", "prune_batch"):
             if not 1 <= getattr(self, name) <= BATCH_MAX:
-                raise ConfigError(f"--{name.replace('_', '-')} must be from 1 to {BATCH_MAX}, "
-                                  f"got {getattr(self, name)}")
+                raise ConfigError(
+                    f"--{name.replace('_', '-')} must be from 1 to {BATCH_MAX}, "
+                    f"got {getattr(self, name)}"
+                )
         if self.retain_completed < 0 or self.retain_failed < 0:
             raise ConfigError("--retain-completed and --retain-failed must be >= 0 (0 is off)")
         if not self.name:
@@ -97,9 +99,14 @@ class SweepResult:
         """The `--once` summary: requeued, dead_lettered, pruned, duration_ms, then details."""
         details = asdict(self)
         next_at = details.pop("next_retry_at")
-        return {"requeued": self.requeued, "dead_lettered": self.dead_lettered,
-                "pruned": self.pruned, "duration_ms": self.duration_ms, **details,
-                "next_retry_at": None if next_at is None else next_at.isoformat()}
+        return {
+            "requeued": self.requeued,
+            "dead_lettered": self.dead_lettered,
+            "pruned": self.pruned,
+            "duration_ms": self.duration_ms,
+            **details,
+            "next_retry_at": None if next_at is None else next_at.isoformat(),
+        }
 
 
 def run_once(conn: psycopg.Connection[Any], settings: ReaperSettings) -> SweepResult:
@@ -107,18 +114,25 @@ def run_once(conn: psycopg.Connection[Any], settings: ReaperSettings) -> SweepRe
     started = clock.monotonic()
     try:
         requeued, dead_lettered = reap_expired(conn, settings)
-        pruned_completed = prune(conn, "completed", settings.retain_completed,
-                                 settings.prune_batch)
+        pruned_completed = prune(conn, "completed", settings.retain_completed, settings.prune_batch)
         pruned_failed = prune(conn, "failed", settings.retain_failed, settings.prune_batch)
         waiting = store.waiting_retries(conn)
-        store.record_reaper_run(conn, settings.name, requeued, dead_lettered,
-                                pruned_completed + pruned_failed)
+        store.record_reaper_run(
+            conn, settings.name, requeued, dead_lettered, pruned_completed + pruned_failed
+        )
     except Exception:
         metrics.REAPER_SWEEPS.labels("error").inc()
         raise
     duration = clock.monotonic() - started
-    result = SweepResult(requeued, dead_lettered, pruned_completed, pruned_failed,
-                         round(duration * 1000, 1), waiting.count, waiting.next_at)
+    result = SweepResult(
+        requeued,
+        dead_lettered,
+        pruned_completed,
+        pruned_failed,
+        round(duration * 1000, 1),
+        waiting.count,
+        waiting.next_at,
+    )
     _observe(result, duration)
     return result
 
@@ -132,18 +146,32 @@ def reap_expired(conn: psycopg.Connection[Any], settings: ReaperSettings) -> tup
         for reaped in rows:
             if reaped.will_retry is None:
                 continue  # finished by its worker between our scan and our lock
-            fields = {"job_id": str(reaped.job_id), "session_id": str(reaped.session_id),
-                      "reason": "heartbeat_expired", "reaper": settings.name}
+            fields = {
+                "job_id": str(reaped.job_id),
+                "session_id": str(reaped.session_id),
+                "reason": "heartbeat_expired",
+                "reaper": settings.name,
+            }
             if reaped.will_retry:
                 requeued += 1
                 metrics.REAPER_REQUEUED.inc()
-                event(log, logging.WARNING, "job_requeued",
-                      "attempt requeued: heartbeat expired", **fields)
+                event(
+                    log,
+                    logging.WARNING,
+                    "job_requeued",
+                    "attempt requeued: heartbeat expired",
+                    **fields,
+                )
             else:
                 dead_lettered += 1
                 metrics.REAPER_DEAD_LETTERED.inc()
-                event(log, logging.ERROR, "job_dead_lettered",
-                      "attempts exhausted: heartbeat expired", **fields)
+                event(
+                    log,
+                    logging.ERROR,
+                    "job_dead_lettered",
+                    "attempts exhausted: heartbeat expired",
+                    **fields,
+                )
         # A short batch means nothing expired is left that another reaper is
         # not already handling (SKIP LOCKED hides the rows it holds).
         if len(rows) < settings.batch_size or all(r.will_retry is None for r in rows):
@@ -170,6 +198,11 @@ def _observe(result: SweepResult, duration: float) -> None:
     metrics.REAPER_LAST_SUCCESS.set(clock.wall())
     busy = result.requeued or result.dead_lettered or result.pruned
     # An idle sweep every few seconds is noise at info level.
-    event(log, logging.INFO if busy else logging.DEBUG, "reaper_swept",
-          f"sweep done: {result.requeued} requeued, {result.dead_lettered} dead-lettered, "
-          f"{result.pruned} pruned", **result.as_dict())
+    event(
+        log,
+        logging.INFO if busy else logging.DEBUG,
+        "reaper_swept",
+        f"sweep done: {result.requeued} requeued, {result.dead_lettered} dead-lettered, "
+        f"{result.pruned} pruned",
+        **result.as_dict(),
+    )

@@ -19,8 +19,12 @@ _SSLMODES = {"disable", "allow", "prefer", "require", "verify-ca", "verify-full"
 CONNECT_TIMEOUT_DEFAULT = 5
 # A dead peer must be noticed well within the heartbeat timeout, not after
 # the kernel's default of two hours.
-_KEEPALIVES = {"keepalives": "1", "keepalives_idle": "10", "keepalives_interval": "5",
-               "keepalives_count": "3"}
+_KEEPALIVES = {
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "3",
+}
 
 
 def validate_url(url: str) -> str:
@@ -32,22 +36,28 @@ def validate_url(url: str) -> str:
         raise ConfigError("DATABASE_URL is empty: set it to postgresql://user@host:5432/dbname")
     if "://" in url and not url.startswith(_SCHEMES):
         scheme = url.split("://", 1)[0]
-        raise ConfigError(f"DATABASE_URL is not a PostgreSQL URL: unsupported scheme {scheme!r} "
-                          "(use postgresql://)")
+        raise ConfigError(
+            f"DATABASE_URL is not a PostgreSQL URL: unsupported scheme {scheme!r} "
+            "(use postgresql://)"
+        )
     try:
         params = conninfo.conninfo_to_dict(url)
     except psycopg.ProgrammingError as exc:
-        raise ConfigError("DATABASE_URL is not a valid PostgreSQL URL: "
-                          f"{first_line(exc, redact=True)}") \
-            from None
+        raise ConfigError(
+            f"DATABASE_URL is not a valid PostgreSQL URL: {first_line(exc, redact=True)}"
+        ) from None
     port = str(params.get("port", "5432"))
     if not all(p.isdigit() and 0 < int(p) < 65536 for p in port.split(",")):
         # Not echoed: in postgresql://user:pa/ss@host the parser takes "pa" for the port.
-        raise ConfigError("DATABASE_URL is not a valid PostgreSQL URL: invalid port (a number from "
-                          "1 to 65535; percent-encode any / ? # @ in the password)")
+        raise ConfigError(
+            "DATABASE_URL is not a valid PostgreSQL URL: invalid port (a number from "
+            "1 to 65535; percent-encode any / ? # @ in the password)"
+        )
     sslmode = params.get("sslmode")
     if sslmode is not None and sslmode not in _SSLMODES:
-        raise ConfigError(f"DATABASE_URL is not a valid PostgreSQL URL: invalid sslmode {sslmode!r}")
+        raise ConfigError(
+            f"DATABASE_URL is not a valid PostgreSQL URL: invalid sslmode {sslmode!r}"
+        )
     return url
 
 
@@ -58,16 +68,22 @@ def first_line(exc: BaseException, *, redact: bool = False) -> str:
     return re.sub(r'"[^"]*"', '"..."', text) if redact else text
 
 
-def connect(url: str, *, autocommit: bool = True, application_name: str = "mobvibe",
-            **kwargs: Any) -> psycopg.Connection[Any]:
+def connect(
+    url: str, *, autocommit: bool = True, application_name: str = "mobvibe", **kwargs: Any
+) -> psycopg.Connection[Any]:
     """Open one connection, autocommit by default; DatabaseUnavailableError if it cannot."""
-    options = {"connect_timeout": CONNECT_TIMEOUT_DEFAULT, "application_name": application_name,
-               **_keepalives_for(url), **kwargs}
+    options = {
+        "connect_timeout": CONNECT_TIMEOUT_DEFAULT,
+        "application_name": application_name,
+        **_keepalives_for(url),
+        **kwargs,
+    }
     try:
         return psycopg.connect(url, autocommit=autocommit, **options)
     except psycopg.OperationalError as exc:
-        raise DatabaseUnavailableError(f"cannot connect to the database: {first_line(exc)}") \
-            from None
+        raise DatabaseUnavailableError(
+            f"cannot connect to the database: {first_line(exc)}"
+        ) from None
 
 
 def _keepalives_for(url: str) -> dict[str, str]:
@@ -101,14 +117,16 @@ def embedded_url() -> str:
             warnings.simplefilter("ignore")
             import pgserver  # noqa: PLC0415 - only local runs without DATABASE_URL need it
     except ImportError:
-        raise ConfigError("DATABASE_URL is not set and the embedded PostgreSQL is not installed: "
-                          "set DATABASE_URL, or pip install 'mobvibe-supervisor[embedded]'") \
-            from None
+        raise ConfigError(
+            "DATABASE_URL is not set and the embedded PostgreSQL is not installed: "
+            "set DATABASE_URL, or pip install 'mobvibe-supervisor[embedded]'"
+        ) from None
     directory = embedded_dir()
     directory.mkdir(parents=True, exist_ok=True)
     try:
-        server = pgserver.get_server(directory, cleanup_mode="stop")
+        server = pgserver.get_server(directory, cleanup_mode="stop")  # type: ignore[attr-defined]
     except Exception as exc:  # noqa: BLE001 - pgserver raises plain exceptions
-        raise DatabaseUnavailableError(f"cannot start the embedded PostgreSQL in {directory}: "
-                                       f"{first_line(exc)}") from None
+        raise DatabaseUnavailableError(
+            f"cannot start the embedded PostgreSQL in {directory}: {first_line(exc)}"
+        ) from None
     return str(server.get_uri())

@@ -33,7 +33,8 @@ def queries() -> dict[str, LiteralString]:
     parts = _QUERY_HEADER.split(text)
     # The SQL comes from our own package file, never from input: it is as
     # trusted as a string literal in the code.
-    return {name: cast(LiteralString, body.strip()) for name, body in zip(parts[1::2], parts[2::2])}
+    pairs = zip(parts[1::2], parts[2::2], strict=True)
+    return {name: cast(LiteralString, body.strip()) for name, body in pairs}
 
 
 def query(name: str) -> LiteralString:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from mobvibe.errors import InvalidJobError
 
@@ -49,10 +48,13 @@ class NewJob:
         """This job with checked fields; InvalidJobError names the first bad one."""
         return NewJob(
             prompt=validate_prompt(self.prompt),
-            session_id=None if self.session_id is None else parse_uuid(self.session_id, "session id"),
+            session_id=None
+            if self.session_id is None
+            else parse_uuid(self.session_id, "session id"),
             priority=_int_in_range("priority", self.priority, PRIORITY_MIN, PRIORITY_MAX),
-            max_retries=_int_in_range("max_retries", self.max_retries, MAX_RETRIES_MIN,
-                                      MAX_RETRIES_MAX),
+            max_retries=_int_in_range(
+                "max_retries", self.max_retries, MAX_RETRIES_MIN, MAX_RETRIES_MAX
+            ),
             run_at=_aware(self.run_at),
             delay=_delay(self.delay),
         )
@@ -66,13 +68,15 @@ def validate_prompt(prompt: object) -> str:
         raise InvalidJobError("prompt is empty: a job needs a prompt")
     nul = prompt.find("\x00")
     if nul >= 0:
-        raise InvalidJobError(f"prompt contains a NUL character at position {nul}; "
-                              "PostgreSQL text cannot store it")
+        raise InvalidJobError(
+            f"prompt contains a NUL character at position {nul}; PostgreSQL text cannot store it"
+        )
     try:
         size = len(prompt.encode("utf-8"))
     except UnicodeEncodeError as exc:
-        raise InvalidJobError(f"prompt is not valid UTF-8 (lone surrogate at position "
-                              f"{exc.start})") from None
+        raise InvalidJobError(
+            f"prompt is not valid UTF-8 (lone surrogate at position {exc.start})"
+        ) from None
     if size > PROMPT_MAX_BYTES:
         raise InvalidJobError(f"prompt is {size} bytes; the limit is {PROMPT_MAX_BYTES} (1 MiB)")
     return prompt

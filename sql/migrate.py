@@ -60,11 +60,15 @@ def check_drift(applied: dict[int, tuple[str, str]]) -> None:
     for version, (name, checksum) in sorted(applied.items()):
         migration = shipped.get(version)
         if migration is None:
-            raise MigrationError(f"the database has migration {version:04d}_{name}, which this "
-                                 "version does not ship: upgrade mobvibe-supervisor")
+            raise MigrationError(
+                f"the database has migration {version:04d}_{name}, which this "
+                "version does not ship: upgrade mobvibe-supervisor"
+            )
         if migration.checksum != checksum:
-            raise MigrationError(f"migration {version:04d}_{name} was changed after it was "
-                                 "applied: restore the file, and put the change in a new migration")
+            raise MigrationError(
+                f"migration {version:04d}_{name} was changed after it was "
+                "applied: restore the file, and put the change in a new migration"
+            )
 
 
 def pending_migrations(conn: psycopg.Connection[Any]) -> list[Migration]:
@@ -74,7 +78,13 @@ def pending_migrations(conn: psycopg.Connection[Any]) -> list[Migration]:
 
 
 def _apply(conn: psycopg.Connection[Any], migration: Migration) -> None:
-    store.apply_migration(conn, migration.version, migration.name, migration.checksum,
-                          migration.sql)
-    log.info("migration applied", extra={"event": "migration_applied",
-                                         "migration": f"{migration.version:04d}_{migration.name}"})
+    store.apply_migration(
+        conn, migration.version, migration.name, migration.checksum, migration.sql
+    )
+    log.info(
+        "migration applied",
+        extra={
+            "event": "migration_applied",
+            "migration": f"{migration.version:04d}_{migration.name}",
+        },
+    )

@@ -12,8 +12,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from mobvibe.sql import db
 from mobvibe.errors import DatabaseUnavailableError
+from mobvibe.sql import db
 
 log = logging.getLogger(__name__)
 CHANNELS = ("new_job", "job_status_changed")
@@ -71,8 +71,10 @@ class Listener:
                 listen(self.conn, self.channels)
             except (DatabaseUnavailableError, psycopg.OperationalError) as exc:
                 self.conn = None
-                log.warning("listener cannot connect", extra={"event": "listener_reconnect_failed",
-                                                              "error": str(exc)})
+                log.warning(
+                    "listener cannot connect",
+                    extra={"event": "listener_reconnect_failed", "error": str(exc)},
+                )
                 time.sleep(delay)
                 delay = min(delay * 2, RECONNECT_DELAY_MAX)
         return self.conn
@@ -82,8 +84,11 @@ class Listener:
         idle_since = time.monotonic()
         while timeout is None or time.monotonic() - idle_since < timeout:
             conn = self._connection()
-            wait = ping if timeout is None else min(ping, max(0.0, timeout - (time.monotonic()
-                                                                                  - idle_since)))
+            wait = (
+                ping
+                if timeout is None
+                else min(ping, max(0.0, timeout - (time.monotonic() - idle_since)))
+            )
             try:
                 for note in conn.notifies(timeout=wait):
                     idle_since = time.monotonic()

@@ -87,8 +87,10 @@ class QueueStats:
     def as_dict(self) -> dict[str, Any]:
         age = self.oldest_pending_age
         return {
-            "pending_count": self.pending_count, "processing_count": self.processing_count,
-            "completed_count": self.completed_count, "failed_count": self.failed_count,
+            "pending_count": self.pending_count,
+            "processing_count": self.processing_count,
+            "completed_count": self.completed_count,
+            "failed_count": self.failed_count,
             "oldest_pending_age_seconds": None if age is None else age.total_seconds(),
             "waiting_retry_count": self.waiting_retry_count,
             "next_run_at": None if self.next_run_at is None else self.next_run_at.isoformat(),
@@ -183,39 +185,48 @@ def claim(conn: Conn, worker_id: str | None) -> Job | None:
 
 def complete(conn: Conn, job_id: uuid.UUID, lease_token: uuid.UUID | None) -> bool:
     """Complete the job (with its lease, or as an operator with None); False: nothing changed."""
-    row = conn.execute(query("complete_job"), {"job_id": job_id,
-                                               "lease_token": lease_token}).fetchone()
+    row = conn.execute(
+        query("complete_job"), {"job_id": job_id, "lease_token": lease_token}
+    ).fetchone()
     return bool(row and row[0])
 
 
-def complete_and_claim(conn: Conn, job_id: uuid.UUID, lease_token: uuid.UUID,
-                       worker_id: str) -> Chained:
+def complete_and_claim(
+    conn: Conn, job_id: uuid.UUID, lease_token: uuid.UUID, worker_id: str
+) -> Chained:
     """Complete a job and claim the next in one round trip and one commit."""
-    row = conn.execute(query("complete_and_claim"), {"job_id": job_id, "lease_token": lease_token,
-                                                     "worker_id": worker_id}).fetchone()
+    row = conn.execute(
+        query("complete_and_claim"),
+        {"job_id": job_id, "lease_token": lease_token, "worker_id": worker_id},
+    ).fetchone()
     assert row is not None  # the function always returns one row
     return Chained(bool(row[0]), None if row[1] is None else Job(*row[1:]))
 
 
-def fail(conn: Conn, job_id: uuid.UUID, error: str, lease_token: uuid.UUID | None,
-         reason: str = "error") -> bool | None:
+def fail(
+    conn: Conn, job_id: uuid.UUID, error: str, lease_token: uuid.UUID | None, reason: str = "error"
+) -> bool | None:
     """Record a failed attempt: True will retry, False dead-lettered, None nothing changed."""
-    row = conn.execute(query("fail_job"), {"job_id": job_id, "lease_token": lease_token,
-                                           "error": error, "reason": reason}).fetchone()
+    row = conn.execute(
+        query("fail_job"),
+        {"job_id": job_id, "lease_token": lease_token, "error": error, "reason": reason},
+    ).fetchone()
     return None if row is None or row[0] is None else bool(row[0])
 
 
 def heartbeat(conn: Conn, job_id: uuid.UUID, lease_token: uuid.UUID) -> bool:
     """Renew the attempt's lease; False: the lease is lost."""
-    row = conn.execute(query("heartbeat"), {"job_id": job_id,
-                                            "lease_token": lease_token}).fetchone()
+    row = conn.execute(
+        query("heartbeat"), {"job_id": job_id, "lease_token": lease_token}
+    ).fetchone()
     return bool(row and row[0])
 
 
 def release(conn: Conn, job_id: uuid.UUID, lease_token: uuid.UUID, reason: str) -> bool:
     """Give an unfinished attempt back, not counted as a failure; False: the lease is lost."""
-    row = conn.execute(query("release_job"), {"job_id": job_id, "lease_token": lease_token,
-                                              "reason": reason}).fetchone()
+    row = conn.execute(
+        query("release_job"), {"job_id": job_id, "lease_token": lease_token, "reason": reason}
+    ).fetchone()
     return bool(row and row[0])
 
 
@@ -247,26 +258,38 @@ def create_sessions(conn: Conn, session_ids: Sequence[uuid.UUID]) -> None:
 
 def enqueue(conn: Conn, job: NewJob) -> uuid.UUID:
     """Insert one validated job of an existing session; its id."""
-    row = conn.execute(query("enqueue_job"), {
-        "session_id": job.session_id, "prompt": job.prompt, "priority": job.priority,
-        "max_retries": job.max_retries, "run_at": job.run_at, "delay": job.delay}).fetchone()
+    row = conn.execute(
+        query("enqueue_job"),
+        {
+            "session_id": job.session_id,
+            "prompt": job.prompt,
+            "priority": job.priority,
+            "max_retries": job.max_retries,
+            "run_at": job.run_at,
+            "delay": job.delay,
+        },
+    ).fetchone()
     assert row is not None
     return row[0]  # type: ignore[no-any-return]
 
 
-def enqueue_many(conn: Conn, jobs: Sequence[NewJob],
-                 session_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
+def enqueue_many(
+    conn: Conn, jobs: Sequence[NewJob], session_ids: Sequence[uuid.UUID]
+) -> list[uuid.UUID]:
     """Insert validated jobs in one statement (job i in session i); their ids, in order."""
     # Binary arrays: psycopg's text array dumper escapes every element in
     # Python, which was a third of the client's time per job.
-    cur = conn.execute(query("enqueue_jobs"), {
-        "session_ids": list(session_ids),
-        "prompts": [job.prompt for job in jobs],
-        "priorities": [job.priority for job in jobs],
-        "max_retries": [job.max_retries for job in jobs],
-        "run_ats": [job.run_at for job in jobs],
-        "delays": [float(job.delay) for job in jobs],
-    })
+    cur = conn.execute(
+        query("enqueue_jobs"),
+        {
+            "session_ids": list(session_ids),
+            "prompts": [job.prompt for job in jobs],
+            "priorities": [job.priority for job in jobs],
+            "max_retries": [job.max_retries for job in jobs],
+            "run_ats": [job.run_at for job in jobs],
+            "delays": [float(job.delay) for job in jobs],
+        },
+    )
     return [row[0] for row in cur.fetchall()]
 
 
@@ -328,23 +351,28 @@ def delete_failed(conn: Conn, ids: Sequence[uuid.UUID]) -> int:
 
 def reap_expired(conn: Conn, timeout: timedelta, batch_size: int) -> list[Reaped]:
     """Fail up to `batch_size` attempts silent for longer than `timeout`."""
-    rows = conn.execute(query("reap_expired"), {"timeout": timeout,
-                                                "batch_size": batch_size}).fetchall()
+    rows = conn.execute(
+        query("reap_expired"), {"timeout": timeout, "batch_size": batch_size}
+    ).fetchall()
     return [Reaped(*row) for row in rows]
 
 
 def prune(conn: Conn, status: str, older_than: timedelta, batch_size: int) -> int:
     """Delete up to `batch_size` `status` jobs finished before now - older_than; how many."""
-    row = conn.execute(query("prune"), {"status": status, "older_than": older_than,
-                                        "batch_size": batch_size}).fetchone()
+    row = conn.execute(
+        query("prune"), {"status": status, "older_than": older_than, "batch_size": batch_size}
+    ).fetchone()
     return int(row[0]) if row else 0
 
 
-def record_reaper_run(conn: Conn, reaper: str, requeued: int, dead_lettered: int,
-                      pruned: int) -> None:
+def record_reaper_run(
+    conn: Conn, reaper: str, requeued: int, dead_lettered: int, pruned: int
+) -> None:
     """Record a finished sweep of `reaper` (and forget reapers not seen for a week)."""
-    conn.execute(query("record_reaper_run"), {"reaper": reaper, "requeued": requeued,
-                                              "dead_lettered": dead_lettered, "pruned": pruned})
+    conn.execute(
+        query("record_reaper_run"),
+        {"reaper": reaper, "requeued": requeued, "dead_lettered": dead_lettered, "pruned": pruned},
+    )
 
 
 def last_reaper_sweep(conn: Conn) -> float | None:
@@ -360,8 +388,9 @@ def queue_config(conn: Conn) -> QueueConfig:
     return QueueConfig(float(row[0]), float(row[1]), float(row[2]))
 
 
-def set_queue_config(conn: Conn, base: float | None, cap: float | None,
-                     jitter: float | None) -> None:
+def set_queue_config(
+    conn: Conn, base: float | None, cap: float | None, jitter: float | None
+) -> None:
     """Change the given parts of the retry schedule (None: unchanged)."""
     conn.execute(query("set_queue_config"), {"base": base, "cap": cap, "jitter": jitter})
 
@@ -369,8 +398,7 @@ def set_queue_config(conn: Conn, base: float | None, cap: float | None,
 def doctor_check(conn: Conn, name: str, timeout: timedelta, limit: int) -> list[DoctorRow]:
     """The rows doctor check `name` finds, at most `limit`."""
     with conn.cursor(row_factory=class_row(DoctorRow)) as cur:
-        return cur.execute(query(f"doctor_{name}"), {"timeout": timeout,
-                                                     "limit": limit}).fetchall()
+        return cur.execute(query(f"doctor_{name}"), {"timeout": timeout, "limit": limit}).fetchall()
 
 
 # -- migrations ---------------------------------------------------------------------------
@@ -405,5 +433,6 @@ def apply_migration(conn: Conn, version: int, name: str, checksum: str, script: 
     with conn.transaction():
         conn.execute(query("migration_lock_timeout"))
         conn.execute(script.encode())  # a file of several statements, shipped with the package
-        conn.execute(query("record_migration"), {"version": version, "name": name,
-                                                 "checksum": checksum})
+        conn.execute(
+            query("record_migration"), {"version": version, "name": name, "checksum": checksum}
+        )

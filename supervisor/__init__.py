@@ -1,1 +1,1 @@
-"""The process model: a parent that forks, watches and replaces worker processes that claim and run jobs."""
+"""The process model: a parent that forks, watches and replaces the workers that run jobs."""

@@ -16,12 +16,10 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from mobvibe import metrics
-from mobvibe.supervisor import children
-
-from mobvibe import clock
-from mobvibe.supervisor.children import Exit
+from mobvibe import clock, metrics
 from mobvibe.logs import event
+from mobvibe.supervisor import children
+from mobvibe.supervisor.children import Exit
 from mobvibe.supervisor.rescue import Rescuer
 from mobvibe.supervisor.settings import Settings
 from mobvibe.supervisor.slots import Slots
@@ -48,8 +46,12 @@ class Child:
 class Arbiter:
     """Keeps `settings.workers` workers (and the reaper and HTTP children) running."""
 
-    def __init__(self, settings: Settings, worker_main: Callable[[int, Slots], int],
-                 aux: dict[str, Callable[[Slots], int]]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        worker_main: Callable[[int, Slots], int],
+        aux: dict[str, Callable[[Slots], int]],
+    ) -> None:
         self.settings = settings
         self.worker_main = worker_main
         self.aux = aux
@@ -81,8 +83,13 @@ class Arbiter:
         self._install_signals()
         for name in self.aux:
             self.spawn_aux(name)
-        event(log, logging.INFO, "supervisor_started", "supervisor started",
-              workers=self.settings.workers)
+        event(
+            log,
+            logging.INFO,
+            "supervisor_started",
+            "supervisor started",
+            workers=self.settings.workers,
+        )
         while True:
             self.manage_workers()
             self.slots.tick(clock.monotonic(), self.workers_alive())
@@ -93,8 +100,9 @@ class Arbiter:
             self.check_drain()
             if self.stopping and not self.children:
                 break
-        event(log, logging.INFO, "supervisor_stopped", "supervisor stopped",
-              exit_code=self.exit_code)
+        event(
+            log, logging.INFO, "supervisor_stopped", "supervisor stopped", exit_code=self.exit_code
+        )
         return self.exit_code
 
     def _install_signals(self) -> None:
@@ -146,16 +154,24 @@ class Arbiter:
         metrics.WORKERS_ALIVE.set(self.workers_alive())
 
     def spawn_worker(self, index: int) -> None:
-        pid = children.fork(lambda: self.worker_main(index, self.slots), 1 + index,
-                            (self._pipe_r, self._pipe_w))
+        pid = children.fork(
+            lambda: self.worker_main(index, self.slots), 1 + index, (self._pipe_r, self._pipe_w)
+        )
         self.children[pid] = Child(pid, "worker", index)
-        event(log, logging.INFO, "worker_spawned", "worker started", worker_index=index,
-              worker_pid=pid)
+        event(
+            log,
+            logging.INFO,
+            "worker_spawned",
+            "worker started",
+            worker_index=index,
+            worker_pid=pid,
+        )
 
     def spawn_aux(self, name: str) -> None:
         target = self.aux[name]
-        pid = children.fork(lambda: target(self.slots), self.aux_rows[name],
-                            (self._pipe_r, self._pipe_w))
+        pid = children.fork(
+            lambda: target(self.slots), self.aux_rows[name], (self._pipe_r, self._pipe_w)
+        )
         self.children[pid] = Child(pid, name)
 
     def reap(self) -> None:
@@ -178,16 +194,23 @@ class Arbiter:
         cause = self._exit_cause(child, how)
         holding = self.slots.holding(child.index)
         self.slots.clear(child.index)
-        event(log, logging.INFO if cause in ("clean", "recycled") else logging.WARNING,
-              "worker_exited", f"worker exited: {how.describe}", worker_index=child.index,
-              worker_pid=child.pid, cause=cause, holding=str(holding.job_id) if holding else None)
+        event(
+            log,
+            logging.INFO if cause in ("clean", "recycled") else logging.WARNING,
+            "worker_exited",
+            f"worker exited: {how.describe}",
+            worker_index=child.index,
+            worker_pid=child.pid,
+            cause=cause,
+            holding=str(holding.job_id) if holding else None,
+        )
         if holding is not None and how.code != EXIT_LEASE_LOST:
-            reason = child.killed_for or ("heartbeat_expired" if how.code == EXIT_FENCED
-                                          else "worker_exited")
+            reason = child.killed_for or (
+                "heartbeat_expired" if how.code == EXIT_FENCED else "worker_exited"
+            )
             self.rescuer.rescue(holding, reason, self._rescue_message(child, how))
         if cause in ("signal", "error"):
-            self.rescuer.release_unstarted(self.settings.worker_id(child.index, child.pid),
-                                           holding)
+            self.rescuer.release_unstarted(self.settings.worker_id(child.index, child.pid), holding)
         self._schedule_restart(child, cause, holding.job_id if holding else None)
 
     def _exit_cause(self, child: Child, how: Exit) -> str:
@@ -242,10 +265,14 @@ class Arbiter:
         while self.crashes and now - self.crashes[0] > window:
             self.crashes.popleft()
         if len(self.crashes) >= self.settings.crash_loop_limit:
-            event(log, logging.CRITICAL, "crash_loop",
-                  f"{len(self.crashes)} worker crashes within "
-                  f"{self.settings.crash_loop_window:g} s: stopping the supervisor so that "
-                  "its orchestrator restarts it")
+            event(
+                log,
+                logging.CRITICAL,
+                "crash_loop",
+                f"{len(self.crashes)} worker crashes within "
+                f"{self.settings.crash_loop_window:g} s: stopping the supervisor so that "
+                "its orchestrator restarts it",
+            )
             self.exit_code = EXIT_CRASH_LOOP
             self.stop(graceful=False, reason="crash loop")
 
@@ -255,10 +282,17 @@ class Arbiter:
         # A child that ran for a while starts again at once; one that keeps
         # failing at start waits longer each time (up to a minute).
         now = clock.monotonic()
-        delay = 0.0 if now - child.started > 60 else min(60.0, 2 * self.aux_delay.get(child.kind, 0.5))
+        delay = (
+            0.0 if now - child.started > 60 else min(60.0, 2 * self.aux_delay.get(child.kind, 0.5))
+        )
         self.aux_delay[child.kind] = delay
-        event(log, logging.WARNING, "child_exited", f"{child.kind} exited: {how.describe}; "
-              f"starting it again in {delay:g} s", child=child.kind)
+        event(
+            log,
+            logging.WARNING,
+            "child_exited",
+            f"{child.kind} exited: {how.describe}; starting it again in {delay:g} s",
+            child=child.kind,
+        )
         self.aux_restart_at[child.kind] = now + delay
 
     # -- deadlines and fencing ---------------------------------------------------
@@ -275,8 +309,10 @@ class Arbiter:
             grace = 5.0 + 2.0 if self.settings.exec_cmd else 0.0
             if timeout and now - holding.started > timeout + grace:
                 self.kill(child, "deadline_exceeded")
-            elif now - holding.heartbeat_ok > self.settings.fence_after + \
-                    self.settings.heartbeat_interval:
+            elif (
+                now - holding.heartbeat_ok
+                > self.settings.fence_after + self.settings.heartbeat_interval
+            ):
                 self.kill(child, "heartbeat_expired")
         if self.release_at is not None and now >= self.release_at:
             self.release_at = None
@@ -290,8 +326,14 @@ class Arbiter:
 
     def kill(self, child: Child, reason: str) -> None:
         child.killed_for = reason
-        event(log, logging.WARNING, "worker_killed", f"killing worker: {reason}",
-              worker_index=child.index, worker_pid=child.pid)
+        event(
+            log,
+            logging.WARNING,
+            "worker_killed",
+            f"killing worker: {reason}",
+            worker_index=child.index,
+            worker_pid=child.pid,
+        )
         self.signal(child, signal.SIGKILL)
 
     def signal(self, child: Child, sig: int) -> None:
@@ -334,8 +376,14 @@ class Arbiter:
         """
         now = clock.monotonic()
         if not self.stopping:
-            event(log, logging.INFO, "shutdown_started", f"stopping ({reason})",
-                  graceful=graceful, timeout=self.settings.shutdown_timeout)
+            event(
+                log,
+                logging.INFO,
+                "shutdown_started",
+                f"stopping ({reason})",
+                graceful=graceful,
+                timeout=self.settings.shutdown_timeout,
+            )
             self.stopping = True
             for child in list(self.children.values()):
                 self.signal(child, signal.SIGTERM)

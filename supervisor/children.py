@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -62,19 +63,23 @@ def fork(target: Callable[[], int], metrics_row: int, close_fds: tuple[int, ...]
         # os._exit: the parent's atexit handlers (and its embedded PostgreSQL)
         # are not ours to run.
         os._exit(code)
-    return 0  # unreachable
 
 
 def _child_setup(close_fds: tuple[int, ...]) -> None:
     signal.set_wakeup_fd(-1)
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2,
-                signal.SIGCHLD, signal.SIGQUIT):
+    for sig in (
+        signal.SIGTERM,
+        signal.SIGINT,
+        signal.SIGHUP,
+        signal.SIGUSR1,
+        signal.SIGUSR2,
+        signal.SIGCHLD,
+        signal.SIGQUIT,
+    ):
         signal.signal(sig, signal.SIG_DFL)
     for fd in close_fds:
-        try:
+        with contextlib.suppress(OSError):
             os.close(fd)
-        except OSError:
-            pass
     _die_with_parent(signal.SIGUSR1)
 
 

@@ -8,22 +8,27 @@ from typing import Any
 
 import psycopg
 
-from mobvibe import metrics
-from mobvibe import clock
-
-from mobvibe.sql import db, store
+from mobvibe import clock, metrics
 from mobvibe.errors import DatabaseUnavailableError
-from mobvibe.supervisor.handlers import Outcome
-from mobvibe.sql.jobs import Job
 from mobvibe.logs import event
+from mobvibe.sql import db, store
+from mobvibe.sql.jobs import Job
+from mobvibe.supervisor.handlers import Outcome
 
 log = logging.getLogger(__name__)
 Connect = Callable[[], psycopg.Connection[Any]]
 FIRST_RETRY = 0.1
 
 
-def finish_job(connect: Connect, worker_id: str, job: Job, outcome: Outcome, duration: float,
-               chain: bool, retry_for: float) -> Job | None:
+def finish_job(
+    connect: Connect,
+    worker_id: str,
+    job: Job,
+    outcome: Outcome,
+    duration: float,
+    chain: bool,
+    retry_for: float,
+) -> Job | None:
     """Record how `job` ended; with `chain` (a completion) also claim the next job.
 
     A connection lost on the way is retried with the same fenced statement,
@@ -35,23 +40,39 @@ def finish_job(connect: Connect, worker_id: str, job: Job, outcome: Outcome, dur
     while True:
         try:
             return _finish_once(connect(), worker_id, job, outcome, duration, chain)
-        except (psycopg.OperationalError, psycopg.InterfaceError,
-                DatabaseUnavailableError) as exc:
+        except (psycopg.OperationalError, psycopg.InterfaceError, DatabaseUnavailableError) as exc:
             if delay == FIRST_RETRY:
-                event(log, logging.WARNING, "finish_retrying",
-                      "database connection lost while finishing a job; retrying",
-                      worker=worker_id, job_id=str(job.id), error=db.first_line(exc))
+                event(
+                    log,
+                    logging.WARNING,
+                    "finish_retrying",
+                    "database connection lost while finishing a job; retrying",
+                    worker=worker_id,
+                    job_id=str(job.id),
+                    error=db.first_line(exc),
+                )
             if clock.monotonic() + delay > deadline:
                 raise
             clock.sleep(delay)
             delay = min(delay * 2, 2.0)
 
 
-def _finish_once(conn: psycopg.Connection[Any], worker_id: str, job: Job, outcome: Outcome,
-                 duration: float, chain: bool) -> Job | None:
+def _finish_once(
+    conn: psycopg.Connection[Any],
+    worker_id: str,
+    job: Job,
+    outcome: Outcome,
+    duration: float,
+    chain: bool,
+) -> Job | None:
     metrics.JOB_DURATION.observe(duration)
-    fields = {"worker": worker_id, "job_id": str(job.id), "session_id": str(job.session_id),
-              "attempt": job.attempt, "duration_ms": round(duration * 1000, 1)}
+    fields = {
+        "worker": worker_id,
+        "job_id": str(job.id),
+        "session_id": str(job.session_id),
+        "attempt": job.attempt,
+        "duration_ms": round(duration * 1000, 1),
+    }
     if outcome.reason == "lease_lost":
         _lease_lost(fields)
         return None
@@ -68,8 +89,9 @@ def _finish_once(conn: psycopg.Connection[Any], worker_id: str, job: Job, outcom
     return None
 
 
-def _complete(conn: psycopg.Connection[Any], worker_id: str, job: Job, chain: bool,
-              fields: dict[str, Any]) -> Job | None:
+def _complete(
+    conn: psycopg.Connection[Any], worker_id: str, job: Job, chain: bool, fields: dict[str, Any]
+) -> Job | None:
     if chain:
         chained = store.complete_and_claim(conn, job.id, job.lease_token, worker_id)
         completed, next_job = chained.completed, chained.next_job
@@ -84,9 +106,16 @@ def _complete(conn: psycopg.Connection[Any], worker_id: str, job: Job, chain: bo
     return next_job
 
 
-def record_failure(conn: psycopg.Connection[Any], job_id: Any, lease_token: Any, error: str,
-                   reason: str, fields: dict[str, Any], *,
-                   by_holder: bool = True) -> bool | None:
+def record_failure(
+    conn: psycopg.Connection[Any],
+    job_id: Any,
+    lease_token: Any,
+    error: str,
+    reason: str,
+    fields: dict[str, Any],
+    *,
+    by_holder: bool = True,
+) -> bool | None:
     """fail_job with the lease; counts and logs the retry or dead letter. None: lease lost.
 
     `by_holder` False: the supervisor fails a dead worker's attempt, which may
@@ -97,24 +126,46 @@ def record_failure(conn: psycopg.Connection[Any], job_id: Any, lease_token: Any,
         if by_holder:
             _lease_lost(fields)
         else:
-            event(log, logging.INFO, "rescue_not_needed",
-                  "the dead worker's attempt had already ended", **fields)
+            event(
+                log,
+                logging.INFO,
+                "rescue_not_needed",
+                "the dead worker's attempt had already ended",
+                **fields,
+            )
         return None
     metrics.JOBS_FAILED.inc()
     metrics.ATTEMPTS_ENDED.inc(label=reason)
     if will_retry:
         metrics.JOBS_RETRIED.inc()
-        event(log, logging.WARNING, "job_retry_scheduled", f"attempt failed: {error}",
-              reason=reason, **fields)
+        event(
+            log,
+            logging.WARNING,
+            "job_retry_scheduled",
+            f"attempt failed: {error}",
+            reason=reason,
+            **fields,
+        )
     else:
         metrics.JOBS_DEAD_LETTERED.inc()
-        event(log, logging.ERROR, "job_dead_lettered", f"attempts exhausted: {error}",
-              reason=reason, **fields)
+        event(
+            log,
+            logging.ERROR,
+            "job_dead_lettered",
+            f"attempts exhausted: {error}",
+            reason=reason,
+            **fields,
+        )
     return bool(will_retry)
 
 
 def _lease_lost(fields: dict[str, Any]) -> None:
     metrics.LEASES_LOST.inc()
     metrics.ENDED["lease_lost"].inc()
-    event(log, logging.WARNING, "lease_lost", "the job's lease was taken away; result dropped",
-          **fields)
+    event(
+        log,
+        logging.WARNING,
+        "lease_lost",
+        "the job's lease was taken away; result dropped",
+        **fields,
+    )

@@ -59,12 +59,24 @@ class ExecHandler(Handler):
         self._lock = threading.RLock()
 
     def run(self, job: Job, deadline: float | None) -> Outcome:
-        env = {**os.environ, "JOB_ID": str(job.id), "SESSION_ID": str(job.session_id),
-               "ATTEMPT": str(job.attempt), "RETRY_COUNT": str(job.retry_count),
-               "PRIORITY": str(job.priority)}
+        env = {
+            **os.environ,
+            "JOB_ID": str(job.id),
+            "SESSION_ID": str(job.session_id),
+            "ATTEMPT": str(job.attempt),
+            "RETRY_COUNT": str(job.retry_count),
+            "PRIORITY": str(job.priority),
+        }
         # Its own process group, so that a timeout kills the command's children too.
-        proc = subprocess.Popen(self.command, shell=True, stdin=subprocess.PIPE,  # noqa: S602
-                                stderr=subprocess.PIPE, env=env, start_new_session=True)
+        # The operator's command line, run as `sh -c` on purpose.
+        proc = subprocess.Popen(  # noqa: S602
+            self.command,
+            shell=True,
+            stdin=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            start_new_session=True,
+        )
         with self._lock:
             self._proc = proc
         try:
@@ -80,10 +92,16 @@ class ExecHandler(Handler):
         if proc.returncode == 0:
             return COMPLETED
         tail = stderr.decode("utf-8", "replace")[-STDERR_TAIL:].strip()
-        code = (f"killed by signal {-proc.returncode}" if proc.returncode < 0
-                else f"exit status {proc.returncode}")
-        return Outcome(False, f"command failed ({code}): {tail}" if tail else
-                       f"command failed ({code})", "error")
+        code = (
+            f"killed by signal {-proc.returncode}"
+            if proc.returncode < 0
+            else f"exit status {proc.returncode}"
+        )
+        return Outcome(
+            False,
+            f"command failed ({code}): {tail}" if tail else f"command failed ({code})",
+            "error",
+        )
 
     def abort(self) -> bool:
         """Stop the running command: TERM now, KILL after KILL_GRACE.
@@ -159,8 +177,9 @@ def load_function(spec: str) -> Callable[[Job], Any]:
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # noqa: BLE001 - any import failure is the user's to fix
-        raise ConfigError(f"--handler {spec}: cannot import {module_name}: "
-                          f"{type(exc).__name__}: {exc}") from None
+        raise ConfigError(
+            f"--handler {spec}: cannot import {module_name}: {type(exc).__name__}: {exc}"
+        ) from None
     func = getattr(module, attr, None)
     if not callable(func):
         raise ConfigError(f"--handler {spec}: {module_name} has no function {attr!r}")
@@ -179,8 +198,10 @@ def demo_handler(job: Job) -> None:
     time.sleep(0.2)
     if "fail" in job.prompt.lower():
         raise RuntimeError("the demo handler fails prompts that mention 'fail'")
-    log.info("demo job done", extra={"event": "demo_job_done", "job_id": str(job.id),
-                                     "prompt_chars": len(job.prompt)})
+    log.info(
+        "demo job done",
+        extra={"event": "demo_job_done", "job_id": str(job.id), "prompt_chars": len(job.prompt)},
+    )
 
 
 def noop_handler(job: Job) -> None:

@@ -10,12 +10,10 @@ from typing import Any
 
 import psycopg
 
-from mobvibe import metrics
-from mobvibe import clock
-
-from mobvibe.sql import db, store
+from mobvibe import clock, metrics
 from mobvibe.errors import DatabaseUnavailableError
 from mobvibe.logs import event
+from mobvibe.sql import db, store
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +26,14 @@ class Heartbeat(threading.Thread):
     lease could not be renewed for `fence_after` seconds.
     """
 
-    def __init__(self, url: str, interval: float, fence_after: float,
-                 on_lost: Callable[[str], None], on_renewed: Callable[[float], None]) -> None:
+    def __init__(
+        self,
+        url: str,
+        interval: float,
+        fence_after: float,
+        on_lost: Callable[[str], None],
+        on_renewed: Callable[[float], None],
+    ) -> None:
         super().__init__(name="heartbeat", daemon=True)
         self.url = url
         self.interval = interval
@@ -70,13 +74,23 @@ class Heartbeat(threading.Thread):
             self._last_ok = now
             self.on_renewed(now)
         elif renewed is False:
-            event(log, logging.WARNING, "lease_lost", "the job's lease was taken away",
-                  job_id=str(job[0]))
+            event(
+                log,
+                logging.WARNING,
+                "lease_lost",
+                "the job's lease was taken away",
+                job_id=str(job[0]),
+            )
             self.on_lost("lease_lost")
         elif now - self._last_ok > self.fence_after:
-            event(log, logging.ERROR, "self_fenced",
-                  "cannot renew the lease: stopping the job before another worker gets it",
-                  job_id=str(job[0]), seconds_without_lease=round(now - self._last_ok, 1))
+            event(
+                log,
+                logging.ERROR,
+                "self_fenced",
+                "cannot renew the lease: stopping the job before another worker gets it",
+                job_id=str(job[0]),
+                seconds_without_lease=round(now - self._last_ok, 1),
+            )
             self.on_lost("self_fenced")
 
     def _renew(self, job: tuple[uuid.UUID, uuid.UUID]) -> bool | None:
@@ -84,14 +98,23 @@ class Heartbeat(threading.Thread):
         try:
             if self._conn is None or self._conn.closed:
                 # A lost heartbeat only ages the lease: no need to wait for the disk.
-                self._conn = db.connect(self.url, application_name="mobvibe-heartbeat",
-                                        connect_timeout=max(1, int(self.interval)),
-                                        options="-c synchronous_commit=off")
+                self._conn = db.connect(
+                    self.url,
+                    application_name="mobvibe-heartbeat",
+                    connect_timeout=max(1, int(self.interval)),
+                    options="-c synchronous_commit=off",
+                )
             return store.heartbeat(self._conn, job[0], job[1])
         except (psycopg.Error, OSError, DatabaseUnavailableError) as exc:
             metrics.HEARTBEAT_FAILURES.inc()
-            event(log, logging.WARNING, "heartbeat_failed", "cannot renew the lease",
-                  job_id=str(job[0]), error=str(exc).splitlines()[0] if str(exc) else "")
+            event(
+                log,
+                logging.WARNING,
+                "heartbeat_failed",
+                "cannot renew the lease",
+                job_id=str(job[0]),
+                error=str(exc).splitlines()[0] if str(exc) else "",
+            )
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None

@@ -19,10 +19,9 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from mobvibe import clock, metrics
-
+from mobvibe.errors import DatabaseUnavailableError
 from mobvibe.sql import db, store
 from mobvibe.sql.store import QueueStats
-from mobvibe.errors import DatabaseUnavailableError
 from mobvibe.supervisor.settings import Settings
 from mobvibe.supervisor.slots import Slots
 
@@ -54,8 +53,12 @@ class QueueState:
         self._at = clock.monotonic()
         try:
             if self._conn is None or self._conn.closed:
-                self._conn = db.connect(self.url, application_name="mobvibe-metrics",
-                                        connect_timeout=2, options="-c statement_timeout=2000")
+                self._conn = db.connect(
+                    self.url,
+                    application_name="mobvibe-metrics",
+                    connect_timeout=2,
+                    options="-c statement_timeout=2000",
+                )
             self._stats = store.stats(self._conn)
             self._last_sweep = store.last_reaper_sweep(self._conn)
         except (DatabaseUnavailableError, psycopg.Error):
@@ -81,26 +84,35 @@ class QueueCollector(Collector):
         yield up
         if stats is None:
             return
-        depth = GaugeMetricFamily("mobvibe_queue_jobs", "Jobs in the queue, by status.",
-                                  labels=["status"])
-        for status, value in (("pending", stats.pending_count),
-                              ("processing", stats.processing_count),
-                              ("completed", stats.completed_count),
-                              ("failed", stats.failed_count)):
+        depth = GaugeMetricFamily(
+            "mobvibe_queue_jobs", "Jobs in the queue, by status.", labels=["status"]
+        )
+        for status, value in (
+            ("pending", stats.pending_count),
+            ("processing", stats.processing_count),
+            ("completed", stats.completed_count),
+            ("failed", stats.failed_count),
+        ):
             depth.add_metric([status], value)
         yield depth
         age = stats.oldest_pending_age
         age_seconds = age.total_seconds() if age is not None else 0.0
-        yield GaugeMetricFamily("mobvibe_queue_oldest_pending_age_seconds",
-                                "Age of the oldest pending job (0 when none).",
-                                value=age_seconds)
-        yield GaugeMetricFamily("mobvibe_queue_retries_waiting",
-                                "Pending jobs waiting for their backoff to pass.",
-                                value=stats.waiting_retry_count)
+        yield GaugeMetricFamily(
+            "mobvibe_queue_oldest_pending_age_seconds",
+            "Age of the oldest pending job (0 when none).",
+            value=age_seconds,
+        )
+        yield GaugeMetricFamily(
+            "mobvibe_queue_retries_waiting",
+            "Pending jobs waiting for their backoff to pass.",
+            value=stats.waiting_retry_count,
+        )
         if last_sweep is not None:
-            yield GaugeMetricFamily("mobvibe_reaper_last_sweep_timestamp_seconds",
-                                    "Unix time of the last sweep of any reaper (daemon or cron).",
-                                    value=last_sweep)
+            yield GaugeMetricFamily(
+                "mobvibe_reaper_last_sweep_timestamp_seconds",
+                "Unix time of the last sweep of any reaper (daemon or cron).",
+                value=last_sweep,
+            )
 
 
 def serve(settings: Settings, slots: Slots) -> int:
@@ -108,7 +120,7 @@ def serve(settings: Settings, slots: Slots) -> int:
     state = QueueState(settings.database_url)
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+        def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
                 registry = CollectorRegistry()
@@ -123,8 +135,11 @@ def serve(settings: Settings, slots: Slots) -> int:
                 _, workers = slots.parent_state()
                 stats, _ = state.read()
                 ready = stats is not None and workers > 0
-                reason = b"ok\n" if ready else (b"database unreachable\n" if stats is None
-                                               else b"no worker running\n")
+                reason = (
+                    b"ok\n"
+                    if ready
+                    else (b"database unreachable\n" if stats is None else b"no worker running\n")
+                )
                 self._reply(200 if ready else 503, reason)
             else:
                 self._reply(404, b"not found\n")

@@ -11,13 +11,11 @@ import uuid
 
 import psycopg
 
-from mobvibe import metrics
-from mobvibe import clock
-
-from mobvibe.sql import db, store
+from mobvibe import clock, metrics
 from mobvibe.errors import DatabaseUnavailableError
-from mobvibe.supervisor.finish import record_failure
 from mobvibe.logs import event
+from mobvibe.sql import db, store
+from mobvibe.supervisor.finish import record_failure
 from mobvibe.supervisor.settings import Settings
 from mobvibe.supervisor.slots import Holding
 
@@ -34,23 +32,46 @@ class Rescuer:
 
     def rescue(self, holding: Holding, reason: str, message: str) -> None:
         """Record the end of `holding`'s attempt now, instead of after the heartbeat timeout."""
-        fields = {"job_id": str(holding.job_id), "attempt": holding.attempt,
-                  "duration_ms": round((clock.monotonic() - holding.started) * 1000, 1)}
+        fields = {
+            "job_id": str(holding.job_id),
+            "attempt": holding.attempt,
+            "duration_ms": round((clock.monotonic() - holding.started) * 1000, 1),
+        }
         try:
-            with db.connect(self.settings.database_url, application_name="mobvibe-supervisor",
-                            connect_timeout=CONNECT_TIMEOUT) as conn:
+            with db.connect(
+                self.settings.database_url,
+                application_name="mobvibe-supervisor",
+                connect_timeout=CONNECT_TIMEOUT,
+            ) as conn:
                 if reason == "released":
                     self._release(conn, holding.job_id, holding.lease_token, fields)
                 else:
-                    event(log, logging.WARNING, "job_rescued",
-                          f"failing the attempt of a dead worker: {message}", reason=reason,
-                          **fields)
-                    record_failure(conn, holding.job_id, holding.lease_token, message, reason,
-                                   fields, by_holder=False)
+                    event(
+                        log,
+                        logging.WARNING,
+                        "job_rescued",
+                        f"failing the attempt of a dead worker: {message}",
+                        reason=reason,
+                        **fields,
+                    )
+                    record_failure(
+                        conn,
+                        holding.job_id,
+                        holding.lease_token,
+                        message,
+                        reason,
+                        fields,
+                        by_holder=False,
+                    )
         except (DatabaseUnavailableError, psycopg.Error) as exc:
-            event(log, logging.ERROR, "rescue_failed",
-                  "cannot reach the database; the reaper will requeue the job", error=str(exc),
-                  **fields)
+            event(
+                log,
+                logging.ERROR,
+                "rescue_failed",
+                "cannot reach the database; the reaper will requeue the job",
+                error=str(exc),
+                **fields,
+            )
 
     def release_unstarted(self, worker_id: str, holding: Holding | None) -> None:
         """Give back, not counted as a failure, the jobs a dead worker claimed but never started.
@@ -64,23 +85,42 @@ class Rescuer:
         """
         started = holding.job_id if holding is not None else None
         try:
-            with db.connect(self.settings.database_url, application_name="mobvibe-supervisor",
-                            connect_timeout=CONNECT_TIMEOUT) as conn:
+            with db.connect(
+                self.settings.database_url,
+                application_name="mobvibe-supervisor",
+                connect_timeout=CONNECT_TIMEOUT,
+            ) as conn:
                 for claim in store.claims_of_worker(conn, worker_id):
                     if claim.job_id != started:
-                        self._release(conn, claim.job_id, claim.lease_token,
-                                      {"job_id": str(claim.job_id), "worker": worker_id},
-                                      reason=UNSTARTED, name="unstarted_job_released",
-                                      message="job given back: its worker died before starting it")
+                        self._release(
+                            conn,
+                            claim.job_id,
+                            claim.lease_token,
+                            {"job_id": str(claim.job_id), "worker": worker_id},
+                            reason=UNSTARTED,
+                            name="unstarted_job_released",
+                            message="job given back: its worker died before starting it",
+                        )
         except (DatabaseUnavailableError, psycopg.Error) as exc:
-            event(log, logging.ERROR, "rescue_failed",
-                  "cannot reach the database; the reaper will requeue the worker's claims",
-                  error=str(exc), worker=worker_id)
+            event(
+                log,
+                logging.ERROR,
+                "rescue_failed",
+                "cannot reach the database; the reaper will requeue the worker's claims",
+                error=str(exc),
+                worker=worker_id,
+            )
 
-    def _release(self, conn: psycopg.Connection[object], job_id: uuid.UUID,
-                 lease_token: uuid.UUID, fields: dict[str, object],
-                 reason: str = "released at shutdown", name: str = "job_released",
-                 message: str = "job given back at shutdown") -> None:
+    def _release(
+        self,
+        conn: psycopg.Connection[object],
+        job_id: uuid.UUID,
+        lease_token: uuid.UUID,
+        fields: dict[str, object],
+        reason: str = "released at shutdown",
+        name: str = "job_released",
+        message: str = "job given back at shutdown",
+    ) -> None:
         if store.release(conn, job_id, lease_token, reason):
             metrics.ENDED["released"].inc()
             event(log, logging.INFO, name, message, **fields)
@@ -88,8 +128,11 @@ class Rescuer:
     def queue_is_empty(self) -> bool:
         """True when no job is pending or processing (for --drain)."""
         try:
-            with db.connect(self.settings.database_url, application_name="mobvibe-supervisor",
-                            connect_timeout=CONNECT_TIMEOUT) as conn:
+            with db.connect(
+                self.settings.database_url,
+                application_name="mobvibe-supervisor",
+                connect_timeout=CONNECT_TIMEOUT,
+            ) as conn:
                 stats = store.stats(conn)
         except (DatabaseUnavailableError, psycopg.Error):
             return False

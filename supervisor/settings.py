@@ -53,14 +53,17 @@ class Settings:
             raise ConfigError("give either --exec or --handler, not both")
         for name in ("poll_interval", "heartbeat_interval", "heartbeat_timeout", "reaper_interval"):
             if getattr(self, name) <= 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be > 0, "
-                                  f"got {getattr(self, name)}")
+                raise ConfigError(
+                    f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}"
+                )
         if self.job_timeout < 0 or self.shutdown_timeout < 0:
             raise ConfigError("--job-timeout and --shutdown-timeout must be >= 0")
         if self.heartbeat_timeout < 2 * self.heartbeat_interval:
-            raise ConfigError(f"--heartbeat-timeout ({self.heartbeat_timeout:g} s) must be at "
-                              f"least twice --heartbeat-interval ({self.heartbeat_interval:g} s); "
-                              "3x or more is safer")
+            raise ConfigError(
+                f"--heartbeat-timeout ({self.heartbeat_timeout:g} s) must be at "
+                f"least twice --heartbeat-interval ({self.heartbeat_interval:g} s); "
+                "3x or more is safer"
+            )
         if not 0 <= self.metrics_port <= 65535:
             raise ConfigError(f"--metrics-port must be from 0 to 65535, got {self.metrics_port}")
         return self

@@ -55,20 +55,28 @@ class Slots:
     def _offset(self, index: int) -> int:
         return _HEADER.size + _SLOT_SIZE * index
 
-    def _write(self, index: int, pid: int, job: bytes, lease: bytes, attempt: int,
-               started: float) -> None:
+    def _write(
+        self, index: int, pid: int, job: bytes, lease: bytes, attempt: int, started: float
+    ) -> None:
         offset = self._offset(index)
         fields = _FIELDS.pack(pid, job, lease, attempt, started)
         body = fields + _CRC.pack(zlib.crc32(fields))
         seq = _SEQ.unpack_from(self._map, offset)[0]
         _SEQ.pack_into(self._map, offset, seq + 1)  # odd: write in progress
-        self._map[offset + _SEQ.size:offset + _SEQ.size + _BODY] = body
+        self._map[offset + _SEQ.size : offset + _SEQ.size + _BODY] = body
         _SEQ.pack_into(self._map, offset, seq + 2)
 
     # -- written by a worker ---------------------------------------------------
 
-    def hold(self, index: int, pid: int, job_id: uuid.UUID, lease_token: uuid.UUID,
-             attempt: int, now: float) -> None:
+    def hold(
+        self,
+        index: int,
+        pid: int,
+        job_id: uuid.UUID,
+        lease_token: uuid.UUID,
+        attempt: int,
+        now: float,
+    ) -> None:
         """Worker `index` starts job `job_id` under `lease_token`."""
         self.heartbeat_ok(index, now)
         self._write(index, pid, job_id.bytes, lease_token.bytes, attempt, now)
@@ -88,21 +96,25 @@ class Slots:
         offset = self._offset(index)
         for _ in range(100):
             before = _SEQ.unpack_from(self._map, offset)[0]
-            body = self._map[offset + _SEQ.size:offset + _SEQ.size + _BODY]
+            body = self._map[offset + _SEQ.size : offset + _SEQ.size + _BODY]
             heartbeat_ok = _HEARTBEAT.unpack_from(self._map, offset + _HEARTBEAT_AT)[0]
             after = _SEQ.unpack_from(self._map, offset)[0]
             if before == 0:
                 return None  # never written
             # Consistent only if no write began or ended while we copied, and the
             # copy is one whole write.
-            fields = body[:_FIELDS.size]
-            if before == after and before % 2 == 0 and \
-                    _CRC.unpack_from(body, _FIELDS.size)[0] == zlib.crc32(fields):
+            fields = body[: _FIELDS.size]
+            if (
+                before == after
+                and before % 2 == 0
+                and _CRC.unpack_from(body, _FIELDS.size)[0] == zlib.crc32(fields)
+            ):
                 _pid, job, lease, attempt, started = _FIELDS.unpack(fields)
                 if job == _EMPTY_UUID:
                     return None
-                return Holding(uuid.UUID(bytes=job), uuid.UUID(bytes=lease), attempt, started,
-                               heartbeat_ok)
+                return Holding(
+                    uuid.UUID(bytes=job), uuid.UUID(bytes=lease), attempt, started, heartbeat_ok
+                )
         return None
 
     def clear(self, index: int) -> None:

@@ -12,17 +12,15 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from mobvibe import metrics
-from mobvibe import clock
-
-from mobvibe.sql import db, store
+from mobvibe import clock, metrics
 from mobvibe.errors import DatabaseUnavailableError
-from mobvibe.supervisor.handlers import Aborted, Handler, Outcome
-from mobvibe.supervisor import finish
-from mobvibe.supervisor.heartbeat import Heartbeat
-from mobvibe.sql.jobs import Job
 from mobvibe.logs import event
+from mobvibe.sql import db, store
+from mobvibe.sql.jobs import Job
 from mobvibe.sql.notify import listen
+from mobvibe.supervisor import finish
+from mobvibe.supervisor.handlers import Aborted, Handler, Outcome
+from mobvibe.supervisor.heartbeat import Heartbeat
 from mobvibe.supervisor.settings import Settings
 from mobvibe.supervisor.slots import Slots
 
@@ -56,8 +54,13 @@ class Worker:
         self.in_handler = False
         self.lost_reason: str | None = None
         self._wakeup_r, self._wakeup_w = os.pipe()
-        self.heartbeat = Heartbeat(settings.database_url, settings.heartbeat_interval,
-                                   settings.fence_after, self._on_lost, self._on_renewed)
+        self.heartbeat = Heartbeat(
+            settings.database_url,
+            settings.heartbeat_interval,
+            settings.fence_after,
+            self._on_lost,
+            self._on_renewed,
+        )
 
     # -- process life ----------------------------------------------------------
 
@@ -72,8 +75,11 @@ class Worker:
                 job = job or self._next_job()
                 if job is not None:
                     job = self._process(job)
-            except (psycopg.OperationalError, psycopg.InterfaceError,
-                    DatabaseUnavailableError) as exc:
+            except (
+                psycopg.OperationalError,
+                psycopg.InterfaceError,
+                DatabaseUnavailableError,
+            ) as exc:
                 # A database outage is waited out here, not by exiting: a worker that
                 # exits is restarted at once and fails again, and a few of those in a
                 # row look like a crash loop that stops the whole supervisor.
@@ -82,8 +88,14 @@ class Worker:
         if job is not None:
             self._give_back(job)
         self.heartbeat.stop()
-        event(log, logging.INFO, "worker_stopped", "worker stopped", worker=self.worker_id,
-              jobs=self.jobs_done)
+        event(
+            log,
+            logging.INFO,
+            "worker_stopped",
+            "worker stopped",
+            worker=self.worker_id,
+            jobs=self.jobs_done,
+        )
         return EXIT_OK
 
     def _give_back(self, job: Job) -> None:
@@ -92,8 +104,15 @@ class Worker:
             store.release(self._db(), job.id, job.lease_token, "released at shutdown")
         except (psycopg.OperationalError, psycopg.InterfaceError, DatabaseUnavailableError):
             return  # its heartbeat stops with us: the reaper requeues it
-        event(log, logging.INFO, "job_released", "claimed job given back unstarted",
-              worker=self.worker_id, job_id=str(job.id), attempt=job.attempt)
+        event(
+            log,
+            logging.INFO,
+            "job_released",
+            "claimed job given back unstarted",
+            worker=self.worker_id,
+            job_id=str(job.id),
+            attempt=job.attempt,
+        )
 
     def _install_signals(self) -> None:
         os.set_blocking(self._wakeup_w, False)
@@ -131,15 +150,22 @@ class Worker:
                 options.append("-c synchronous_commit=off")
             if not self.settings.status_notifications:
                 options.append("-c mobvibe.status_notify=off")  # read by the trigger's WHEN
-            extra = {"options": " ".join(options).strip()} if any(options) else {}
-            self.conn = db.connect(self.settings.database_url, application_name="mobvibe-worker",
-                                   **extra)
+            extra: dict[str, Any] = {"options": " ".join(options).strip()} if any(options) else {}
+            self.conn = db.connect(
+                self.settings.database_url, application_name="mobvibe-worker", **extra
+            )
             self.conn.add_notify_handler(self._on_notify)
             listen(self.conn, ["new_job"])
             self.wake_pending = True  # notifications may have been missed: poll now
             if self.connections:
-                event(log, logging.INFO, "db_reconnected", "database connection re-established",
-                      worker=self.worker_id, connections=self.connections + 1)
+                event(
+                    log,
+                    logging.INFO,
+                    "db_reconnected",
+                    "database connection re-established",
+                    worker=self.worker_id,
+                    connections=self.connections + 1,
+                )
             self.connections += 1
         return self.conn
 
@@ -147,8 +173,14 @@ class Worker:
         self.wake_pending = True
 
     def _connection_lost(self, exc: BaseException) -> None:
-        event(log, logging.WARNING, "db_connection_lost", "database connection lost; reconnecting",
-              worker=self.worker_id, error=db.first_line(exc))
+        event(
+            log,
+            logging.WARNING,
+            "db_connection_lost",
+            "database connection lost; reconnecting",
+            worker=self.worker_id,
+            error=db.first_line(exc),
+        )
         if self.conn is not None:
             self.conn.close()
         self.conn = None
@@ -199,8 +231,9 @@ class Worker:
     def _process(self, job: Job) -> Job | None:
         """Run `job` and finish it; return the next job when the finish claimed one."""
         self.current, self.lost_reason = job, None
-        self.slots.hold(self.index, self.pid, job.id, job.lease_token, job.attempt,
-                        clock.monotonic())
+        self.slots.hold(
+            self.index, self.pid, job.id, job.lease_token, job.attempt, clock.monotonic()
+        )
         self.heartbeat.track(job.id, job.lease_token)
         started = clock.monotonic()
         outcome = self._run_handler(job, started)
@@ -218,8 +251,16 @@ class Worker:
     def _run_handler(self, job: Job, started: float) -> Outcome:
         metrics.JOBS_CLAIMED.inc()
         timeout = self.settings.job_timeout
-        event(log, logging.DEBUG, "job_claimed", "job claimed", worker=self.worker_id,
-              job_id=str(job.id), session_id=str(job.session_id), attempt=job.attempt)
+        event(
+            log,
+            logging.DEBUG,
+            "job_claimed",
+            "job claimed",
+            worker=self.worker_id,
+            job_id=str(job.id),
+            session_id=str(job.session_id),
+            attempt=job.attempt,
+        )
         self.in_handler = True
         try:
             return self.handler.run(job, started + timeout if timeout else None)
@@ -234,8 +275,15 @@ class Worker:
         if self.lost_reason is not None:
             outcome = Outcome(False, "the job's lease was taken away", "lease_lost")
         chain = outcome.ok and not self.stopping and not self._recycle_due()
-        return finish.finish_job(self._db, self.worker_id, job, outcome, duration, chain,
-                                 retry_for=self.settings.heartbeat_timeout)
+        return finish.finish_job(
+            self._db,
+            self.worker_id,
+            job,
+            outcome,
+            duration,
+            chain,
+            retry_for=self.settings.heartbeat_timeout,
+        )
 
     def _recycle_due(self) -> bool:
         limit = self.settings.max_jobs_per_worker
@@ -245,4 +293,3 @@ class Worker:
 def run_worker(settings: Settings, index: int, slots: Slots, handler: Handler) -> int:
     """Entry point of a forked worker process."""
     return Worker(settings, index, slots, handler).run()
-

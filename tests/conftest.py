@@ -16,8 +16,8 @@ import psycopg
 import pytest
 from psycopg import conninfo, sql
 
-from mobvibe.sql.migrate import migrate
 from mobvibe.client import JobQueue
+from mobvibe.sql.migrate import migrate
 
 RESET = """
 TRUNCATE coding_jobs, coding_sessions, queue_reaper_runs;
@@ -32,7 +32,7 @@ def server_url() -> Iterator[str]:
     if given:
         yield given
         return
-    import pgserver  # noqa: PLC0415
+    import pgserver
 
     with tempfile.TemporaryDirectory(prefix="mobvibe-pg-") as directory:
         server = pgserver.get_server(directory, cleanup_mode="delete")
@@ -55,8 +55,9 @@ def new_database(server_url: str) -> Iterator[Any]:
     yield make
     with psycopg.connect(server_url, autocommit=True) as admin:
         for name in created:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
-                          .format(sql.Identifier(name)))
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
 
 
 @pytest.fixture(scope="session")

@@ -12,8 +12,12 @@ import psycopg
 T = TypeVar("T")
 
 
-def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.02,
-             message: str = "condition") -> T:
+def wait_for(
+    predicate: Callable[[], T],
+    timeout: float = 10.0,
+    interval: float = 0.02,
+    message: str = "condition",
+) -> T:
     """Poll `predicate` until it returns a truthy value; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -27,8 +31,9 @@ def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float 
 
 def set_clock(conn: psycopg.Connection[Any], at: datetime | None) -> None:
     """Steer queue_now() on this connection (None: back to the real clock)."""
-    conn.execute("SELECT set_config('mobvibe.now', %s, false)",
-                 ["" if at is None else at.isoformat()])
+    conn.execute(
+        "SELECT set_config('mobvibe.now', %s, false)", ["" if at is None else at.isoformat()]
+    )
 
 
 def count(conn: psycopg.Connection[Any], status: str) -> int:

@@ -11,13 +11,13 @@ from typing import Any
 import click
 import psycopg
 
-from mobvibe.durations import Duration, format_duration
-from mobvibe.sql import db, store
-from mobvibe.sql.store import DeadLetter
 from mobvibe import logs
-from mobvibe.sql.jobs import parse_uuid
-from mobvibe.logs import event
 from mobvibe.cli.options import friendly_errors, resolve_database
+from mobvibe.durations import Duration, format_duration
+from mobvibe.logs import event
+from mobvibe.sql import db, store
+from mobvibe.sql.jobs import parse_uuid
+from mobvibe.sql.store import DeadLetter
 
 log = logging.getLogger(__name__)
 DELETE_BATCH = 1000  # ids per DELETE: short statements, short locks
@@ -25,10 +25,20 @@ ERROR_WIDTH = 60
 
 
 @click.group()
-@click.option("--log-format", type=click.Choice(logs.LOG_FORMATS), default="text",
-              show_envvar=True, help="Format of the log of each action, on stderr.")
-@click.option("--log-level", type=click.Choice(logs.LOG_LEVELS, case_sensitive=False),
-              default="info", show_envvar=True, help="Lowest level logged.")
+@click.option(
+    "--log-format",
+    type=click.Choice(logs.LOG_FORMATS),
+    default="text",
+    show_envvar=True,
+    help="Format of the log of each action, on stderr.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(logs.LOG_LEVELS, case_sensitive=False),
+    default="info",
+    show_envvar=True,
+    help="Lowest level logged.",
+)
 def dlq(log_format: str, log_level: str) -> None:
     """The dead letters: jobs that failed every attempt."""
     logs.setup(log_format, log_level)
@@ -66,11 +76,13 @@ def _table(jobs: list[DeadLetter], total: int) -> str:
     for job in jobs:
         error = " ".join((job.error_message or "-").split())
         if len(error) > ERROR_WIDTH:
-            error = error[:ERROR_WIDTH - 1] + "…"
+            error = error[: ERROR_WIDTH - 1] + "…"
         failed_at = f"{job.completed_at:%Y-%m-%d %H:%M:%S}" if job.completed_at else "-"
-        lines.append(f"{job.id}  {job.session_id}  {failed_at:<19}  "
-                     f"{job.retry_count:>2}/{job.max_retries:<2}  "
-                     f"{job.end_reason or '-':<17}  {error}")
+        lines.append(
+            f"{job.id}  {job.session_id}  {failed_at:<19}  "
+            f"{job.retry_count:>2}/{job.max_retries:<2}  "
+            f"{job.end_reason or '-':<17}  {error}"
+        )
     if total > len(jobs):
         lines.append(f"showing the newest {len(jobs)} of {total}: --limit shows more")
     return "\n".join(lines)
@@ -105,16 +117,28 @@ def _requeue_one(conn: psycopg.Connection[Any], job_id: uuid.UUID) -> str | None
     if not store.requeue_failed(conn, job_id):
         return f"job {job_id} is not dead-lettered (status {job.status}): nothing to requeue"
     # The next attempt overwrites error_message: this line is the error's history.
-    event(log, logging.INFO, "dlq_requeued", "dead-lettered job requeued", job_id=str(job_id),
-          session_id=str(job.session_id), last_error=job.error_message,
-          end_reason=job.end_reason, retry_count=job.retry_count,
-          failed_at=_jsonable(job.completed_at))
+    event(
+        log,
+        logging.INFO,
+        "dlq_requeued",
+        "dead-lettered job requeued",
+        job_id=str(job_id),
+        session_id=str(job.session_id),
+        last_error=job.error_message,
+        end_reason=job.end_reason,
+        retry_count=job.retry_count,
+        failed_at=_jsonable(job.completed_at),
+    )
     return None
 
 
 @dlq.command()
-@click.option("--older-than", type=Duration(zero="every dead-lettered job"), required=True,
-              help="Delete dead-lettered jobs that failed longer ago than this (30d, 12h, 0).")
+@click.option(
+    "--older-than",
+    type=Duration(zero="every dead-lettered job"),
+    required=True,
+    help="Delete dead-lettered jobs that failed longer ago than this (30d, 12h, 0).",
+)
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.pass_context
 @friendly_errors
@@ -124,12 +148,20 @@ def purge(ctx: click.Context, older_than: float, yes: bool) -> None:
     with _connect(ctx) as conn:
         ids = store.failed_ids(conn, timedelta(seconds=older_than))
         if ids and not yes:
-            click.confirm(f"Delete {len(ids)} dead-lettered job(s) older than {age}?",
-                          abort=True, err=True)
-        deleted = sum(_delete(conn, ids[i:i + DELETE_BATCH])
-                      for i in range(0, len(ids), DELETE_BATCH))
-    event(log, logging.INFO, "dlq_purged", f"deleted {deleted} dead-lettered job(s)",
-          deleted=deleted, older_than_s=older_than)
+            click.confirm(
+                f"Delete {len(ids)} dead-lettered job(s) older than {age}?", abort=True, err=True
+            )
+        deleted = sum(
+            _delete(conn, ids[i : i + DELETE_BATCH]) for i in range(0, len(ids), DELETE_BATCH)
+        )
+    event(
+        log,
+        logging.INFO,
+        "dlq_purged",
+        f"deleted {deleted} dead-lettered job(s)",
+        deleted=deleted,
+        older_than_s=older_than,
+    )
     click.echo(f"deleted {deleted} dead-lettered job(s) older than {age}")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+
 import click
 
 from mobvibe.cli.options import friendly_errors, resolve_database
@@ -10,13 +11,20 @@ from mobvibe.durations import Duration
 from mobvibe.reaper.doctor import CHECK_COUNT, Report, diagnose
 from mobvibe.sql import db
 
+
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON object: ok, findings, not_shown.")
-@click.option("--heartbeat-timeout", type=Duration(), default="30s",
-              envvar="MOBVIBE_HEARTBEAT_TIMEOUT", show_envvar=True,
-              help="A processing job silent this long has no live attempt.")
-@click.option("--limit", type=click.IntRange(1, 10_000), default=20,
-              help="Findings shown per check.")
+@click.option(
+    "--heartbeat-timeout",
+    type=Duration(),
+    default="30s",
+    envvar="MOBVIBE_HEARTBEAT_TIMEOUT",
+    show_envvar=True,
+    help="A processing job silent this long has no live attempt.",
+)
+@click.option(
+    "--limit", type=click.IntRange(1, 10_000), default=20, help="Findings shown per check."
+)
 @click.pass_context
 @friendly_errors
 def doctor(ctx: click.Context, as_json: bool, heartbeat_timeout: float, limit: int) -> None:

@@ -9,28 +9,44 @@ from typing import Any, TypeVar
 
 import click
 
-from mobvibe.sql import db
-
 from mobvibe import logs
 from mobvibe.errors import QueueError
+from mobvibe.sql import db
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-CONTEXT = {"auto_envvar_prefix": "MOBVIBE", "show_default": True,
-           "help_option_names": ["-h", "--help"]}
+CONTEXT = {
+    "auto_envvar_prefix": "MOBVIBE",
+    "show_default": True,
+    "help_option_names": ["-h", "--help"],
+}
 
 
 def database_option(f: F) -> F:
     return click.option(
-        "--database-url", envvar="DATABASE_URL", show_envvar=True, default=None,
-        help="PostgreSQL URL. Unset: a local embedded PostgreSQL is started.")(f)
+        "--database-url",
+        envvar="DATABASE_URL",
+        show_envvar=True,
+        default=None,
+        help="PostgreSQL URL. Unset: a local embedded PostgreSQL is started.",
+    )(f)
 
 
 def logging_options(f: F) -> F:
-    f = click.option("--log-level", type=click.Choice(logs.LOG_LEVELS, case_sensitive=False),
-                     default="info", show_envvar=True, help="Lowest level logged.")(f)
-    return click.option("--log-format", type=click.Choice(logs.LOG_FORMATS), default="json",
-                        show_envvar=True, help="One JSON object per line, or text.")(f)
+    f = click.option(
+        "--log-level",
+        type=click.Choice(logs.LOG_LEVELS, case_sensitive=False),
+        default="info",
+        show_envvar=True,
+        help="Lowest level logged.",
+    )(f)
+    return click.option(
+        "--log-format",
+        type=click.Choice(logs.LOG_FORMATS),
+        default="json",
+        show_envvar=True,
+        help="One JSON object per line, or text.",
+    )(f)
 
 
 def friendly_errors(f: F) -> F:

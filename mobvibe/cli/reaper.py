@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from typing import Any
 
@@ -13,13 +12,6 @@ import psycopg
 from prometheus_client import CollectorRegistry, start_http_server
 
 from mobvibe import logs, metrics
-from mobvibe.durations import Duration, format_duration
-from mobvibe.errors import ConfigError, QueueError
-from mobvibe.logs import event
-from mobvibe.reaper import sweep
-from mobvibe.reaper.daemon import run_daemon
-from mobvibe.sql import db
-from mobvibe.sql.migrate import pending_migrations
 from mobvibe.cli.options import (
     CONTEXT,
     database_option,
@@ -27,6 +19,13 @@ from mobvibe.cli.options import (
     logging_options,
     resolve_database,
 )
+from mobvibe.durations import Duration, format_duration
+from mobvibe.errors import ConfigError, QueueError
+from mobvibe.logs import event
+from mobvibe.reaper import sweep
+from mobvibe.reaper.daemon import run_daemon
+from mobvibe.sql import db
+from mobvibe.sql.migrate import pending_migrations
 
 log = logging.getLogger("reaper")
 HEARTBEAT_INTERVAL_DEFAULT = 5.0  # the supervisor's default
@@ -41,48 +40,111 @@ class SweepFailedError(QueueError):
 @click.version_option(package_name="mobvibe-supervisor")
 @database_option
 @click.option("--once", is_flag=True, help="Sweep once, print a JSON summary and exit (cron).")
-@click.option("--interval", type=Duration(), default=format_duration(sweep.INTERVAL_DEFAULT),
-              envvar="MOBVIBE_REAPER_INTERVAL", show_envvar=True,
-              help="Time between sweeps of the daemon (±10% jitter).")
-@click.option("--heartbeat-timeout", type=Duration(),
-              default=format_duration(sweep.HEARTBEAT_TIMEOUT_DEFAULT), show_envvar=True,
-              help="Requeue a processing job whose last heartbeat is older than this.")
-@click.option("--heartbeat-interval", type=Duration(),
-              default=format_duration(HEARTBEAT_INTERVAL_DEFAULT), show_envvar=True,
-              help="The workers' heartbeat interval, to check --heartbeat-timeout against.")
-@click.option("--batch-size", type=batch, default=sweep.BATCH_SIZE_DEFAULT,
-              envvar="MOBVIBE_REAPER_BATCH_SIZE", show_envvar=True,
-              help="Expired attempts requeued per statement.")
-@click.option("--retain-completed", type=Duration(zero="keep forever"),
-              default=format_duration(sweep.RETAIN_COMPLETED_DEFAULT), show_envvar=True,
-              help="Delete completed jobs older than this (0: keep forever).")
-@click.option("--retain-failed", type=Duration(zero="keep forever"),
-              default=format_duration(sweep.RETAIN_FAILED_DEFAULT), show_envvar=True,
-              help="Delete dead-lettered jobs older than this (0: keep forever).")
-@click.option("--prune-batch", type=batch, default=sweep.PRUNE_BATCH_DEFAULT,
-              envvar="MOBVIBE_REAPER_PRUNE_BATCH", show_envvar=True,
-              help="Finished jobs deleted per statement.")
-@click.option("--name", default=None, envvar="MOBVIBE_REAPER_NAME", show_envvar=True,
-              help="This reaper's name in queue_reaper_runs (default: host:pid).")
-@click.option("--metrics-port", type=click.IntRange(0, 65535), default=0, show_envvar=True,
-              envvar="MOBVIBE_REAPER_METRICS_PORT", help="Serve /metrics here (daemon; 0: off).")
+@click.option(
+    "--interval",
+    type=Duration(),
+    default=format_duration(sweep.INTERVAL_DEFAULT),
+    envvar="MOBVIBE_REAPER_INTERVAL",
+    show_envvar=True,
+    help="Time between sweeps of the daemon (±10% jitter).",
+)
+@click.option(
+    "--heartbeat-timeout",
+    type=Duration(),
+    default=format_duration(sweep.HEARTBEAT_TIMEOUT_DEFAULT),
+    show_envvar=True,
+    help="Requeue a processing job whose last heartbeat is older than this.",
+)
+@click.option(
+    "--heartbeat-interval",
+    type=Duration(),
+    default=format_duration(HEARTBEAT_INTERVAL_DEFAULT),
+    show_envvar=True,
+    help="The workers' heartbeat interval, to check --heartbeat-timeout against.",
+)
+@click.option(
+    "--batch-size",
+    type=batch,
+    default=sweep.BATCH_SIZE_DEFAULT,
+    envvar="MOBVIBE_REAPER_BATCH_SIZE",
+    show_envvar=True,
+    help="Expired attempts requeued per statement.",
+)
+@click.option(
+    "--retain-completed",
+    type=Duration(zero="keep forever"),
+    default=format_duration(sweep.RETAIN_COMPLETED_DEFAULT),
+    show_envvar=True,
+    help="Delete completed jobs older than this (0: keep forever).",
+)
+@click.option(
+    "--retain-failed",
+    type=Duration(zero="keep forever"),
+    default=format_duration(sweep.RETAIN_FAILED_DEFAULT),
+    show_envvar=True,
+    help="Delete dead-lettered jobs older than this (0: keep forever).",
+)
+@click.option(
+    "--prune-batch",
+    type=batch,
+    default=sweep.PRUNE_BATCH_DEFAULT,
+    envvar="MOBVIBE_REAPER_PRUNE_BATCH",
+    show_envvar=True,
+    help="Finished jobs deleted per statement.",
+)
+@click.option(
+    "--name",
+    default=None,
+    envvar="MOBVIBE_REAPER_NAME",
+    show_envvar=True,
+    help="This reaper's name in queue_reaper_runs (default: host:pid).",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    show_envvar=True,
+    envvar="MOBVIBE_REAPER_METRICS_PORT",
+    help="Serve /metrics here (daemon; 0: off).",
+)
 @logging_options
 @friendly_errors
-def main(database_url: str | None, once: bool, interval: float, heartbeat_timeout: float,
-         heartbeat_interval: float, batch_size: int, retain_completed: float,
-         retain_failed: float, prune_batch: int, name: str | None, metrics_port: int,
-         log_format: str, log_level: str) -> None:
+def main(
+    database_url: str | None,
+    once: bool,
+    interval: float,
+    heartbeat_timeout: float,
+    heartbeat_interval: float,
+    batch_size: int,
+    retain_completed: float,
+    retain_failed: float,
+    prune_batch: int,
+    name: str | None,
+    metrics_port: int,
+    log_format: str,
+    log_level: str,
+) -> None:
     """Requeue jobs whose worker stopped heartbeating, and delete old finished jobs."""
     logs.setup(log_format, log_level)
     settings = sweep.ReaperSettings(
-        heartbeat_timeout=heartbeat_timeout, interval=interval, batch_size=batch_size,
-        retain_completed=retain_completed, retain_failed=retain_failed, prune_batch=prune_batch,
-        **({"name": name} if name is not None else {})).validate(heartbeat_interval)
+        heartbeat_timeout=heartbeat_timeout,
+        interval=interval,
+        batch_size=batch_size,
+        retain_completed=retain_completed,
+        retain_failed=retain_failed,
+        prune_batch=prune_batch,
+        **({"name": name} if name is not None else {}),
+    ).validate(heartbeat_interval)
     if heartbeat_timeout < 3 * heartbeat_interval:
-        event(log, logging.WARNING, "config_warning",
-              "--heartbeat-timeout is less than 3x --heartbeat-interval: a worker that misses "
-              "two heartbeats on a slow network may lose a job it is still running",
-              heartbeat_timeout=heartbeat_timeout, heartbeat_interval=heartbeat_interval)
+        event(
+            log,
+            logging.WARNING,
+            "config_warning",
+            "--heartbeat-timeout is less than 3x --heartbeat-interval: a worker that misses "
+            "two heartbeats on a slow network may lose a job it is still running",
+            heartbeat_timeout=heartbeat_timeout,
+            heartbeat_interval=heartbeat_interval,
+        )
     url = resolve_database(database_url)
     if once:
         click.echo(json.dumps(_sweep_once(url, settings)))
@@ -125,5 +187,7 @@ def _serve_metrics(port: int) -> None:
     try:
         start_http_server(port, registry=registry)
     except OSError as exc:
-        raise ConfigError(f"--metrics-port {port}: {exc.strerror}; choose another port, or 0 "
-                          "to turn the endpoint off") from None
+        raise ConfigError(
+            f"--metrics-port {port}: {exc.strerror}; choose another port, or 0 "
+            "to turn the endpoint off"
+        ) from None

@@ -26,7 +26,8 @@ def insert_job(conn: psycopg.Connection[Any], session_id: Any, **columns: Any) -
     values = {"session_id": session_id, "prompt": "Test", **columns}
     statement = sql.SQL("INSERT INTO coding_jobs ({}) VALUES ({}) RETURNING id").format(
         sql.SQL(", ").join(map(sql.Identifier, values)),
-        sql.SQL(", ").join(sql.Placeholder() * len(values)))
+        sql.SQL(", ").join(sql.Placeholder() * len(values)),
+    )
     row = conn.execute(statement, list(values.values())).fetchone()
     assert row is not None
     return row[0]
@@ -55,21 +56,31 @@ def scalar(conn: psycopg.Connection[Any], statement: Any, params: Any = None) ->
 
 def table_counts(conn: psycopg.Connection[Any]) -> tuple[int, int]:
     """(jobs, sessions): to show that a refused call wrote nothing."""
-    row = conn.execute("SELECT (SELECT count(*) FROM coding_jobs), "
-                       "(SELECT count(*) FROM coding_sessions)").fetchone()
+    row = conn.execute(
+        "SELECT (SELECT count(*) FROM coding_jobs), (SELECT count(*) FROM coding_sessions)"
+    ).fetchone()
     assert row is not None
     return row[0], row[1]
 
 
-def run_queue_cli(*args: str, database_url: str | None, stdin: str | None = None,
-                  timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_queue_cli(
+    *args: str, database_url: str | None, stdin: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     """Run the installed `mobvibe-queue` with DATABASE_URL set (None: unset)."""
-    env = {k: v for k, v in os.environ.items()
-           if k != "DATABASE_URL" and not k.startswith("MOBVIBE_")}
+    env = {
+        k: v for k, v in os.environ.items() if k != "DATABASE_URL" and not k.startswith("MOBVIBE_")
+    }
     if database_url is not None:
         env["DATABASE_URL"] = database_url
-    return subprocess.run([QUEUE_CLI, *args], env=env, input=stdin, capture_output=True,
-                          text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [QUEUE_CLI, *args],
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def assert_one_error_line(result: subprocess.CompletedProcess[str], exit_code: int) -> str:

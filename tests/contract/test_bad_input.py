@@ -10,11 +10,17 @@ import psycopg
 import pytest
 from psycopg import errors as pgerrors
 
+from mobvibe.client import JobQueue
 from mobvibe.errors import InvalidJobError
 from mobvibe.sql.jobs import NewJob
-from mobvibe.client import JobQueue
 from tests.contract.support import (
-    assert_one_error_line, claim, insert_job, run_queue_cli, scalar, table_counts)
+    assert_one_error_line,
+    claim,
+    insert_job,
+    run_queue_cli,
+    scalar,
+    table_counts,
+)
 
 MIB = 1024 * 1024
 
@@ -45,8 +51,8 @@ def enqueue_args(**overrides: Any) -> dict[str, Any]:
 
 @pytest.mark.parametrize(("what", "overrides", "field"), BAD_JOBS, ids=[b[0] for b in BAD_JOBS])
 def test_enqueue_refuses_a_bad_job_naming_the_field_and_writes_nothing(
-        queue: JobQueue, conn: Any, session_id: Any, what: str, overrides: dict[str, Any],
-        field: str) -> None:
+    queue: JobQueue, conn: Any, session_id: Any, what: str, overrides: dict[str, Any], field: str
+) -> None:
     before = table_counts(conn)
     args = enqueue_args(**overrides)
     prompt = args.pop("prompt")
@@ -57,24 +63,28 @@ def test_enqueue_refuses_a_bad_job_naming_the_field_and_writes_nothing(
     assert table_counts(conn) == before
 
 
-def test_enqueue_to_an_unknown_session_writes_nothing(queue: JobQueue, conn: Any,
-                                                      session_id: Any) -> None:
+def test_enqueue_to_an_unknown_session_writes_nothing(
+    queue: JobQueue, conn: Any, session_id: Any
+) -> None:
     before = table_counts(conn)
     unknown = uuid.uuid4()
     with pytest.raises(InvalidJobError, match="session"):
         queue.enqueue("orphan", session_id=unknown)
     # a batch that also starts a new session: that session is rolled back with the rest
     with pytest.raises(InvalidJobError, match="session"):
-        queue.enqueue_many([NewJob("new session"), NewJob("good", session_id),
-                            NewJob("orphan", unknown)])
+        queue.enqueue_many(
+            [NewJob("new session"), NewJob("good", session_id), NewJob("orphan", unknown)]
+        )
     assert table_counts(conn) == before
 
 
-@pytest.mark.parametrize("method", ["complete", "fail", "get", "heartbeat", "release",
-                                    "requeue_failed"])
+@pytest.mark.parametrize(
+    "method", ["complete", "fail", "get", "heartbeat", "release", "requeue_failed"]
+)
 @pytest.mark.parametrize("bad_id", ["not-a-uuid", "", 42, None])
-def test_a_job_id_that_is_not_a_uuid_is_refused(queue: JobQueue, conn: Any, session_id: Any,
-                                                method: str, bad_id: Any) -> None:
+def test_a_job_id_that_is_not_a_uuid_is_refused(
+    queue: JobQueue, conn: Any, session_id: Any, method: str, bad_id: Any
+) -> None:
     job = insert_job(conn, session_id)
     before = conn.execute("SELECT * FROM coding_jobs").fetchall()
     calls = {
@@ -91,8 +101,9 @@ def test_a_job_id_that_is_not_a_uuid_is_refused(queue: JobQueue, conn: Any, sess
     assert queue.get(job) is not None
 
 
-def test_a_lease_token_that_is_not_a_uuid_is_refused(queue: JobQueue, conn: Any,
-                                                     session_id: Any) -> None:
+def test_a_lease_token_that_is_not_a_uuid_is_refused(
+    queue: JobQueue, conn: Any, session_id: Any
+) -> None:
     job = insert_job(conn, session_id)
     with pytest.raises(InvalidJobError, match="lease token"):
         queue.complete(job, "stale")
@@ -107,8 +118,11 @@ SQL_REFUSALS = [
     ("priority True", {"priority": True}, pgerrors.DatatypeMismatch),
     ("empty prompt", {"prompt": ""}, pgerrors.CheckViolation),
     ("prompt of 1 MiB + 1 byte", {"prompt": "a" * (MIB + 1)}, pgerrors.CheckViolation),
-    ("multi-byte prompt of 1 MiB + 1 byte", {"prompt": "a" * (MIB - 1) + "é"},
-     pgerrors.CheckViolation),
+    (
+        "multi-byte prompt of 1 MiB + 1 byte",
+        {"prompt": "a" * (MIB - 1) + "é"},
+        pgerrors.CheckViolation,
+    ),
     # psycopg refuses these before they reach the server
     ("NUL in the prompt", {"prompt": "before\x00after"}, psycopg.DataError),
     ("lone surrogate in the prompt", {"prompt": "broken \ud800 text"}, UnicodeEncodeError),
@@ -118,16 +132,20 @@ SQL_REFUSALS = [
     ("max_retries True", {"max_retries": True}, pgerrors.DatatypeMismatch),
     ("unknown status", {"status": "done"}, pgerrors.CheckViolation),
     ("processing without a lease", {"status": "processing"}, pgerrors.CheckViolation),
-    ("retry_count above max_retries", {"retry_count": 4, "max_retries": 3},
-     pgerrors.CheckViolation),
+    (
+        "retry_count above max_retries",
+        {"retry_count": 4, "max_retries": 3},
+        pgerrors.CheckViolation,
+    ),
 ]
 
 
-@pytest.mark.parametrize(("what", "columns", "error"), SQL_REFUSALS,
-                         ids=[r[0] for r in SQL_REFUSALS])
+@pytest.mark.parametrize(
+    ("what", "columns", "error"), SQL_REFUSALS, ids=[r[0] for r in SQL_REFUSALS]
+)
 def test_a_plain_insert_of_a_bad_job_is_refused_by_the_database(
-        conn: Any, session_id: Any, what: str, columns: dict[str, Any],
-        error: type[Exception]) -> None:
+    conn: Any, session_id: Any, what: str, columns: dict[str, Any], error: type[Exception]
+) -> None:
     before = table_counts(conn)
     columns = {"session_id": session_id, **columns}
     with pytest.raises(error):
@@ -136,7 +154,8 @@ def test_a_plain_insert_of_a_bad_job_is_refused_by_the_database(
 
 
 def test_a_fractional_priority_from_plain_sql_is_rounded_into_the_range(
-        conn: Any, session_id: Any) -> None:
+    conn: Any, session_id: Any
+) -> None:
     # PostgreSQL's assignment cast rounds 3.5 to a smallint 4: in range, so the
     # table accepts it; only the Python client refuses a fraction outright.
     job = insert_job(conn, session_id, priority=3.5)
@@ -158,22 +177,26 @@ GOOD_PROMPTS = [
 
 @pytest.mark.parametrize(("what", "prompt"), GOOD_PROMPTS, ids=[g[0] for g in GOOD_PROMPTS])
 def test_a_valid_prompt_is_stored_and_read_back_byte_for_byte(
-        queue: JobQueue, conn: Any, what: str, prompt: str) -> None:
+    queue: JobQueue, conn: Any, what: str, prompt: str
+) -> None:
     job = queue.enqueue(prompt)
     stored = queue.get(job)
     assert stored is not None and stored.prompt == prompt
-    assert scalar(conn, "SELECT octet_length(prompt) FROM coding_jobs WHERE id = %s",
-                  [job]) == len(prompt.encode())
+    assert scalar(conn, "SELECT octet_length(prompt) FROM coding_jobs WHERE id = %s", [job]) == len(
+        prompt.encode()
+    )
     claimed = queue.claim()
     assert claimed is not None and claimed.prompt.encode() == prompt.encode()
 
 
 def test_the_edges_of_the_ranges_are_accepted(queue: JobQueue, conn: Any) -> None:
     later = datetime.now(timezone(timedelta(hours=-5))) + timedelta(hours=1)
-    ids = [queue.enqueue("lowest", priority=0, max_retries=1),
-           queue.enqueue("highest", priority=10, max_retries=100),
-           queue.enqueue("zoned", run_at=later),
-           queue.enqueue("no delay", delay=0)]
+    ids = [
+        queue.enqueue("lowest", priority=0, max_retries=1),
+        queue.enqueue("highest", priority=10, max_retries=100),
+        queue.enqueue("zoned", run_at=later),
+        queue.enqueue("no delay", delay=0),
+    ]
     rows = {row.prompt: row for row in map(queue.get, ids) if row}
     assert (rows["lowest"].priority, rows["lowest"].max_retries) == (0, 1)
     assert (rows["highest"].priority, rows["highest"].max_retries) == (10, 100)
@@ -183,25 +206,29 @@ def test_the_edges_of_the_ranges_are_accepted(queue: JobQueue, conn: Any) -> Non
 
 # -- the command line ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("args", "word"), [
-    (["enqueue", "--priority", "11", "a prompt"], "priority"),
-    (["enqueue", "--priority", "-1", "a prompt"], "priority"),
-    (["enqueue", "--priority", "high", "a prompt"], "priority"),
-    (["enqueue", ""], "prompt"),
-    (["enqueue", "--max-retries", "0", "a prompt"], "max_retries"),
-    (["enqueue", "--session", "not-a-uuid", "a prompt"], "session"),
-    (["enqueue", "--delay", "-5", "a prompt"], "delay"),
-])
+
+@pytest.mark.parametrize(
+    ("args", "word"),
+    [
+        (["enqueue", "--priority", "11", "a prompt"], "priority"),
+        (["enqueue", "--priority", "-1", "a prompt"], "priority"),
+        (["enqueue", "--priority", "high", "a prompt"], "priority"),
+        (["enqueue", ""], "prompt"),
+        (["enqueue", "--max-retries", "0", "a prompt"], "max_retries"),
+        (["enqueue", "--session", "not-a-uuid", "a prompt"], "session"),
+        (["enqueue", "--delay", "-5", "a prompt"], "delay"),
+    ],
+)
 def test_the_enqueue_command_refuses_bad_input_with_one_error_line(
-        db_url: str, conn: Any, args: list[str], word: str) -> None:
+    db_url: str, conn: Any, args: list[str], word: str
+) -> None:
     result = run_queue_cli(*args, database_url=db_url)
     assert word in assert_one_error_line(result, 2).lower()
     assert table_counts(conn) == (0, 0)
 
 
 def test_the_enqueue_command_refuses_an_unknown_session(db_url: str, conn: Any) -> None:
-    result = run_queue_cli("enqueue", "--session", str(uuid.uuid4()), "orphan",
-                           database_url=db_url)
+    result = run_queue_cli("enqueue", "--session", str(uuid.uuid4()), "orphan", database_url=db_url)
     assert "session" in assert_one_error_line(result, 2)
     assert table_counts(conn) == (0, 0)
 
@@ -225,8 +252,7 @@ def assert_config_error(result: Any) -> None:
 
 
 @pytest.mark.parametrize("url", MALFORMED_URLS)
-def test_a_malformed_database_url_is_one_line_exit_2_and_never_shows_the_password(
-        url: str) -> None:
+def test_a_malformed_database_url_is_one_line_exit_2_and_never_shows_the_password(url: str) -> None:
     assert_config_error(run_queue_cli("stats", database_url=url))
 
 

@@ -20,10 +20,16 @@ def test_claim_order_is_priority_desc_then_created_at_then_seq(conn: Any, sessio
     older = T0 - timedelta(hours=1)
     # (priority, minutes after `older`); equal pairs tie on created_at and fall back to seq
     specs = [(5, 3), (10, 5), (5, 1), (0, 0), (10, 5), (10, 2), (5, 1), (0, 0)]
-    ids = [insert_job(conn, session_id, priority=p, created_at=older + timedelta(minutes=m))
-           for p, m in specs]
-    expected = [job for _, job in sorted(zip(specs, ids, strict=True),
-                                         key=lambda item: (-item[0][0], item[0][1]))]
+    ids = [
+        insert_job(conn, session_id, priority=p, created_at=older + timedelta(minutes=m))
+        for p, m in specs
+    ]
+    expected = [
+        job
+        for _, job in sorted(
+            zip(specs, ids, strict=True), key=lambda item: (-item[0][0], item[0][1])
+        )
+    ]
     # sorted() is stable, so equal (priority, created_at) keep insertion (seq) order
     set_clock(conn, T0)
     claimed = [claim(conn) for _ in ids]
@@ -31,8 +37,9 @@ def test_claim_order_is_priority_desc_then_created_at_then_seq(conn: Any, sessio
     assert claim(conn) is None
 
 
-def test_a_due_job_of_lower_priority_goes_before_a_job_that_is_not_due(conn: Any,
-                                                                        session_id: Any) -> None:
+def test_a_due_job_of_lower_priority_goes_before_a_job_that_is_not_due(
+    conn: Any, session_id: Any
+) -> None:
     later = insert_job(conn, session_id, priority=10, run_at=T0 + timedelta(minutes=5))
     due = insert_job(conn, session_id, priority=0, run_at=T0 - timedelta(seconds=1))
     set_clock(conn, T0)
@@ -64,16 +71,33 @@ def test_the_sql_clock_is_per_connection(db_url: str, conn: Any, session_id: Any
     assert claimed is not None and claimed["job_id"] == job
 
 
-def test_claim_returns_the_job_a_lease_token_and_the_attempt_number(conn: Any,
-                                                                     session_id: Any) -> None:
+def test_claim_returns_the_job_a_lease_token_and_the_attempt_number(
+    conn: Any, session_id: Any
+) -> None:
     job = insert_job(conn, session_id, prompt="make a todo app", priority=7, max_retries=5)
     set_clock(conn, T0)
     first = claim(conn, "worker-1")
     assert first is not None
-    assert {k: first[k] for k in ("job_id", "session_id", "prompt", "attempt", "retry_count",
-                                  "max_retries", "priority")} == {
-        "job_id": job, "session_id": session_id, "prompt": "make a todo app", "attempt": 1,
-        "retry_count": 0, "max_retries": 5, "priority": 7}
+    assert {
+        k: first[k]
+        for k in (
+            "job_id",
+            "session_id",
+            "prompt",
+            "attempt",
+            "retry_count",
+            "max_retries",
+            "priority",
+        )
+    } == {
+        "job_id": job,
+        "session_id": session_id,
+        "prompt": "make a todo app",
+        "attempt": 1,
+        "retry_count": 0,
+        "max_retries": 5,
+        "priority": 7,
+    }
     assert isinstance(first["lease_token"], uuid.UUID)
     row = job_row(conn, job)
     assert row["status"] == "processing"
@@ -102,11 +126,14 @@ def test_claim_on_an_empty_queue_returns_no_row(conn: Any) -> None:
     assert table_counts(conn) == (0, 0)
 
 
-def test_eight_connections_claim_2000_jobs_each_exactly_once(db_url: str, conn: Any,
-                                                             session_id: Any) -> None:
-    conn.execute("INSERT INTO coding_jobs (session_id, prompt, priority) "
-                 "SELECT %s, 'job ' || i, mod(i, 11) FROM generate_series(1, 2000) AS i",
-                 [session_id])
+def test_eight_connections_claim_2000_jobs_each_exactly_once(
+    db_url: str, conn: Any, session_id: Any
+) -> None:
+    conn.execute(
+        "INSERT INTO coding_jobs (session_id, prompt, priority) "
+        "SELECT %s, 'job ' || i, mod(i, 11) FROM generate_series(1, 2000) AS i",
+        [session_id],
+    )
     workers = 8
     start = threading.Barrier(workers)
     claimed: list[list[uuid.UUID]] = [[] for _ in range(workers)]
@@ -116,8 +143,11 @@ def test_eight_connections_claim_2000_jobs_each_exactly_once(db_url: str, conn: 
         try:
             with psycopg.connect(db_url, autocommit=True) as own:
                 start.wait(timeout=30)
-                while (row := own.execute("SELECT job_id FROM claim_next_job(%s)",
-                                          [f"w{n}"]).fetchone()) is not None:
+                while (
+                    row := own.execute(
+                        "SELECT job_id FROM claim_next_job(%s)", [f"w{n}"]
+                    ).fetchone()
+                ) is not None:
                     claimed[n].append(row[0])
         except BaseException as exc:  # noqa: BLE001 - reported by the main thread
             errors.append(exc)
@@ -153,15 +183,20 @@ def _plan_nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 @pytest.mark.parametrize("pending", [5, 3000])
-def test_claim_walks_the_partial_index_without_a_sort(conn: Any, session_id: Any,
-                                                      pending: int) -> None:
-    conn.execute("INSERT INTO coding_jobs (session_id, prompt, status, completed_at) "
-                 "SELECT %s, 'done', CASE WHEN i %% 10 = 0 THEN 'failed' ELSE 'completed' END, "
-                 "now() FROM generate_series(1, 10000) AS i",
-                 [session_id])
-    conn.execute("INSERT INTO coding_jobs (session_id, prompt, priority) "
-                 "SELECT %s, 'todo', mod(i, 11) FROM generate_series(1, %s) AS i",
-                 [session_id, pending])
+def test_claim_walks_the_partial_index_without_a_sort(
+    conn: Any, session_id: Any, pending: int
+) -> None:
+    conn.execute(
+        "INSERT INTO coding_jobs (session_id, prompt, status, completed_at) "
+        "SELECT %s, 'done', CASE WHEN i %% 10 = 0 THEN 'failed' ELSE 'completed' END, "
+        "now() FROM generate_series(1, 10000) AS i",
+        [session_id],
+    )
+    conn.execute(
+        "INSERT INTO coding_jobs (session_id, prompt, priority) "
+        "SELECT %s, 'todo', mod(i, 11) FROM generate_series(1, %s) AS i",
+        [session_id, pending],
+    )
     conn.execute("ANALYZE coding_jobs")
     inner = _inner_select_of_claim(conn)
     explained = scalar(conn, f"EXPLAIN (FORMAT JSON) {inner}")

@@ -53,8 +53,9 @@ def completed_job(conn: Any, session_id: Any) -> tuple[Any, Any]:
 
 
 @pytest.mark.parametrize("call", sorted(LEASED_CALLS))
-def test_a_stale_lease_after_a_reclaim_changes_nothing(conn: Any, session_id: Any,
-                                                       call: str) -> None:
+def test_a_stale_lease_after_a_reclaim_changes_nothing(
+    conn: Any, session_id: Any, call: str
+) -> None:
     job, stale = failed_and_reclaimed(conn, session_id)
     set_clock(conn, T0 + timedelta(days=1))
     before = job_row(conn, job)
@@ -63,8 +64,9 @@ def test_a_stale_lease_after_a_reclaim_changes_nothing(conn: Any, session_id: An
 
 
 @pytest.mark.parametrize("call", ["heartbeat", "fail", "release"])
-def test_the_lease_of_a_completed_job_changes_nothing(conn: Any, session_id: Any,
-                                                      call: str) -> None:
+def test_the_lease_of_a_completed_job_changes_nothing(
+    conn: Any, session_id: Any, call: str
+) -> None:
     job, lease = completed_job(conn, session_id)
     set_clock(conn, T0 + timedelta(days=1))
     before = job_row(conn, job)
@@ -82,8 +84,9 @@ def test_a_made_up_lease_changes_nothing(conn: Any, session_id: Any, call: str) 
     assert job_row(conn, job) == before
 
 
-def test_the_current_lease_heartbeats_completes_fails_and_releases(conn: Any,
-                                                                    session_id: Any) -> None:
+def test_the_current_lease_heartbeats_completes_fails_and_releases(
+    conn: Any, session_id: Any
+) -> None:
     job = insert_job(conn, session_id, max_retries=5)
     set_clock(conn, T0)
     lease = claim(conn)["lease_token"]  # type: ignore[index]
@@ -102,11 +105,15 @@ def test_the_current_lease_heartbeats_completes_fails_and_releases(conn: Any,
     assert leased(conn, "complete", job, lease) is True
     row = job_row(conn, job)
     assert (row["status"], row["completed_at"], row["end_reason"]) == (
-        "completed", T0 + timedelta(days=1), "completed")
+        "completed",
+        T0 + timedelta(days=1),
+        "completed",
+    )
 
 
 def test_completing_twice_with_the_same_lease_is_true_both_times_and_completes_once(
-        conn: Any, session_id: Any) -> None:
+    conn: Any, session_id: Any
+) -> None:
     job, lease = completed_job(conn, session_id)
     first = job_row(conn, job)
     set_clock(conn, T0 + timedelta(minutes=1))
@@ -115,7 +122,8 @@ def test_completing_twice_with_the_same_lease_is_true_both_times_and_completes_o
 
 
 def test_a_stale_lease_cannot_complete_a_job_that_another_attempt_completed(
-        conn: Any, session_id: Any) -> None:
+    conn: Any, session_id: Any
+) -> None:
     job, stale = failed_and_reclaimed(conn, session_id)
     current = job_row(conn, job)["lease_token"]
     assert scalar(conn, "SELECT complete_job(%s, %s)", [job, current]) is True
@@ -125,8 +133,9 @@ def test_a_stale_lease_cannot_complete_a_job_that_another_attempt_completed(
 
 
 @pytest.mark.parametrize("state", ["pending", "processing"])
-def test_the_operator_completes_a_pending_or_processing_job(conn: Any, session_id: Any,
-                                                            state: str) -> None:
+def test_the_operator_completes_a_pending_or_processing_job(
+    conn: Any, session_id: Any, state: str
+) -> None:
     job = insert_job(conn, session_id)
     set_clock(conn, T0)
     if state == "processing":
@@ -136,8 +145,9 @@ def test_the_operator_completes_a_pending_or_processing_job(conn: Any, session_i
 
 
 @pytest.mark.parametrize("state", ["pending", "processing"])
-def test_the_operator_fails_a_pending_or_processing_job(conn: Any, session_id: Any,
-                                                        state: str) -> None:
+def test_the_operator_fails_a_pending_or_processing_job(
+    conn: Any, session_id: Any, state: str
+) -> None:
     job = insert_job(conn, session_id, max_retries=2)
     set_clock(conn, T0)
     if state == "processing":
@@ -150,8 +160,9 @@ def test_the_operator_fails_a_pending_or_processing_job(conn: Any, session_id: A
 
 
 @pytest.mark.parametrize("final", ["completed", "failed"])
-def test_the_operator_never_changes_a_completed_or_failed_job(conn: Any, session_id: Any,
-                                                              final: str) -> None:
+def test_the_operator_never_changes_a_completed_or_failed_job(
+    conn: Any, session_id: Any, final: str
+) -> None:
     job = insert_job(conn, session_id, max_retries=1)
     if final == "completed":
         assert scalar(conn, "SELECT complete_job(%s)", [job]) is True
@@ -166,14 +177,16 @@ def test_the_operator_never_changes_a_completed_or_failed_job(conn: Any, session
 
 def complete_and_claim(conn: Any, job: Any, lease: Any, worker: str = "w") -> dict[str, Any]:
     with conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute("SELECT * FROM queue_complete_and_claim(%s, %s, %s)",
-                           [job, lease, worker]).fetchall()
+        rows = cur.execute(
+            "SELECT * FROM queue_complete_and_claim(%s, %s, %s)", [job, lease, worker]
+        ).fetchall()
     assert len(rows) == 1, rows
     return rows[0]
 
 
-def test_complete_and_claim_completes_one_job_and_claims_the_next(conn: Any,
-                                                                  session_id: Any) -> None:
+def test_complete_and_claim_completes_one_job_and_claims_the_next(
+    conn: Any, session_id: Any
+) -> None:
     first = insert_job(conn, session_id, priority=5)
     second = insert_job(conn, session_id, priority=1)
     set_clock(conn, T0)
@@ -184,17 +197,30 @@ def test_complete_and_claim_completes_one_job_and_claims_the_next(conn: Any,
     assert job_row(conn, first)["status"] == "completed"
     row = job_row(conn, second)
     assert (row["status"], row["lease_token"], row["worker_id"]) == (
-        "processing", result["lease_token"], "w")
+        "processing",
+        result["lease_token"],
+        "w",
+    )
 
     last = complete_and_claim(conn, second, result["lease_token"])
     assert last["completed"] is True
     assert {k: v for k, v in last.items() if k != "completed"} == dict.fromkeys(
-        ["job_id", "session_id", "prompt", "lease_token", "attempt", "retry_count",
-         "max_retries", "priority"])
+        [
+            "job_id",
+            "session_id",
+            "prompt",
+            "lease_token",
+            "attempt",
+            "retry_count",
+            "max_retries",
+            "priority",
+        ]
+    )
 
 
 def test_complete_and_claim_with_a_stale_lease_reports_it_and_still_claims(
-        conn: Any, session_id: Any) -> None:
+    conn: Any, session_id: Any
+) -> None:
     job, stale = failed_and_reclaimed(conn, session_id)
     other = insert_job(conn, session_id)
     before = job_row(conn, job)
@@ -204,18 +230,25 @@ def test_complete_and_claim_with_a_stale_lease_reports_it_and_still_claims(
     assert job_row(conn, job) == before
 
 
-def test_release_puts_the_job_back_at_once_without_counting_a_retry(conn: Any,
-                                                                    session_id: Any) -> None:
+def test_release_puts_the_job_back_at_once_without_counting_a_retry(
+    conn: Any, session_id: Any
+) -> None:
     job = insert_job(conn, session_id)
     set_clock(conn, T0)
     lease = claim(conn)["lease_token"]  # type: ignore[index]
     set_clock(conn, T0 + timedelta(seconds=5))
-    assert scalar(conn, "SELECT queue_release_job(%s, %s, 'worker shutting down')",
-                  [job, lease]) is True
+    assert (
+        scalar(conn, "SELECT queue_release_job(%s, %s, 'worker shutting down')", [job, lease])
+        is True
+    )
     row = job_row(conn, job)
-    assert (row["status"], row["retry_count"], row["run_at"], row["heartbeat_at"],
-            row["end_reason"]) == ("pending", 0, T0 + timedelta(seconds=5), None,
-                                   "worker shutting down")
+    assert (
+        row["status"],
+        row["retry_count"],
+        row["run_at"],
+        row["heartbeat_at"],
+        row["end_reason"],
+    ) == ("pending", 0, T0 + timedelta(seconds=5), None, "worker shutting down")
     again = claim(conn)
     assert again is not None and again["job_id"] == job and again["attempt"] == 2
 

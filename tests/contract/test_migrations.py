@@ -12,10 +12,16 @@ import psycopg
 import pytest
 
 from mobvibe.errors import MigrationError
-from mobvibe.sql.migrate import migrate
 from mobvibe.sql.files import migrations
+from mobvibe.sql.migrate import migrate
 from tests.contract.support import (
-    QUEUE_CLI, assert_one_error_line, claim, insert_job, run_queue_cli, scalar)
+    QUEUE_CLI,
+    assert_one_error_line,
+    claim,
+    insert_job,
+    run_queue_cli,
+    scalar,
+)
 
 SHIPPED = tuple(f"{m.version:04d}_{m.name}" for m in migrations())
 
@@ -25,17 +31,18 @@ def connect(url: str) -> psycopg.Connection[Any]:
 
 
 def recorded(conn: Any) -> list[tuple[int, str, str]]:
-    return conn.execute("SELECT version, name, checksum FROM queue_migrations "
-                        "ORDER BY version").fetchall()
+    return conn.execute(
+        "SELECT version, name, checksum FROM queue_migrations ORDER BY version"
+    ).fetchall()
 
 
 def test_the_package_ships_0001_to_0004() -> None:
-    assert SHIPPED[:4] == ("0001_tables", "0002_functions", "0003_notifications",
-                           "0004_privileges")
+    assert SHIPPED[:4] == ("0001_tables", "0002_functions", "0003_notifications", "0004_privileges")
 
 
-def test_migrate_applies_every_migration_once_and_records_it(new_database: Callable[[], str]
-                                                             ) -> None:
+def test_migrate_applies_every_migration_once_and_records_it(
+    new_database: Callable[[], str],
+) -> None:
     with connect(new_database()) as conn:
         first = migrate(conn)
         assert (first.applied, first.already) == (SHIPPED, 0)
@@ -46,17 +53,29 @@ def test_migrate_applies_every_migration_once_and_records_it(new_database: Calla
 
 
 def test_four_processes_migrating_one_database_at_once_all_succeed(
-        new_database: Callable[[], str]) -> None:
+    new_database: Callable[[], str],
+) -> None:
     url = new_database()
     env = {"DATABASE_URL": url, "PATH": "/usr/bin:/bin"}
-    runs = [subprocess.Popen([QUEUE_CLI, "migrate"], env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    runs = [
+        subprocess.Popen(
+            [QUEUE_CLI, "migrate"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
     outputs = [run.communicate(timeout=120) for run in runs]
     assert [run.returncode for run in runs] == [0] * 4, outputs
     said = sorted(out.strip() for out, _ in outputs)
     # the advisory lock lets exactly one of them do the work
-    assert said == [f"applied {len(SHIPPED)} migration(s): {', '.join(SHIPPED)}"] + [
-        f"schema up to date ({len(SHIPPED)} migrations applied)"] * 3
+    assert (
+        said
+        == [f"applied {len(SHIPPED)} migration(s): {', '.join(SHIPPED)}"]
+        + [f"schema up to date ({len(SHIPPED)} migrations applied)"] * 3
+    )
     with connect(url) as conn:
         assert [version for version, _, _ in recorded(conn)] == [m.version for m in migrations()]
 
@@ -69,48 +88,64 @@ def test_a_changed_applied_migration_is_refused(new_database: Callable[[], str])
         with pytest.raises(MigrationError, match="0002_functions was changed"):
             migrate(conn)
         # the lock is given back even so: another run is not blocked
-        assert scalar(conn, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
-                            "AND pid = pg_backend_pid()") == 0
+        assert (
+            scalar(
+                conn,
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                "AND pid = pg_backend_pid()",
+            )
+            == 0
+        )
     result = run_queue_cli("migrate", database_url=url)
     line = assert_one_error_line(result, 1)
     assert "0002_functions" in line
     assert len((result.stdout + result.stderr).strip().splitlines()) == 1
 
 
-def test_a_migration_this_version_does_not_ship_is_refused(new_database: Callable[[], str]
-                                                           ) -> None:
+def test_a_migration_this_version_does_not_ship_is_refused(new_database: Callable[[], str]) -> None:
     with connect(new_database()) as conn:
         migrate(conn)
-        conn.execute("INSERT INTO queue_migrations (version, name, checksum) "
-                     "VALUES (9999, 'from_the_future', 'y')")
+        conn.execute(
+            "INSERT INTO queue_migrations (version, name, checksum) "
+            "VALUES (9999, 'from_the_future', 'y')"
+        )
         with pytest.raises(MigrationError, match="upgrade"):
             migrate(conn)
 
 
 def test_a_sessions_table_of_another_phase_gains_the_queue_columns(
-        new_database: Callable[[], str]) -> None:
+    new_database: Callable[[], str],
+) -> None:
     with connect(new_database()) as conn:
         conn.execute("CREATE TABLE coding_sessions (id uuid PRIMARY KEY)")
         migrate(conn)
-        columns = {name for (name,) in conn.execute(
-            "SELECT column_name FROM information_schema.columns "
-            "WHERE table_name = 'coding_sessions'")}
+        columns = {
+            name
+            for (name,) in conn.execute(
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_name = 'coding_sessions'"
+            )
+        }
         assert columns == {"id", "status", "error_message", "updated_at"}
         session = uuid.uuid4()
         conn.execute("INSERT INTO coding_sessions (id) VALUES (%s)", [session])
         job = insert_job(conn, session, max_retries=1)
         assert scalar(conn, "SELECT fail_job(%s, 'broken')", [job]) is False
         assert conn.execute("SELECT status, error_message FROM coding_sessions").fetchone() == (
-            "failed", "broken")
+            "failed",
+            "broken",
+        )
 
 
-def test_coding_jobs_joins_the_supabase_realtime_publication(new_database: Callable[[], str]
-                                                             ) -> None:
+def test_coding_jobs_joins_the_supabase_realtime_publication(
+    new_database: Callable[[], str],
+) -> None:
     with connect(new_database()) as conn:
         conn.execute("CREATE PUBLICATION supabase_realtime")
         migrate(conn)
-        tables = conn.execute("SELECT tablename FROM pg_publication_tables "
-                              "WHERE pubname = 'supabase_realtime'").fetchall()
+        tables = conn.execute(
+            "SELECT tablename FROM pg_publication_tables WHERE pubname = 'supabase_realtime'"
+        ).fetchall()
         assert tables == [("coding_jobs",)]
 
 
@@ -118,9 +153,15 @@ def test_a_publication_for_all_tables_is_left_alone(new_database: Callable[[], s
     with connect(new_database()) as conn:
         conn.execute("CREATE PUBLICATION supabase_realtime FOR ALL TABLES")
         migrate(conn)
-        assert scalar(conn, "SELECT count(*) FROM pg_publication_tables "
-                            "WHERE pubname = 'supabase_realtime' "
-                            "AND tablename = 'coding_jobs'") == 1
+        assert (
+            scalar(
+                conn,
+                "SELECT count(*) FROM pg_publication_tables "
+                "WHERE pubname = 'supabase_realtime' "
+                "AND tablename = 'coding_jobs'",
+            )
+            == 1
+        )
 
 
 def test_without_the_publication_nothing_is_published(new_database: Callable[[], str]) -> None:
@@ -174,22 +215,29 @@ CREATE TRIGGER on_job_status_changed AFTER UPDATE ON coding_jobs
 
 
 def test_a_database_with_the_plans_schema_migrates_and_keeps_working(
-        new_database: Callable[[], str]) -> None:
+    new_database: Callable[[], str],
+) -> None:
     with connect(new_database()) as conn:
         conn.execute(PLAN_SCHEMA.encode())
         session = uuid.uuid4()
         conn.execute("INSERT INTO coding_sessions (id) VALUES (%s)", [session])
-        old_job = scalar(conn, "INSERT INTO coding_jobs (session_id, prompt, priority) "
-                               "VALUES (%s, 'from before', 1) RETURNING id", [session])
+        old_job = scalar(
+            conn,
+            "INSERT INTO coding_jobs (session_id, prompt, priority) "
+            "VALUES (%s, 'from before', 1) RETURNING id",
+            [session],
+        )
         assert migrate(conn).applied == SHIPPED
 
         # one function of each name: the plan's calls are not ambiguous
         overloads = conn.execute(
             "SELECT proname, count(*) FROM pg_proc WHERE pronamespace = 'public'::regnamespace "
             "AND proname IN ('claim_next_job', 'complete_job', 'fail_job', 'get_queue_stats') "
-            "GROUP BY proname").fetchall()
+            "GROUP BY proname"
+        ).fetchall()
         assert dict(overloads) == dict.fromkeys(
-            ["claim_next_job", "complete_job", "fail_job", "get_queue_stats"], 1)
+            ["claim_next_job", "complete_job", "fail_job", "get_queue_stats"], 1
+        )
 
         new_job = insert_job(conn, session, priority=5)
         first = claim(conn)
@@ -199,8 +247,10 @@ def test_a_database_with_the_plans_schema_migrates_and_keeps_working(
         assert cur.fetchone()[:3] == (old_job, session, "from before")
         assert scalar(conn, "SELECT complete_job(%s)", [new_job]) is True
         assert scalar(conn, "SELECT fail_job(%s, 'x')", [old_job]) is True
-        stats = conn.execute("SELECT pending_count, processing_count, completed_count, "
-                             "failed_count FROM get_queue_stats()").fetchone()
+        stats = conn.execute(
+            "SELECT pending_count, processing_count, completed_count, "
+            "failed_count FROM get_queue_stats()"
+        ).fetchone()
         assert stats == (1, 0, 1, 0)
 
         # the queue's checks now hold on the old table too
@@ -219,4 +269,5 @@ def test_a_database_with_the_plans_schema_migrates_and_keeps_working(
                 break
             notes.append(note)
         assert [json.loads(n.payload) for n in notes] == [
-            {"job_id": str(job), "session_id": str(session), "priority": 2}]
+            {"job_id": str(job), "session_id": str(session), "priority": 2}
+        ]

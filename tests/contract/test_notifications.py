@@ -11,9 +11,9 @@ from typing import Any
 import psycopg
 import pytest
 
+from mobvibe.client import JobQueue
 from mobvibe.sql.jobs import NewJob
 from mobvibe.sql.notify import Notification
-from mobvibe.client import JobQueue
 from tests.contract.support import T0, claim, insert_job, job_row, scalar
 from tests.helpers import set_clock, wait_for
 
@@ -52,23 +52,33 @@ def received(listener: psycopg.Connection[Any], sender: psycopg.Connection[Any])
 
 
 def status_change(job: Any, session_id: Any, old: str, new: str) -> Note:
-    return ("job_status_changed", {"job_id": str(job), "session_id": str(session_id),
-                                   "old_status": old, "new_status": new})
+    return (
+        "job_status_changed",
+        {"job_id": str(job), "session_id": str(session_id), "old_status": old, "new_status": new},
+    )
 
 
-def test_a_plain_insert_notifies_new_job_with_the_plan_payload(listener: Any, conn: Any,
-                                                               session_id: Any) -> None:
+def test_a_plain_insert_notifies_new_job_with_the_plan_payload(
+    listener: Any, conn: Any, session_id: Any
+) -> None:
     job = insert_job(conn, session_id, priority=7)
     notes = received(listener, conn)
-    assert notes == [("new_job", {"job_id": str(job), "session_id": str(session_id),
-                                  "priority": 7})]
+    assert notes == [
+        ("new_job", {"job_id": str(job), "session_id": str(session_id), "priority": 7})
+    ]
     assert set(notes[0][1]) == NEW_JOB_KEYS
 
 
-def test_enqueue_many_notifies_once_per_job(listener: Any, conn: Any, queue: JobQueue,
-                                            session_id: Any) -> None:
-    ids = queue.enqueue_many([NewJob("a", session_id, priority=1), NewJob("b", priority=2),
-                              NewJob("c", session_id, priority=3)])
+def test_enqueue_many_notifies_once_per_job(
+    listener: Any, conn: Any, queue: JobQueue, session_id: Any
+) -> None:
+    ids = queue.enqueue_many(
+        [
+            NewJob("a", session_id, priority=1),
+            NewJob("b", priority=2),
+            NewJob("c", session_id, priority=3),
+        ]
+    )
     notes = received(listener, conn)
     assert [channel for channel, _ in notes] == ["new_job"] * 3
     assert all(set(payload) == NEW_JOB_KEYS for _, payload in notes)
@@ -76,8 +86,9 @@ def test_enqueue_many_notifies_once_per_job(listener: Any, conn: Any, queue: Job
     assert by_id == {str(ids[0]): 1, str(ids[1]): 2, str(ids[2]): 3}
 
 
-def test_each_status_transition_notifies_old_and_new_status(listener: Any, conn: Any,
-                                                            session_id: Any) -> None:
+def test_each_status_transition_notifies_old_and_new_status(
+    listener: Any, conn: Any, session_id: Any
+) -> None:
     job = insert_job(conn, session_id, max_retries=2)
     set_clock(conn, T0)
     first = claim(conn)
@@ -97,20 +108,22 @@ def test_each_status_transition_notifies_old_and_new_status(listener: Any, conn:
     assert notes == [
         new_job,
         status_change(job, session_id, "pending", "processing"),
-        status_change(job, session_id, "processing", "pending"),     # retry
+        status_change(job, session_id, "processing", "pending"),  # retry
         status_change(job, session_id, "pending", "processing"),
-        status_change(job, session_id, "processing", "failed"),      # dead letter
-        status_change(job, session_id, "failed", "pending"),         # requeue_failed
+        status_change(job, session_id, "processing", "failed"),  # dead letter
+        status_change(job, session_id, "failed", "pending"),  # requeue_failed
         new_job,
         status_change(job, session_id, "pending", "processing"),
         status_change(job, session_id, "processing", "completed"),
     ]
-    assert all(set(payload) == STATUS_KEYS for channel, payload in notes
-               if channel == "job_status_changed")
+    assert all(
+        set(payload) == STATUS_KEYS for channel, payload in notes if channel == "job_status_changed"
+    )
 
 
-def test_release_and_the_operator_path_notify_too(listener: Any, conn: Any,
-                                                  session_id: Any) -> None:
+def test_release_and_the_operator_path_notify_too(
+    listener: Any, conn: Any, session_id: Any
+) -> None:
     job = insert_job(conn, session_id, max_retries=1)
     lease = claim(conn)["lease_token"]  # type: ignore[index]
     assert scalar(conn, "SELECT queue_release_job(%s, %s)", [job, lease]) is True
@@ -121,17 +134,16 @@ def test_release_and_the_operator_path_notify_too(listener: Any, conn: Any,
         new_job,
         status_change(job, session_id, "pending", "processing"),
         status_change(job, session_id, "processing", "pending"),
-        new_job,                                                      # released: due again now
+        new_job,  # released: due again now
         status_change(job, session_id, "pending", "failed"),
     ]
 
 
-def test_a_session_with_status_notify_off_sends_no_status_changes(listener: Any, conn: Any,
-                                                                  db_url: str,
-                                                                  session_id: Any) -> None:
+def test_a_session_with_status_notify_off_sends_no_status_changes(
+    listener: Any, conn: Any, db_url: str, session_id: Any
+) -> None:
     job = insert_job(conn, session_id)
-    with psycopg.connect(db_url, autocommit=True,
-                         options="-c mobvibe.status_notify=off") as quiet:
+    with psycopg.connect(db_url, autocommit=True, options="-c mobvibe.status_notify=off") as quiet:
         taken = claim(quiet)
         assert taken is not None
         assert scalar(quiet, "SELECT complete_job(%s, %s)", [job, taken["lease_token"]]) is True
@@ -150,19 +162,26 @@ def test_a_heartbeat_notifies_nothing(listener: Any, conn: Any, session_id: Any)
     assert len(received(listener, conn)) == 2  # new_job, pending -> processing
     set_clock(conn, T0 + timedelta(seconds=10))
     for _ in range(3):
-        assert scalar(conn, "SELECT queue_heartbeat(%s, %s)",
-                      [claimed["job_id"], claimed["lease_token"]]) is True
+        assert (
+            scalar(
+                conn, "SELECT queue_heartbeat(%s, %s)", [claimed["job_id"], claimed["lease_token"]]
+            )
+            is True
+        )
     assert received(listener, conn) == []
 
 
 def _listener_pids(conn: Any) -> set[int]:
-    rows = conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-                        "AND application_name = 'mobvibe-listener'").fetchall()
+    rows = conn.execute(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+        "AND application_name = 'mobvibe-listener'"
+    ).fetchall()
     return {pid for (pid,) in rows}
 
 
 def test_the_notifications_iterator_reconnects_after_its_backend_is_killed(
-        queue: JobQueue, conn: Any, session_id: Any) -> None:
+    queue: JobQueue, conn: Any, session_id: Any
+) -> None:
     got: list[Notification] = []
     errors: list[BaseException] = []
     stop = threading.Event()
@@ -192,14 +211,17 @@ def test_the_notifications_iterator_reconnects_after_its_backend_is_killed(
     consumer = threading.Thread(target=consume, daemon=True)
     consumer.start()
     try:
-        wait_for(enqueue_until_received, timeout=20, interval=0.1,
-                 message="a first notification")
+        wait_for(enqueue_until_received, timeout=20, interval=0.1, message="a first notification")
         (old_pid,) = _listener_pids(conn)
         assert scalar(conn, "SELECT pg_terminate_backend(%s)", [old_pid]) is True
 
         sent = set()
-        wait_for(enqueue_until_received, timeout=20, interval=0.1,
-                 message="a notification after the reconnect")
+        wait_for(
+            enqueue_until_received,
+            timeout=20,
+            interval=0.1,
+            message="a notification after the reconnect",
+        )
         assert old_pid not in _listener_pids(conn)
         assert len(_listener_pids(conn)) == 1
         assert not errors, errors

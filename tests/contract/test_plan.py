@@ -7,15 +7,22 @@ from typing import Any
 from mobvibe.client import JobQueue
 
 
-def insert_job(conn: Any, session_id: Any, priority: int = 0, max_retries: int | None = None) -> Any:
+def insert_job(
+    conn: Any, session_id: Any, priority: int = 0, max_retries: int | None = None
+) -> Any:
     """A plain INSERT, the way other MobVibe parts create jobs."""
     if max_retries is None:
-        row = conn.execute("INSERT INTO coding_jobs (session_id, prompt, priority) "
-                           "VALUES (%s, 'Test', %s) RETURNING id", [session_id, priority]).fetchone()
+        row = conn.execute(
+            "INSERT INTO coding_jobs (session_id, prompt, priority) "
+            "VALUES (%s, 'Test', %s) RETURNING id",
+            [session_id, priority],
+        ).fetchone()
     else:
-        row = conn.execute("INSERT INTO coding_jobs (session_id, prompt, priority, max_retries) "
-                           "VALUES (%s, 'Test', %s, %s) RETURNING id",
-                           [session_id, priority, max_retries]).fetchone()
+        row = conn.execute(
+            "INSERT INTO coding_jobs (session_id, prompt, priority, max_retries) "
+            "VALUES (%s, 'Test', %s, %s) RETURNING id",
+            [session_id, priority, max_retries],
+        ).fetchone()
     return row[0]
 
 
@@ -30,28 +37,36 @@ def test_retries_failed_jobs(queue: JobQueue, conn: Any, session_id: Any) -> Non
     job = insert_job(conn, session_id)
     assert queue.fail(job, "Test error") is True
     status, retry_count = conn.execute(
-        "SELECT status, retry_count FROM coding_jobs WHERE id = %s", [job]).fetchone()
+        "SELECT status, retry_count FROM coding_jobs WHERE id = %s", [job]
+    ).fetchone()
     assert status == "pending"
     assert retry_count == 1
 
 
-def test_moves_to_dead_letter_after_max_retries(queue: JobQueue, conn: Any,
-                                                session_id: Any) -> None:
+def test_moves_to_dead_letter_after_max_retries(
+    queue: JobQueue, conn: Any, session_id: Any
+) -> None:
     job = insert_job(conn, session_id, max_retries=2)
     queue.fail(job, "Error 1")
     queue.claim()  # re-claim: the retry is not due yet, so nothing comes back
     assert queue.fail(job, "Error 2") is False
     status = conn.execute("SELECT status FROM coding_jobs WHERE id = %s", [job]).fetchone()[0]
     assert status == "failed"
-    session = conn.execute("SELECT status, error_message FROM coding_sessions WHERE id = %s",
-                           [session_id]).fetchone()
+    session = conn.execute(
+        "SELECT status, error_message FROM coding_sessions WHERE id = %s", [session_id]
+    ).fetchone()
     assert session == ("failed", "Error 2")
 
 
 def test_provides_queue_statistics(queue: JobQueue) -> None:
     stats = queue.stats()
-    for name in ("pending_count", "processing_count", "completed_count", "failed_count",
-                 "oldest_pending_age"):
+    for name in (
+        "pending_count",
+        "processing_count",
+        "completed_count",
+        "failed_count",
+        "oldest_pending_age",
+    ):
         assert hasattr(stats, name)
 
 
@@ -63,10 +78,16 @@ def test_sql_functions_keep_the_plan_signatures(conn: Any, session_id: Any) -> N
     assert cur.fetchone()[0] == job
     conn.execute("SELECT complete_job(job_id_param => %s)", [job])
     job2 = insert_job(conn, session_id)
-    assert conn.execute("SELECT fail_job(job_id_param => %s, error_msg => 'x')",
-                        [job2]).fetchone()[0] is True
+    assert (
+        conn.execute("SELECT fail_job(job_id_param => %s, error_msg => 'x')", [job2]).fetchone()[0]
+        is True
+    )
     cur = conn.execute("SELECT * FROM get_queue_stats()")
     assert [d.name for d in cur.description][:5] == [
-        "pending_count", "processing_count", "completed_count", "failed_count",
-        "oldest_pending_age"]
+        "pending_count",
+        "processing_count",
+        "completed_count",
+        "failed_count",
+        "oldest_pending_age",
+    ]
     assert cur.fetchone()[:4] == (1, 0, 1, 0)

@@ -11,25 +11,37 @@ import psycopg
 
 from mobvibe.client import JobQueue
 from tests.contract.support import (
-    T0, assert_one_error_line, claim, insert_job, job_row, run_queue_cli, scalar)
+    T0,
+    assert_one_error_line,
+    claim,
+    insert_job,
+    job_row,
+    run_queue_cli,
+    scalar,
+)
 from tests.helpers import set_clock
 
 
 def backoff_config(conn: Any) -> tuple[float, float, float]:
     """(base seconds, cap seconds, jitter) as queue_config has them."""
-    row = conn.execute("SELECT extract(epoch FROM backoff_base), extract(epoch FROM backoff_cap), "
-                       "backoff_jitter FROM queue_config").fetchone()
+    row = conn.execute(
+        "SELECT extract(epoch FROM backoff_base), extract(epoch FROM backoff_cap), "
+        "backoff_jitter FROM queue_config"
+    ).fetchone()
     return float(row[0]), float(row[1]), float(row[2])
 
 
 def set_backoff(conn: Any, base: float, cap: float, jitter: float) -> None:
-    conn.execute("UPDATE queue_config SET backoff_base = %s * interval '1 second', "
-                 "backoff_cap = %s * interval '1 second', backoff_jitter = %s",
-                 [base, cap, jitter])
+    conn.execute(
+        "UPDATE queue_config SET backoff_base = %s * interval '1 second', "
+        "backoff_cap = %s * interval '1 second', backoff_jitter = %s",
+        [base, cap, jitter],
+    )
 
 
-def fail_at(conn: Any, job: Any, at: Any, error: str = "boom",
-            lease: Any = None) -> tuple[bool | None, float]:
+def fail_at(
+    conn: Any, job: Any, at: Any, error: str = "boom", lease: Any = None
+) -> tuple[bool | None, float]:
     """fail_job at SQL time `at`: (its result, seconds from `at` to the new run_at)."""
     set_clock(conn, at)
     result = scalar(conn, "SELECT fail_job(%s, %s, %s)", [job, error, lease])
@@ -54,11 +66,13 @@ def test_backoff_delays_lie_within_their_jitter_bounds(conn: Any, session_id: An
         assert len(set(delays)) > 1, f"no jitter in {delays}"
     rows = [job_row(conn, job) for job in jobs]
     assert {(r["status"], r["retry_count"], r["error_message"]) for r in rows} == {
-        ("pending", 6, "error 6")}
+        ("pending", 6, "error 6")
+    }
 
 
-def test_without_jitter_the_delays_are_exact_and_a_job_waits_for_them(conn: Any,
-                                                                      session_id: Any) -> None:
+def test_without_jitter_the_delays_are_exact_and_a_job_waits_for_them(
+    conn: Any, session_id: Any
+) -> None:
     set_backoff(conn, base=10, cap=600, jitter=0)
     job = insert_job(conn, session_id, max_retries=100)
     at = T0
@@ -95,7 +109,8 @@ def test_a_long_run_of_failures_stays_at_the_cap(conn: Any, session_id: Any) -> 
 
 
 def test_max_retries_2_dead_letters_on_the_second_failure_and_fails_the_session(
-        conn: Any, session_id: Any) -> None:
+    conn: Any, session_id: Any
+) -> None:
     job = insert_job(conn, session_id, max_retries=2)
     set_clock(conn, T0)
     first = claim(conn)
@@ -112,8 +127,9 @@ def test_max_retries_2_dead_letters_on_the_second_failure_and_fails_the_session(
     assert (row["status"], row["retry_count"], row["error_message"]) == ("failed", 2, "Error 2")
     assert row["completed_at"] == later
     assert row["heartbeat_at"] is None
-    session = conn.execute("SELECT status, error_message FROM coding_sessions WHERE id = %s",
-                           [session_id]).fetchone()
+    session = conn.execute(
+        "SELECT status, error_message FROM coding_sessions WHERE id = %s", [session_id]
+    ).fetchone()
     assert session == ("failed", "Error 2")
     assert scalar(conn, "SELECT failed_count FROM get_queue_stats()") == 1
     set_clock(conn, later + timedelta(days=1))
@@ -121,7 +137,8 @@ def test_max_retries_2_dead_letters_on_the_second_failure_and_fails_the_session(
 
 
 def test_fail_job_on_a_completed_or_failed_job_returns_null_and_changes_nothing(
-        conn: Any, session_id: Any) -> None:
+    conn: Any, session_id: Any
+) -> None:
     done = insert_job(conn, session_id)
     assert scalar(conn, "SELECT complete_job(%s)", [done]) is True
     dead = insert_job(conn, session_id, max_retries=1)
@@ -139,8 +156,7 @@ def test_fail_job_on_an_unknown_job_returns_null(conn: Any) -> None:
     assert scalar(conn, "SELECT fail_job(gen_random_uuid(), 'nobody')") is None
 
 
-def test_concurrent_failures_of_one_job_each_count(db_url: str, conn: Any,
-                                                   session_id: Any) -> None:
+def test_concurrent_failures_of_one_job_each_count(db_url: str, conn: Any, session_id: Any) -> None:
     job = insert_job(conn, session_id, max_retries=100)
     callers = 20
     start = threading.Barrier(callers)
@@ -167,7 +183,8 @@ def test_concurrent_failures_of_one_job_each_count(db_url: str, conn: Any,
 
 
 def test_requeue_failed_brings_a_dead_letter_back_and_reactivates_the_session(
-        queue: JobQueue, conn: Any, session_id: Any) -> None:
+    queue: JobQueue, conn: Any, session_id: Any
+) -> None:
     first = insert_job(conn, session_id, max_retries=1)
     second = insert_job(conn, session_id, max_retries=1)
     for job in (first, second):
@@ -178,14 +195,19 @@ def test_requeue_failed_brings_a_dead_letter_back_and_reactivates_the_session(
     assert scalar(conn, "SELECT queue_requeue_failed(%s)", [first]) is True
     row = job_row(conn, first)
     assert (row["status"], row["retry_count"], row["run_at"], row["completed_at"]) == (
-        "pending", 0, T0, None)
+        "pending",
+        0,
+        T0,
+        None,
+    )
     assert row["end_reason"] == "requeued from dead letters"
     # the session stays failed while one of its jobs still is
     assert session_status(conn, session_id) == "failed"
 
     assert queue.requeue_failed(second) is True
-    session = conn.execute("SELECT status, error_message FROM coding_sessions WHERE id = %s",
-                           [session_id]).fetchone()
+    session = conn.execute(
+        "SELECT status, error_message FROM coding_sessions WHERE id = %s", [session_id]
+    ).fetchone()
     assert session == ("active", None)
     assert queue.stats().failed_count == 0
 
@@ -194,7 +216,8 @@ def test_requeue_failed_brings_a_dead_letter_back_and_reactivates_the_session(
 
 
 def test_requeue_failed_of_a_job_that_is_not_failed_changes_nothing(
-        queue: JobQueue, conn: Any, session_id: Any) -> None:
+    queue: JobQueue, conn: Any, session_id: Any
+) -> None:
     job = insert_job(conn, session_id)
     before = job_row(conn, job)
     assert queue.requeue_failed(job) is False
@@ -202,12 +225,24 @@ def test_requeue_failed_of_a_job_that_is_not_failed_changes_nothing(
 
 
 def test_the_config_command_sets_the_schedule_that_the_next_failure_uses(
-        db_url: str, conn: Any, session_id: Any) -> None:
-    result = run_queue_cli("config", "--backoff-base", "2", "--backoff-cap", "3",
-                           "--backoff-jitter", "0", database_url=db_url)
+    db_url: str, conn: Any, session_id: Any
+) -> None:
+    result = run_queue_cli(
+        "config",
+        "--backoff-base",
+        "2",
+        "--backoff-cap",
+        "3",
+        "--backoff-jitter",
+        "0",
+        database_url=db_url,
+    )
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == {"backoff_base_seconds": 2.0, "backoff_cap_seconds": 3.0,
-                                         "backoff_jitter": 0.0}
+    assert json.loads(result.stdout) == {
+        "backoff_base_seconds": 2.0,
+        "backoff_cap_seconds": 3.0,
+        "backoff_jitter": 0.0,
+    }
     assert backoff_config(conn) == (2.0, 3.0, 0.0)
     job = insert_job(conn, session_id, max_retries=10)
     delays = [fail_at(conn, job, T0 + timedelta(hours=n))[1] for n in range(1, 4)]
@@ -215,14 +250,16 @@ def test_the_config_command_sets_the_schedule_that_the_next_failure_uses(
 
 
 def test_the_config_command_refuses_a_cap_below_the_base(db_url: str, conn: Any) -> None:
-    result = run_queue_cli("config", "--backoff-base", "60", "--backoff-cap", "5",
-                           database_url=db_url)
+    result = run_queue_cli(
+        "config", "--backoff-base", "60", "--backoff-cap", "5", database_url=db_url
+    )
     assert "backoff cap" in assert_one_error_line(result, 2)
     assert backoff_config(conn) == (10.0, 600.0, 0.25)
 
 
 def test_a_failure_after_max_retries_was_lowered_to_the_count_dead_letters(
-        conn: Any, session_id: Any) -> None:
+    conn: Any, session_id: Any
+) -> None:
     job = insert_job(conn, session_id, max_retries=5)
     set_clock(conn, T0)
     lease = claim(conn)["lease_token"]  # type: ignore[index]

@@ -16,8 +16,14 @@ from tests.contract.support import insert_job
 
 PLAN_FUNCTIONS = {"claim_next_job", "complete_job", "fail_job", "get_queue_stats"}
 DEFINER_FUNCTIONS = PLAN_FUNCTIONS | {
-    "queue_complete_and_claim", "queue_heartbeat", "queue_release_job", "queue_reap_expired",
-    "queue_requeue_failed", "queue_prune", "queue_next_run_at"}
+    "queue_complete_and_claim",
+    "queue_heartbeat",
+    "queue_release_job",
+    "queue_reap_expired",
+    "queue_requeue_failed",
+    "queue_prune",
+    "queue_next_run_at",
+}
 
 
 def test_no_function_of_the_public_schema_is_executable_by_public(conn: Any) -> None:
@@ -28,15 +34,17 @@ def test_no_function_of_the_public_schema_is_executable_by_public(conn: Any) -> 
                        WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE')
         FROM pg_proc p WHERE p.pronamespace = 'public'::regnamespace""").fetchall()
     names = {name for name, _, _ in rows}
-    assert PLAN_FUNCTIONS <= names
-    assert DEFINER_FUNCTIONS - PLAN_FUNCTIONS <= {n for n in names if n.startswith("queue_")}
+    assert names >= PLAN_FUNCTIONS
+    assert {n for n in names if n.startswith("queue_")} >= DEFINER_FUNCTIONS - PLAN_FUNCTIONS
     # a NULL proacl means the default ACL, which lets PUBLIC execute: hence acldefault above
     assert [signature for _, signature, public in rows if public] == []
 
 
 def test_every_security_definer_function_pins_its_search_path(conn: Any) -> None:
-    rows = conn.execute("SELECT proname, coalesce(proconfig, '{}') FROM pg_proc "
-                        "WHERE pronamespace = 'public'::regnamespace AND prosecdef").fetchall()
+    rows = conn.execute(
+        "SELECT proname, coalesce(proconfig, '{}') FROM pg_proc "
+        "WHERE pronamespace = 'public'::regnamespace AND prosecdef"
+    ).fetchall()
     assert {name for name, _ in rows} == DEFINER_FUNCTIONS
     for name, config in rows:
         paths = [c.split("=", 1)[1] for c in config if c.startswith("search_path=")]
@@ -55,19 +63,22 @@ def login_role(conn: Any, db_url: str) -> Iterator[Callable[..., str]]:
         conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
         made.append(name)
         for group in member_of:
-            conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(group),
-                                                        sql.Identifier(name)))
+            conn.execute(
+                sql.SQL("GRANT {} TO {}").format(sql.Identifier(group), sql.Identifier(name))
+            )
         return conninfo.make_conninfo(db_url, user=name)
 
     yield make
     for name in made:
-        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
-                     [name])
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", [name]
+        )
         conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
 
 
 def test_a_member_of_mobvibe_worker_runs_the_whole_job_lifecycle(
-        login_role: Callable[..., str]) -> None:
+    login_role: Callable[..., str],
+) -> None:
     url = login_role("mobvibe_worker")
     with JobQueue(url) as queue:
         first = queue.enqueue("job for the worker role", priority=3)
@@ -92,7 +103,8 @@ def test_a_member_of_mobvibe_worker_runs_the_whole_job_lifecycle(
 
 
 def test_a_member_of_mobvibe_monitor_reads_statistics_but_cannot_claim(
-        login_role: Callable[..., str], conn: Any, session_id: Any) -> None:
+    login_role: Callable[..., str], conn: Any, session_id: Any
+) -> None:
     insert_job(conn, session_id)
     with psycopg.connect(login_role("mobvibe_monitor"), autocommit=True) as monitor:
         row = monitor.execute("SELECT pending_count FROM get_queue_stats()").fetchone()
@@ -101,27 +113,35 @@ def test_a_member_of_mobvibe_monitor_reads_statistics_but_cannot_claim(
             monitor.execute("SELECT * FROM claim_next_job()")
 
 
-@pytest.mark.parametrize("call", [
-    "SELECT * FROM claim_next_job()",
-    "SELECT complete_job(%(job)s)",
-    "SELECT fail_job(%(job)s, 'x')",
-    "SELECT * FROM get_queue_stats()",
-    "SELECT queue_heartbeat(%(job)s, %(job)s)",
-    "SELECT queue_requeue_failed(%(job)s)",
-])
-def test_a_login_role_without_grants_is_denied(login_role: Callable[..., str], conn: Any,
-                                              session_id: Any, call: str) -> None:
+@pytest.mark.parametrize(
+    "call",
+    [
+        "SELECT * FROM claim_next_job()",
+        "SELECT complete_job(%(job)s)",
+        "SELECT fail_job(%(job)s, 'x')",
+        "SELECT * FROM get_queue_stats()",
+        "SELECT queue_heartbeat(%(job)s, %(job)s)",
+        "SELECT queue_requeue_failed(%(job)s)",
+    ],
+)
+def test_a_login_role_without_grants_is_denied(
+    login_role: Callable[..., str], conn: Any, session_id: Any, call: str
+) -> None:
     job = insert_job(conn, session_id)
     with psycopg.connect(login_role(), autocommit=True) as stranger:
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"):
             stranger.execute(call, {"job": job})
     assert conn.execute("SELECT status FROM coding_jobs WHERE id = %s", [job]).fetchone() == (
-        "pending",)
+        "pending",
+    )
 
 
-def test_a_login_role_without_grants_cannot_insert_a_job(login_role: Callable[..., str],
-                                                        session_id: Any) -> None:
+def test_a_login_role_without_grants_cannot_insert_a_job(
+    login_role: Callable[..., str], session_id: Any
+) -> None:
     with psycopg.connect(login_role(), autocommit=True) as stranger:
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            stranger.execute("INSERT INTO coding_jobs (session_id, prompt) VALUES (%s, 'x')",
-                             [uuid.UUID(str(session_id))])
+            stranger.execute(
+                "INSERT INTO coding_jobs (session_id, prompt) VALUES (%s, 'x')",
+                [uuid.UUID(str(session_id))],
+            )

@@ -40,7 +40,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 def docker_client() -> Iterator[Any]:
     """A client of a running Docker engine; skip when none answers."""
     try:
-        import docker  # noqa: PLC0415
+        import docker
     except ImportError:
         pytest.skip("the docker Python package is not installed (pip install '.[dev]')")
     client, reason = None, ""
@@ -59,8 +59,10 @@ def docker_client() -> Iterator[Any]:
                 client.close()
             client = None
             gc.collect()
-        pytest.skip(f"no Docker engine answers ({reason}); start one with "
-                    "deploy/docker/base/make-base-image.sh (as root)")
+        pytest.skip(
+            f"no Docker engine answers ({reason}); start one with "
+            "deploy/docker/base/make-base-image.sh (as root)"
+        )
     yield client
     client.close()
 
@@ -68,7 +70,7 @@ def docker_client() -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def base_image(docker_client: Any) -> str:
     """The local stand-in base image; made by make-base-image.sh when it is missing."""
-    import docker  # noqa: PLC0415
+    import docker
 
     try:
         docker_client.images.get(BASE_IMAGE)
@@ -77,11 +79,18 @@ def base_image(docker_client: Any) -> str:
         pass
     script = DEPLOY / "docker" / "base" / "make-base-image.sh"
     started = time.monotonic()
-    result = subprocess.run(["bash", str(script)], capture_output=True, text=True, check=False,
-                            env={**os.environ, "MOBVIBE_BASE_IMAGE": BASE_IMAGE})
+    result = subprocess.run(
+        ["bash", str(script)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "MOBVIBE_BASE_IMAGE": BASE_IMAGE},
+    )
     if result.returncode != 0:
-        pytest.skip(f"cannot make the base image {BASE_IMAGE}: "
-                    f"{(result.stderr.strip().splitlines() or ['?'])[-1]}")
+        pytest.skip(
+            f"cannot make the base image {BASE_IMAGE}: "
+            f"{(result.stderr.strip().splitlines() or ['?'])[-1]}"
+        )
     MEASURES["base image made in"] = f"{time.monotonic() - started:.0f} s"
     return BASE_IMAGE
 
@@ -92,15 +101,22 @@ def image(docker_client: Any, base_image: str) -> str:
     started = time.monotonic()
     log: list[str] = []
     for chunk in docker_client.api.build(
-            path=str(ROOT), dockerfile=str(DOCKERFILE.relative_to(ROOT)), tag=IMAGE,
-            buildargs={"BASE": base_image}, network_mode="host", rm=True, forcerm=True,
-            decode=True):
+        path=str(ROOT),
+        dockerfile=str(DOCKERFILE.relative_to(ROOT)),
+        tag=IMAGE,
+        buildargs={"BASE": base_image},
+        network_mode="host",
+        rm=True,
+        forcerm=True,
+        decode=True,
+    ):
         if "stream" in chunk:
             log.append(chunk["stream"])
         if "error" in chunk:
             pytest.fail(f"docker build failed: {chunk['error']}\n{''.join(log)[-3000:]}")
-    MEASURES["image build (cached layers reused when unchanged)"] = \
+    MEASURES["image build (cached layers reused when unchanged)"] = (
         f"{time.monotonic() - started:.1f} s"
+    )
     size = docker_client.images.get(IMAGE).attrs["Size"]
     MEASURES["image size"] = f"{size / 1e6:.0f} MB ({IMAGE}, base {base_image})"
     return IMAGE
@@ -109,8 +125,11 @@ def image(docker_client: Any, base_image: str) -> str:
 @pytest.fixture(scope="session")
 def container_pg() -> str:
     """A PostgreSQL server that containers on the host network can reach."""
-    candidates = [os.environ.get("DEPLOY_TEST_DATABASE_URL"), os.environ.get("TEST_DATABASE_URL"),
-                  CONTAINER_PG_DEFAULT]
+    candidates = [
+        os.environ.get("DEPLOY_TEST_DATABASE_URL"),
+        os.environ.get("TEST_DATABASE_URL"),
+        CONTAINER_PG_DEFAULT,
+    ]
     for url in filter(None, candidates):
         host = str(conninfo.conninfo_to_dict(url).get("host", ""))
         if not host or host.startswith("/"):
@@ -120,8 +139,9 @@ def container_pg() -> str:
                 return url
         except psycopg.OperationalError:
             continue
-    pytest.skip("no PostgreSQL on 127.0.0.1:5432 (or DEPLOY_TEST_DATABASE_URL) for the "
-                "containers to reach")
+    pytest.skip(
+        "no PostgreSQL on 127.0.0.1:5432 (or DEPLOY_TEST_DATABASE_URL) for the containers to reach"
+    )
 
 
 @pytest.fixture
@@ -132,8 +152,9 @@ def fresh_database(container_pg: str) -> Iterator[str]:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     yield conninfo.make_conninfo(container_pg, dbname=name)
     with psycopg.connect(container_pg, autocommit=True) as admin:
-        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
-                      .format(sql.Identifier(name)))
+        admin.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
 
 
 @pytest.fixture

@@ -48,10 +48,14 @@ def applied() -> list[dict[str, Any]]:
 
 
 def one(kind: str, name: str | None = None) -> dict[str, Any]:
-    found = [d for d in applied() if d["kind"] == kind
-             and (name is None or d["metadata"]["name"] == name)]
-    assert len(found) == 1, \
+    found = [
+        d
+        for d in applied()
+        if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)
+    ]
+    assert len(found) == 1, (
         f"expected one {kind} {name or ''} in the kustomization, found {len(found)}"
+    )
     return found[0]
 
 

@@ -12,28 +12,40 @@ from mobvibe import metrics
 from tests.deploy.support import ALERTS, ROOT
 
 # Gauges computed from the database at scrape time (supervisor/httpserver.py).
-SCRAPE_TIME_METRICS = {"mobvibe_database_up", "mobvibe_queue_jobs",
-                       "mobvibe_queue_oldest_pending_age_seconds", "mobvibe_queue_retries_waiting",
-                       "mobvibe_reaper_last_sweep_timestamp_seconds", "mobvibe_jobs_in_progress"}
+SCRAPE_TIME_METRICS = {
+    "mobvibe_database_up",
+    "mobvibe_queue_jobs",
+    "mobvibe_queue_oldest_pending_age_seconds",
+    "mobvibe_queue_retries_waiting",
+    "mobvibe_reaper_last_sweep_timestamp_seconds",
+    "mobvibe_jobs_in_progress",
+}
 
 
 def promtool() -> str:
     found = shutil.which("promtool") or (
-        str(ROOT / ".tools" / "promtool") if (ROOT / ".tools" / "promtool").exists() else None)
+        str(ROOT / ".tools" / "promtool") if (ROOT / ".tools" / "promtool").exists() else None
+    )
     if found is None:
         pytest.skip("promtool is not installed (`make test` unpacks it into .tools/)")
     return found
 
 
 def test_promtool_check_rules_passes() -> None:
-    result = subprocess.run([promtool(), "check", "rules", str(ALERTS)], capture_output=True,
-                            text=True, check=False)
+    result = subprocess.run(
+        [promtool(), "check", "rules", str(ALERTS)], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_promtool_rule_unit_tests_pass() -> None:
-    result = subprocess.run([promtool(), "test", "rules", "alerts.test.yml"],
-                            capture_output=True, text=True, check=False, cwd=ALERTS.parent)
+    result = subprocess.run(
+        [promtool(), "test", "rules", "alerts.test.yml"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ALERTS.parent,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 

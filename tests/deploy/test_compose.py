@@ -15,7 +15,7 @@ import yaml
 
 from mobvibe.client import JobQueue
 from tests.deploy.conftest import MEASURES
-from tests.deploy.support import COMPOSE, ROOT, option
+from tests.deploy.support import COMPOSE, option
 from tests.helpers import wait_for
 
 MOBVIBE_SERVICES = ("migrate", "supervisor", "reaper")
@@ -27,8 +27,13 @@ def compose() -> dict[str, Any]:
 
 def compose_cli() -> list[str] | None:
     """`docker compose` (v2 plugin) or `docker-compose` (Debian's 1.29), whichever runs."""
-    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"],
-                                                 capture_output=True, check=False).returncode == 0:
+    if (
+        shutil.which("docker")
+        and subprocess.run(
+            ["docker", "compose", "version"], capture_output=True, check=False
+        ).returncode
+        == 0
+    ):
         return ["docker", "compose"]
     legacy = shutil.which("docker-compose")
     return [legacy] if legacy else None
@@ -37,8 +42,10 @@ def compose_cli() -> list[str] | None:
 def needs_cli() -> list[str]:
     cli = compose_cli()
     if cli is None:
-        pytest.skip("no compose CLI (neither `docker compose` nor `docker-compose`; Debian: "
-                    "apt-get install docker-compose)")
+        pytest.skip(
+            "no compose CLI (neither `docker compose` nor `docker-compose`; Debian: "
+            "apt-get install docker-compose)"
+        )
     return cli
 
 
@@ -50,8 +57,9 @@ def test_services_start_in_order_postgres_migrate_then_workers_and_reaper() -> N
     assert services["migrate"]["entrypoint"] == ["mobvibe-queue"]
     assert services["migrate"]["command"] == ["migrate"]
     for name in ("supervisor", "reaper"):
-        assert services[name]["depends_on"]["migrate"]["condition"] == \
-            "service_completed_successfully"
+        assert (
+            services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+        )
     assert services["reaper"]["entrypoint"] == ["mobvibe-reaper"]
     args = services["supervisor"]["command"]
     assert option(args, "--workers") == "8"
@@ -68,21 +76,22 @@ def test_queue_services_run_read_only_with_tmpfs_for_the_writable_dirs() -> None
         mounts = [t.split(":")[0] for t in service["tmpfs"]]
         assert "/tmp" in mounts
     grace = int(services["supervisor"]["stop_grace_period"].rstrip("s"))
-    assert grace >= float(option(services["supervisor"]["command"], "--shutdown-timeout")
-                          or 25) + 5
+    assert grace >= float(option(services["supervisor"]["command"], "--shutdown-timeout") or 25) + 5
 
 
 def test_compose_cli_accepts_the_file_and_rejects_a_misspelt_field(tmp_path: Path) -> None:
     cli = needs_cli()
-    result = subprocess.run([*cli, "-f", str(COMPOSE), "config", "-q"], capture_output=True,
-                            text=True, check=False)
+    result = subprocess.run(
+        [*cli, "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stderr
     broken = compose()
     broken["services"]["supervisor"]["read_onyl"] = True
     bad = tmp_path / "docker-compose.yml"
     bad.write_text(yaml.safe_dump(broken))
-    result = subprocess.run([*cli, "-f", str(bad), "config", "-q"], capture_output=True,
-                            text=True, check=False)
+    result = subprocess.run(
+        [*cli, "-f", str(bad), "config", "-q"], capture_output=True, text=True, check=False
+    )
     assert result.returncode != 0
 
 
@@ -93,8 +102,11 @@ def for_this_machine(base_image: str, image: str, url: str) -> dict[str, Any]:
     other container tests built from the same Dockerfile, rather than building it three
     times over."""
     doc = compose()
-    doc["services"]["postgres"] = {"image": base_image, "command": ["sleep", "infinity"],
-                                   "healthcheck": {"test": ["CMD", "true"], "interval": "1s"}}
+    doc["services"]["postgres"] = {
+        "image": base_image,
+        "command": ["sleep", "infinity"],
+        "healthcheck": {"test": ["CMD", "true"], "interval": "1s"},
+    }
     for name in MOBVIBE_SERVICES:
         service = doc["services"][name]
         assert service["build"]["dockerfile"].endswith("Dockerfile")
@@ -105,13 +117,17 @@ def for_this_machine(base_image: str, image: str, url: str) -> dict[str, Any]:
         service["environment"] = {**service["environment"], "DATABASE_URL": url}
     doc["services"]["supervisor"]["environment"]["MOBVIBE_METRICS_PORT"] = "0"
     doc["services"]["supervisor"]["command"] = [
-        *doc["services"]["supervisor"]["command"], "--poll-interval", "1"]
+        *doc["services"]["supervisor"]["command"],
+        "--poll-interval",
+        "1",
+    ]
     return doc
 
 
 @pytest.mark.docker
-def test_compose_up_gives_a_working_queue(docker_client: Any, base_image: str, image: str,
-                                          fresh_database: str, tmp_path: Path) -> None:
+def test_compose_up_gives_a_working_queue(
+    docker_client: Any, base_image: str, image: str, fresh_database: str, tmp_path: Path
+) -> None:
     cli = needs_cli()
     started = time.monotonic()
     file = tmp_path / "docker-compose.yml"
@@ -119,16 +135,19 @@ def test_compose_up_gives_a_working_queue(docker_client: Any, base_image: str, i
     project = f"mobvibe-test-{os.getpid()}"
     run = [*cli, "-p", project, "-f", str(file)]
     try:
-        up = subprocess.run([*run, "up", "-d"], capture_output=True, text=True,
-                            check=False, timeout=600)
+        up = subprocess.run(
+            [*run, "up", "-d"], capture_output=True, text=True, check=False, timeout=600
+        )
         assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-3000:]
         with JobQueue(fresh_database) as queue:
             jobs = [queue.enqueue(f"compose job {i}") for i in range(8)]
 
         def completed() -> bool:
             with psycopg.connect(fresh_database, autocommit=True) as conn:
-                row = conn.execute("SELECT count(*) FROM coding_jobs WHERE id = ANY(%s) "
-                                   "AND status = 'completed'", [jobs]).fetchone()
+                row = conn.execute(
+                    "SELECT count(*) FROM coding_jobs WHERE id = ANY(%s) AND status = 'completed'",
+                    [jobs],
+                ).fetchone()
             return row is not None and row[0] == len(jobs)
 
         wait_for(completed, 60, 0.5, "the compose supervisor to complete the jobs")
@@ -139,6 +158,11 @@ def test_compose_up_gives_a_working_queue(docker_client: Any, base_image: str, i
         assert sweeps is not None and sweeps[0] >= 1, "the reaper service has swept"
         MEASURES["compose up to 8 completed jobs"] = f"{time.monotonic() - started:.1f} s"
     finally:
-        down = subprocess.run([*run, "down", "-v", "--timeout", "30"], capture_output=True,
-                              text=True, check=False, timeout=120)
+        down = subprocess.run(
+            [*run, "down", "-v", "--timeout", "30"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
         assert down.returncode == 0, down.stderr[-2000:]

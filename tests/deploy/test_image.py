@@ -21,15 +21,18 @@ pytestmark = pytest.mark.docker
 SHUTDOWN_TIMEOUT = 3
 GRACE = SHUTDOWN_TIMEOUT + 5  # terminationGracePeriodSeconds, as in the Deployment
 # The prompt decides how long a job runs: "slow" jobs outlive any test.
-EXEC = ("python3 -c \"import sys, time; "
-        "time.sleep(600 if 'slow' in sys.stdin.read() else 0.2)\"")
+EXEC = "python3 -c \"import sys, time; time.sleep(600 if 'slow' in sys.stdin.read() else 0.2)\""
 HANDLERS = ROOT / "tests" / "deploy" / "container_handlers"
-PYTHON_HANDLER = {"args": ["--handler", "deploy_test_handlers:run"],
-                  "volumes": {str(HANDLERS): {"bind": "/handlers", "mode": "ro"}},
-                  "environment": {"PYTHONPATH": "/handlers"}}
+PYTHON_HANDLER = {
+    "args": ["--handler", "deploy_test_handlers:run"],
+    "volumes": {str(HANDLERS): {"bind": "/handlers", "mode": "ro"}},
+    "environment": {"PYTHONPATH": "/handlers"},
+}
 # As Kubernetes runs it: non-root, read-only root, writable tmpfs only where needed.
 HARDENED: dict[str, Any] = {
-    "network_mode": "host", "read_only": True, "user": "10001:10001",
+    "network_mode": "host",
+    "read_only": True,
+    "user": "10001:10001",
     "tmpfs": {"/tmp": ""},
 }
 
@@ -42,8 +45,9 @@ def free_port() -> int:
 
 def run_once(client: Any, image: str, entrypoint: str, args: list[str], url: str) -> str:
     """Run a command in a hardened container to its end; its stdout, or fail with its logs."""
-    container = client.containers.create(image, args, entrypoint=[entrypoint],
-                                         environment={"DATABASE_URL": url}, **HARDENED)
+    container = client.containers.create(
+        image, args, entrypoint=[entrypoint], environment={"DATABASE_URL": url}, **HARDENED
+    )
     try:
         container.start()
         status = container.wait(timeout=120)["StatusCode"]
@@ -68,14 +72,16 @@ def events(container: Any, name: str) -> list[dict[str, Any]]:
 
 def status_of(url: str, job_id: Any) -> tuple[str, int]:
     with psycopg.connect(url, autocommit=True) as conn:
-        row = conn.execute("SELECT status, retry_count FROM coding_jobs WHERE id = %s",
-                           [job_id]).fetchone()
+        row = conn.execute(
+            "SELECT status, retry_count FROM coding_jobs WHERE id = %s", [job_id]
+        ).fetchone()
     assert row is not None, f"job {job_id} is lost"
     return str(row[0]), int(row[1])
 
 
 def test_image_runs_as_a_numeric_user_with_the_supervisor_as_entry_point(
-        docker_client: Any, image: str) -> None:
+    docker_client: Any, image: str
+) -> None:
     config = docker_client.images.get(image).attrs["Config"]
     assert config["User"] == "10001:10001"
     assert config["Entrypoint"] == ["mobvibe-supervisor"]
@@ -83,9 +89,14 @@ def test_image_runs_as_a_numeric_user_with_the_supervisor_as_entry_point(
     assert "9400/tcp" in config["ExposedPorts"]
     assert config["Healthcheck"]["Test"][0] == "CMD"
     for command in ("mobvibe-supervisor", "mobvibe-reaper", "mobvibe-queue"):
-        container = docker_client.containers.create(image, ["--version"], entrypoint=[command],
-                                                    network_mode="none", read_only=True,
-                                                    tmpfs=HARDENED["tmpfs"])
+        container = docker_client.containers.create(
+            image,
+            ["--version"],
+            entrypoint=[command],
+            network_mode="none",
+            read_only=True,
+            tmpfs=HARDENED["tmpfs"],
+        )
         try:
             container.start()
             assert container.wait(timeout=60)["StatusCode"] == 0
@@ -94,15 +105,37 @@ def test_image_runs_as_a_numeric_user_with_the_supervisor_as_entry_point(
             container.remove(force=True, v=True)
 
 
-def start_supervisor(client: Any, image: str, url: str, port: int, handler: dict[str, Any],
-                     healthcheck: dict[str, Any] | None = None) -> Any:
+def start_supervisor(
+    client: Any,
+    image: str,
+    url: str,
+    port: int,
+    handler: dict[str, Any],
+    healthcheck: dict[str, Any] | None = None,
+) -> Any:
     """The supervisor container, hardened, on the host network, metrics on `port`."""
     return client.containers.run(
-        image, ["--workers", "2", "--no-reaper", "--poll-interval", "1",
-                "--shutdown-timeout", str(SHUTDOWN_TIMEOUT), *handler["args"]],
-        environment={"DATABASE_URL": url, "MOBVIBE_METRICS_PORT": str(port),
-                     **handler.get("environment", {})},
-        volumes=handler.get("volumes", {}), healthcheck=healthcheck, detach=True, **HARDENED)
+        image,
+        [
+            "--workers",
+            "2",
+            "--no-reaper",
+            "--poll-interval",
+            "1",
+            "--shutdown-timeout",
+            str(SHUTDOWN_TIMEOUT),
+            *handler["args"],
+        ],
+        environment={
+            "DATABASE_URL": url,
+            "MOBVIBE_METRICS_PORT": str(port),
+            **handler.get("environment", {}),
+        },
+        volumes=handler.get("volumes", {}),
+        healthcheck=healthcheck,
+        detach=True,
+        **HARDENED,
+    )
 
 
 def stop_with_a_slow_job_running(container: Any, url: str) -> tuple[Any, float]:
@@ -121,7 +154,8 @@ def stop_with_a_slow_job_running(container: Any, url: str) -> tuple[Any, float]:
 
 
 def test_container_migrates_works_serves_metrics_and_stops_on_sigterm_losing_no_job(
-        docker_client: Any, image: str, fresh_database: str, containers: list[Any]) -> None:
+    docker_client: Any, image: str, fresh_database: str, containers: list[Any]
+) -> None:
     started = time.monotonic()
     out = run_once(docker_client, image, "mobvibe-queue", ["migrate"], fresh_database)
     assert "applied" in out
@@ -132,10 +166,15 @@ def test_container_migrates_works_serves_metrics_and_stops_on_sigterm_losing_no_
     port = free_port()
     image_check = docker_client.images.get(image).attrs["Config"]["Healthcheck"]
     # The image's own health command, checked every second instead of every 30 s.
-    healthcheck = {"test": image_check["Test"], "interval": 1_000_000_000,
-                   "timeout": 5_000_000_000, "retries": 3}
-    supervisor = start_supervisor(docker_client, image, fresh_database, port, PYTHON_HANDLER,
-                                  healthcheck)
+    healthcheck = {
+        "test": image_check["Test"],
+        "interval": 1_000_000_000,
+        "timeout": 5_000_000_000,
+        "retries": 3,
+    }
+    supervisor = start_supervisor(
+        docker_client, image, fresh_database, port, PYTHON_HANDLER, healthcheck
+    )
     containers.append(supervisor)
 
     def all_completed() -> bool:
@@ -158,27 +197,33 @@ def test_container_migrates_works_serves_metrics_and_stops_on_sigterm_losing_no_
     wait_for(healthy, 30, 0.5, "the image's HEALTHCHECK to pass")
 
     slow, took = stop_with_a_slow_job_running(supervisor, fresh_database)
-    assert status_of(fresh_database, slow) == ("pending", 0), \
+    assert status_of(fresh_database, slow) == ("pending", 0), (
         "the interrupted job goes back to pending without counting a failed attempt"
+    )
     assert events(supervisor, "job_released")
     assert all(status_of(fresh_database, j)[0] == "completed" for j in quick)
-    MEASURES["container test (migrate, 6 jobs, /metrics, health, SIGTERM)"] = \
+    MEASURES["container test (migrate, 6 jobs, /metrics, health, SIGTERM)"] = (
         f"{time.monotonic() - started:.1f} s; docker stop took {took:.1f} s"
+    )
 
 
 def test_sigterm_gives_a_running_exec_command_back_without_counting_an_attempt(
-        docker_client: Any, image: str, fresh_database: str, containers: list[Any]) -> None:
+    docker_client: Any, image: str, fresh_database: str, containers: list[Any]
+) -> None:
     run_once(docker_client, image, "mobvibe-queue", ["migrate"], fresh_database)
-    supervisor = start_supervisor(docker_client, image, fresh_database, free_port(),
-                                  {"args": ["--exec", EXEC]})
+    supervisor = start_supervisor(
+        docker_client, image, fresh_database, free_port(), {"args": ["--exec", EXEC]}
+    )
     containers.append(supervisor)
     slow, _ = stop_with_a_slow_job_running(supervisor, fresh_database)
-    assert status_of(fresh_database, slow) == ("pending", 0), \
+    assert status_of(fresh_database, slow) == ("pending", 0), (
         "the interrupted command's job goes back to pending without counting a failed attempt"
+    )
 
 
 def test_reaper_once_in_a_container_prints_a_json_summary(
-        docker_client: Any, image: str, fresh_database: str) -> None:
+    docker_client: Any, image: str, fresh_database: str
+) -> None:
     run_once(docker_client, image, "mobvibe-queue", ["migrate"], fresh_database)
     out = run_once(docker_client, image, "mobvibe-reaper", ["--once"], fresh_database)
     summary = json.loads(out.strip().splitlines()[-1])

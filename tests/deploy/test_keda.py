@@ -16,9 +16,18 @@ from tests.deploy.support import KEDA_API, one, option, pod_spec
 
 # Field sets of keda.sh/v1alpha1 (kedacore/keda apis/keda/v1alpha1/scaledobject_types.go,
 # triggerauthentication_types.go, pkg/scalers/postgresql_scaler.go).
-SCALED_OBJECT_SPEC = {"scaleTargetRef", "pollingInterval", "cooldownPeriod",
-                      "initialCooldownPeriod", "minReplicaCount", "maxReplicaCount",
-                      "idleReplicaCount", "fallback", "advanced", "triggers"}
+SCALED_OBJECT_SPEC = {
+    "scaleTargetRef",
+    "pollingInterval",
+    "cooldownPeriod",
+    "initialCooldownPeriod",
+    "minReplicaCount",
+    "maxReplicaCount",
+    "idleReplicaCount",
+    "fallback",
+    "advanced",
+    "triggers",
+}
 SCALE_TARGET_REF = {"apiVersion", "kind", "name", "envSourceContainerName"}
 FALLBACK = {"failureThreshold", "replicas", "behavior"}
 ADVANCED = {"horizontalPodAutoscalerConfig", "restoreToOriginalReplicaCount", "scalingModifiers"}
@@ -28,17 +37,47 @@ HPA_RULES = {"stabilizationWindowSeconds", "selectPolicy", "policies"}
 HPA_POLICY = {"type", "value", "periodSeconds"}
 TRIGGER = {"type", "name", "metadata", "authenticationRef", "metricType", "useCachedMetrics"}
 AUTHENTICATION_REF = {"name", "kind"}
-POSTGRESQL_METADATA = {"query", "targetQueryValue", "activationTargetQueryValue",
-                       "connectionFromEnv", "host", "port", "userName", "dbName", "sslmode",
-                       "passwordFromEnv"}
-POSTGRESQL_AUTH_PARAMETERS = {"connection", "password", "host", "port", "userName", "dbName",
-                              "sslmode"}
-TRIGGER_AUTH_SPEC = {"secretTargetRef", "env", "configMapTargetRef", "podIdentity",
-                     "hashiCorpVault", "azureKeyVault", "gcpSecretManager", "awsSecretManager"}
+POSTGRESQL_METADATA = {
+    "query",
+    "targetQueryValue",
+    "activationTargetQueryValue",
+    "connectionFromEnv",
+    "host",
+    "port",
+    "userName",
+    "dbName",
+    "sslmode",
+    "passwordFromEnv",
+}
+POSTGRESQL_AUTH_PARAMETERS = {
+    "connection",
+    "password",
+    "host",
+    "port",
+    "userName",
+    "dbName",
+    "sslmode",
+}
+TRIGGER_AUTH_SPEC = {
+    "secretTargetRef",
+    "env",
+    "configMapTargetRef",
+    "podIdentity",
+    "hashiCorpVault",
+    "azureKeyVault",
+    "gcpSecretManager",
+    "awsSecretManager",
+}
 SECRET_TARGET_REF = {"parameter", "name", "key"}
 METADATA = {"name", "namespace", "labels", "annotations"}
-INTS = {"pollingInterval", "cooldownPeriod", "initialCooldownPeriod", "minReplicaCount",
-        "maxReplicaCount", "idleReplicaCount"}
+INTS = {
+    "pollingInterval",
+    "cooldownPeriod",
+    "initialCooldownPeriod",
+    "minReplicaCount",
+    "maxReplicaCount",
+    "idleReplicaCount",
+}
 
 
 def check_scaled_object(obj: dict[str, Any]) -> None:
@@ -70,8 +109,9 @@ def check_scaled_object(obj: dict[str, Any]) -> None:
         _keys(trigger, TRIGGER, "trigger")
         assert trigger["type"] == "postgresql"
         _keys(trigger["metadata"], POSTGRESQL_METADATA, "postgresql trigger metadata")
-        assert all(isinstance(v, str) for v in trigger["metadata"].values()), \
+        assert all(isinstance(v, str) for v in trigger["metadata"].values()), (
             "trigger metadata values are strings"
+        )
         assert {"query", "targetQueryValue"} <= set(trigger["metadata"])
         float(trigger["metadata"]["targetQueryValue"])
         if "authenticationRef" in trigger:
@@ -102,16 +142,22 @@ def test_trigger_authentication_has_only_known_fields() -> None:
     check_trigger_authentication(one("TriggerAuthentication"))
 
 
-@pytest.mark.parametrize("path, bad", [
-    (("spec",), {"pollingIntervall": 15}),
-    (("spec", "scaleTargetRef"), {"nmae": "x"}),
-    (("spec", "advanced", "horizontalPodAutoscalerConfig", "behavior", "scaleDown"),
-     {"stabilisationWindowSeconds": 60}),
-    (("spec", "triggers", 0), {"metdata": {}}),
-    (("spec", "triggers", 0, "metadata"), {"targetQueryValu": "8"}),
-    (("spec", "triggers", 0), {"type": "postgres"}),
-    (("spec",), {"minReplicaCount": "1"}),
-], ids=["spec", "scaleTargetRef", "behavior", "trigger", "metadata", "type", "type-of-value"])
+@pytest.mark.parametrize(
+    "path, bad",
+    [
+        (("spec",), {"pollingIntervall": 15}),
+        (("spec", "scaleTargetRef"), {"nmae": "x"}),
+        (
+            ("spec", "advanced", "horizontalPodAutoscalerConfig", "behavior", "scaleDown"),
+            {"stabilisationWindowSeconds": 60},
+        ),
+        (("spec", "triggers", 0), {"metdata": {}}),
+        (("spec", "triggers", 0, "metadata"), {"targetQueryValu": "8"}),
+        (("spec", "triggers", 0), {"type": "postgres"}),
+        (("spec",), {"minReplicaCount": "1"}),
+    ],
+    ids=["spec", "scaleTargetRef", "behavior", "trigger", "metadata", "type", "type-of-value"],
+)
 def test_a_broken_field_fails_the_check(path: tuple[Any, ...], bad: dict[str, Any]) -> None:
     obj = copy.deepcopy(one("ScaledObject"))
     node = obj
@@ -141,8 +187,11 @@ def test_trigger_authentication_reads_the_monitor_login_from_the_secret() -> Non
     trigger = one("ScaledObject")["spec"]["triggers"][0]
     auth = one("TriggerAuthentication", trigger["authenticationRef"]["name"])
     (ref,) = auth["spec"]["secretTargetRef"]
-    assert (ref["parameter"], ref["name"], ref["key"]) == ("connection", "mobvibe-database",
-                                                           "monitor-url")
+    assert (ref["parameter"], ref["name"], ref["key"]) == (
+        "connection",
+        "mobvibe-database",
+        "monitor-url",
+    )
 
 
 def _scaler_query() -> str:
@@ -163,8 +212,12 @@ def _fill_queue(url: str) -> int:
         assert queue.fail(short[0].id, "boom", short[0].lease_token) is False  # dead-lettered
         assert queue.complete(long[0].id, long[0].lease_token)
         stats = queue.stats()
-    assert (stats.pending_count, stats.processing_count, stats.completed_count,
-            stats.failed_count) == (3, 2, 1, 1)
+    assert (
+        stats.pending_count,
+        stats.processing_count,
+        stats.completed_count,
+        stats.failed_count,
+    ) == (3, 2, 1, 1)
     return 3 + 2
 
 
@@ -184,11 +237,14 @@ def test_scaler_query_runs_as_a_member_of_mobvibe_monitor_only(db_url: str) -> N
     expected = _fill_queue(db_url)
     login = f"keda_{secrets.token_hex(4)}"
     with psycopg.connect(db_url, autocommit=True) as conn:
-        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'mobvibe_monitor'").fetchone() \
-                is None:
+        if (
+            conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'mobvibe_monitor'").fetchone()
+            is None
+        ):
             pytest.skip("the migrations could not create mobvibe_monitor (no CREATEROLE)")
-        conn.execute(sql.SQL("CREATE ROLE {} LOGIN IN ROLE mobvibe_monitor")
-                     .format(sql.Identifier(login)))
+        conn.execute(
+            sql.SQL("CREATE ROLE {} LOGIN IN ROLE mobvibe_monitor").format(sql.Identifier(login))
+        )
         try:
             conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(login)))
             assert conn.execute(_scaler_query()).fetchall() == [(expected,)]

@@ -11,12 +11,25 @@ import pytest
 import yaml
 
 from mobvibe.supervisor.settings import HEARTBEAT_TIMEOUT_DEFAULT, SHUTDOWN_TIMEOUT_DEFAULT
-from tests.deploy.support import (IMAGE_USER, KEDA_API, KUBE, KUBERNETES_VERSION,
-                                  applied, documents, kustomization, manifest_files, one, option,
-                                  pod_spec, tool, workloads)
+from tests.deploy.support import (
+    IMAGE_USER,
+    KEDA_API,
+    KUBE,
+    KUBERNETES_VERSION,
+    applied,
+    documents,
+    kustomization,
+    manifest_files,
+    one,
+    option,
+    pod_spec,
+    tool,
+    workloads,
+)
 
-CORE_MANIFESTS = [p for p in manifest_files()
-                  if all(d["apiVersion"] != KEDA_API for d in documents(p))]
+CORE_MANIFESTS = [
+    p for p in manifest_files() if all(d["apiVersion"] != KEDA_API for d in documents(p))
+]
 
 
 @pytest.mark.parametrize("path", CORE_MANIFESTS, ids=lambda p: p.name)
@@ -29,9 +42,12 @@ def test_kubernetes_validate_cli_strict_passes_every_core_manifest() -> None:
     cli = tool("kubernetes-validate")
     if cli is None:
         pytest.skip("kubernetes-validate is not installed (pip install '.[dev]')")
-    result = subprocess.run([cli, "--strict", "-k", KUBERNETES_VERSION,
-                             *map(str, CORE_MANIFESTS)], capture_output=True, text=True,
-                            check=False)
+    result = subprocess.run(
+        [cli, "--strict", "-k", KUBERNETES_VERSION, *map(str, CORE_MANIFESTS)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -53,8 +69,9 @@ def test_kustomize_build_renders_objects_that_validate() -> None:
     kubectl = tool("kubectl")
     if kubectl is None:
         pytest.skip("no kubectl on PATH: `kubectl kustomize` cannot render the kustomization")
-    result = subprocess.run([kubectl, "kustomize", str(KUBE)], capture_output=True, text=True,
-                            check=False)
+    result = subprocess.run(
+        [kubectl, "kustomize", str(KUBE)], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stderr
     rendered = [d for d in yaml.safe_load_all(result.stdout) if d]
     assert len(rendered) == len(applied())

@@ -18,8 +18,18 @@ from tests.helpers import wait_for
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[2]
-FAST = ["--poll-interval", "0.5", "--heartbeat-interval", "0.2", "--heartbeat-timeout", "1.5",
-        "--reaper-interval", "0.2", "--shutdown-timeout", "5"]
+FAST = [
+    "--poll-interval",
+    "0.5",
+    "--heartbeat-interval",
+    "0.2",
+    "--heartbeat-timeout",
+    "1.5",
+    "--reaper-interval",
+    "0.2",
+    "--shutdown-timeout",
+    "5",
+]
 
 
 def free_port() -> int:
@@ -52,8 +62,11 @@ class Running:
         return found
 
     def wait_event(self, name: str, count: int = 1, timeout: float = 15.0) -> list[dict[str, Any]]:
-        return wait_for(lambda: (e := self.events(name)) and len(e) >= count and e,
-                        timeout, message=f"{count} x {name} in the supervisor log")
+        return wait_for(
+            lambda: (e := self.events(name)) and len(e) >= count and e,
+            timeout,
+            message=f"{count} x {name} in the supervisor log",
+        )
 
     def worker_pids(self) -> set[int]:
         spawned = {e["worker_pid"] for e in self.events("worker_spawned")}
@@ -61,8 +74,11 @@ class Running:
         return spawned - exited
 
     def wait_workers(self, n: int, timeout: float = 15.0) -> set[int]:
-        return wait_for(lambda: (p := self.worker_pids()) and len(p) == n and p, timeout,
-                        message=f"{n} workers running")
+        return wait_for(
+            lambda: (p := self.worker_pids()) and len(p) == n and p,
+            timeout,
+            message=f"{n} workers running",
+        )
 
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)
@@ -79,18 +95,36 @@ def supervisor(db_url: str, tmp_path: Path) -> Iterator[Callable[..., Running]]:
     """start(*args) runs mobvibe-supervisor against the test database."""
     started: list[Running] = []
 
-    def start(*args: str, metrics: bool = False, env: dict[str, str] | None = None,
-              url: str | None = None) -> Running:
+    def start(
+        *args: str, metrics: bool = False, env: dict[str, str] | None = None, url: str | None = None
+    ) -> Running:
         port = free_port() if metrics else 0
         log_path = tmp_path / f"supervisor-{len(started)}.log"
-        full_env = {**os.environ, "DATABASE_URL": url or db_url, "PYTHONPATH": str(ROOT),
-                    **(env or {})}
-        command = [str(BIN / "mobvibe-supervisor"), "--log-format", "json", "--log-level", "debug",
-                   "--metrics-port", str(port),
-                   *args]
+        full_env = {
+            **os.environ,
+            "DATABASE_URL": url or db_url,
+            "PYTHONPATH": str(ROOT),
+            **(env or {}),
+        }
+        command = [
+            str(BIN / "mobvibe-supervisor"),
+            "--log-format",
+            "json",
+            "--log-level",
+            "debug",
+            "--metrics-port",
+            str(port),
+            *args,
+        ]
         with log_path.open("wb") as out:
-            proc = subprocess.Popen(command, env=full_env, stdout=out, stderr=subprocess.STDOUT,
-                                    cwd=tmp_path, start_new_session=True)
+            proc = subprocess.Popen(
+                command,
+                env=full_env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=tmp_path,
+                start_new_session=True,
+            )
         running = Running(proc, log_path, port)
         started.append(running)
         running.wait_event("supervisor_started")

@@ -1,12 +1,12 @@
 """Job handlers for the process tests; the prompt says what to do.
 
-  ok             complete at once
-  sleep:S        sleep S seconds, then complete
-  fail           raise, so the attempt fails
-  crash          kill the worker process with SIGKILL
-  exit:N         leave the worker process with os._exit(N)
-  hang           spin in pure Python forever
-  mark:PATH      append the job id to PATH, then complete (counts executions)
+ok             complete at once
+sleep:S        sleep S seconds, then complete
+fail           raise, so the attempt fails
+crash          kill the worker process with SIGKILL
+exit:N         leave the worker process with os._exit(N)
+hang           spin in pure Python forever
+mark:PATH      append the job id to PATH, then complete (counts executions)
 """
 
 from __future__ import annotations

@@ -17,9 +17,9 @@ import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from mobvibe.client import JobQueue
 from mobvibe.sql.jobs import NewJob
 from mobvibe.sql.migrate import migrate
-from mobvibe.client import JobQueue
 from tests.helpers import count, wait_for
 from tests.processes.conftest import FAST
 
@@ -48,17 +48,25 @@ def value(text: str, name: str, **labels: str) -> float:
     return samples(text)[(name, tuple(sorted(labels.items())))]
 
 
-def test_metrics_match_the_database_and_never_go_down(queue: JobQueue, conn: Any,
-                                                      supervisor: Any) -> None:
+def test_metrics_match_the_database_and_never_go_down(
+    queue: JobQueue, conn: Any, supervisor: Any
+) -> None:
     queue.enqueue_many([NewJob("ok")] * 50 + [NewJob("fail", max_retries=1)] * 2)
     running = supervisor("--workers", "2", *HANDLER, *FAST, metrics=True)
     wait_for(lambda: get(running.port, "/metrics")[0] == 200, message="the metrics endpoint")
-    wait_for(lambda: count(conn, "completed") == 50 and count(conn, "failed") == 2,
-             message="the jobs to finish")
-    text = wait_for(lambda: (t := get(running.port, "/metrics")[1])
-                    and value(t, "mobvibe_jobs_completed_total") == 50
-                    and value(t, "mobvibe_queue_jobs", status="completed") == 50 and t,
-                    message="the scrape to show 50 completions (queue gauges cache 2 s)")
+    wait_for(
+        lambda: count(conn, "completed") == 50 and count(conn, "failed") == 2,
+        message="the jobs to finish",
+    )
+    text = wait_for(
+        lambda: (
+            (t := get(running.port, "/metrics")[1])
+            and value(t, "mobvibe_jobs_completed_total") == 50
+            and value(t, "mobvibe_queue_jobs", status="completed") == 50
+            and t
+        ),
+        message="the scrape to show 50 completions (queue gauges cache 2 s)",
+    )
     assert value(text, "mobvibe_queue_jobs", status="completed") == 50
     assert value(text, "mobvibe_queue_jobs", status="failed") == 2
     assert value(text, "mobvibe_jobs_dead_lettered_total") == 2
@@ -74,9 +82,14 @@ def test_metrics_match_the_database_and_never_go_down(queue: JobQueue, conn: Any
     running.wait_workers(2)
     queue.enqueue_many([NewJob("ok")] * 10)
     wait_for(lambda: count(conn, "completed") == 60, message="10 more completions")
-    after = wait_for(lambda: (t := get(running.port, "/metrics")[1])
-                     and value(t, "mobvibe_jobs_completed_total") == 60 and t,
-                     message="counters carried across worker restarts")
+    after = wait_for(
+        lambda: (
+            (t := get(running.port, "/metrics")[1])
+            and value(t, "mobvibe_jobs_completed_total") == 60
+            and t
+        ),
+        message="counters carried across worker restarts",
+    )
     assert value(after, "mobvibe_worker_restarts_total") >= 2
     assert value(after, "mobvibe_jobs_claimed_total") >= 62
 
@@ -87,10 +100,13 @@ def test_promtool_finds_nothing_on_a_live_scrape(queue: JobQueue, supervisor: An
         pytest.skip("promtool is not installed (make test unpacks it from Debian's prometheus)")
     queue.enqueue_many([NewJob("ok")] * 5)
     running = supervisor("--workers", "1", *HANDLER, *FAST, metrics=True)
-    text = wait_for(lambda: (t := get(running.port, "/metrics")[1]) and
-                    "mobvibe_queue_jobs" in t and t, message="a scrape")
-    result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
-                            text=True, check=False)
+    text = wait_for(
+        lambda: (t := get(running.port, "/metrics")[1]) and "mobvibe_queue_jobs" in t and t,
+        message="a scrape",
+    )
+    result = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == "" and result.stderr.strip() == ""
 
@@ -98,7 +114,7 @@ def test_promtool_finds_nothing_on_a_live_scrape(queue: JobQueue, supervisor: An
 @pytest.fixture
 def own_server() -> Iterator[Any]:
     """A PostgreSQL server of this test's own, which it may stop."""
-    import pgserver  # noqa: PLC0415
+    import pgserver
 
     directory = tempfile.mkdtemp(prefix="mobvibe-own-pg-")
     server = pgserver.get_server(directory, cleanup_mode="delete")
@@ -107,7 +123,7 @@ def own_server() -> Iterator[Any]:
 
 
 def stop_server(server: Any) -> None:
-    from pgserver import pg_ctl  # noqa: PLC0415
+    from pgserver import pg_ctl
 
     pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=server.pgdata, user=server.system_user)
 
@@ -120,8 +136,10 @@ def test_health_and_readiness(own_server: Any, supervisor: Any, tmp_path: Path) 
     wait_for(lambda: get(running.port, "/readyz")[0] == 200, message="ready")
     assert get(running.port, "/healthz")[0] == 200
     stop_server(own_server)
-    status, body = wait_for(lambda: (r := get(running.port, "/readyz"))[0] == 503 and r,
-                            message="unready once the database is gone")
+    _status, body = wait_for(
+        lambda: (r := get(running.port, "/readyz"))[0] == 503 and r,
+        message="unready once the database is gone",
+    )
     assert "database" in body
     assert get(running.port, "/healthz")[0] == 200  # a database outage is not a restart reason
     assert get(running.port, "/nothing")[0] == 404

@@ -8,9 +8,8 @@ import subprocess
 import time
 from typing import Any
 
-
-from mobvibe.sql.jobs import NewJob
 from mobvibe.client import JobQueue
+from mobvibe.sql.jobs import NewJob
 from tests.helpers import count, wait_for
 from tests.processes.conftest import BIN, FAST, ROOT
 
@@ -22,8 +21,9 @@ def statuses(conn: Any) -> dict[str, int]:
     return dict(rows)
 
 
-def test_eight_workers_drain_2000_jobs_each_once_in_priority_order(queue: JobQueue, conn: Any,
-                                                                   supervisor: Any) -> None:
+def test_eight_workers_drain_2000_jobs_each_once_in_priority_order(
+    queue: JobQueue, conn: Any, supervisor: Any
+) -> None:
     queue.enqueue_many([NewJob("ok", priority=10)] * 1000 + [NewJob("ok", priority=0)] * 1000)
     running = supervisor("--workers", "8", "--drain", *HANDLER, *FAST)
     assert running.wait_exit(120) == 0
@@ -37,8 +37,9 @@ def test_eight_workers_drain_2000_jobs_each_once_in_priority_order(queue: JobQue
     assert inversions[0] <= 8
 
 
-def test_kill_9_of_a_busy_worker_fails_its_attempt_within_1s(queue: JobQueue, conn: Any,
-                                                              supervisor: Any) -> None:
+def test_kill_9_of_a_busy_worker_fails_its_attempt_within_1s(
+    queue: JobQueue, conn: Any, supervisor: Any
+) -> None:
     job_id = queue.enqueue("sleep:30", max_retries=3)
     running = supervisor("--workers", "1", *HANDLER, *FAST)
     # Started, not only claimed: a worker killed between its claim and the start
@@ -47,25 +48,32 @@ def test_kill_9_of_a_busy_worker_fails_its_attempt_within_1s(queue: JobQueue, co
     (worker,) = running.worker_pids()
     os.kill(worker, signal.SIGKILL)
     killed_at = time.monotonic()
-    wait_for(lambda: count(conn, "pending") == 1, timeout=1.0, interval=0.01,
-             message="the job back to pending within 1 s")
+    wait_for(
+        lambda: count(conn, "pending") == 1,
+        timeout=1.0,
+        interval=0.01,
+        message="the job back to pending within 1 s",
+    )
     recovery = time.monotonic() - killed_at
     job = queue.get(job_id)
     assert job is not None
     assert job.retry_count == 1
     assert job.end_reason == "worker_exited"
     assert "signal 9" in job.error_message
-    base, cap, jitter = conn.execute("SELECT extract(epoch FROM backoff_base), "
-                                     "extract(epoch FROM backoff_cap), backoff_jitter "
-                                     "FROM queue_config").fetchone()
+    base, _cap, jitter = conn.execute(
+        "SELECT extract(epoch FROM backoff_base), "
+        "extract(epoch FROM backoff_cap), backoff_jitter "
+        "FROM queue_config"
+    ).fetchone()
     delay = (job.run_at - job.updated_at).total_seconds()
     assert float(base) <= delay <= float(base) * (1 + jitter) + 0.01
     running.wait_workers(1)  # replaced
     print(f"fast-path recovery: {recovery * 1000:.0f} ms")
 
 
-def test_kill_9_of_two_workers_mid_job_loses_nothing(queue: JobQueue, conn: Any,
-                                                     supervisor: Any) -> None:
+def test_kill_9_of_two_workers_mid_job_loses_nothing(
+    queue: JobQueue, conn: Any, supervisor: Any
+) -> None:
     conn.execute("UPDATE queue_config SET backoff_base = '0.2 s', backoff_cap = '1 s'")
     queue.enqueue_many([NewJob("sleep:0.3", max_retries=5)] * 40)
     running = supervisor("--workers", "4", "--drain", *HANDLER, *FAST)
@@ -80,7 +88,8 @@ def test_kill_9_of_two_workers_mid_job_loses_nothing(queue: JobQueue, conn: Any,
 
 
 def test_supervisor_killed_with_its_workers_jobs_come_back_through_the_reaper(
-        queue: JobQueue, conn: Any, supervisor: Any) -> None:
+    queue: JobQueue, conn: Any, supervisor: Any
+) -> None:
     conn.execute("UPDATE queue_config SET backoff_base = '0.1 s', backoff_cap = '0.5 s'")
     queue.enqueue_many([NewJob("sleep:0.5")] * 10)
     first = supervisor("--workers", "3", "--no-reaper", *HANDLER, *FAST)
@@ -97,8 +106,9 @@ def test_supervisor_killed_with_its_workers_jobs_come_back_through_the_reaper(
     print(f"reaper recovery and drain: {time.monotonic() - killed_at:.1f} s")
 
 
-def test_sigterm_finishes_short_jobs_then_exits_0(queue: JobQueue, conn: Any,
-                                                  supervisor: Any) -> None:
+def test_sigterm_finishes_short_jobs_then_exits_0(
+    queue: JobQueue, conn: Any, supervisor: Any
+) -> None:
     queue.enqueue_many([NewJob("sleep:1")] * 3 + [NewJob("ok")] * 5)
     running = supervisor("--workers", "3", *HANDLER, *FAST)
     wait_for(lambda: count(conn, "processing") == 3, message="3 jobs running")
@@ -110,7 +120,8 @@ def test_sigterm_finishes_short_jobs_then_exits_0(queue: JobQueue, conn: Any,
 
 
 def test_sigterm_releases_long_jobs_at_the_timeout_without_counting_them(
-        queue: JobQueue, conn: Any, supervisor: Any) -> None:
+    queue: JobQueue, conn: Any, supervisor: Any
+) -> None:
     queue.enqueue_many([NewJob("sleep:60")] * 2 + [NewJob("hang")])
     running = supervisor("--workers", "3", *HANDLER, *FAST, "--shutdown-timeout", "1")
     wait_for(lambda: count(conn, "processing") == 3, message="3 jobs running")
@@ -118,8 +129,9 @@ def test_sigterm_releases_long_jobs_at_the_timeout_without_counting_them(
     stopped_at = time.monotonic()
     assert running.wait_exit(15) == 0
     elapsed = time.monotonic() - stopped_at
-    rows = conn.execute("SELECT status, retry_count, end_reason, run_at <= now() "
-                        "FROM coding_jobs").fetchall()
+    rows = conn.execute(
+        "SELECT status, retry_count, end_reason, run_at <= now() FROM coding_jobs"
+    ).fetchall()
     assert rows == [("pending", 0, "released at shutdown", True)] * 3
     assert elapsed < 1 + 3 + 2  # timeout + release grace + slack
     print(f"SIGTERM to exit with 3 unfinished jobs: {elapsed:.1f} s")
@@ -136,33 +148,41 @@ def test_second_sigint_releases_at_once(queue: JobQueue, conn: Any, supervisor: 
     assert statuses(conn) == {"pending": 2}
 
 
-def test_python_handler_past_job_timeout_is_killed_and_retried(queue: JobQueue, conn: Any,
-                                                               supervisor: Any) -> None:
+def test_python_handler_past_job_timeout_is_killed_and_retried(
+    queue: JobQueue, conn: Any, supervisor: Any
+) -> None:
     job_id = queue.enqueue("hang", max_retries=3)
     running = supervisor("--workers", "1", *HANDLER, *FAST, "--job-timeout", "1")
-    wait_for(lambda: getattr(queue.get(job_id), "retry_count", None) == 1, timeout=10,
-             message="the hung job to be failed")
+    wait_for(
+        lambda: getattr(queue.get(job_id), "retry_count", None) == 1,
+        timeout=10,
+        message="the hung job to be failed",
+    )
     job = queue.get(job_id)
     assert job is not None and job.end_reason == "deadline_exceeded"
     assert job.status == "pending" and job.run_at > job.updated_at
     running.wait_event("worker_spawned", count=2)
 
 
-def test_exec_command_past_job_timeout_is_killed_and_retried(queue: JobQueue, conn: Any,
-                                                             supervisor: Any) -> None:
+def test_exec_command_past_job_timeout_is_killed_and_retried(
+    queue: JobQueue, conn: Any, supervisor: Any
+) -> None:
     job_id = queue.enqueue("anything", max_retries=3)
     supervisor("--workers", "1", "--exec", "sleep 60", *FAST, "--job-timeout", "0.5")
-    wait_for(lambda: getattr(queue.get(job_id), "retry_count", None) == 1, timeout=10,
-             message="the slow command to be failed")
+    wait_for(
+        lambda: getattr(queue.get(job_id), "retry_count", None) == 1,
+        timeout=10,
+        message="the slow command to be failed",
+    )
     job = queue.get(job_id)
     assert job is not None and job.end_reason == "deadline_exceeded"
 
 
 def test_sigterm_gives_a_running_exec_command_back_without_counting_it(
-        queue: JobQueue, conn: Any, supervisor: Any) -> None:
+    queue: JobQueue, conn: Any, supervisor: Any
+) -> None:
     queue.enqueue_many([NewJob("anything")] * 2)
-    running = supervisor("--workers", "2", "--exec", "sleep 60", *FAST,
-                         "--shutdown-timeout", "0.5")
+    running = supervisor("--workers", "2", "--exec", "sleep 60", *FAST, "--shutdown-timeout", "0.5")
     wait_for(lambda: count(conn, "processing") == 2, message="2 commands running")
     running.signal(signal.SIGTERM)
     assert running.wait_exit(15) == 0
@@ -171,13 +191,16 @@ def test_sigterm_gives_a_running_exec_command_back_without_counting_it(
     assert {e["cause"] for e in running.events("worker_exited")} <= {"clean"}
 
 
-def test_exec_command_gets_prompt_and_environment(queue: JobQueue, conn: Any, supervisor: Any,
-                                                  tmp_path: Any) -> None:
+def test_exec_command_gets_prompt_and_environment(
+    queue: JobQueue, conn: Any, supervisor: Any, tmp_path: Any
+) -> None:
     out = tmp_path / "out"
     good = queue.enqueue("hello prompt")
     bad = queue.enqueue("please fail", max_retries=1)
-    script = (f'read -r line; echo "$JOB_ID $ATTEMPT $line" >> {out}; '
-              'case "$line" in *fail*) echo "it broke" >&2; exit 3;; esac')
+    script = (
+        f'read -r line; echo "$JOB_ID $ATTEMPT $line" >> {out}; '
+        'case "$line" in *fail*) echo "it broke" >&2; exit 3;; esac'
+    )
     running = supervisor("--workers", "1", "--drain", "--exec", script, *FAST)
     assert running.wait_exit(30) == 0
     assert f"{good} 1 hello prompt" in out.read_text()
@@ -186,8 +209,9 @@ def test_exec_command_gets_prompt_and_environment(queue: JobQueue, conn: Any, su
     assert "it broke" in failed.error_message and "exit status 3" in failed.error_message
 
 
-def test_crash_looping_handler_stops_the_supervisor(queue: JobQueue, conn: Any,
-                                                    supervisor: Any) -> None:
+def test_crash_looping_handler_stops_the_supervisor(
+    queue: JobQueue, conn: Any, supervisor: Any
+) -> None:
     queue.enqueue_many([NewJob("exit:1", max_retries=100)] * 50)
     running = supervisor("--workers", "2", *HANDLER, *FAST)
     assert running.wait_exit(60) == 3
@@ -195,46 +219,57 @@ def test_crash_looping_handler_stops_the_supervisor(queue: JobQueue, conn: Any,
     assert count(conn, "processing") == 0
 
 
-def test_sighup_replaces_every_worker_without_dropping_a_job(queue: JobQueue, conn: Any,
-                                                             supervisor: Any) -> None:
+def test_sighup_replaces_every_worker_without_dropping_a_job(
+    queue: JobQueue, conn: Any, supervisor: Any
+) -> None:
     queue.enqueue_many([NewJob("sleep:0.05")] * 200)
     running = supervisor("--workers", "3", "--drain", *HANDLER, *FAST)
     before = running.wait_workers(3)
     running.signal(signal.SIGHUP)
-    wait_for(lambda: not (running.worker_pids() & before), timeout=30,
-             message="every worker replaced")
+    wait_for(
+        lambda: not (running.worker_pids() & before), timeout=30, message="every worker replaced"
+    )
     assert running.wait_exit(60) == 0
     assert statuses(conn) == {"completed": 200}
     # A job claimed along with a retiring worker's last completion is given back
     # unstarted (a second attempt, no failure); none may wait for the reaper.
-    failed_once = conn.execute("SELECT id, attempt, error_message FROM coding_jobs "
-                               "WHERE error_message IS NOT NULL OR retry_count > 0").fetchall()
+    failed_once = conn.execute(
+        "SELECT id, attempt, error_message FROM coding_jobs "
+        "WHERE error_message IS NOT NULL OR retry_count > 0"
+    ).fetchall()
     assert not failed_once
 
 
-def test_max_jobs_per_worker_recycles_workers(queue: JobQueue, conn: Any,
-                                              supervisor: Any) -> None:
+def test_max_jobs_per_worker_recycles_workers(queue: JobQueue, conn: Any, supervisor: Any) -> None:
     queue.enqueue_many([NewJob("ok")] * 30)
-    running = supervisor("--workers", "1", "--drain", "--max-jobs-per-worker", "10", *HANDLER,
-                         *FAST)
+    running = supervisor(
+        "--workers", "1", "--drain", "--max-jobs-per-worker", "10", *HANDLER, *FAST
+    )
     assert running.wait_exit(30) == 0
     assert statuses(conn) == {"completed": 30}
     assert len(running.events("worker_spawned")) >= 3
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BIN / "mobvibe-supervisor"), *args], capture_output=True,
-                          text=True, timeout=30, env={**os.environ, "PYTHONPATH": str(ROOT),
-                                                      **(env or {})}, check=False)
+    return subprocess.run(
+        [str(BIN / "mobvibe-supervisor"), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+        check=False,
+    )
 
 
 def test_bad_options_fail_at_start_with_one_line(db_url: str) -> None:
     env = {"DATABASE_URL": db_url}
-    cases = [(["--workers", "0"], "--workers"),
-             (["--heartbeat-interval", "-1"], "heartbeat-interval"),
-             (["--handler", "no.such.module:func"], "cannot import"),
-             (["--handler", "tests.processes.handlers:nothing"], "no function"),
-             (["--heartbeat-timeout", "1", "--heartbeat-interval", "5"], "heartbeat-timeout")]
+    cases = [
+        (["--workers", "0"], "--workers"),
+        (["--heartbeat-interval", "-1"], "heartbeat-interval"),
+        (["--handler", "no.such.module:func"], "cannot import"),
+        (["--handler", "tests.processes.handlers:nothing"], "no function"),
+        (["--heartbeat-timeout", "1", "--heartbeat-interval", "5"], "heartbeat-timeout"),
+    ]
     for args, fragment in cases:
         result = run_cli(*args, "--metrics-port", "0", env=env)
         assert result.returncode == 2, (args, result.stderr)
@@ -250,9 +285,8 @@ def test_env_variables_configure_the_supervisor(db_url: str) -> None:
 
 
 def test_unreachable_database_fails_at_start_with_one_line() -> None:
-    result = run_cli("--metrics-port", "0",
-                     env={"DATABASE_URL": "postgresql://postgres@127.0.0.1:1/x"})
+    result = run_cli(
+        "--metrics-port", "0", env={"DATABASE_URL": "postgresql://postgres@127.0.0.1:1/x"}
+    )
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and "cannot connect" in result.stderr
-
-

@@ -17,11 +17,11 @@ import psycopg
 import pytest
 from click.testing import CliRunner, Result
 
-from mobvibe.reaper.sweep import ReaperSettings
 from mobvibe.cli import admin
+from mobvibe.reaper.sweep import ReaperSettings
+from mobvibe.sql import store
 from mobvibe.sql.jobs import Job
 from mobvibe.sql.migrate import migrate
-from mobvibe.sql import store
 from tests.helpers import set_clock, wait_for
 
 
@@ -83,8 +83,9 @@ def cli(db_url: str) -> Callable[..., Result]:
         root = logging.getLogger()
         handlers, level = root.handlers[:], root.level
         try:
-            result = CliRunner().invoke(admin.main, ["--database-url", url or db_url, *args],
-                                        input=input)
+            result = CliRunner().invoke(
+                admin.main, ["--database-url", url or db_url, *args], input=input
+            )
         finally:
             # the command points the root logger at the runner's stderr; give it back
             root.handlers[:] = handlers
@@ -107,8 +108,14 @@ def env_for(url: str) -> dict[str, str]:
 
 def reaper_once(url: str, *args: str) -> subprocess.CompletedProcess[str]:
     """`mobvibe-reaper --once` against `url`, its output captured."""
-    return subprocess.run([str(BIN / "mobvibe-reaper"), "--once", *args], env=env_for(url),
-                          capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run(
+        [str(BIN / "mobvibe-reaper"), "--once", *args],
+        env=env_for(url),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 class Daemon:
@@ -129,8 +136,11 @@ class Daemon:
         return found
 
     def wait_event(self, name: str, count: int = 1, timeout: float = 10) -> list[dict[str, Any]]:
-        return wait_for(lambda: len(e := self.events(name)) >= count and e, timeout,
-                        message=f"{count} x {name} in the reaper log")
+        return wait_for(
+            lambda: len(e := self.events(name)) >= count and e,
+            timeout,
+            message=f"{count} x {name} in the reaper log",
+        )
 
 
 @pytest.fixture
@@ -141,9 +151,19 @@ def daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     def start(url: str, *args: str) -> Daemon:
         log = tmp_path / f"reaper-{len(started)}.log"
         with log.open("wb") as out:
-            proc = subprocess.Popen([str(BIN / "mobvibe-reaper"), "--log-format", "json",
-                                     "--log-level", "debug", *args], env=env_for(url),
-                                    stdout=out, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                [
+                    str(BIN / "mobvibe-reaper"),
+                    "--log-format",
+                    "json",
+                    "--log-level",
+                    "debug",
+                    *args,
+                ],
+                env=env_for(url),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         started.append(Daemon(proc, log))
         return started[-1]
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -13,15 +11,17 @@ import pytest
 
 from mobvibe.client import JobQueue
 from tests.helpers import wait_for
-from tests.reaper.conftest import ROOT, Daemon, env_for, reaper_once
+from tests.reaper.conftest import Daemon, reaper_once
 
 UNREACHABLE = "postgresql://postgres@127.0.0.1:1/x"
 FAST = ["--interval", "0.2", "--heartbeat-timeout", "1", "--heartbeat-interval", "0.2"]
 
 
 def expire(conn: Any, job_id: Any, seconds: float = 5) -> None:
-    conn.execute("UPDATE coding_jobs SET heartbeat_at = now() - %s * interval '1 second' "
-                 "WHERE id = %s", [seconds, job_id])
+    conn.execute(
+        "UPDATE coding_jobs SET heartbeat_at = now() - %s * interval '1 second' WHERE id = %s",
+        [seconds, job_id],
+    )
 
 
 def test_once_against_an_unreachable_database_prints_one_line_and_exits_1() -> None:
@@ -46,24 +46,30 @@ def test_once_sweeps_and_prints_a_json_summary(queue: JobQueue, conn: Any, db_ur
     assert {"requeued", "dead_lettered", "pruned", "duration_ms"} <= summary.keys()
     assert (summary["requeued"], summary["dead_lettered"], summary["pruned"]) == (1, 0, 0)
     assert summary["waiting_retries"] == 1 and summary["next_retry_at"]
-    requeued = [json.loads(line) for line in done.stderr.splitlines()
-                if '"job_requeued"' in line]
+    requeued = [json.loads(line) for line in done.stderr.splitlines() if '"job_requeued"' in line]
     assert [(e["job_id"], e["reason"]) for e in requeued] == [(str(job_id), "heartbeat_expired")]
 
 
 def test_once_on_an_unmigrated_database_says_to_migrate(new_database: Any) -> None:
     done = reaper_once(new_database("mobvibe_unmigrated"))
     assert done.returncode == 2
-    assert done.stderr.strip() == ("Error: the database schema is not up to date: run "
-                                   "`mobvibe-queue migrate`")
+    assert done.stderr.strip() == (
+        "Error: the database schema is not up to date: run `mobvibe-queue migrate`"
+    )
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--retain-completed", "7x"], "'7x' is not a duration"),
-    (["--interval", "0"], "'0' must be greater than 0"),
-    (["--heartbeat-timeout", "5s"], "must be larger than the workers' --heartbeat-interval (5s)"),
-    (["--batch-size", "0"], "--batch-size"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--retain-completed", "7x"], "'7x' is not a duration"),
+        (["--interval", "0"], "'0' must be greater than 0"),
+        (
+            ["--heartbeat-timeout", "5s"],
+            "must be larger than the workers' --heartbeat-interval (5s)",
+        ),
+        (["--batch-size", "0"], "--batch-size"),
+    ],
+)
 def test_bad_settings_are_one_clear_line_and_exit_2(args: list[str], message: str) -> None:
     done = reaper_once(UNREACHABLE, *args)
     assert done.returncode == 2
@@ -72,14 +78,18 @@ def test_bad_settings_are_one_clear_line_and_exit_2(args: list[str], message: st
 
 
 def test_daemon_requeues_an_expired_job_and_exits_0_on_sigterm(
-        queue: JobQueue, conn: Any, db_url: str, daemon: Callable[..., Daemon]) -> None:
+    queue: JobQueue, conn: Any, db_url: str, daemon: Callable[..., Daemon]
+) -> None:
     running = daemon(db_url, *FAST)
     running.wait_event("reaper_swept")
     job_id = queue.enqueue("orphaned")
     assert queue.claim() is not None
     expire(conn, job_id)
-    wait_for(lambda: (job := queue.get(job_id)) and job.retry_count == 1, timeout=5,
-             message="the job requeued by the daemon")
+    wait_for(
+        lambda: (job := queue.get(job_id)) and job.retry_count == 1,
+        timeout=5,
+        message="the job requeued by the daemon",
+    )
     assert running.wait_event("job_requeued")[0]["job_id"] == str(job_id)
 
     running.proc.send_signal(signal.SIGTERM)
@@ -88,25 +98,32 @@ def test_daemon_requeues_an_expired_job_and_exits_0_on_sigterm(
 
 
 def test_daemon_survives_losing_its_connection(
-        queue: JobQueue, conn: Any, db_url: str, daemon: Callable[..., Daemon]) -> None:
+    queue: JobQueue, conn: Any, db_url: str, daemon: Callable[..., Daemon]
+) -> None:
     running = daemon(db_url, *FAST)
     running.wait_event("reaper_swept")
-    killed = conn.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                          "WHERE application_name = 'mobvibe-reaper' "
-                          "AND datname = current_database()").fetchone()[0]
+    killed = conn.execute(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        "WHERE application_name = 'mobvibe-reaper' "
+        "AND datname = current_database()"
+    ).fetchone()[0]
     assert killed == 1
     running.wait_event("reaper_sweep_failed")
     job_id = queue.enqueue("orphaned after the outage")
     assert queue.claim() is not None
     expire(conn, job_id)
-    wait_for(lambda: (job := queue.get(job_id)) and job.retry_count == 1, timeout=10,
-             message="the job requeued after the reconnect")
+    wait_for(
+        lambda: (job := queue.get(job_id)) and job.retry_count == 1,
+        timeout=10,
+        message="the job requeued after the reconnect",
+    )
     running.proc.send_signal(signal.SIGINT)
     assert running.proc.wait(5) == 0
 
 
 def test_daemon_waits_out_an_unreachable_database_and_still_stops_cleanly(
-        daemon: Callable[..., Daemon]) -> None:
+    daemon: Callable[..., Daemon],
+) -> None:
     running = daemon(UNREACHABLE, *FAST)
     failures = running.wait_event("reaper_sweep_failed", count=2)
     assert failures[1]["retry_in_s"] > failures[0]["retry_in_s"]  # backing off

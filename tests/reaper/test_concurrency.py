@@ -9,9 +9,9 @@ from typing import Any
 import psycopg
 import pytest
 
+from mobvibe.client import JobQueue
 from mobvibe.reaper.sweep import ReaperSettings, SweepResult, run_once
 from mobvibe.sql.jobs import NewJob
-from mobvibe.client import JobQueue
 
 JOBS = 1000
 
@@ -34,8 +34,9 @@ def sweep_together(url: str, reapers: int) -> list[SweepResult]:
     def sweep(index: int) -> None:
         try:
             barrier.wait(10)
-            results[index] = run_once(conns[index],
-                                      ReaperSettings(batch_size=50, name=f"reaper-{index}"))
+            results[index] = run_once(
+                conns[index], ReaperSettings(batch_size=50, name=f"reaper-{index}")
+            )
         except BaseException as exc:  # noqa: BLE001 - reported by the main thread
             results[index] = exc
 
@@ -54,7 +55,8 @@ def sweep_together(url: str, reapers: int) -> list[SweepResult]:
 
 @pytest.mark.parametrize("reapers", [2, 5])
 def test_reapers_sweeping_together_requeue_each_job_exactly_once(
-        reapers: int, queue: JobQueue, conn: Any, db_url: str) -> None:
+    reapers: int, queue: JobQueue, conn: Any, db_url: str
+) -> None:
     queue.enqueue_many([NewJob("x", max_retries=3)] * JOBS)
     expire_all(conn)
 
@@ -62,8 +64,9 @@ def test_reapers_sweeping_together_requeue_each_job_exactly_once(
 
     assert sum(r.requeued for r in results) == JOBS
     assert sum(r.dead_lettered for r in results) == 0
-    rows = conn.execute("SELECT status, retry_count, end_reason, count(*) FROM coding_jobs "
-                        "GROUP BY 1, 2, 3").fetchall()
+    rows = conn.execute(
+        "SELECT status, retry_count, end_reason, count(*) FROM coding_jobs GROUP BY 1, 2, 3"
+    ).fetchall()
     assert rows == [("pending", 1, "heartbeat_expired", JOBS)]
     recorded = conn.execute("SELECT count(*), sum(requeued) FROM queue_reaper_runs").fetchone()
     assert recorded == (reapers, JOBS)
@@ -72,10 +75,12 @@ def test_reapers_sweeping_together_requeue_each_job_exactly_once(
 
 @pytest.mark.parametrize("reapers", [2, 5])
 def test_reapers_sweeping_together_dead_letter_each_job_once(
-        reapers: int, queue: JobQueue, conn: Any, db_url: str) -> None:
+    reapers: int, queue: JobQueue, conn: Any, db_url: str
+) -> None:
     sessions = [queue.create_session() for _ in range(10)]
-    queue.enqueue_many([NewJob("x", session_id=sessions[i % 10], max_retries=1)
-                        for i in range(JOBS)])
+    queue.enqueue_many(
+        [NewJob("x", session_id=sessions[i % 10], max_retries=1) for i in range(JOBS)]
+    )
     expire_all(conn)
     notes: list[str] = []
     with psycopg.connect(db_url, autocommit=True) as listener:
@@ -86,9 +91,15 @@ def test_reapers_sweeping_together_dead_letter_each_job_once(
         notes = [n.payload for n in listener.notifies(timeout=1, stop_after=2 * JOBS)]
     assert sum(r.dead_lettered for r in results) == JOBS
     assert sum(r.requeued for r in results) == 0
-    assert conn.execute("SELECT count(*) FROM coding_jobs WHERE status = 'failed' "
-                        "AND retry_count = 1").fetchone()[0] == JOBS
+    assert (
+        conn.execute(
+            "SELECT count(*) FROM coding_jobs WHERE status = 'failed' AND retry_count = 1"
+        ).fetchone()[0]
+        == JOBS
+    )
     # one processing -> failed transition per job, never two
     assert len(notes) == JOBS
-    assert conn.execute("SELECT count(*) FROM coding_sessions WHERE status = 'failed'"
-                        ).fetchone()[0] == 10
+    assert (
+        conn.execute("SELECT count(*) FROM coding_sessions WHERE status = 'failed'").fetchone()[0]
+        == 10
+    )

@@ -8,23 +8,27 @@ from typing import Any
 
 from click.testing import Result
 
+from mobvibe.client import JobQueue
 from mobvibe.reaper.sweep import ReaperSettings, run_once
 from mobvibe.sql.jobs import NewJob
-from mobvibe.client import JobQueue
 from tests.reaper.conftest import Clock, claim, job_row
 
 Cli = Callable[..., Result]
 
 
-def dead_letter(queue: JobQueue, n: int = 1, error: str = "model timed out",
-                days_ago: float = 0) -> list[Any]:
+def dead_letter(
+    queue: JobQueue, n: int = 1, error: str = "model timed out", days_ago: float = 0
+) -> list[Any]:
     """n jobs that failed their only attempt `days_ago` days ago."""
     ids = queue.enqueue_many([NewJob(f"prompt {i}", max_retries=1) for i in range(n)])
     for job_id in ids:
         assert queue.fail(job_id, error) is False
     with queue.connection() as c:
-        c.execute("UPDATE coding_jobs SET completed_at = completed_at - %s * interval '1 day' "
-                  "WHERE id = ANY(%s)", [days_ago, ids])
+        c.execute(
+            "UPDATE coding_jobs SET completed_at = completed_at - %s * interval '1 day' "
+            "WHERE id = ANY(%s)",
+            [days_ago, ids],
+        )
     return ids
 
 
@@ -33,7 +37,8 @@ def status(conn: Any, job_id: Any) -> str:
 
 
 def test_a_job_dead_lettered_by_the_reaper_is_requeued_and_completes(
-        queue: JobQueue, conn: Any, clock: Clock, cli: Cli) -> None:
+    queue: JobQueue, conn: Any, clock: Clock, cli: Cli
+) -> None:
     session = queue.create_session()
     job_id = queue.enqueue("worker keeps dying", session_id=session, max_retries=1)
     claim(conn)
@@ -48,8 +53,9 @@ def test_a_job_dead_lettered_by_the_reaper_is_requeued_and_completes(
     assert "heartbeat expired" in result.stderr  # the last error, kept in the log line
     job = job_row(conn, job_id)
     assert (job["status"], job["retry_count"]) == ("pending", 0)
-    session_status = conn.execute("SELECT status FROM coding_sessions WHERE id = %s",
-                                  [session]).fetchone()[0]
+    session_status = conn.execute(
+        "SELECT status FROM coding_sessions WHERE id = %s", [session]
+    ).fetchone()[0]
     assert session_status == "active"
     again = queue.claim()
     assert again is not None and again.id == job_id
@@ -66,7 +72,8 @@ def test_requeue_all_brings_back_every_dead_letter(queue: JobQueue, conn: Any, c
 
 
 def test_requeue_a_bad_id_is_a_usage_error_and_changes_nothing(
-        queue: JobQueue, conn: Any, cli: Cli) -> None:
+    queue: JobQueue, conn: Any, cli: Cli
+) -> None:
     (job_id,) = dead_letter(queue)
     result = cli("dlq", "requeue", str(job_id), "not-a-uuid")
     assert result.exit_code == 2
@@ -75,7 +82,8 @@ def test_requeue_a_bad_id_is_a_usage_error_and_changes_nothing(
 
 
 def test_requeue_an_unknown_or_live_job_says_why_and_exits_1(
-        queue: JobQueue, conn: Any, cli: Cli) -> None:
+    queue: JobQueue, conn: Any, cli: Cli
+) -> None:
     (dead,) = dead_letter(queue)
     live = queue.enqueue("still pending")
     unknown = "00000000-0000-4000-8000-000000000000"
@@ -107,12 +115,14 @@ def test_list_shows_the_newest_dead_letters(queue: JobQueue, cli: Cli) -> None:
     rows = [json.loads(line) for line in cli("dlq", "list", "--json").stdout.splitlines()]
     assert [r["id"] for r in rows][-1] == str(old[0])
     assert rows[-1]["error_message"] == "old failure"
-    assert {"session_id", "retry_count", "max_retries", "end_reason",
-            "completed_at"} <= rows[0].keys()
+    assert {"session_id", "retry_count", "max_retries", "end_reason", "completed_at"} <= rows[
+        0
+    ].keys()
 
 
 def test_purge_deletes_only_dead_letters_older_than_the_age(
-        queue: JobQueue, conn: Any, cli: Cli) -> None:
+    queue: JobQueue, conn: Any, cli: Cli
+) -> None:
     old = dead_letter(queue, 3, days_ago=40)
     recent = dead_letter(queue, 2, days_ago=10)
     pending = queue.enqueue("not failed")

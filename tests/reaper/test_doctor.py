@@ -23,12 +23,14 @@ def test_a_clean_database_passes(queue: JobQueue, cli: Cli) -> None:
     result = cli("doctor")
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == "ok: 7 checks, nothing found"
-    assert json.loads(cli("doctor", "--json").stdout) == {"ok": True, "findings": [],
-                                                          "not_shown": {}}
+    assert json.loads(cli("doctor", "--json").stdout) == {
+        "ok": True,
+        "findings": [],
+        "not_shown": {},
+    }
 
 
-def test_finds_a_processing_job_with_no_live_attempt(queue: JobQueue, conn: Any,
-                                                      cli: Cli) -> None:
+def test_finds_a_processing_job_with_no_live_attempt(queue: JobQueue, conn: Any, cli: Cli) -> None:
     job_id = queue.enqueue("orphaned")
     job = queue.claim("worker-7")
     assert job is not None
@@ -49,8 +51,10 @@ def test_finds_a_retry_count_above_max_retries(fresh_url: str, cli: Cli) -> None
         job_id = queue.enqueue("retried too often", max_retries=2)
         conn.execute("ALTER TABLE coding_jobs DROP CONSTRAINT coding_jobs_retry_count_check")
         conn.execute("UPDATE coding_jobs SET retry_count = 5")
-        conn.execute("ALTER TABLE coding_jobs ADD CONSTRAINT coding_jobs_retry_count_check "
-                     "CHECK (retry_count BETWEEN 0 AND max_retries) NOT VALID")
+        conn.execute(
+            "ALTER TABLE coding_jobs ADD CONSTRAINT coding_jobs_retry_count_check "
+            "CHECK (retry_count BETWEEN 0 AND max_retries) NOT VALID"
+        )
     result = cli("doctor", url=fresh_url)
     assert result.exit_code == 1
     (line,) = findings(result, "retry_count_above_max")
@@ -59,8 +63,11 @@ def test_finds_a_retry_count_above_max_retries(fresh_url: str, cli: Cli) -> None
 
 def test_finds_a_failed_job_with_no_reason(queue: JobQueue, conn: Any, cli: Cli) -> None:
     job_id = queue.enqueue("failed by hand")
-    conn.execute("UPDATE coding_jobs SET status = 'failed', completed_at = now(), "
-                 "error_message = NULL WHERE id = %s", [job_id])
+    conn.execute(
+        "UPDATE coding_jobs SET status = 'failed', completed_at = now(), "
+        "error_message = NULL WHERE id = %s",
+        [job_id],
+    )
     result = cli("doctor")
     assert result.exit_code == 1
     (line,) = findings(result, "failed_without_reason")
@@ -77,8 +84,8 @@ def test_finds_a_failed_session_with_no_failed_job(queue: JobQueue, conn: Any, c
     result = cli("doctor")
     assert result.exit_code == 1
     assert findings(result, "failed_session_without_failed_job") == [
-        (f"failed_session_without_failed_job: session {session} is failed, but none of its "
-         "jobs is")]
+        (f"failed_session_without_failed_job: session {session} is failed, but none of its jobs is")
+    ]
 
 
 def test_finds_queue_functions_executable_by_public(fresh_url: str, cli: Cli) -> None:
@@ -87,10 +94,13 @@ def test_finds_queue_functions_executable_by_public(fresh_url: str, cli: Cli) ->
         conn.execute("CREATE FUNCTION queue_sneaky() RETURNS int LANGUAGE sql AS 'SELECT 1'")
     result = cli("doctor", url=fresh_url)
     assert result.exit_code == 1
-    assert [line.split(" is executable")[0] for line in
-            findings(result, "function_executable_by_public")] == [
+    assert [
+        line.split(" is executable")[0]
+        for line in findings(result, "function_executable_by_public")
+    ] == [
         "function_executable_by_public: function claim_next_job(text)",
-        "function_executable_by_public: function queue_sneaky()"]
+        "function_executable_by_public: function queue_sneaky()",
+    ]
 
 
 def test_finds_changed_and_unapplied_migrations(fresh_url: str, cli: Cli) -> None:
@@ -102,8 +112,11 @@ def test_finds_changed_and_unapplied_migrations(fresh_url: str, cli: Cli) -> Non
     (drift,) = findings(result, "migration_drift")
     assert "0002_functions was changed after it was applied" in drift
     assert findings(result, "migration_not_applied") == [
-        ("migration_not_applied: migration 0004_privileges is not applied: run "
-         "`mobvibe-queue migrate`")]
+        (
+            "migration_not_applied: migration 0004_privileges is not applied: run "
+            "`mobvibe-queue migrate`"
+        )
+    ]
 
 
 def test_an_unmigrated_database_is_told_to_migrate(new_database: Any, cli: Cli) -> None:

@@ -8,9 +8,9 @@ from typing import Any
 import psycopg
 import pytest
 
+from mobvibe.client import JobQueue
 from mobvibe.reaper.sweep import DAY, ReaperSettings, run_once
 from mobvibe.sql.jobs import NewJob
-from mobvibe.client import JobQueue
 
 COUNT_DELETES = """
 CREATE TABLE test_delete_statements (deleted integer NOT NULL);
@@ -36,10 +36,17 @@ def finished(conn: Any, status: str, days_ago: float, n: int) -> list[Any]:
     """n jobs that reached `status` `days_ago` days ago."""
     with JobQueue(conn.info.dsn) as queue:
         ids = queue.enqueue_many([NewJob(f"{status} {days_ago}")] * n)
-    conn.execute("UPDATE coding_jobs SET status = %s, retry_count = %s, error_message = %s, "
-                 "completed_at = now() - %s * interval '1 day' WHERE id = ANY(%s)",
-                 [status, 3 if status == "failed" else 0,
-                  "boom" if status == "failed" else None, days_ago, ids])
+    conn.execute(
+        "UPDATE coding_jobs SET status = %s, retry_count = %s, error_message = %s, "
+        "completed_at = now() - %s * interval '1 day' WHERE id = ANY(%s)",
+        [
+            status,
+            3 if status == "failed" else 0,
+            "boom" if status == "failed" else None,
+            days_ago,
+            ids,
+        ],
+    )
     return ids
 
 
@@ -60,8 +67,11 @@ def test_retention_deletes_only_old_enough_jobs_in_batches(counted: Any) -> None
     result = run_once(counted, ReaperSettings(prune_batch=10, name="retention"))
 
     assert (result.pruned_completed, result.pruned_failed, result.pruned) == (35, 4, 39)
-    assert remaining(counted) == {("completed", "completed 6"): 3, ("failed", "failed 29"): 2,
-                                  ("pending", "still pending"): 1}
+    assert remaining(counted) == {
+        ("completed", "completed 6"): 3,
+        ("failed", "failed 29"): 2,
+        ("pending", "still pending"): 1,
+    }
     statements = [n for (n,) in counted.execute("SELECT deleted FROM test_delete_statements")]
     assert max(statements) <= 10
     # completed: 10, 10, 10, 5 (short: stop); failed: 4 (short: stop)

@@ -6,14 +6,25 @@ import click
 import pytest
 
 from mobvibe.durations import Duration, format_duration, parse_duration
-from mobvibe.reaper.sweep import DAY, ReaperSettings, SweepResult
 from mobvibe.errors import ConfigError
+from mobvibe.reaper.sweep import DAY, ReaperSettings, SweepResult
 
 
-@pytest.mark.parametrize("text, seconds", [
-    ("30", 30), ("30s", 30), ("1.5", 1.5), ("500ms", 0.5), ("5m", 300), ("2h", 7200),
-    ("7d", 7 * DAY), (" 7 D ", 7 * DAY), ("0", 0), (".5s", 0.5),
-])
+@pytest.mark.parametrize(
+    "text, seconds",
+    [
+        ("30", 30),
+        ("30s", 30),
+        ("1.5", 1.5),
+        ("500ms", 0.5),
+        ("5m", 300),
+        ("2h", 7200),
+        ("7d", 7 * DAY),
+        (" 7 D ", 7 * DAY),
+        ("0", 0),
+        (".5s", 0.5),
+    ],
+)
 def test_durations_parse_seconds_or_a_unit(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
@@ -32,8 +43,10 @@ def test_duration_type_says_what_0_means_or_refuses_it() -> None:
         Duration().convert("0", None, None)
 
 
-@pytest.mark.parametrize("seconds, text", [(604800, "7d"), (30, "30s"), (90, "90s"),
-                                           (300, "5m"), (0.2, "0.2s"), (0, "0s")])
+@pytest.mark.parametrize(
+    "seconds, text",
+    [(604800, "7d"), (30, "30s"), (90, "90s"), (300, "5m"), (0.2, "0.2s"), (0, "0s")],
+)
 def test_durations_format_in_the_largest_exact_unit(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
 
@@ -45,14 +58,17 @@ def test_default_settings_are_valid_and_name_this_process() -> None:
     assert settings.name.endswith(f":{__import__('os').getpid()}")
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"heartbeat_timeout": 5}, "must be larger than the workers' --heartbeat-interval"),
-    ({"interval": 0}, "must be greater than 0"),
-    ({"batch_size": 0}, "--batch-size must be from 1"),
-    ({"prune_batch": 10**6}, "--prune-batch must be from 1"),
-    ({"retain_failed": -1}, "must be >= 0"),
-    ({"name": ""}, "--name"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"heartbeat_timeout": 5}, "must be larger than the workers' --heartbeat-interval"),
+        ({"interval": 0}, "must be greater than 0"),
+        ({"batch_size": 0}, "--batch-size must be from 1"),
+        ({"prune_batch": 10**6}, "--prune-batch must be from 1"),
+        ({"retain_failed": -1}, "must be >= 0"),
+        ({"name": ""}, "--name"),
+    ],
+)
 def test_settings_that_cannot_work_are_refused(changes: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         ReaperSettings(**changes).validate(heartbeat_interval=5)  # type: ignore[arg-type]
@@ -60,8 +76,15 @@ def test_settings_that_cannot_work_are_refused(changes: dict[str, object], messa
 
 def test_summary_starts_with_the_four_keys_of_the_issue() -> None:
     summary = SweepResult(2, 1, 3, 4, 12.5).as_dict()
-    assert list(summary) == ["requeued", "dead_lettered", "pruned", "duration_ms",
-                             "pruned_completed", "pruned_failed", "waiting_retries",
-                             "next_retry_at"]
+    assert list(summary) == [
+        "requeued",
+        "dead_lettered",
+        "pruned",
+        "duration_ms",
+        "pruned_completed",
+        "pruned_failed",
+        "waiting_retries",
+        "next_retry_at",
+    ]
     assert summary["pruned"] == 7 and summary["duration_ms"] == 12.5
     assert summary["next_retry_at"] is None

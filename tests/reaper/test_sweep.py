@@ -6,22 +6,25 @@ from datetime import timedelta
 from typing import Any
 
 from mobvibe import metrics
+from mobvibe.client import JobQueue
 from mobvibe.reaper.sweep import ReaperSettings, run_once
 from mobvibe.sql.jobs import NewJob
-from mobvibe.client import JobQueue
 from tests.reaper.conftest import Clock, claim, job_row
 
 
 def backoff_window(conn: Any, failures: int) -> tuple[float, float]:
-    base, cap, jitter = conn.execute("SELECT extract(epoch FROM backoff_base), "
-                                     "extract(epoch FROM backoff_cap), backoff_jitter "
-                                     "FROM queue_config").fetchone()
+    base, cap, jitter = conn.execute(
+        "SELECT extract(epoch FROM backoff_base), "
+        "extract(epoch FROM backoff_cap), backoff_jitter "
+        "FROM queue_config"
+    ).fetchone()
     delay = min(float(cap), float(base) * 2 ** (failures - 1))
     return delay, delay * (1 + jitter)
 
 
 def test_expired_attempt_is_requeued_with_backoff_and_the_reason(
-        queue: JobQueue, conn: Any, clock: Clock, settings: ReaperSettings) -> None:
+    queue: JobQueue, conn: Any, clock: Clock, settings: ReaperSettings
+) -> None:
     job_id = queue.enqueue("build the app", max_retries=3)
     attempt = claim(conn)
     assert attempt is not None and attempt.id == job_id
@@ -41,8 +44,9 @@ def test_expired_attempt_is_requeued_with_backoff_and_the_reason(
     assert result.waiting_retries == 1 and result.next_retry_at == job["run_at"]
 
 
-def test_unexpired_attempt_is_left_alone(queue: JobQueue, conn: Any, clock: Clock,
-                                         settings: ReaperSettings) -> None:
+def test_unexpired_attempt_is_left_alone(
+    queue: JobQueue, conn: Any, clock: Clock, settings: ReaperSettings
+) -> None:
     old, young = queue.enqueue_many([NewJob("first"), NewJob("second")])
     assert claim(conn).id == old  # type: ignore[union-attr]
     clock.advance(20)
@@ -56,7 +60,8 @@ def test_unexpired_attempt_is_left_alone(queue: JobQueue, conn: Any, clock: Cloc
 
 
 def test_a_long_job_whose_heartbeats_keep_coming_is_never_reaped(
-        queue: JobQueue, conn: Any, clock: Clock, settings: ReaperSettings) -> None:
+    queue: JobQueue, conn: Any, clock: Clock, settings: ReaperSettings
+) -> None:
     job_id = queue.enqueue("a long refactoring")
     attempt = claim(conn)
     assert attempt is not None
@@ -74,7 +79,8 @@ def queue_heartbeat(conn: Any, job_id: Any, lease: Any) -> bool:
 
 
 def test_no_requeued_job_is_claimed_before_its_run_at(
-        queue: JobQueue, conn: Any, clock: Clock, settings: ReaperSettings) -> None:
+    queue: JobQueue, conn: Any, clock: Clock, settings: ReaperSettings
+) -> None:
     job_id = queue.enqueue("retry me later")
     claim(conn)
     clock.advance(31)
@@ -89,7 +95,8 @@ def test_no_requeued_job_is_claimed_before_its_run_at(
 
 
 def test_exhausted_attempts_are_dead_lettered_and_the_session_failed(
-        queue: JobQueue, conn: Any, clock: Clock, settings: ReaperSettings) -> None:
+    queue: JobQueue, conn: Any, clock: Clock, settings: ReaperSettings
+) -> None:
     session = queue.create_session()
     job_id = queue.enqueue("doomed", session_id=session, max_retries=2)
     for expected in ((1, 0), (0, 1)):
@@ -100,11 +107,15 @@ def test_exhausted_attempts_are_dead_lettered_and_the_session_failed(
         assert (result.requeued, result.dead_lettered) == expected
 
     job = job_row(conn, job_id)
-    assert (job["status"], job["retry_count"], job["end_reason"]) == ("failed", 2,
-                                                                     "heartbeat_expired")
+    assert (job["status"], job["retry_count"], job["end_reason"]) == (
+        "failed",
+        2,
+        "heartbeat_expired",
+    )
     assert job["completed_at"] == clock.now
-    status, error = conn.execute("SELECT status, error_message FROM coding_sessions "
-                                 "WHERE id = %s", [session]).fetchone()
+    status, error = conn.execute(
+        "SELECT status, error_message FROM coding_sessions WHERE id = %s", [session]
+    ).fetchone()
     assert status == "failed" and "heartbeat" in error
     # A later sweep does not touch it again.
     clock.advance(3600)
@@ -112,7 +123,8 @@ def test_exhausted_attempts_are_dead_lettered_and_the_session_failed(
 
 
 def test_reaped_workers_late_writes_change_nothing(
-        queue: JobQueue, conn: Any, clock: Clock, settings: ReaperSettings) -> None:
+    queue: JobQueue, conn: Any, clock: Clock, settings: ReaperSettings
+) -> None:
     job_id = queue.enqueue("fenced")
     lost = claim(conn, "worker-a")
     assert lost is not None
@@ -129,49 +141,64 @@ def test_reaped_workers_late_writes_change_nothing(
     assert queue.release(job_id, lost.lease_token) is False
 
     assert job_row(conn, job_id) == before
-    assert (before["status"], before["worker_id"], before["attempt"]) == ("processing",
-                                                                        "worker-b", 2)
+    assert (before["status"], before["worker_id"], before["attempt"]) == (
+        "processing",
+        "worker-b",
+        2,
+    )
     assert before["lease_token"] == current.lease_token
     assert queue.complete(job_id, current.lease_token) is True
 
 
 def test_a_sweep_is_recorded_in_queue_reaper_runs(
-        queue: JobQueue, conn: Any, clock: Clock, settings: ReaperSettings) -> None:
+    queue: JobQueue, conn: Any, clock: Clock, settings: ReaperSettings
+) -> None:
     queue.enqueue_many([NewJob("x")] * 3)
     for _ in range(3):
         claim(conn)
     clock.advance(31)
     run_once(conn, settings)
     run_once(conn, settings)
-    row = conn.execute("SELECT last_sweep_at, requeued, dead_lettered, pruned "
-                       "FROM queue_reaper_runs WHERE reaper = 'test-reaper'").fetchone()
+    row = conn.execute(
+        "SELECT last_sweep_at, requeued, dead_lettered, pruned "
+        "FROM queue_reaper_runs WHERE reaper = 'test-reaper'"
+    ).fetchone()
     assert row == (clock.now, 3, 0, 0)
 
 
-def test_reapers_not_seen_for_a_week_are_forgotten(conn: Any, clock: Clock,
-                                                  settings: ReaperSettings) -> None:
-    conn.execute("INSERT INTO queue_reaper_runs (reaper, last_sweep_at) VALUES "
-                 "('old-cronjob-pod:1', %s), ('recent-pod:1', %s)",
-                 [clock.now - timedelta(days=8), clock.now - timedelta(days=6)])
+def test_reapers_not_seen_for_a_week_are_forgotten(
+    conn: Any, clock: Clock, settings: ReaperSettings
+) -> None:
+    conn.execute(
+        "INSERT INTO queue_reaper_runs (reaper, last_sweep_at) VALUES "
+        "('old-cronjob-pod:1', %s), ('recent-pod:1', %s)",
+        [clock.now - timedelta(days=8), clock.now - timedelta(days=6)],
+    )
     run_once(conn, settings)
     names = {row[0] for row in conn.execute("SELECT reaper FROM queue_reaper_runs")}
     assert names == {"recent-pod:1", "test-reaper"}
 
 
 def test_batches_loop_until_every_expired_attempt_is_requeued(
-        queue: JobQueue, conn: Any, clock: Clock) -> None:
+    queue: JobQueue, conn: Any, clock: Clock
+) -> None:
     queue.enqueue_many([NewJob("x")] * 23)
     for _ in range(23):
         claim(conn)
     clock.advance(31)
     result = run_once(conn, ReaperSettings(batch_size=5, name="small"))
     assert result.requeued == 23
-    assert conn.execute("SELECT count(*) FROM coding_jobs WHERE status = 'pending' "
-                        "AND retry_count = 1").fetchone()[0] == 23
+    assert (
+        conn.execute(
+            "SELECT count(*) FROM coding_jobs WHERE status = 'pending' AND retry_count = 1"
+        ).fetchone()[0]
+        == 23
+    )
 
 
 def test_sweep_updates_the_reaper_metrics(
-        queue: JobQueue, conn: Any, clock: Clock, settings: ReaperSettings) -> None:
+    queue: JobQueue, conn: Any, clock: Clock, settings: ReaperSettings
+) -> None:
     before = (metrics.REAPER_REQUEUED.value(), metrics.REAPER_SWEEPS.value("ok"))
     queue.enqueue("x")
     claim(conn)

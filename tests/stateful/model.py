@@ -29,7 +29,7 @@ class Lease:
 class Job:
     """One job as the model sees it; the fields mirror coding_jobs columns."""
 
-    key: int                    # insertion order: seq - 1
+    key: int  # insertion order: seq - 1
     id: uuid.UUID
     session: int
     priority: int
@@ -63,7 +63,7 @@ class Model:
     session_count: int
     clock: datetime = T0
     jobs: dict[int, Job] = field(default_factory=dict)
-    ids: dict[int, uuid.UUID] = field(default_factory=dict)    # every job ever, pruned too
+    ids: dict[int, uuid.UUID] = field(default_factory=dict)  # every job ever, pruned too
     keys: dict[uuid.UUID, int] = field(default_factory=dict)
     sessions: list[Session] = field(init=False)
 
@@ -90,18 +90,34 @@ class Model:
 
     def expired(self) -> list[Job]:
         """Processing jobs whose heartbeat is older than the reaper's timeout."""
-        return [j for j in self.jobs.values()
-                if j.status == "processing" and j.heartbeat_at is not None
-                and j.heartbeat_at < self.clock - LEASE]
+        return [
+            j
+            for j in self.jobs.values()
+            if j.status == "processing"
+            and j.heartbeat_at is not None
+            and j.heartbeat_at < self.clock - LEASE
+        ]
 
     def prunable(self, status: str, older_than: timedelta) -> list[Job]:
-        return [j for j in self.jobs.values() if j.status == status
-                and j.completed_at is not None and j.completed_at < self.clock - older_than]
+        return [
+            j
+            for j in self.jobs.values()
+            if j.status == status
+            and j.completed_at is not None
+            and j.completed_at < self.clock - older_than
+        ]
 
     # --- transitions -----------------------------------------------------------------------
 
-    def enqueue(self, job_id: uuid.UUID, session: int, priority: int, max_retries: int,
-                created_at: datetime, run_at: datetime) -> int:
+    def enqueue(
+        self,
+        job_id: uuid.UUID,
+        session: int,
+        priority: int,
+        max_retries: int,
+        created_at: datetime,
+        run_at: datetime,
+    ) -> int:
         key = len(self.ids)
         self.ids[key] = job_id
         self.keys[job_id] = key
@@ -164,7 +180,11 @@ class Model:
             return False
         job = self.jobs[lease.job]
         job.status, job.run_at, job.heartbeat_at, job.end_reason = (
-            "pending", self.clock, None, reason)
+            "pending",
+            self.clock,
+            None,
+            reason,
+        )
         return True
 
     def requeue(self, key: int) -> bool:
@@ -177,7 +197,8 @@ class Model:
         job.end_reason = "requeued from dead letters"
         session = self.sessions[job.session]
         if session.status == "failed" and not any(
-                j.session == job.session and j.status == "failed" for j in self.jobs.values()):
+            j.session == job.session and j.status == "failed" for j in self.jobs.values()
+        ):
             session.status, session.error_message = "active", None
         return True
 

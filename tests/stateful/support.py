@@ -21,8 +21,8 @@ from tests.helpers import set_clock
 # = the real now()) is always older and already due.
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 LEASE = timedelta(seconds=10)  # the reaper's heartbeat timeout
-BASE = timedelta(seconds=4)    # queue_config.backoff_base for these suites
-CAP = timedelta(seconds=10)    # queue_config.backoff_cap: reached at the third failure
+BASE = timedelta(seconds=4)  # queue_config.backoff_base for these suites
+CAP = timedelta(seconds=10)  # queue_config.backoff_cap: reached at the third failure
 STATUSES = ("pending", "processing", "completed", "failed")
 REAPER_MESSAGE = "heartbeat expired: no heartbeat for 00:00:10"  # LEASE as interval text
 
@@ -37,12 +37,24 @@ def backoff(failures: int) -> timedelta:
 # suites pass the chosen profile explicitly. HYPOTHESIS_PROFILE=long for local runs.
 
 settings.register_profile(
-    "ci", derandomize=True, database=None, deadline=None, max_examples=450,
-    stateful_step_count=50, print_blob=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    "ci",
+    derandomize=True,
+    database=None,
+    deadline=None,
+    max_examples=450,
+    stateful_step_count=50,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 settings.register_profile(
-    "long", derandomize=False, deadline=None, max_examples=1000, stateful_step_count=80,
-    print_blob=True, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    "long",
+    derandomize=False,
+    deadline=None,
+    max_examples=1000,
+    stateful_step_count=80,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
 if PROFILE not in ("ci", "long"):
@@ -69,8 +81,12 @@ class Clocked:
         self.name = name
         # Durability is not under test: without waiting for the WAL flush at each commit
         # the machine runs several times faster, with the same semantics.
-        self.conn = psycopg.connect(url, autocommit=True, application_name=f"stateful-{name}",
-                                    options="-c synchronous_commit=off")
+        self.conn = psycopg.connect(
+            url,
+            autocommit=True,
+            application_name=f"stateful-{name}",
+            options="-c synchronous_commit=off",
+        )
         self._at: datetime | None = None
 
     def at(self, when: datetime) -> psycopg.Connection[Any]:
@@ -87,21 +103,30 @@ class Clocked:
 def reset(conn: psycopg.Connection[Any], *, jitter: float = 0.0) -> None:
     """Empty the queue and set the suites' backoff schedule."""
     conn.execute("TRUNCATE coding_jobs, coding_sessions, queue_reaper_runs RESTART IDENTITY")
-    conn.execute("UPDATE queue_config SET backoff_base = %s, backoff_cap = %s, backoff_jitter = %s",
-                 [BASE, CAP, jitter])
+    conn.execute(
+        "UPDATE queue_config SET backoff_base = %s, backoff_cap = %s, backoff_jitter = %s",
+        [BASE, CAP, jitter],
+    )
 
 
 def new_session(conn: psycopg.Connection[Any]) -> uuid.UUID:
     """A session, created the way the other MobVibe phase does: its id alone."""
-    row = conn.execute("INSERT INTO coding_sessions (id) VALUES (gen_random_uuid()) RETURNING id"
-                       ).fetchone()
+    row = conn.execute(
+        "INSERT INTO coding_sessions (id) VALUES (gen_random_uuid()) RETURNING id"
+    ).fetchone()
     assert row is not None
     return uuid.UUID(str(row[0]))
 
 
-def insert_job(conn: psycopg.Connection[Any], session_id: uuid.UUID, *, priority: int = 0,
-               max_retries: int = 3, run_at: datetime | None = None,
-               created_at: datetime | None = None) -> tuple[uuid.UUID, datetime, datetime]:
+def insert_job(
+    conn: psycopg.Connection[Any],
+    session_id: uuid.UUID,
+    *,
+    priority: int = 0,
+    max_retries: int = 3,
+    run_at: datetime | None = None,
+    created_at: datetime | None = None,
+) -> tuple[uuid.UUID, datetime, datetime]:
     """A plain INSERT, with created_at and run_at given or left to their now() defaults.
 
     Returns (id, created_at, run_at) as the database stored them.
@@ -110,7 +135,8 @@ def insert_job(conn: psycopg.Connection[Any], session_id: uuid.UUID, *, priority
         "INSERT INTO coding_jobs (session_id, prompt, priority, max_retries, run_at, created_at)"
         " VALUES (%s, 'stateful test', %s, %s, coalesce(%s, now()), coalesce(%s, now()))"
         " RETURNING id, created_at, run_at",
-        [session_id, priority, max_retries, run_at, created_at]).fetchone()
+        [session_id, priority, max_retries, run_at, created_at],
+    ).fetchone()
     assert row is not None
     return row[0], row[1], row[2]
 
@@ -129,8 +155,9 @@ def scalar(conn: psycopg.Connection[Any], statement: str, params: Iterable[Any])
 
 def reap(conn: psycopg.Connection[Any], batch_size: int = 100) -> list[tuple[Any, bool | None]]:
     """One sweep of queue_reap_expired with the suites' timeout: [(job_id, will_retry)]."""
-    rows = conn.execute("SELECT job_id, will_retry FROM queue_reap_expired(%s, %s)",
-                        [LEASE, batch_size]).fetchall()
+    rows = conn.execute(
+        "SELECT job_id, will_retry FROM queue_reap_expired(%s, %s)", [LEASE, batch_size]
+    ).fetchall()
     return [(r[0], r[1]) for r in rows]
 
 
@@ -157,9 +184,11 @@ class Row:
     error_message: str | None
 
 
-ROW_QUERY = ("SELECT id, seq, session_id, priority, status, retry_count, max_retries, attempt,"
-             " created_at, run_at, started_at, completed_at, heartbeat_at, worker_id,"
-             " lease_token, end_reason, error_message FROM coding_jobs")
+ROW_QUERY = (
+    "SELECT id, seq, session_id, priority, status, retry_count, max_retries, attempt,"
+    " created_at, run_at, started_at, completed_at, heartbeat_at, worker_id,"
+    " lease_token, end_reason, error_message FROM coding_jobs"
+)
 
 
 def snapshot(conn: psycopg.Connection[Any]) -> dict[uuid.UUID, Row]:
@@ -209,7 +238,8 @@ def check_queue_invariants(conn: psycopg.Connection[Any], expected_ids: set[Any]
     seen = Observed(snapshot(conn), sessions(conn), tuple(stats(conn)))
     rows = seen.rows
     assert set(rows) == expected_ids, (
-        f"lost: {expected_ids - set(rows)}, appeared unasked: {set(rows) - expected_ids}")
+        f"lost: {expected_ids - set(rows)}, appeared unasked: {set(rows) - expected_ids}"
+    )
     for row in rows.values():
         assert row.status in STATUSES
         assert 0 <= row.retry_count <= row.max_retries, row

@@ -39,9 +39,23 @@ import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from tests.stateful.support import (BASE, CAP, LEASE, T0, Clocked, check_queue_invariants, claim,
-                                    insert_job, interleaving_settings, new_session, reap, reset,
-                                    run_together, scalar, snapshot)
+from tests.stateful.support import (
+    BASE,
+    CAP,
+    LEASE,
+    T0,
+    Clocked,
+    check_queue_invariants,
+    claim,
+    insert_job,
+    interleaving_settings,
+    new_session,
+    reap,
+    reset,
+    run_together,
+    scalar,
+    snapshot,
+)
 
 LATE = T0 + LEASE + timedelta(seconds=1)  # every heartbeat from T0 has expired
 LATER = LATE + CAP + timedelta(seconds=1)  # every retry requeued at LATE is due
@@ -76,14 +90,16 @@ class Rig:
     def heard(self) -> list[dict[str, Any]]:
         """The status changes committed so far."""
         self.listener.execute("SELECT 1")  # collects those that arrived into the backlog
-        self.changes.extend(json.loads(n.payload)
-                            for n in self.listener.notifies(timeout=0.01))
+        self.changes.extend(json.loads(n.payload) for n in self.listener.notifies(timeout=0.01))
         return self.changes
 
     def terminal(self, job_id: Any) -> Counter[str]:
         """How many times the job entered completed and failed."""
-        return Counter(c["new_status"] for c in self.heard()
-                       if c["job_id"] == str(job_id) and c["new_status"] in ("completed", "failed"))
+        return Counter(
+            c["new_status"]
+            for c in self.heard()
+            if c["job_id"] == str(job_id) and c["new_status"] in ("completed", "failed")
+        )
 
     def close(self) -> None:
         for conn in (*self.workers, *self.reapers, self.operator):
@@ -106,22 +122,29 @@ def claimed_by(rig: Rig, index: int, at: datetime) -> tuple[Any, Any]:
 
 # --- 8 workers claim at once ----------------------------------------------------------------
 
-job_specs = st.lists(st.tuples(st.integers(0, 10), st.booleans(), st.integers(0, 3)),
-                     min_size=1, max_size=24)
+job_specs = st.lists(
+    st.tuples(st.integers(0, 10), st.booleans(), st.integers(0, 3)), min_size=1, max_size=24
+)
 
 
 @interleaving_settings()
 @given(specs=job_specs, rounds=st.integers(1, 3), waits=st.lists(pauses, min_size=8, max_size=8))
 def test_eight_workers_claiming_at_once_take_each_due_job_once_in_priority_order(
-        rig: Rig, specs: list[tuple[int, bool, int]], rounds: int, waits: list[int]) -> None:
+    rig: Rig, specs: list[tuple[int, bool, int]], rounds: int, waits: list[int]
+) -> None:
     session = rig.fresh()
     op = rig.operator.at(T0)
     order: dict[Any, tuple[int, datetime, int]] = {}  # due jobs: their claim order key
     ids = set()
     for seq, (priority, due, age) in enumerate(specs):
         created_at = T0 - timedelta(seconds=age)
-        job_id, _, _ = insert_job(op, session, priority=priority, created_at=created_at,
-                                  run_at=T0 if due else T0 + timedelta(hours=1))
+        job_id, _, _ = insert_job(
+            op,
+            session,
+            priority=priority,
+            created_at=created_at,
+            run_at=T0 if due else T0 + timedelta(hours=1),
+        )
         ids.add(job_id)
         if due:
             order[job_id] = (-priority, created_at, seq)
@@ -143,7 +166,7 @@ def test_eight_workers_claiming_at_once_take_each_due_job_once_in_priority_order
     event(f"workers that claimed nothing: {sum(not got for got in results)}")
     assert len(claimed) == len(set(claimed)), "a job was claimed twice"
     assert set(claimed) <= set(order), "a job was claimed before its run_at"
-    expected = ranked[:min(8 * rounds, len(ranked))]
+    expected = ranked[: min(8 * rounds, len(ranked))]
     assert set(claimed) == set(expected), "the claimed jobs are not the first in priority order"
     for got in results:
         assert [position[j] for j in got] == sorted(position[j] for j in got)
@@ -151,7 +174,8 @@ def test_eight_workers_claiming_at_once_take_each_due_job_once_in_priority_order
     holder = {job_id: f"w{index}" for index, got in enumerate(results) for job_id in got}
     for job_id, row in rows.items():
         assert (row.status, row.worker_id) == (
-            ("processing", holder[job_id]) if job_id in holder else ("pending", None))
+            ("processing", holder[job_id]) if job_id in holder else ("pending", None)
+        )
 
 
 def run_all(worker: Any, count: int) -> list[Any]:
@@ -162,41 +186,68 @@ def run_all(worker: Any, count: int) -> list[Any]:
 
 
 @interleaving_settings()
-@given(max_retries=st.integers(1, 3), with_heartbeat=st.booleans(),
-       waits=st.lists(pauses, min_size=3, max_size=3))
+@given(
+    max_retries=st.integers(1, 3),
+    with_heartbeat=st.booleans(),
+    waits=st.lists(pauses, min_size=3, max_size=3),
+)
 def test_a_claim_racing_a_reaper_sweep_ends_in_one_outcome_counted_once(
-        rig: Rig, max_retries: int, with_heartbeat: bool, waits: list[int]) -> None:
+    rig: Rig, max_retries: int, with_heartbeat: bool, waits: list[int]
+) -> None:
     session = rig.fresh()
     op = rig.operator.at(T0)
     job, _, _ = insert_job(op, session, max_retries=max_retries, run_at=T0, created_at=T0)
     _, token = claimed_by(rig, 0, T0)
-    reaper, claimer, holder = rig.reapers[0].at(LATE), rig.workers[1].at(LATER), \
-        rig.workers[0].at(LATE)
+    reaper, claimer, holder = (
+        rig.reapers[0].at(LATE),
+        rig.workers[1].at(LATER),
+        rig.workers[0].at(LATE),
+    )
 
-    calls = [lambda: (pause(waits[0]), reap(reaper))[1],
-             lambda: (pause(waits[1]), claim(claimer, "w1"))[1]]
+    calls = [
+        lambda: (pause(waits[0]), reap(reaper))[1],
+        lambda: (pause(waits[1]), claim(claimer, "w1"))[1],
+    ]
     if with_heartbeat:
-        calls.append(lambda: (pause(waits[2]), scalar(
-            holder, "SELECT queue_heartbeat(%s, %s)", [job, token]))[1])
+        calls.append(
+            lambda: (
+                pause(waits[2]),
+                scalar(holder, "SELECT queue_heartbeat(%s, %s)", [job, token]),
+            )[1]
+        )
     swept, claimed, *beat = run_together(*calls)
     beat_won = bool(beat and beat[0])
 
     reaped = [will_retry for job_id, will_retry in swept if job_id == job]
     assert len(reaped) == int(not beat_won), "exactly one of the sweep and the heartbeat wins"
     row = check_queue_invariants(op, {job}).rows[job]
-    event("heartbeat won" if beat_won else
-          "swept, then claimed" if claimed else "swept, claim found nothing")
+    event(
+        "heartbeat won"
+        if beat_won
+        else "swept, then claimed"
+        if claimed
+        else "swept, claim found nothing"
+    )
     if beat_won:
         assert claimed is None
         assert (row.status, row.retry_count, row.attempt, row.lease_token, row.heartbeat_at) == (
-            "processing", 0, 1, token, LATE)
+            "processing",
+            0,
+            1,
+            token,
+            LATE,
+        )
         return
     assert reaped == [max_retries > 1]
     assert row.retry_count == 1, "the expired attempt was not counted exactly once"
     if claimed is not None:  # the claim came after the sweep's commit
         assert max_retries > 1 and claimed[0] == job
         assert (row.status, row.attempt, row.lease_token, row.worker_id) == (
-            "processing", 2, claimed[3], "w1")
+            "processing",
+            2,
+            claimed[3],
+            "w1",
+        )
     elif max_retries > 1:
         assert (row.status, row.run_at) == ("pending", LATE + BASE)
     else:
@@ -209,7 +260,8 @@ def test_a_claim_racing_a_reaper_sweep_ends_in_one_outcome_counted_once(
 @interleaving_settings()
 @given(max_retries=st.integers(1, 2), wait=st.integers(0, 3000))
 def test_a_late_complete_racing_requeue_and_reclaim_is_never_both_accepted(
-        rig: Rig, max_retries: int, wait: int) -> None:
+    rig: Rig, max_retries: int, wait: int
+) -> None:
     session = rig.fresh()
     op = rig.operator.at(T0)
     job, _, _ = insert_job(op, session, max_retries=max_retries, run_at=T0, created_at=T0)
@@ -261,20 +313,31 @@ def test_a_late_complete_racing_requeue_and_reclaim_is_never_both_accepted(
 
 @pytest.mark.parametrize("reapers", [2, 5])
 @interleaving_settings()
-@given(expired=st.integers(1, 20), fresh=st.integers(0, 4), batch=st.sampled_from([1, 3, 100]),
-       max_retries=st.integers(1, 3), owners=st.lists(st.integers(0, 3), min_size=24, max_size=24),
-       waits=st.lists(pauses, min_size=5, max_size=5))
+@given(
+    expired=st.integers(1, 20),
+    fresh=st.integers(0, 4),
+    batch=st.sampled_from([1, 3, 100]),
+    max_retries=st.integers(1, 3),
+    owners=st.lists(st.integers(0, 3), min_size=24, max_size=24),
+    waits=st.lists(pauses, min_size=5, max_size=5),
+)
 def test_reapers_sweeping_the_same_expired_jobs_count_each_once(
-        rig: Rig, reapers: int, expired: int, fresh: int, batch: int, max_retries: int,
-        owners: list[int], waits: list[int]) -> None:
+    rig: Rig,
+    reapers: int,
+    expired: int,
+    fresh: int,
+    batch: int,
+    max_retries: int,
+    owners: list[int],
+    waits: list[int],
+) -> None:
     # Jobs of up to four sessions, claimed one millisecond apart so that each sweep takes
     # them in a known order: reapers dead-lettering them (max_retries 1) also lock their
     # sessions (the trigger), and taking sessions in crossed orders would deadlock.
     sessions = [rig.fresh(), *(new_session(rig.operator.at(T0)) for _ in range(3))]
     op = rig.operator.at(T0)
     for index in range(expired + fresh):
-        insert_job(op, sessions[owners[index]], max_retries=max_retries, run_at=T0,
-                   created_at=T0)
+        insert_job(op, sessions[owners[index]], max_retries=max_retries, run_at=T0, created_at=T0)
     leases = [claimed_by(rig, 0, T0 + timedelta(milliseconds=k)) for k in range(expired + fresh)]
     holder = rig.workers[0].at(T0 + timedelta(seconds=5))  # still fresh at LATE
     for job_id, token in leases[expired:]:
@@ -309,11 +372,16 @@ def test_reapers_sweeping_the_same_expired_jobs_count_each_once(
 
 
 @interleaving_settings()
-@given(threads=st.integers(2, 8), max_retries=st.integers(1, 10), fenced=st.booleans(),
-       running=st.booleans(), waits=st.lists(pauses, min_size=8, max_size=8))
+@given(
+    threads=st.integers(2, 8),
+    max_retries=st.integers(1, 10),
+    fenced=st.booleans(),
+    running=st.booleans(),
+    waits=st.lists(pauses, min_size=8, max_size=8),
+)
 def test_concurrent_failures_of_one_job_are_each_counted(
-        rig: Rig, threads: int, max_retries: int, fenced: bool, running: bool,
-        waits: list[int]) -> None:
+    rig: Rig, threads: int, max_retries: int, fenced: bool, running: bool, waits: list[int]
+) -> None:
     session = rig.fresh()
     op = rig.operator.at(T0)
     job, _, _ = insert_job(op, session, max_retries=max_retries, run_at=T0, created_at=T0)
@@ -322,8 +390,9 @@ def test_concurrent_failures_of_one_job_are_each_counted(
     def fail(index: int) -> bool | None:
         conn = rig.workers[index].at(T0)
         pause(waits[index])
-        answer: bool | None = scalar(conn, "SELECT fail_job(%s, %s, %s)",
-                                     [job, f"error {index}", token if fenced else None])
+        answer: bool | None = scalar(
+            conn, "SELECT fail_job(%s, %s, %s)", [job, f"error {index}", token if fenced else None]
+        )
         return answer
 
     answers = run_together(*(lambda i=i: fail(i) for i in range(threads)))
@@ -340,10 +409,14 @@ def test_concurrent_failures_of_one_job_are_each_counted(
 
 
 @interleaving_settings()
-@given(jobs=st.integers(1, 4), max_retries=st.integers(1, 3),
-       waits=st.lists(pauses, min_size=5, max_size=5))
+@given(
+    jobs=st.integers(1, 4),
+    max_retries=st.integers(1, 3),
+    waits=st.lists(pauses, min_size=5, max_size=5),
+)
 def test_complete_racing_the_expiry_sweep_has_exactly_one_winner(
-        rig: Rig, jobs: int, max_retries: int, waits: list[int]) -> None:
+    rig: Rig, jobs: int, max_retries: int, waits: list[int]
+) -> None:
     session = rig.fresh()
     op = rig.operator.at(T0)
     for _ in range(jobs):

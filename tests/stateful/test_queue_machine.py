@@ -44,14 +44,39 @@ from typing import Any
 
 import pytest
 from hypothesis import strategies as st
-from hypothesis.stateful import (Bundle, RuleBasedStateMachine, initialize, invariant, multiple,
-                                 precondition, rule, run_state_machine_as_test)
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    multiple,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from tests.stateful.model import Job, Lease, Model
-from tests.stateful.support import (BASE, CAP, LEASE, PROFILE, REAPER_MESSAGE, STATUSES, T0,
-                                    Clocked, Row, backoff, check_queue_invariants, claim,
-                                    full_row, insert_job, new_session, profile, reap, reset,
-                                    scalar)
+from tests.stateful.support import (
+    BASE,
+    CAP,
+    LEASE,
+    PROFILE,
+    REAPER_MESSAGE,
+    STATUSES,
+    T0,
+    Clocked,
+    Row,
+    backoff,
+    check_queue_invariants,
+    claim,
+    full_row,
+    insert_job,
+    new_session,
+    profile,
+    reap,
+    reset,
+    scalar,
+)
 
 WORKERS = ("w1", "w2", "w3")
 SESSIONS = 3
@@ -72,9 +97,14 @@ class Spec:
 
 
 specs = st.builds(
-    Spec, priority=st.integers(0, 10), max_retries=st.integers(1, 4),
-    delay=st.sampled_from([-30, -1, 0, 0, 0, 1, 4, 30]), age=st.sampled_from([0, 0, 0, 5]),
-    session=st.integers(0, SESSIONS - 1), plain=st.sampled_from([False] * 7 + [True]))
+    Spec,
+    priority=st.integers(0, 10),
+    max_retries=st.integers(1, 4),
+    delay=st.sampled_from([-30, -1, 0, 0, 0, 1, 4, 30]),
+    age=st.sampled_from([0, 0, 0, 5]),
+    session=st.integers(0, SESSIONS - 1),
+    plain=st.sampled_from([False] * 7 + [True]),
+)
 
 
 class Db:
@@ -133,16 +163,22 @@ class QueueMachine(RuleBasedStateMachine):
         session_id = self.session_ids[spec.session]
         conn = self.sql("operator")
         if spec.plain:  # the way other MobVibe parts insert: both times are the real now()
-            job_id, created_at, run_at = insert_job(conn, session_id, priority=spec.priority,
-                                                    max_retries=spec.max_retries)
+            job_id, created_at, run_at = insert_job(
+                conn, session_id, priority=spec.priority, max_retries=spec.max_retries
+            )
             assert created_at == run_at < T0
         else:
             job_id, created_at, run_at = insert_job(
-                conn, session_id, priority=spec.priority, max_retries=spec.max_retries,
+                conn,
+                session_id,
+                priority=spec.priority,
+                max_retries=spec.max_retries,
                 run_at=clock + timedelta(seconds=spec.delay),
-                created_at=clock - timedelta(seconds=spec.age))
-        return self.model.enqueue(job_id, spec.session, spec.priority, spec.max_retries,
-                                  created_at, run_at)
+                created_at=clock - timedelta(seconds=spec.age),
+            )
+        return self.model.enqueue(
+            job_id, spec.session, spec.priority, spec.max_retries, created_at, run_at
+        )
 
     @initialize(target=jobs, batch=st.lists(specs, max_size=8))
     def seed(self, batch: list[Spec]) -> Any:
@@ -161,12 +197,17 @@ class QueueMachine(RuleBasedStateMachine):
             self.holding[worker] = None
             return
         assert row is not None and row[0] == expected.id, (
-            f"claimed {row and row[0]}, expected job {expected.key} ({expected.id})")
+            f"claimed {row and row[0]}, expected job {expected.key} ({expected.id})"
+        )
         assert expected.run_at <= self.model.clock, "claimed before its run_at"
-        job_id, session_id, _prompt, token, attempt, retry_count, max_retries, priority = row
+        _job_id, session_id, _prompt, token, attempt, retry_count, max_retries, priority = row
         assert session_id == self.session_ids[expected.session]
         assert (attempt, retry_count, max_retries, priority) == (
-            expected.attempt + 1, expected.retry_count, expected.max_retries, expected.priority)
+            expected.attempt + 1,
+            expected.retry_count,
+            expected.max_retries,
+            expected.priority,
+        )
         assert all(lease.token != token for lease in self.issued), "a lease token came back"
         self.model.claim(expected, token, worker)
         lease = Lease(expected.key, token, worker)
@@ -185,8 +226,11 @@ class QueueMachine(RuleBasedStateMachine):
     def heartbeat(self, data: Any) -> None:
         worker, lease = self.draw_busy(data)
         expected = self.model.heartbeat(lease)
-        got = scalar(self.sql(worker), "SELECT queue_heartbeat(%s, %s)",
-                     [self.model.ids[lease.job], lease.token])
+        got = scalar(
+            self.sql(worker),
+            "SELECT queue_heartbeat(%s, %s)",
+            [self.model.ids[lease.job], lease.token],
+        )
         assert got is expected
         if not got:  # lease lost: the worker stops the job
             self.holding[worker] = None
@@ -196,8 +240,11 @@ class QueueMachine(RuleBasedStateMachine):
     def complete(self, data: Any) -> None:
         worker, lease = self.draw_busy(data)
         expected = self.model.complete(lease)
-        got = scalar(self.sql(worker), "SELECT complete_job(%s, %s)",
-                     [self.model.ids[lease.job], lease.token])
+        got = scalar(
+            self.sql(worker),
+            "SELECT complete_job(%s, %s)",
+            [self.model.ids[lease.job], lease.token],
+        )
         assert got is expected
         self.holding[worker] = None
 
@@ -207,9 +254,14 @@ class QueueMachine(RuleBasedStateMachine):
         worker, lease = self.draw_busy(data)
         expected = self.model.complete(lease)
         expected_next = self.model.next_due()
-        row = self.sql(worker).execute(
-            "SELECT * FROM queue_complete_and_claim(%s, %s, %s)",
-            [self.model.ids[lease.job], lease.token, worker]).fetchone()
+        row = (
+            self.sql(worker)
+            .execute(
+                "SELECT * FROM queue_complete_and_claim(%s, %s, %s)",
+                [self.model.ids[lease.job], lease.token, worker],
+            )
+            .fetchone()
+        )
         assert row is not None and row[0] is expected
         self.took(worker, expected_next, row[1:])
 
@@ -219,8 +271,11 @@ class QueueMachine(RuleBasedStateMachine):
         worker, lease = self.draw_busy(data)
         message = f"{worker}: {reason}"
         expected = self.model.fail(lease, message, reason)
-        got = scalar(self.sql(worker), "SELECT fail_job(%s, %s, %s, %s)",
-                     [self.model.ids[lease.job], message, lease.token, reason])
+        got = scalar(
+            self.sql(worker),
+            "SELECT fail_job(%s, %s, %s, %s)",
+            [self.model.ids[lease.job], message, lease.token, reason],
+        )
         assert got is expected
         self.holding[worker] = None
 
@@ -229,8 +284,11 @@ class QueueMachine(RuleBasedStateMachine):
     def release_at_shutdown(self, data: Any) -> None:
         worker, lease = self.draw_busy(data)
         expected = self.model.release(lease, "released at shutdown")
-        got = scalar(self.sql(worker), "SELECT queue_release_job(%s, %s)",
-                     [self.model.ids[lease.job], lease.token])
+        got = scalar(
+            self.sql(worker),
+            "SELECT queue_release_job(%s, %s)",
+            [self.model.ids[lease.job], lease.token],
+        )
         assert got is expected
         self.holding[worker] = None
 
@@ -285,12 +343,17 @@ class QueueMachine(RuleBasedStateMachine):
     def requeue_from_dead_letters(self, data: Any) -> None:
         job = data.draw(st.sampled_from(self.dead_letters()), label="dead letter")
         assert self.model.requeue(job) is True
-        assert scalar(self.sql("operator"), "SELECT queue_requeue_failed(%s)",
-                      [self.model.ids[job]]) is True
+        assert (
+            scalar(self.sql("operator"), "SELECT queue_requeue_failed(%s)", [self.model.ids[job]])
+            is True
+        )
 
     @precondition(lambda self: any(j.completed_at for j in self.model.jobs.values()))
-    @rule(status=st.sampled_from(["completed", "failed"]), age=st.sampled_from([0, 5, 60]),
-          batch=st.sampled_from([1, 1000]))
+    @rule(
+        status=st.sampled_from(["completed", "failed"]),
+        age=st.sampled_from([0, 5, 60]),
+        batch=st.sampled_from([1, 1000]),
+    )
     def prune(self, status: str, age: int, batch: int) -> None:
         older_than = timedelta(seconds=age)
         candidates = self.model.prunable(status, older_than)
@@ -331,20 +394,36 @@ class QueueMachine(RuleBasedStateMachine):
         self.db.steps += 1
         conn = self.sql("operator")
         seen = check_queue_invariants(conn, {j.id for j in self.model.jobs.values()})  # I1 I4 I5
-        for job in self.model.jobs.values():                                            # I2
+        for job in self.model.jobs.values():  # I2
             assert seen.rows[job.id] == self.expected_row(job), f"job {job.key} differs"
-        assert seen.stats == self.expected_stats()                                     # I3
-        assert seen.sessions == {self.session_ids[i]: (s.status, s.error_message)      # I4
-                                 for i, s in enumerate(self.model.sessions)}
-        live = [lease.job for lease in self.holding.values()
-                if lease and self.model.live(lease)]
+        assert seen.stats == self.expected_stats()  # I3
+        assert seen.sessions == {
+            self.session_ids[i]: (s.status, s.error_message)  # I4
+            for i, s in enumerate(self.model.sessions)
+        }
+        live = [lease.job for lease in self.holding.values() if lease and self.model.live(lease)]
         assert len(live) == len(set(live)), "two workers hold a live lease on one job"
 
     def expected_row(self, job: Job) -> Row:
-        return Row(job.id, job.key + 1, self.session_ids[job.session], job.priority, job.status,
-                   job.retry_count, job.max_retries, job.attempt, job.created_at, job.run_at,
-                   job.started_at, job.completed_at, job.heartbeat_at, job.worker_id,
-                   job.lease_token, job.end_reason, job.error_message)
+        return Row(
+            job.id,
+            job.key + 1,
+            self.session_ids[job.session],
+            job.priority,
+            job.status,
+            job.retry_count,
+            job.max_retries,
+            job.attempt,
+            job.created_at,
+            job.run_at,
+            job.started_at,
+            job.completed_at,
+            job.heartbeat_at,
+            job.worker_id,
+            job.lease_token,
+            job.end_reason,
+            job.error_message,
+        )
 
     def expected_stats(self) -> tuple[Any, ...]:
         clock = self.model.clock
@@ -353,14 +432,20 @@ class QueueMachine(RuleBasedStateMachine):
         pending = [j for j in jobs if j.status == "pending"]
         waiting = [j.run_at for j in pending if j.run_at > clock]
         oldest = min((j.created_at for j in pending), default=None)
-        return (*counts, None if oldest is None else clock - oldest, len(waiting),
-                min(waiting, default=None), min((j.run_at for j in pending), default=None))
+        return (
+            *counts,
+            None if oldest is None else clock - oldest,
+            len(waiting),
+            min(waiting, default=None),
+            min((j.run_at for j in pending), default=None),
+        )
 
 
 # The long profile runs for many minutes: no per-test timeout then.
 @pytest.mark.timeout(0 if PROFILE == "long" else 600)
-def test_queue_machine(stateful_url: str, capsys: pytest.CaptureFixture[str],
-                       record_property: Any) -> None:
+def test_queue_machine(
+    stateful_url: str, capsys: pytest.CaptureFixture[str], record_property: Any
+) -> None:
     db = Db(stateful_url)
     started = time.monotonic()
     try:
@@ -369,8 +454,7 @@ def test_queue_machine(stateful_url: str, capsys: pytest.CaptureFixture[str],
         db.close()
     elapsed = time.monotonic() - started
     steps = db.steps - db.examples  # the invariant also runs once before the first step
-    summary = (f"queue machine [{PROFILE}]: {db.examples} examples, {steps} steps, "
-               f"{elapsed:.1f} s")
+    summary = f"queue machine [{PROFILE}]: {db.examples} examples, {steps} steps, {elapsed:.1f} s"
     record_property("queue_machine", summary)
     with capsys.disabled():
         print(f"\n{summary}")
@@ -378,7 +462,8 @@ def test_queue_machine(stateful_url: str, capsys: pytest.CaptureFixture[str],
 
 @pytest.mark.parametrize("lease_ended_by", ["release", "reaper", "operator"])
 def test_a_lease_is_not_told_it_completed_a_job_that_someone_else_completed(
-        stateful_url: str, lease_ended_by: str) -> None:
+    stateful_url: str, lease_ended_by: str
+) -> None:
     """The machine's shrunk failure: claim; the lease ends (released at shutdown, reaped, or
     overruled while running); an operator completes the job; the old lease's complete_job
     answered true ("a retried commit") and its worker counted a completion it never made."""

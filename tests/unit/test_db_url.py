@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mobvibe.sql.db import validate_url
 from mobvibe.errors import ConfigError
+from mobvibe.sql.db import validate_url
 
 GOOD = [
     "postgresql://postgres@127.0.0.1/test",
@@ -52,8 +52,9 @@ def test_a_valid_url_or_conninfo_is_returned_as_is(url: str) -> None:
 
 
 @pytest.mark.parametrize(("url", "words"), BAD, ids=[b[0] or "<empty>" for b in BAD])
-def test_a_bad_url_is_refused_with_a_message_that_names_the_problem(url: str,
-                                                                   words: list[str]) -> None:
+def test_a_bad_url_is_refused_with_a_message_that_names_the_problem(
+    url: str, words: list[str]
+) -> None:
     with pytest.raises(ConfigError) as refused:
         validate_url(url)
     message = str(refused.value)

@@ -8,10 +8,16 @@ from typing import Any
 
 import pytest
 
+from mobvibe.client import JobQueue
 from mobvibe.errors import InvalidJobError, QueueError
 from mobvibe.sql.jobs import (
-    MAX_RETRIES_DEFAULT, PRIORITY_DEFAULT, PROMPT_MAX_BYTES, NewJob, parse_uuid, validate_prompt)
-from mobvibe.client import JobQueue
+    MAX_RETRIES_DEFAULT,
+    PRIORITY_DEFAULT,
+    PROMPT_MAX_BYTES,
+    NewJob,
+    parse_uuid,
+    validate_prompt,
+)
 
 MIB = 1024 * 1024
 # Port 1 on loopback: nothing listens there. A call that reached the database
@@ -50,34 +56,39 @@ def new_job(**overrides: Any) -> NewJob:
     return NewJob(**{"prompt": "a good prompt", **overrides})
 
 
-@pytest.mark.parametrize(("what", "overrides", "field"), BAD_FIELDS,
-                         ids=[b[0] for b in BAD_FIELDS])
-def test_a_bad_field_is_refused_with_a_message_naming_it(what: str, overrides: dict[str, Any],
-                                                        field: str) -> None:
+@pytest.mark.parametrize(("what", "overrides", "field"), BAD_FIELDS, ids=[b[0] for b in BAD_FIELDS])
+def test_a_bad_field_is_refused_with_a_message_naming_it(
+    what: str, overrides: dict[str, Any], field: str
+) -> None:
     with pytest.raises(InvalidJobError, match=field) as refused:
         new_job(**overrides).validated()
     assert "\n" not in str(refused.value)
 
 
-@pytest.mark.parametrize(("what", "overrides", "field"), BAD_FIELDS,
-                         ids=[b[0] for b in BAD_FIELDS])
-def test_the_client_refuses_a_bad_job_before_it_connects(what: str, overrides: dict[str, Any],
-                                                        field: str) -> None:
-    with JobQueue(NOWHERE) as queue:
-        with pytest.raises(InvalidJobError, match=field):
-            queue.enqueue_many([new_job(), new_job(**overrides)])
+@pytest.mark.parametrize(("what", "overrides", "field"), BAD_FIELDS, ids=[b[0] for b in BAD_FIELDS])
+def test_the_client_refuses_a_bad_job_before_it_connects(
+    what: str, overrides: dict[str, Any], field: str
+) -> None:
+    with JobQueue(NOWHERE) as queue, pytest.raises(InvalidJobError, match=field):
+        queue.enqueue_many([new_job(), new_job(**overrides)])
 
 
-@pytest.mark.parametrize("call", ["complete", "fail", "get", "heartbeat", "release",
-                                  "requeue_failed"])
+@pytest.mark.parametrize(
+    "call", ["complete", "fail", "get", "heartbeat", "release", "requeue_failed"]
+)
 @pytest.mark.parametrize("bad_id", ["not-a-uuid", "", "1234", 42, None, b"x" * 16])
 def test_the_client_refuses_a_job_id_that_is_not_a_uuid_before_it_connects(
-        call: str, bad_id: Any) -> None:
+    call: str, bad_id: Any
+) -> None:
     lease = uuid.uuid4()
-    calls = {"complete": lambda q: q.complete(bad_id), "fail": lambda q: q.fail(bad_id, "e"),
-             "get": lambda q: q.get(bad_id), "heartbeat": lambda q: q.heartbeat(bad_id, lease),
-             "release": lambda q: q.release(bad_id, lease),
-             "requeue_failed": lambda q: q.requeue_failed(bad_id)}
+    calls = {
+        "complete": lambda q: q.complete(bad_id),
+        "fail": lambda q: q.fail(bad_id, "e"),
+        "get": lambda q: q.get(bad_id),
+        "heartbeat": lambda q: q.heartbeat(bad_id, lease),
+        "release": lambda q: q.release(bad_id, lease),
+        "requeue_failed": lambda q: q.requeue_failed(bad_id),
+    }
     with JobQueue(NOWHERE) as queue, pytest.raises(InvalidJobError, match="job id"):
         calls[call](queue)
 
@@ -87,16 +98,19 @@ def test_invalid_job_error_is_a_value_error_with_the_usage_exit_code() -> None:
     assert InvalidJobError.exit_code == 2
 
 
-@pytest.mark.parametrize("prompt", [
-    "x",
-    "a" * PROMPT_MAX_BYTES,
-    "é" * (PROMPT_MAX_BYTES // 2),
-    "a" * (PROMPT_MAX_BYTES - 4) + "😀",
-    "🚀 emoji 👩‍💻 and flags 🇫🇷",
-    "\u200fright-to-left\u200e",
-    "e\u0301 combining",
-    "  spaces, tabs\t and newlines\r\n  ",
-])
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "x",
+        "a" * PROMPT_MAX_BYTES,
+        "é" * (PROMPT_MAX_BYTES // 2),
+        "a" * (PROMPT_MAX_BYTES - 4) + "😀",
+        "🚀 emoji 👩‍💻 and flags 🇫🇷",
+        "\u200fright-to-left\u200e",
+        "e\u0301 combining",
+        "  spaces, tabs\t and newlines\r\n  ",
+    ],
+)
 def test_a_valid_prompt_is_returned_unchanged(prompt: str) -> None:
     assert validate_prompt(prompt) is prompt
 
@@ -117,15 +131,23 @@ def test_a_valid_job_keeps_its_fields_and_the_defaults() -> None:
     later = datetime.now(timezone(timedelta(hours=9))) + timedelta(minutes=1)
     job = NewJob("p", str(session).upper(), 10, 100, later, 0).validated()
     assert job == NewJob("p", session, 10, 100, later, 0.0)
-    assert NewJob("p").validated() == NewJob("p", None, PRIORITY_DEFAULT, MAX_RETRIES_DEFAULT,
-                                             None, 0.0)
+    assert NewJob("p").validated() == NewJob(
+        "p", None, PRIORITY_DEFAULT, MAX_RETRIES_DEFAULT, None, 0.0
+    )
     assert (PRIORITY_DEFAULT, MAX_RETRIES_DEFAULT) == (0, 3)
     assert NewJob("p", priority=0, max_retries=1, delay=2).validated().delay == 2.0
 
 
-@pytest.mark.parametrize("text", [str(uuid.UUID(int=7)), f"  {uuid.UUID(int=7)}  ",
-                                  str(uuid.UUID(int=7)).upper(), uuid.UUID(int=7).hex,
-                                  f"{{{uuid.UUID(int=7)}}}"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        str(uuid.UUID(int=7)),
+        f"  {uuid.UUID(int=7)}  ",
+        str(uuid.UUID(int=7)).upper(),
+        uuid.UUID(int=7).hex,
+        f"{{{uuid.UUID(int=7)}}}",
+    ],
+)
 def test_parse_uuid_accepts_the_usual_spellings(text: str) -> None:
     assert parse_uuid(text) == uuid.UUID(int=7)
 

@@ -24,12 +24,20 @@ def wheel_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
         shutil.copy(ROOT / name, source / name)
     for package in SOURCES:
         # symlinks=True: mobvibe/supervisor and the others are links, as in the repository
-        shutil.copytree(ROOT / package, source / package, symlinks=True,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copytree(
+            ROOT / package,
+            source / package,
+            symlinks=True,
+            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+        )
     out = tmp_path_factory.mktemp("wheel")
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w",
-                            str(out), str(source)],
-                           capture_output=True, text=True, timeout=300, check=False)
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out), str(source)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert built.returncode == 0, built.stdout + built.stderr
     (path,) = out.glob("mobvibe_supervisor-*.whl")
     return path
@@ -41,8 +49,10 @@ def wheel(wheel_path: Path) -> zipfile.ZipFile:
 
 
 def test_every_sql_file_is_in_the_wheel_under_mobvibe_sql(wheel: zipfile.ZipFile) -> None:
-    shipped = {f"mobvibe/sql/{p.relative_to(ROOT / 'sql').as_posix()}"
-               for p in (ROOT / "sql").rglob("*.sql")}
+    shipped = {
+        f"mobvibe/sql/{p.relative_to(ROOT / 'sql').as_posix()}"
+        for p in (ROOT / "sql").rglob("*.sql")
+    }
     assert "mobvibe/sql/queries.sql" in shipped
     assert "mobvibe/sql/migrations/0001_tables.sql" in shipped
     assert shipped <= set(wheel.namelist()), sorted(shipped - set(wheel.namelist()))
@@ -61,8 +71,11 @@ def test_the_wheel_installs_one_top_level_name(wheel: zipfile.ZipFile) -> None:
 def test_the_wheel_declares_the_three_commands(wheel: zipfile.ZipFile) -> None:
     (entry_points,) = [n for n in wheel.namelist() if n.endswith(".dist-info/entry_points.txt")]
     text = wheel.read(entry_points).decode()
-    for command, module in (("mobvibe-supervisor", "supervisor"), ("mobvibe-reaper", "reaper"),
-                            ("mobvibe-queue", "admin")):
+    for command, module in (
+        ("mobvibe-supervisor", "supervisor"),
+        ("mobvibe-reaper", "reaper"),
+        ("mobvibe-queue", "admin"),
+    ):
         assert f"{command} = mobvibe.cli.{module}:main" in text
 
 
@@ -72,25 +85,57 @@ def test_the_wheel_installs_beside_supervisord(wheel_path: Path, tmp_path: Path)
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     python = env_dir / "bin" / "python"
-    installed = subprocess.run([str(python), "-m", "pip", "install", "--quiet",
-                                "--disable-pip-version-check", str(wheel_path), "supervisor"],
-                               capture_output=True, text=True, timeout=600, check=False)
+    installed = subprocess.run(
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            str(wheel_path),
+            "supervisor",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     if installed.returncode and "No matching distribution" in installed.stderr + installed.stdout:
         pytest.skip("PyPI is not reachable: supervisor (supervisord) cannot be installed")
     assert installed.returncode == 0, installed.stdout + installed.stderr
     for command in ("mobvibe-supervisor", "supervisord"):
-        result = subprocess.run([str(env_dir / "bin" / command), "--version"], cwd=tmp_path,
-                                capture_output=True, text=True, timeout=60, check=False)
+        result = subprocess.run(
+            [str(env_dir / "bin" / command), "--version"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert result.returncode == 0, result.stdout + result.stderr
         assert result.stdout.strip()
     owners = subprocess.run(
-        [str(python), "-I", "-c", "import importlib.metadata as m; d = m.packages_distributions();"
-         " print(d.get('supervisor'), d.get('mobvibe'))"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False)
+        [
+            str(python),
+            "-I",
+            "-c",
+            (
+                "import importlib.metadata as m; d = m.packages_distributions();"
+                " print(d.get('supervisor'), d.get('mobvibe'))"
+            ),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert owners.stdout.split("\n")[0] == "['supervisor'] ['mobvibe-supervisor']", owners.stderr
 
 
 def test_in_this_process_mobvibe_belongs_to_mobvibe_supervisor_alone() -> None:
-    assert set(importlib.metadata.packages_distributions().get("mobvibe", [])) == \
-        {"mobvibe-supervisor"}
+    assert set(importlib.metadata.packages_distributions().get("mobvibe", [])) == {
+        "mobvibe-supervisor"
+    }
     assert "supervisor" not in importlib.metadata.packages_distributions()

@@ -38,8 +38,12 @@ def test_reader_never_sees_a_torn_slot_while_a_child_writes() -> None:
         held = slots.holding(0)
         if held is not None:
             seen += 1
-            assert (held.job_id, held.lease_token, held.attempt, held.started) == \
-                (job, lease, 7, 1234.5)
+            assert (held.job_id, held.lease_token, held.attempt, held.started) == (
+                job,
+                lease,
+                7,
+                1234.5,
+            )
     assert seen > 0
 
 
