@@ -1,21 +1,36 @@
-"""Logging: one event per line, JSON by default (python-json-logger) or plain text."""
+"""Logging: one event per line, as text on a terminal and JSON (python-json-logger) elsewhere."""
 
 from __future__ import annotations
 
 import logging
 import os
 import sys
+import time
 from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
 
-LOG_FORMATS = ("json", "text")
+LOG_FORMATS = ("auto", "json", "text")  # auto: text on a terminal, JSON otherwise
 LOG_LEVELS = ("debug", "info", "warning", "error")
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
 
+def iso_time(created: float) -> str:
+    """ISO 8601 in UTC with milliseconds: 2026-12-01T10:28:08.400Z."""
+    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
+    return f"{seconds}.{int(created * 1000) % 1000:03d}Z"
+
+
+class _JsonFormatter(JsonFormatter):
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802 - logging's name
+        return iso_time(record.created)
+
+
 class _TextFormatter(logging.Formatter):
     """`time level event message key=value ...` for people reading a terminal."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802 - logging's name
+        return iso_time(record.created)
 
     def format(self, record: logging.LogRecord) -> str:
         extra = " ".join(
@@ -26,12 +41,14 @@ class _TextFormatter(logging.Formatter):
         return f"{line} {extra}".rstrip()
 
 
-def setup(log_format: str = "json", level: str = "info") -> None:
+def setup(log_format: str = "auto", level: str = "info") -> None:
     """Send the root logger to stderr in `log_format` at `level`."""
     handler = logging.StreamHandler(sys.stderr)
+    if log_format == "auto":
+        log_format = "text" if sys.stderr.isatty() else "json"
     if log_format == "json":
         handler.setFormatter(
-            JsonFormatter(
+            _JsonFormatter(
                 "%(asctime)s %(levelname)s %(name)s %(message)s",
                 rename_fields={"levelname": "level", "asctime": "time"},
             )

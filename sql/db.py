@@ -40,6 +40,11 @@ def validate_url(url: str) -> str:
             f"DATABASE_URL is not a PostgreSQL URL: unsupported scheme {scheme!r} "
             "(use postgresql://)"
         )
+    if "://" not in url and "=" not in url:
+        raise ConfigError(
+            "DATABASE_URL is not a valid PostgreSQL URL: expected "
+            "postgresql://user:password@host:5432/dbname (or key=value settings)"
+        )
     try:
         params = conninfo.conninfo_to_dict(url)
     except psycopg.ProgrammingError as exc:

@@ -64,8 +64,8 @@ def validate_prompt(prompt: object) -> str:
     """The prompt, if it is non-empty text of at most 1 MiB without NUL; else InvalidJobError."""
     if not isinstance(prompt, str):
         raise InvalidJobError(f"prompt must be text, got {type(prompt).__name__}")
-    if not prompt:
-        raise InvalidJobError("prompt is empty: a job needs a prompt")
+    if not prompt.strip():
+        raise InvalidJobError("prompt is empty or only whitespace: a job needs a prompt")
     nul = prompt.find("\x00")
     if nul >= 0:
         raise InvalidJobError(

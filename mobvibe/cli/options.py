@@ -43,9 +43,10 @@ def logging_options(f: F) -> F:
     return click.option(
         "--log-format",
         type=click.Choice(logs.LOG_FORMATS),
-        default="json",
+        default="auto",
         show_envvar=True,
-        help="One JSON object per line, or text.",
+        help="text (key=value lines), json (one object per line), or auto: text on a "
+        "terminal, JSON otherwise.",
     )(f)
 
 

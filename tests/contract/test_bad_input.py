@@ -32,6 +32,7 @@ BAD_JOBS = [
     ("priority 3.5", {"priority": 3.5}, "priority"),
     ("priority True", {"priority": True}, "priority"),
     ("empty prompt", {"prompt": ""}, "prompt"),
+    ("whitespace-only prompt", {"prompt": " \n\t "}, "prompt"),
     ("prompt of 1 MiB + 1 byte", {"prompt": "a" * (MIB + 1)}, "prompt"),
     ("multi-byte prompt of 1 MiB + 1 byte", {"prompt": "a" * (MIB - 1) + "é"}, "prompt"),
     ("NUL in the prompt", {"prompt": "before\x00after"}, "prompt"),

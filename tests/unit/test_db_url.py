@@ -38,7 +38,8 @@ BAD = [
     ("postgresql://u:S3cr3tPw@[::1/db", ["not a valid PostgreSQL URL"]),
     ("host=h password='S3cr3tPw", ["not a valid PostgreSQL URL"]),
     ("host=h password=S3cr 3tPw", ["not a valid PostgreSQL URL"]),
-    ("S3cr3tPw", ["not a valid PostgreSQL URL"]),
+    ("S3cr3tPw", ["not a valid PostgreSQL URL", "expected postgresql://"]),
+    ("garbage", ["not a valid PostgreSQL URL", "expected postgresql://"]),
     # an unencoded / ends the authority: the parser would take "S3cr" for the port
     ("postgresql://user:S3cr/3tPw@h/db", ["invalid port", "percent-encode"]),
     ("", ["empty"]),

@@ -32,6 +32,7 @@ BAD_FIELDS = [
     ("priority True", {"priority": True}, "priority"),
     ("priority None", {"priority": None}, "priority"),
     ("empty prompt", {"prompt": ""}, "prompt"),
+    ("whitespace-only prompt", {"prompt": " \n\t "}, "prompt"),
     ("prompt that is not text", {"prompt": b"bytes"}, "prompt"),
     ("prompt of 1 MiB + 1 byte", {"prompt": "a" * (MIB + 1)}, "prompt"),
     ("multi-byte prompt of 1 MiB + 1 byte", {"prompt": "a" * (MIB - 1) + "é"}, "prompt"),
