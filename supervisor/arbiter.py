@@ -18,17 +18,16 @@ from dataclasses import dataclass, field
 
 from mobvibe import clock, metrics
 from mobvibe.logs import event
-from mobvibe.supervisor import children
+from mobvibe.supervisor import children, policy
 from mobvibe.supervisor.children import Exit
+from mobvibe.supervisor.policy import EXIT_CRASH_LOOP, CrashLoop, RestartDelays
 from mobvibe.supervisor.rescue import Rescuer
 from mobvibe.supervisor.settings import Settings
 from mobvibe.supervisor.slots import Slots
-from mobvibe.supervisor.worker import EXIT_FENCED, EXIT_LEASE_LOST
 
 log = logging.getLogger(__name__)
 TICK = 0.25
 RELEASE_GRACE = 3.0  # after USR1 ("release now"), how long before KILL
-EXIT_CRASH_LOOP = 3
 
 
 @dataclass
@@ -64,10 +63,8 @@ class Arbiter:
         self.restart_at: dict[int, float] = {}
         self.aux_restart_at: dict[str, float] = {}
         self.aux_delay: dict[str, float] = {}
-        self.exits: dict[int, deque[float]] = {i: deque() for i in range(settings.workers)}
-        self.crashes: deque[float] = deque()
-        # jobs whose crash already counted toward the crash loop, and when
-        self.crashed_jobs: dict[uuid.UUID, float] = {}
+        self.restart_delays = RestartDelays(settings.crash_loop_window)
+        self.crash_loop = CrashLoop(settings.crash_loop_limit, settings.crash_loop_window)
         self.stopping = False
         self.release_at: float | None = None
         self.kill_at: float | None = None
@@ -191,7 +188,10 @@ class Arbiter:
         if child.kind != "worker":
             self._aux_exited(child, how)
             return
-        cause = self._exit_cause(child, how)
+        cause = policy.exit_cause(
+            how, child.killed_for, stopping=self.stopping, retiring=child.retiring
+        )
+        metrics.WORKER_EXITS.labels(cause).inc()
         holding = self.slots.holding(child.index)
         self.slots.clear(child.index)
         event(
@@ -204,87 +204,43 @@ class Arbiter:
             cause=cause,
             holding=str(holding.job_id) if holding else None,
         )
-        if holding is not None and how.code != EXIT_LEASE_LOST:
-            reason = child.killed_for or (
-                "heartbeat_expired" if how.code == EXIT_FENCED else "worker_exited"
-            )
-            self.rescuer.rescue(holding, reason, self._rescue_message(child, how))
-        if cause in ("signal", "error"):
+        reason = policy.rescue_reason(how, child.killed_for)
+        if holding is not None and reason is not None:
+            message = policy.rescue_message(how, child.killed_for, self.settings.job_timeout)
+            self.rescuer.rescue(holding, reason, message)
+        if policy.is_crash(cause):
             self.rescuer.release_unstarted(self.settings.worker_id(child.index, child.pid), holding)
         self._schedule_restart(child, cause, holding.job_id if holding else None)
-
-    def _exit_cause(self, child: Child, how: Exit) -> str:
-        if child.killed_for == "deadline_exceeded":
-            cause = "deadline"
-        elif how.code in (0, EXIT_LEASE_LOST, EXIT_FENCED):
-            cause = "clean" if self.stopping or child.retiring or how.code else "recycled"
-        else:
-            cause = "signal" if how.signal is not None else "error"
-        metrics.WORKER_EXITS.labels(cause).inc()
-        return cause
-
-    def _rescue_message(self, child: Child, how: Exit) -> str:
-        if child.killed_for == "deadline_exceeded":
-            return f"job exceeded --job-timeout ({self.settings.job_timeout:g} s)"
-        if child.killed_for == "heartbeat_expired" or how.code == EXIT_FENCED:
-            return "worker stopped renewing the lease"
-        if child.killed_for == "released":
-            return "released at shutdown"
-        return f"worker exited ({how.describe})"
 
     def _schedule_restart(self, child: Child, cause: str, job_id: uuid.UUID | None) -> None:
         if self.stopping:
             return
         now = clock.monotonic()
         delay = 0.0
-        if cause in ("signal", "error"):
-            recent = self.exits[child.index]
-            recent.append(now)
-            while recent and now - recent[0] > self.settings.crash_loop_window:
-                recent.popleft()
-            # the first crash is replaced at once; repeated ones wait longer each time
-            delay = min(10.0, 0.1 * 2 ** (len(recent) - 2)) if len(recent) > 1 else 0.0
-            self._count_crash(now, job_id)
+        if policy.is_crash(cause):
+            delay = self.restart_delays.after_crash(child.index, now)
+            if self.crash_loop.record(now, job_id):
+                self._stop_for_crash_loop()
         self.restart_at[child.index] = now + delay
         metrics.WORKER_RESTARTS.inc()
 
-    def _count_crash(self, now: float, job_id: uuid.UUID | None) -> None:
-        """Count a worker crash; too many within the window stop the supervisor.
-
-        The crashes of one job count once: a poison job is the job's problem,
-        and its max_retries ends it (the fast path fails each attempt), whereas
-        workers that crash on every job they take are the pod's.
-        """
-        window = self.settings.crash_loop_window
-        self.crashed_jobs = {j: t for j, t in self.crashed_jobs.items() if now - t <= window}
-        if job_id is not None:
-            if job_id in self.crashed_jobs:
-                return
-            self.crashed_jobs[job_id] = now
-        self.crashes.append(now)
-        while self.crashes and now - self.crashes[0] > window:
-            self.crashes.popleft()
-        if len(self.crashes) >= self.settings.crash_loop_limit:
-            event(
-                log,
-                logging.CRITICAL,
-                "crash_loop",
-                f"{len(self.crashes)} worker crashes within "
-                f"{self.settings.crash_loop_window:g} s: stopping the supervisor so that "
-                "its orchestrator restarts it",
-            )
-            self.exit_code = EXIT_CRASH_LOOP
-            self.stop(graceful=False, reason="crash loop")
+    def _stop_for_crash_loop(self) -> None:
+        event(
+            log,
+            logging.CRITICAL,
+            "crash_loop",
+            f"{self.crash_loop.count} worker crashes within "
+            f"{self.settings.crash_loop_window:g} s: stopping the supervisor so that "
+            "its orchestrator restarts it",
+        )
+        self.exit_code = EXIT_CRASH_LOOP
+        self.stop(graceful=False, reason="crash loop")
 
     def _aux_exited(self, child: Child, how: Exit) -> None:
         if self.stopping:
             return
-        # A child that ran for a while starts again at once; one that keeps
-        # failing at start waits longer each time (up to a minute).
         now = clock.monotonic()
-        delay = (
-            0.0 if now - child.started > 60 else min(60.0, 2 * self.aux_delay.get(child.kind, 0.5))
-        )
+        delay = policy.aux_restart_delay(now - child.started, self.aux_delay.get(child.kind))
         self.aux_delay[child.kind] = delay
         event(
             log,
@@ -304,16 +260,14 @@ class Arbiter:
             holding = self.slots.holding(child.index)
             if holding is None or child.killed_for:
                 continue
-            timeout = self.settings.job_timeout
-            # An --exec command is timed out by its worker; this is the backstop.
-            grace = 5.0 + 2.0 if self.settings.exec_cmd else 0.0
-            if timeout and now - holding.started > timeout + grace:
-                self.kill(child, "deadline_exceeded")
-            elif (
-                now - holding.heartbeat_ok
-                > self.settings.fence_after + self.settings.heartbeat_interval
-            ):
-                self.kill(child, "heartbeat_expired")
+            reason = policy.kill_reason(
+                started=holding.started,
+                heartbeat_ok=holding.heartbeat_ok,
+                now=now,
+                settings=self.settings,
+            )
+            if reason is not None:
+                self.kill(child, reason)
         if self.release_at is not None and now >= self.release_at:
             self.release_at = None
             self.kill_at = now + RELEASE_GRACE

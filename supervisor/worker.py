@@ -21,15 +21,12 @@ from mobvibe.sql.notify import listen
 from mobvibe.supervisor import finish
 from mobvibe.supervisor.handlers import Aborted, Handler, Outcome
 from mobvibe.supervisor.heartbeat import Heartbeat
+from mobvibe.supervisor.policy import EXIT_FENCED, EXIT_LEASE_LOST, EXIT_OK
 from mobvibe.supervisor.settings import Settings
 from mobvibe.supervisor.slots import Slots
 
 log = logging.getLogger(__name__)
 
-# Exit codes the parent reads: why a worker left.
-EXIT_OK = 0
-EXIT_LEASE_LOST = 70  # a Python handler's lease was taken away: the process was its only stop
-EXIT_FENCED = 71  # the lease could not be renewed: stopped before another worker ran the job
 RECONNECT_DELAY_MAX = 5.0
 IDLE_RECHECK = 0.1  # a due job that another transaction holds: look again soon
 
