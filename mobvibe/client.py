@@ -149,7 +149,9 @@ class JobQueue:
             return store.heartbeat(c, job, lease)
 
     def complete(self, job_id: uuid.UUID | str, lease_token: uuid.UUID | str | None = None) -> bool:
-        """Complete the job; False when nothing changed (stale lease, already finished)."""
+        """Complete the job; False when nothing changed (stale lease, already finished).
+
+        Without a lease it is the plan's operator call (mobvibe_operator only)."""
         job, lease = parse_uuid(job_id), _lease(lease_token)
         with self.connection() as c:
             return store.complete(c, job, lease)
@@ -161,7 +163,10 @@ class JobQueue:
         lease_token: uuid.UUID | str | None = None,
         reason: str = "error",
     ) -> bool | None:
-        """Record a failed attempt: True will retry, False dead-lettered, None nothing changed."""
+        """Record a failed attempt: True will retry, False dead-lettered, None nothing changed.
+
+        Without a lease it is the plan's operator call (mobvibe_operator only; reason
+        'error')."""
         job, lease = parse_uuid(job_id), _lease(lease_token)
         with self.connection() as c:
             return store.fail(c, job, error, lease, reason)

@@ -29,12 +29,19 @@ def format_duration(seconds: float) -> str:
 
 
 class Duration(click.ParamType):  # type: ignore[type-arg]  # generic in newer click
-    """A click type for durations; `zero` says what 0 means ("off"), or None if 0 is refused."""
+    """A click type for durations; `zero` says what 0 means ("off"), or None if 0 is refused.
+
+    `minimum` and `maximum` bound every other value.
+    """
 
     name = "duration"
 
-    def __init__(self, zero: str | None = None) -> None:
+    def __init__(
+        self, zero: str | None = None, *, minimum: float = 0.0, maximum: float | None = None
+    ) -> None:
         self.zero = zero
+        self.minimum = minimum
+        self.maximum = maximum
 
     def convert(
         self, value: Any, param: click.Parameter | None, ctx: click.Context | None
@@ -53,6 +60,14 @@ class Duration(click.ParamType):  # type: ignore[type-arg]  # generic in newer c
                 )
         if seconds < 0 or (seconds == 0 and self.zero is None):
             self.fail(f"{value!r} must be greater than 0", param, ctx)
+        if seconds and seconds < self.minimum:
+            self.fail(
+                f"{value!r} must be at least {format_duration(self.minimum)}{self._zero_hint()}",
+                param,
+                ctx,
+            )
+        if self.maximum is not None and not seconds <= self.maximum:  # not: NaN and inf too
+            self.fail(f"{value!r} must be at most {format_duration(self.maximum)}", param, ctx)
         return seconds
 
     def _zero_hint(self) -> str:

@@ -38,7 +38,6 @@ def serve_forever(url: str, settings: ReaperSettings, should_stop: Callable[[], 
         "reaper started",
         reaper=settings.name,
         interval=settings.interval,
-        heartbeat_timeout=settings.heartbeat_timeout,
     )
     try:
         while not should_stop():

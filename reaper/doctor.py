@@ -12,8 +12,12 @@ import psycopg
 from mobvibe.durations import format_duration
 from mobvibe.errors import MigrationError
 from mobvibe.sql import db, store
-from mobvibe.sql.migrate import applied_migrations, check_drift, pending_migrations
+from mobvibe.sql.files import migrations
+from mobvibe.sql.migrate import applied_migrations, check_drift, schema_version
 from mobvibe.sql.store import DoctorRow
+
+# The database's default, for a schema older than queue_settings() (0005).
+HEARTBEAT_TIMEOUT_DEFAULT = timedelta(seconds=30)
 
 
 @dataclass(frozen=True)
@@ -73,13 +77,20 @@ DATA_CHECKS: dict[str, Callable[[DoctorRow, str], str]] = {
 CHECK_COUNT = len(DATA_CHECKS) + 2  # and the two migration checks
 
 
-def diagnose(conn: psycopg.Connection[Any], heartbeat_timeout: float, limit: int) -> Report:
-    """Run every check on `conn` (autocommit); at most `limit` findings shown per check."""
+def diagnose(conn: psycopg.Connection[Any], limit: int) -> Report:
+    """Run every check on `conn` (autocommit); at most `limit` findings shown per check.
+
+    A processing job is dead when silent for longer than the configured heartbeat timeout.
+    """
     report = Report()
     schema_present = _check_migrations(conn, report)
     if not schema_present:
         return report  # nothing else can be read
-    timeout = timedelta(seconds=heartbeat_timeout)
+    timeout = (
+        store.queue_settings(conn).heartbeat_timeout
+        if store.queue_settings_exist(conn)
+        else HEARTBEAT_TIMEOUT_DEFAULT
+    )
     for check, describe in DATA_CHECKS.items():
         try:
             rows = store.doctor_check(conn, check, timeout, limit)
@@ -88,7 +99,7 @@ def diagnose(conn: psycopg.Connection[Any], heartbeat_timeout: float, limit: int
             continue
         for row in rows:
             report.findings.append(
-                _finding(check, row, describe(row, format_duration(heartbeat_timeout)))
+                _finding(check, row, describe(row, format_duration(timeout.total_seconds())))
             )
         if rows and rows[0].total > len(rows):
             report.not_shown[check] = rows[0].total - len(rows)
@@ -107,14 +118,21 @@ def _finding(check: str, row: DoctorRow, what: str) -> Finding:
 
 
 def _check_migrations(conn: psycopg.Connection[Any], report: Report) -> bool:
-    """Report changed and unapplied migrations; False when the queue's tables are missing."""
-    applied = applied_migrations(conn)
-    for version, entry in sorted(applied.items()):
-        try:
-            check_drift({version: entry})
-        except MigrationError as exc:
-            report.findings.append(Finding("migration_drift", str(exc)))
-    for migration in pending_migrations(conn):
+    """Report changed and unapplied migrations; False when the queue's tables are missing.
+
+    Where this role may read queue_migrations (the owner, operators), every
+    applied migration's checksum is checked; elsewhere the schema version comes
+    from queue_settings(), and changed files go unseen.
+    """
+    applied: set[int] = set()  # none that this role can see
+    if store.migrations_readable(conn):
+        applied = set(_check_drift(conn, report))
+    elif store.queue_settings_exist(conn):
+        version = schema_version(conn) or 0
+        applied = {m.version for m in migrations() if m.version <= version}
+    for migration in migrations():
+        if migration.version in applied:
+            continue
         report.findings.append(
             Finding(
                 "migration_not_applied",
@@ -123,3 +141,14 @@ def _check_migrations(conn: psycopg.Connection[Any], report: Report) -> bool:
             )
         )
     return bool(applied)
+
+
+def _check_drift(conn: psycopg.Connection[Any], report: Report) -> list[int]:
+    """Report every applied migration whose file changed since; the versions applied."""
+    applied = applied_migrations(conn)
+    for version, entry in sorted(applied.items()):
+        try:
+            check_drift({version: entry})
+        except MigrationError as exc:
+            report.findings.append(Finding("migration_drift", str(exc)))
+    return list(applied)

@@ -3,7 +3,9 @@
 Every statement runs on its own in autocommit, one bounded batch at a time, so
 a sweep never holds a lock for long and several reapers can sweep at once:
 queue_reap_expired locks with SKIP LOCKED and re-checks each row under its
-lock, so an attempt is counted by exactly one of them.
+lock, so an attempt is counted by exactly one of them. The limits (heartbeat
+timeout, retention) are the database's (queue_config): the reaper only says
+when and how much per statement.
 """
 
 from __future__ import annotations
@@ -18,19 +20,15 @@ from typing import Any
 import psycopg
 
 from mobvibe import clock, metrics
-from mobvibe.durations import format_duration
 from mobvibe.errors import ConfigError
 from mobvibe.logs import event
 from mobvibe.sql import store
 
 log = logging.getLogger(__name__)
-DAY = 86400.0
-HEARTBEAT_TIMEOUT_DEFAULT = 30.0
 INTERVAL_DEFAULT = 5.0
 BATCH_SIZE_DEFAULT = 500
-RETAIN_COMPLETED_DEFAULT = 7 * DAY
-RETAIN_FAILED_DEFAULT = 30 * DAY
 PRUNE_BATCH_DEFAULT = 1000
+LIMITS = ("heartbeat_timeout_s", "retain_completed_s", "retain_failed_s")  # reported, not set
 BATCH_MAX = 100_000
 
 
@@ -40,40 +38,24 @@ def _default_name() -> str:
 
 @dataclass(frozen=True)
 class ReaperSettings:
-    """What one reaper does each sweep. Durations in seconds; a retention of 0 is off."""
+    """When one reaper sweeps and how much per statement (the limits are the database's)."""
 
-    heartbeat_timeout: float = HEARTBEAT_TIMEOUT_DEFAULT
-    interval: float = INTERVAL_DEFAULT
+    interval: float = INTERVAL_DEFAULT  # seconds between the daemon's sweeps
     batch_size: int = BATCH_SIZE_DEFAULT
-    retain_completed: float = RETAIN_COMPLETED_DEFAULT
-    retain_failed: float = RETAIN_FAILED_DEFAULT
     prune_batch: int = PRUNE_BATCH_DEFAULT
     # the reaper's row in queue_reaper_runs; built in the process that sweeps
     name: str = field(default_factory=_default_name)
 
-    def validate(self, heartbeat_interval: float | None = None) -> ReaperSettings:
-        """Return self, or raise ConfigError naming the first setting that cannot work.
-
-        `heartbeat_interval` is the workers' interval: an attempt must be allowed
-        to miss a heartbeat or two before it is declared dead.
-        """
-        if self.heartbeat_timeout <= 0 or self.interval <= 0:
-            raise ConfigError("--heartbeat-timeout and --interval must be greater than 0")
-        if heartbeat_interval is not None and self.heartbeat_timeout <= heartbeat_interval:
-            raise ConfigError(
-                f"--heartbeat-timeout ({format_duration(self.heartbeat_timeout)}) must be larger "
-                f"than the workers' --heartbeat-interval ({format_duration(heartbeat_interval)}), "
-                f"or every running job is requeued; 3x ({format_duration(3 * heartbeat_interval)})"
-                " or more is safe"
-            )
+    def validate(self) -> ReaperSettings:
+        """Return self, or raise ConfigError naming the first setting that cannot work."""
+        if self.interval <= 0:
+            raise ConfigError("--interval must be greater than 0")
         for name in ("batch_size", "prune_batch"):
             if not 1 <= getattr(self, name) <= BATCH_MAX:
                 raise ConfigError(
                     f"--{name.replace('_', '-')} must be from 1 to {BATCH_MAX}, "
                     f"got {getattr(self, name)}"
                 )
-        if self.retain_completed < 0 or self.retain_failed < 0:
-            raise ConfigError("--retain-completed and --retain-failed must be >= 0 (0 is off)")
         if not self.name:
             raise ConfigError("--name must not be empty")
         return self
@@ -81,7 +63,8 @@ class ReaperSettings:
 
 @dataclass(frozen=True)
 class SweepResult:
-    """What one sweep did, and the retries it left waiting."""
+    """What one sweep did, the retries it left waiting, and the limits it applied
+    (seconds; a retention of None keeps forever)."""
 
     requeued: int = 0
     dead_lettered: int = 0
@@ -90,15 +73,20 @@ class SweepResult:
     duration_ms: float = 0.0
     waiting_retries: int = 0
     next_retry_at: datetime | None = None
+    heartbeat_timeout_s: float | None = None
+    retain_completed_s: float | None = None
+    retain_failed_s: float | None = None
 
     @property
     def pruned(self) -> int:
         return self.pruned_completed + self.pruned_failed
 
     def as_dict(self) -> dict[str, Any]:
-        """The `--once` summary: requeued, dead_lettered, pruned, duration_ms, then details."""
+        """The `--once` summary: requeued, dead_lettered, pruned, duration_ms, then details,
+        then the limits the database set."""
         details = asdict(self)
         next_at = details.pop("next_retry_at")
+        limits = {name: details.pop(name) for name in LIMITS}
         return {
             "requeued": self.requeued,
             "dead_lettered": self.dead_lettered,
@@ -106,6 +94,7 @@ class SweepResult:
             "duration_ms": self.duration_ms,
             **details,
             "next_retry_at": None if next_at is None else next_at.isoformat(),
+            **limits,
         }
 
 
@@ -113,9 +102,10 @@ def run_once(conn: psycopg.Connection[Any], settings: ReaperSettings) -> SweepRe
     """Sweep once on `conn` (autocommit); counts, logs and records the run."""
     started = clock.monotonic()
     try:
+        limits = store.queue_settings(conn)
         requeued, dead_lettered = reap_expired(conn, settings)
-        pruned_completed = prune(conn, "completed", settings.retain_completed, settings.prune_batch)
-        pruned_failed = prune(conn, "failed", settings.retain_failed, settings.prune_batch)
+        pruned_completed = prune(conn, "completed", limits.retain_completed, settings.prune_batch)
+        pruned_failed = prune(conn, "failed", limits.retain_failed, settings.prune_batch)
         waiting = store.waiting_retries(conn)
         store.record_reaper_run(
             conn, settings.name, requeued, dead_lettered, pruned_completed + pruned_failed
@@ -132,17 +122,24 @@ def run_once(conn: psycopg.Connection[Any], settings: ReaperSettings) -> SweepRe
         round(duration * 1000, 1),
         waiting.count,
         waiting.next_at,
+        limits.heartbeat_timeout.total_seconds(),
+        _seconds(limits.retain_completed),
+        _seconds(limits.retain_failed),
     )
     _observe(result, duration)
     return result
 
 
+def _seconds(age: timedelta | None) -> float | None:
+    return None if age is None else age.total_seconds()
+
+
 def reap_expired(conn: psycopg.Connection[Any], settings: ReaperSettings) -> tuple[int, int]:
-    """Fail every attempt silent for longer than the heartbeat timeout; (requeued, dead)."""
-    timeout = timedelta(seconds=settings.heartbeat_timeout)
+    """Fail every attempt silent for longer than the configured heartbeat timeout;
+    (requeued, dead)."""
     requeued = dead_lettered = 0
     while True:
-        rows = store.reap_expired(conn, timeout, settings.batch_size)
+        rows = store.reap_expired(conn, settings.batch_size)
         for reaped in rows:
             if reaped.will_retry is None:
                 continue  # finished by its worker between our scan and our lock
@@ -178,14 +175,15 @@ def reap_expired(conn: psycopg.Connection[Any], settings: ReaperSettings) -> tup
             return requeued, dead_lettered
 
 
-def prune(conn: psycopg.Connection[Any], status: str, older_than: float, batch: int) -> int:
-    """Delete `status` jobs finished more than `older_than` s ago, a batch per statement."""
-    if older_than <= 0:
-        return 0  # retention off
-    age = timedelta(seconds=older_than)
+def prune(
+    conn: psycopg.Connection[Any], status: str, retention: timedelta | None, batch: int
+) -> int:
+    """Delete `status` jobs older than the configured retention, a batch per statement."""
+    if retention is None:
+        return 0  # kept forever
     total = 0
     while True:
-        deleted = store.prune(conn, status, age, batch)
+        deleted = store.prune(conn, status, batch)
         total += deleted
         metrics.REAPER_PRUNED.labels(status).inc(deleted)
         if deleted < batch:

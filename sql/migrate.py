@@ -8,7 +8,7 @@ from typing import Any
 
 import psycopg
 
-from mobvibe.errors import MigrationError
+from mobvibe.errors import ConfigError, MigrationError
 from mobvibe.sql import store
 from mobvibe.sql.files import Migration, migrations
 
@@ -72,9 +72,47 @@ def check_drift(applied: dict[int, tuple[str, str]]) -> None:
 
 
 def pending_migrations(conn: psycopg.Connection[Any]) -> list[Migration]:
-    """Migrations shipped here that the database has not applied."""
+    """Migrations shipped here that the database has not applied (reads queue_migrations)."""
     applied = applied_migrations(conn)
     return [m for m in migrations() if m.version not in applied]
+
+
+def schema_version(conn: psycopg.Connection[Any]) -> int | None:
+    """The highest migration applied, read through queue_settings() as any queue role may.
+
+    None when the schema predates queue_settings() (or is not there at all).
+    Raises ConfigError when the role may not use the queue.
+    """
+    if not store.queue_settings_exist(conn):
+        return None
+    try:
+        return store.queue_settings(conn).schema_version
+    except psycopg.errors.InsufficientPrivilege:
+        user = conn.info.parameter_status("session_authorization") or "this role"
+        raise ConfigError(
+            f"role {user} may not use the queue: GRANT mobvibe_worker (or the role of the "
+            f"tool: mobvibe_producer, mobvibe_monitor, mobvibe_operator) TO {user}"
+        ) from None
+
+
+def shipped_version() -> int:
+    """The highest migration this version ships."""
+    return migrations()[-1].version
+
+
+def schema_is_current(conn: psycopg.Connection[Any]) -> bool:
+    """True when the database has every migration shipped here, for callers that are not
+    the owner (no read of queue_migrations).
+
+    Raises MigrationError when the database is newer than this version.
+    """
+    version = schema_version(conn)
+    if version is not None and version > shipped_version():
+        raise MigrationError(
+            f"the database has migration {version:04d}, which this version does not ship: "
+            "upgrade mobvibe-supervisor"
+        )
+    return version == shipped_version()
 
 
 def _apply(conn: psycopg.Connection[Any], migration: Migration) -> None:

@@ -10,11 +10,19 @@ SELECT completed, job_id, session_id, prompt, lease_token, attempt, retry_count,
        priority
 FROM queue_complete_and_claim(%(job_id)s, %(lease_token)s, %(worker_id)s)
 
+-- The attempt's own writes carry its lease; the plan's token-less calls are the
+-- operator's overloads, a path of their own.
 -- name: complete_job
-SELECT complete_job(%(job_id)s, %(lease_token)s)
+SELECT complete_job(%(job_id)s, %(lease_token)s::uuid)
+
+-- name: complete_job_as_operator
+SELECT complete_job(%(job_id)s)
 
 -- name: fail_job
-SELECT fail_job(%(job_id)s, %(error)s, %(lease_token)s, %(reason)s)
+SELECT fail_job(%(job_id)s, %(error)s, %(lease_token)s::uuid, %(reason)s)
+
+-- name: fail_job_as_operator
+SELECT fail_job(%(job_id)s, %(error)s)
 
 -- name: heartbeat
 SELECT queue_heartbeat(%(job_id)s, %(lease_token)s)
@@ -23,13 +31,13 @@ SELECT queue_heartbeat(%(job_id)s, %(lease_token)s)
 SELECT queue_release_job(%(job_id)s, %(lease_token)s, %(reason)s)
 
 -- The jobs a dead worker holds, for the supervisor to give back those it never
--- started (processing rows only: the partial index coding_jobs_processing_idx).
+-- started.
 -- name: claims_of_worker
-SELECT id, lease_token FROM coding_jobs
-WHERE status = 'processing' AND worker_id = %(worker_id)s
+SELECT job_id, lease_token FROM queue_claims_of_worker(%(worker_id)s)
 
+-- The attempts silent for longer than the configured heartbeat timeout.
 -- name: reap_expired
-SELECT job_id, session_id, will_retry FROM queue_reap_expired(%(timeout)s, %(batch_size)s)
+SELECT job_id, session_id, will_retry FROM queue_reap_expired(%(batch_size)s)
 
 -- The reaper's report: retries waiting for their run_at. Only pending rows
 -- are read (get_queue_stats would count every completed job each sweep).
@@ -39,8 +47,12 @@ SELECT count(*), min(run_at) FROM coding_jobs WHERE status = 'pending' AND run_a
 -- name: requeue_failed
 SELECT queue_requeue_failed(%(job_id)s)
 
+-- The finished jobs older than the configured retention.
 -- name: prune
-SELECT queue_prune(%(status)s, %(older_than)s, %(batch_size)s)
+SELECT queue_prune(%(status)s, %(batch_size)s)
+
+-- name: purge_failed
+SELECT queue_purge_failed(%(older_than)s, %(batch_size)s)
 
 -- name: queue_stats
 SELECT pending_count, processing_count, completed_count, failed_count, oldest_pending_age,
@@ -83,45 +95,53 @@ LIMIT %(limit)s
 -- name: failed_ids
 SELECT id FROM coding_jobs WHERE status = 'failed' ORDER BY completed_at, seq
 
+-- What queue_purge_failed(older_than) would delete.
 -- name: failed_ids_older_than
 SELECT id FROM coding_jobs
-WHERE status = 'failed' AND completed_at < queue_now() - %(older_than)s
+WHERE status = 'failed' AND completed_at <= queue_now() - %(older_than)s
 
--- name: delete_failed
-DELETE FROM coding_jobs WHERE id = ANY(%(ids)s) AND status = 'failed'
-
--- Each CronJob run is a new pod, so a new host:pid row: rows of reapers not
--- seen for a week are dropped on the way, or the table would grow forever.
 -- name: record_reaper_run
-WITH forgotten AS (
-    DELETE FROM queue_reaper_runs
-    WHERE last_sweep_at < queue_now() - interval '7 days' AND reaper <> %(reaper)s)
-INSERT INTO queue_reaper_runs AS r (reaper, last_sweep_at, requeued, dead_lettered, pruned)
-VALUES (%(reaper)s, queue_now(), %(requeued)s, %(dead_lettered)s, %(pruned)s)
-ON CONFLICT (reaper) DO UPDATE
-SET last_sweep_at = excluded.last_sweep_at,
-    requeued = r.requeued + excluded.requeued,
-    dead_lettered = r.dead_lettered + excluded.dead_lettered,
-    pruned = r.pruned + excluded.pruned
+SELECT queue_record_reaper_run(%(reaper)s, %(requeued)s, %(dead_lettered)s, %(pruned)s)
 
 -- name: last_reaper_sweep
 SELECT extract(epoch FROM max(last_sweep_at)) FROM queue_reaper_runs
 
--- name: queue_config
-SELECT extract(epoch FROM backoff_base), extract(epoch FROM backoff_cap), backoff_jitter
-FROM queue_config
+-- The configuration every role may read, and the schema version (no tool but
+-- the migration runner reads queue_migrations).
+-- name: queue_settings
+SELECT schema_version, heartbeat_timeout, retain_completed, retain_failed, backoff_base,
+       backoff_cap, backoff_jitter
+FROM queue_settings()
 
+-- name: queue_settings_exists
+SELECT to_regprocedure('queue_settings()') IS NOT NULL
+
+-- Whether this role may read queue_migrations (operators and the owner).
+-- name: migrations_readable
+SELECT to_regclass('queue_migrations') IS NOT NULL
+       AND has_table_privilege('queue_migrations', 'SELECT')
+
+-- Seconds; NULL leaves a setting unchanged, and a retention of 0 keeps forever.
 -- name: set_queue_config
 UPDATE queue_config
-SET backoff_base = coalesce(%(base)s * interval '1 second', backoff_base),
-    backoff_cap = coalesce(%(cap)s * interval '1 second', backoff_cap),
-    backoff_jitter = coalesce(%(jitter)s, backoff_jitter)
+SET backoff_base = coalesce(%(backoff_base)s::float8 * interval '1 second', backoff_base),
+    backoff_cap = coalesce(%(backoff_cap)s::float8 * interval '1 second', backoff_cap),
+    backoff_jitter = coalesce(%(backoff_jitter)s::float8, backoff_jitter),
+    heartbeat_timeout = coalesce(%(heartbeat_timeout)s::float8 * interval '1 second',
+                                 heartbeat_timeout),
+    retain_completed = CASE WHEN %(retain_completed)s::float8 IS NULL THEN retain_completed
+                            ELSE nullif(%(retain_completed)s::float8, 0) * interval '1 second' END,
+    retain_failed = CASE WHEN %(retain_failed)s::float8 IS NULL THEN retain_failed
+                         ELSE nullif(%(retain_failed)s::float8, 0) * interval '1 second' END
 
+-- The migration runner runs as the owner: a pg_advisory_lock(integer) planted in
+-- public would match hashtext()'s integer better than pg_catalog's bigint one,
+-- hence the schema on every call (and on the doctor's implicit casts below).
 -- name: migration_lock
-SELECT pg_advisory_lock(hashtext('mobvibe-queue migrate'))
+SELECT pg_catalog.pg_advisory_lock(pg_catalog.hashtext('mobvibe-queue migrate'))
 
 -- name: migration_unlock
-SELECT pg_advisory_unlock(hashtext('mobvibe-queue migrate'))
+SELECT pg_catalog.pg_advisory_unlock(pg_catalog.hashtext('mobvibe-queue migrate'))
 
 -- name: create_migrations_table
 CREATE TABLE IF NOT EXISTS queue_migrations (
@@ -186,8 +206,8 @@ SELECT p.oid::regprocedure::text AS function, count(*) OVER () AS total
 FROM pg_proc p
 WHERE p.pronamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema())
   AND (p.proname IN ('claim_next_job', 'complete_job', 'fail_job', 'get_queue_stats',
-                     'notify_new_job', 'notify_job_status_change')
-       OR starts_with(p.proname, 'queue_'))
+                     'notify_job_status_change')
+       OR pg_catalog.starts_with(p.proname::text, 'queue_'))
   AND EXISTS (SELECT 1 FROM aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
-              WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE')
+              WHERE a.grantee = 0::oid AND a.privilege_type = 'EXECUTE')
 ORDER BY 1 LIMIT %(limit)s

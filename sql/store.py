@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -143,12 +143,38 @@ class DeadLetter:
 
 
 @dataclass(frozen=True, slots=True)
-class QueueConfig:
-    """The retry schedule kept in the database."""
+class QueueSettings:
+    """The queue's configuration as every role may read it, and the schema version.
 
-    backoff_base: float
-    backoff_cap: float
+    A retention of None keeps those jobs forever.
+    """
+
+    schema_version: int | None
+    heartbeat_timeout: timedelta
+    retain_completed: timedelta | None
+    retain_failed: timedelta | None
+    backoff_base: timedelta
+    backoff_cap: timedelta
     backoff_jitter: float
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigChange:
+    """The settings an operator changes, in seconds; None leaves one unchanged.
+
+    A retention of 0 keeps those jobs forever.
+    """
+
+    backoff_base: float | None = None
+    backoff_cap: float | None = None
+    backoff_jitter: float | None = None
+    heartbeat_timeout: float | None = None
+    retain_completed: float | None = None
+    retain_failed: float | None = None
+
+    @property
+    def empty(self) -> bool:
+        return all(getattr(self, name) is None for name in self.__dataclass_fields__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,9 +211,12 @@ def claim(conn: Conn, worker_id: str | None) -> Job | None:
 
 def complete(conn: Conn, job_id: uuid.UUID, lease_token: uuid.UUID | None) -> bool:
     """Complete the job (with its lease, or as an operator with None); False: nothing changed."""
-    row = conn.execute(
-        query("complete_job"), {"job_id": job_id, "lease_token": lease_token}
-    ).fetchone()
+    if lease_token is None:
+        row = conn.execute(query("complete_job_as_operator"), {"job_id": job_id}).fetchone()
+    else:
+        row = conn.execute(
+            query("complete_job"), {"job_id": job_id, "lease_token": lease_token}
+        ).fetchone()
     return bool(row and row[0])
 
 
@@ -206,11 +235,20 @@ def complete_and_claim(
 def fail(
     conn: Conn, job_id: uuid.UUID, error: str, lease_token: uuid.UUID | None, reason: str = "error"
 ) -> bool | None:
-    """Record a failed attempt: True will retry, False dead-lettered, None nothing changed."""
-    row = conn.execute(
-        query("fail_job"),
-        {"job_id": job_id, "lease_token": lease_token, "error": error, "reason": reason},
-    ).fetchone()
+    """Record a failed attempt: True will retry, False dead-lettered, None nothing changed.
+
+    With no lease it is the operator's failure of any pending or processing job,
+    whose reason is always 'error' (the plan's call has no reason).
+    """
+    if lease_token is None:
+        row = conn.execute(
+            query("fail_job_as_operator"), {"job_id": job_id, "error": error}
+        ).fetchone()
+    else:
+        row = conn.execute(
+            query("fail_job"),
+            {"job_id": job_id, "lease_token": lease_token, "error": error, "reason": reason},
+        ).fetchone()
     return None if row is None or row[0] is None else bool(row[0])
 
 
@@ -341,27 +379,26 @@ def failed_ids(conn: Conn, older_than: timedelta | None = None) -> list[uuid.UUI
     return [row[0] for row in rows]
 
 
-def delete_failed(conn: Conn, ids: Sequence[uuid.UUID]) -> int:
-    """Delete those of `ids` that are still dead-lettered; how many."""
-    return conn.execute(query("delete_failed"), {"ids": list(ids)}).rowcount
+def purge_failed(conn: Conn, older_than: timedelta, batch_size: int) -> int:
+    """Delete up to `batch_size` dead letters failed at least `older_than` ago; how many."""
+    row = conn.execute(
+        query("purge_failed"), {"older_than": older_than, "batch_size": batch_size}
+    ).fetchone()
+    return int(row[0]) if row else 0
 
 
 # -- maintenance ------------------------------------------------------------------------
 
 
-def reap_expired(conn: Conn, timeout: timedelta, batch_size: int) -> list[Reaped]:
-    """Fail up to `batch_size` attempts silent for longer than `timeout`."""
-    rows = conn.execute(
-        query("reap_expired"), {"timeout": timeout, "batch_size": batch_size}
-    ).fetchall()
+def reap_expired(conn: Conn, batch_size: int) -> list[Reaped]:
+    """Fail up to `batch_size` attempts silent for longer than the configured heartbeat timeout."""
+    rows = conn.execute(query("reap_expired"), {"batch_size": batch_size}).fetchall()
     return [Reaped(*row) for row in rows]
 
 
-def prune(conn: Conn, status: str, older_than: timedelta, batch_size: int) -> int:
-    """Delete up to `batch_size` `status` jobs finished before now - older_than; how many."""
-    row = conn.execute(
-        query("prune"), {"status": status, "older_than": older_than, "batch_size": batch_size}
-    ).fetchone()
+def prune(conn: Conn, status: str, batch_size: int) -> int:
+    """Delete up to `batch_size` `status` jobs older than the configured retention; how many."""
+    row = conn.execute(query("prune"), {"status": status, "batch_size": batch_size}).fetchone()
     return int(row[0]) if row else 0
 
 
@@ -381,18 +418,29 @@ def last_reaper_sweep(conn: Conn) -> float | None:
     return None if row is None or row[0] is None else float(row[0])
 
 
-def queue_config(conn: Conn) -> QueueConfig:
-    """The retry schedule."""
-    row = conn.execute(query("queue_config")).fetchone()
-    assert row is not None
-    return QueueConfig(float(row[0]), float(row[1]), float(row[2]))
+def queue_settings(conn: Conn) -> QueueSettings:
+    """The configuration and the schema version (queue_settings(), granted to every role)."""
+    with conn.cursor(row_factory=class_row(QueueSettings)) as cur:
+        row = cur.execute(query("queue_settings")).fetchone()
+    assert row is not None  # queue_config has its one row
+    return row
 
 
-def set_queue_config(
-    conn: Conn, base: float | None, cap: float | None, jitter: float | None
-) -> None:
-    """Change the given parts of the retry schedule (None: unchanged)."""
-    conn.execute(query("set_queue_config"), {"base": base, "cap": cap, "jitter": jitter})
+def queue_settings_exist(conn: Conn) -> bool:
+    """Whether the schema has queue_settings() (migration 0005 and later)."""
+    row = conn.execute(query("queue_settings_exists")).fetchone()
+    return bool(row and row[0])
+
+
+def migrations_readable(conn: Conn) -> bool:
+    """Whether this role may read queue_migrations (the owner and operators)."""
+    row = conn.execute(query("migrations_readable")).fetchone()
+    return bool(row and row[0])
+
+
+def set_queue_config(conn: Conn, change: ConfigChange) -> None:
+    """Change the settings that `change` gives, in one statement."""
+    conn.execute(query("set_queue_config"), asdict(change))
 
 
 def doctor_check(conn: Conn, name: str, timeout: timedelta, limit: int) -> list[DoctorRow]:

@@ -17,11 +17,12 @@ import pytest
 from psycopg import conninfo, sql
 
 from mobvibe.client import JobQueue
-from mobvibe.sql.migrate import migrate
+from tests.helpers import migrate_with_test_clock
 
 RESET = """
 TRUNCATE coding_jobs, coding_sessions, queue_reaper_runs;
-UPDATE queue_config SET backoff_base = DEFAULT, backoff_cap = DEFAULT, backoff_jitter = DEFAULT;
+UPDATE queue_config SET backoff_base = DEFAULT, backoff_cap = DEFAULT, backoff_jitter = DEFAULT,
+    heartbeat_timeout = DEFAULT, retain_completed = DEFAULT, retain_failed = DEFAULT;
 """
 
 
@@ -62,10 +63,10 @@ def new_database(server_url: str) -> Iterator[Any]:
 
 @pytest.fixture(scope="session")
 def migrated_url(new_database: Any) -> str:
-    """The session's migrated database."""
+    """The session's migrated database, its test clock on (tests steer queue_now())."""
     url: str = new_database()
     with psycopg.connect(url, autocommit=True) as conn:
-        migrate(conn)
+        migrate_with_test_clock(conn)
     return url
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any, TypeVar
 
 import psycopg
+
+from mobvibe.sql.migrate import migrate
 
 T = TypeVar("T")
 
@@ -29,8 +32,26 @@ def wait_for(
         time.sleep(interval)
 
 
+def migrate_with_test_clock(conn: psycopg.Connection[Any]) -> None:
+    """Migrate, then let set_clock steer queue_now(): a switch only the owner can turn."""
+    migrate(conn)
+    conn.execute("UPDATE queue_config SET test_clock = true")
+
+
+@contextlib.contextmanager
+def triggers_off(conn: psycopg.Connection[Any]) -> Iterator[psycopg.Connection[Any]]:
+    """The owner's connection with its triggers off (session_replication_role = replica), to
+    make rows that an INSERT may not (finished jobs, impossible states); CHECKs still hold."""
+    conn.execute("SET session_replication_role = replica")
+    try:
+        yield conn
+    finally:
+        conn.execute("RESET session_replication_role")
+
+
 def set_clock(conn: psycopg.Connection[Any], at: datetime | None) -> None:
-    """Steer queue_now() on this connection (None: back to the real clock)."""
+    """Steer queue_now() on this connection (None: back to the real clock), in a database
+    whose test clock is on (migrate_with_test_clock)."""
     conn.execute(
         "SELECT set_config('mobvibe.now', %s, false)", ["" if at is None else at.isoformat()]
     )

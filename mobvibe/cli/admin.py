@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
+from datetime import timedelta
 from typing import Any
 
 import click
@@ -15,12 +17,13 @@ from mobvibe.cli.dlq import dlq
 from mobvibe.cli.doctor import doctor
 from mobvibe.cli.options import CONTEXT, database_option, friendly_errors, resolve_database
 from mobvibe.client import JobQueue
+from mobvibe.durations import Duration, format_duration
 from mobvibe.errors import ConfigError
 from mobvibe.sql import db, store
 from mobvibe.sql.jobs import MAX_RETRIES_DEFAULT, PRIORITY_MAX, PRIORITY_MIN, NewJob
 from mobvibe.sql.migrate import migrate as run_migrations
 from mobvibe.sql.notify import Listener
-from mobvibe.sql.store import QueueStats
+from mobvibe.sql.store import ConfigChange, QueueSettings, QueueStats
 
 
 @click.group(context_settings=CONTEXT)
@@ -153,24 +156,59 @@ def watch(ctx: click.Context, channels: tuple[str, ...]) -> None:
             click.echo(json.dumps({"channel": note.channel, **note.payload}))
 
 
+DAY = 86400.0
+# The ranges of `config`: what the database accepts, and sane. An interval
+# holds about 292,000 years, so larger values are refused here, in one line,
+# rather than overflow in the database.
+BACKOFF_MIN, BACKOFF_MAX = 0.001, 30 * DAY
+HEARTBEAT_TIMEOUT_MIN, HEARTBEAT_TIMEOUT_MAX = 1.0, DAY  # CHECK >= 1 s in the database
+RETAIN_MIN, RETAIN_MAX = 1.0, 3650 * DAY
+
+
+def _finite_jitter(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    if value is not None and not math.isfinite(value):  # FloatRange lets NaN through
+        raise click.BadParameter(f"{value} is not in the range 0<=x<=1.", ctx, param)
+    return value
+
+
 @main.command()
 @click.option(
     "--backoff-base",
-    type=click.FloatRange(min=0.001),
+    type=Duration(minimum=BACKOFF_MIN, maximum=BACKOFF_MAX),
     default=None,
-    help="Seconds before the first retry.",
+    help="Delay before the first retry (seconds, or 500ms, 30s, 5m ...).",
 )
 @click.option(
     "--backoff-cap",
-    type=click.FloatRange(min=0.001),
+    type=Duration(minimum=BACKOFF_MIN, maximum=BACKOFF_MAX),
     default=None,
-    help="Longest delay between retries, in seconds.",
+    help="Longest delay between retries.",
 )
 @click.option(
     "--backoff-jitter",
     type=click.FloatRange(0, 1),
+    callback=_finite_jitter,
     default=None,
     help="Random stretch of each delay: up to this fraction.",
+)
+@click.option(
+    "--heartbeat-timeout",
+    type=Duration(minimum=HEARTBEAT_TIMEOUT_MIN, maximum=HEARTBEAT_TIMEOUT_MAX),
+    default=None,
+    help="The reaper requeues a processing job silent for longer than this; keep it at 3x the "
+    "workers' --heartbeat-interval or more, and equal to the supervisors' --heartbeat-timeout.",
+)
+@click.option(
+    "--retain-completed",
+    type=Duration(zero="keep forever", minimum=RETAIN_MIN, maximum=RETAIN_MAX),
+    default=None,
+    help="The reaper deletes completed jobs older than this (0: keep forever).",
+)
+@click.option(
+    "--retain-failed",
+    type=Duration(zero="keep forever", minimum=RETAIN_MIN, maximum=RETAIN_MAX),
+    default=None,
+    help="The reaper deletes dead-lettered jobs older than this (0: keep forever).",
 )
 @click.pass_context
 @friendly_errors
@@ -179,28 +217,60 @@ def config(
     backoff_base: float | None,
     backoff_cap: float | None,
     backoff_jitter: float | None,
+    heartbeat_timeout: float | None,
+    retain_completed: float | None,
+    retain_failed: float | None,
 ) -> None:
-    """Show the retry schedule, or change it with the options."""
-    with db.connect(_url(ctx)) as conn:
-        if (backoff_base, backoff_cap, backoff_jitter) != (None, None, None):
-            _set_config(conn, backoff_base, backoff_cap, backoff_jitter)
-        current = store.queue_config(conn)
-    click.echo(
-        json.dumps(
-            {
-                "backoff_base_seconds": current.backoff_base,
-                "backoff_cap_seconds": current.backoff_cap,
-                "backoff_jitter": current.backoff_jitter,
-            }
-        )
+    """Show the queue's settings (JSON, seconds), or change those given (an operator's act)."""
+    change = ConfigChange(
+        backoff_base=backoff_base,
+        backoff_cap=backoff_cap,
+        backoff_jitter=backoff_jitter,
+        heartbeat_timeout=heartbeat_timeout,
+        retain_completed=retain_completed,
+        retain_failed=retain_failed,
     )
+    if backoff_base is not None and backoff_cap is not None and backoff_cap < backoff_base:
+        raise ConfigError(
+            f"the backoff cap (--backoff-cap {format_duration(backoff_cap)}) must be at least "
+            f"the backoff base (--backoff-base {format_duration(backoff_base)})"
+        )
+    with db.connect(_url(ctx), application_name="mobvibe-queue") as conn:
+        if not change.empty:
+            _set_config(conn, change)
+        current = store.queue_settings(conn)
+    click.echo(json.dumps(_config_json(current)))
 
 
-def _set_config(conn: Any, base: float | None, cap: float | None, jitter: float | None) -> None:
+def _config_json(current: QueueSettings) -> dict[str, float | None]:
+    def seconds(age: timedelta | None) -> float | None:
+        return None if age is None else age.total_seconds()
+
+    return {
+        "backoff_base_seconds": current.backoff_base.total_seconds(),
+        "backoff_cap_seconds": current.backoff_cap.total_seconds(),
+        "backoff_jitter": current.backoff_jitter,
+        "heartbeat_timeout_seconds": current.heartbeat_timeout.total_seconds(),
+        "retain_completed_seconds": seconds(current.retain_completed),  # None: keep forever
+        "retain_failed_seconds": seconds(current.retain_failed),
+    }
+
+
+def _set_config(conn: Any, change: ConfigChange) -> None:
+    """One UPDATE: a refused value changes nothing."""
     try:
-        store.set_queue_config(conn, base, cap, jitter)
-    except psycopg.errors.CheckViolation:
-        raise ConfigError("backoff cap must be at least the backoff base") from None
+        store.set_queue_config(conn, change)
+    except psycopg.errors.CheckViolation as exc:
+        if exc.diag.constraint_name == "queue_config_check":
+            raise ConfigError(
+                "the backoff cap must be at least the backoff base: `mobvibe-queue config` "
+                "shows both"
+            ) from None
+        raise ConfigError(
+            f"the database refused the setting ({exc.diag.constraint_name or 'a check'})"
+        ) from None
+    except psycopg.errors.DataError as exc:
+        raise ConfigError(f"the database refused the setting: {db.first_line(exc)}") from None
 
 
 # The dead letters and the doctor live in modules of their own.

@@ -20,7 +20,7 @@ from mobvibe.sql.jobs import parse_uuid
 from mobvibe.sql.store import DeadLetter
 
 log = logging.getLogger(__name__)
-DELETE_BATCH = 1000  # ids per DELETE: short statements, short locks
+DELETE_BATCH = 1000  # jobs per statement: short statements, short locks
 ERROR_WIDTH = 60
 
 
@@ -143,17 +143,15 @@ def _requeue_one(conn: psycopg.Connection[Any], job_id: uuid.UUID) -> str | None
 @click.pass_context
 @friendly_errors
 def purge(ctx: click.Context, older_than: float, yes: bool) -> None:
-    """Delete dead-lettered jobs older than --older-than; prints how many."""
-    age = format_duration(older_than)
+    """Delete dead-lettered jobs older than --older-than; prints how many (an operator's act)."""
+    age, older = format_duration(older_than), timedelta(seconds=older_than)
     with _connect(ctx) as conn:
-        ids = store.failed_ids(conn, timedelta(seconds=older_than))
-        if ids and not yes:
+        found = len(store.failed_ids(conn, older))
+        if found and not yes:
             click.confirm(
-                f"Delete {len(ids)} dead-lettered job(s) older than {age}?", abort=True, err=True
+                f"Delete {found} dead-lettered job(s) older than {age}?", abort=True, err=True
             )
-        deleted = sum(
-            _delete(conn, ids[i : i + DELETE_BATCH]) for i in range(0, len(ids), DELETE_BATCH)
-        )
+        deleted = _purge(conn, older) if found else 0
     event(
         log,
         logging.INFO,
@@ -165,6 +163,11 @@ def purge(ctx: click.Context, older_than: float, yes: bool) -> None:
     click.echo(f"deleted {deleted} dead-lettered job(s) older than {age}")
 
 
-def _delete(conn: psycopg.Connection[Any], ids: list[uuid.UUID]) -> int:
-    # delete_failed re-checks the status: a job requeued since the count stays.
-    return store.delete_failed(conn, ids)
+def _purge(conn: psycopg.Connection[Any], older: timedelta) -> int:
+    """queue_purge_failed, a batch per statement: short statements, short locks."""
+    total = 0
+    while True:
+        deleted = store.purge_failed(conn, older, DELETE_BATCH)
+        total += deleted
+        if deleted < DELETE_BATCH:
+            return total

@@ -6,31 +6,26 @@ import json
 
 import click
 
-from mobvibe.cli.options import friendly_errors, resolve_database
-from mobvibe.durations import Duration
+from mobvibe.cli.options import friendly_errors, moved_to_the_database, resolve_database
 from mobvibe.reaper.doctor import CHECK_COUNT, Report, diagnose
 from mobvibe.sql import db
 
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON object: ok, findings, not_shown.")
-@click.option(
-    "--heartbeat-timeout",
-    type=Duration(),
-    default="30s",
-    envvar="MOBVIBE_HEARTBEAT_TIMEOUT",
-    show_envvar=True,
-    help="A processing job silent this long has no live attempt.",
-)
+@moved_to_the_database("--heartbeat-timeout")
 @click.option(
     "--limit", type=click.IntRange(1, 10_000), default=20, help="Findings shown per check."
 )
 @click.pass_context
 @friendly_errors
-def doctor(ctx: click.Context, as_json: bool, heartbeat_timeout: float, limit: int) -> None:
-    """Check the queue for what must never be; exit 1 if anything is found."""
+def doctor(ctx: click.Context, as_json: bool, limit: int) -> None:
+    """Check the queue for what must never be; exit 1 if anything is found.
+
+    A processing job is dead when silent for longer than the configured heartbeat timeout.
+    """
     with db.connect(resolve_database(ctx.obj), application_name="mobvibe-doctor") as conn:
-        report = diagnose(conn, heartbeat_timeout, limit)
+        report = diagnose(conn, limit)
     if as_json:
         click.echo(json.dumps(report.as_dict()))
     else:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
+import psycopg
 
 from mobvibe import logs
 from mobvibe.errors import QueueError
@@ -50,6 +51,36 @@ def logging_options(f: F) -> F:
     )(f)
 
 
+def moved_to_the_database(*names: str) -> Callable[[F], F]:
+    """Options that are now settings of the database: refused in one line that says where.
+
+    Hidden, and never read from the environment: a MOBVIBE_HEARTBEAT_TIMEOUT meant for
+    the supervisor must not stop another command.
+    """
+
+    def refuse(ctx: click.Context, param: click.Parameter, value: object) -> None:
+        if value is not None:
+            raise click.BadParameter(
+                "the database holds this setting now, for every reaper at once: "
+                f"`mobvibe-queue config {param.opts[0]} ...` (an operator's act)",
+                ctx,
+                param,
+            )
+
+    def decorate(f: F) -> F:
+        for name in names:
+            f = click.option(
+                name,
+                hidden=True,
+                expose_value=False,
+                allow_from_autoenv=False,
+                callback=refuse,
+            )(f)
+        return f
+
+    return decorate
+
+
 def friendly_errors(f: F) -> F:
     """Turn the queue's own errors into one `Error:` line and its exit code, no traceback."""
 
@@ -60,6 +91,15 @@ def friendly_errors(f: F) -> F:
         except QueueError as exc:
             click.echo(f"Error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except psycopg.errors.InsufficientPrivilege as exc:
+            # A role used for what it is not for: the user's to fix, not our bug.
+            click.echo(
+                f"Error: {db.first_line(exc)}: this needs a role of the queue that may do it "
+                "(mobvibe_producer, mobvibe_worker, mobvibe_monitor, mobvibe_operator; "
+                "see docs/backend/JOB_QUEUE.md#privileges)",
+                err=True,
+            )
+            sys.exit(1)
 
     return wrapper  # type: ignore[return-value]
 

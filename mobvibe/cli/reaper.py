@@ -17,18 +17,18 @@ from mobvibe.cli.options import (
     database_option,
     friendly_errors,
     logging_options,
+    moved_to_the_database,
     resolve_database,
 )
 from mobvibe.durations import Duration, format_duration
-from mobvibe.errors import ConfigError, QueueError
+from mobvibe.errors import ConfigError, MigrationError, QueueError
 from mobvibe.logs import event
 from mobvibe.reaper import sweep
 from mobvibe.reaper.daemon import run_daemon
 from mobvibe.sql import db
-from mobvibe.sql.migrate import pending_migrations
+from mobvibe.sql.migrate import schema_is_current
 
 log = logging.getLogger("reaper")
-HEARTBEAT_INTERVAL_DEFAULT = 5.0  # the supervisor's default
 batch = click.IntRange(1, sweep.BATCH_MAX)
 
 
@@ -48,20 +48,7 @@ class SweepFailedError(QueueError):
     show_envvar=True,
     help="Time between sweeps of the daemon (±10% jitter).",
 )
-@click.option(
-    "--heartbeat-timeout",
-    type=Duration(),
-    default=format_duration(sweep.HEARTBEAT_TIMEOUT_DEFAULT),
-    show_envvar=True,
-    help="Requeue a processing job whose last heartbeat is older than this.",
-)
-@click.option(
-    "--heartbeat-interval",
-    type=Duration(),
-    default=format_duration(HEARTBEAT_INTERVAL_DEFAULT),
-    show_envvar=True,
-    help="The workers' heartbeat interval, to check --heartbeat-timeout against.",
-)
+@moved_to_the_database("--heartbeat-timeout", "--retain-completed", "--retain-failed")
 @click.option(
     "--batch-size",
     type=batch,
@@ -69,20 +56,6 @@ class SweepFailedError(QueueError):
     envvar="MOBVIBE_REAPER_BATCH_SIZE",
     show_envvar=True,
     help="Expired attempts requeued per statement.",
-)
-@click.option(
-    "--retain-completed",
-    type=Duration(zero="keep forever"),
-    default=format_duration(sweep.RETAIN_COMPLETED_DEFAULT),
-    show_envvar=True,
-    help="Delete completed jobs older than this (0: keep forever).",
-)
-@click.option(
-    "--retain-failed",
-    type=Duration(zero="keep forever"),
-    default=format_duration(sweep.RETAIN_FAILED_DEFAULT),
-    show_envvar=True,
-    help="Delete dead-lettered jobs older than this (0: keep forever).",
 )
 @click.option(
     "--prune-batch",
@@ -113,38 +86,24 @@ def main(
     database_url: str | None,
     once: bool,
     interval: float,
-    heartbeat_timeout: float,
-    heartbeat_interval: float,
     batch_size: int,
-    retain_completed: float,
-    retain_failed: float,
     prune_batch: int,
     name: str | None,
     metrics_port: int,
     log_format: str,
     log_level: str,
 ) -> None:
-    """Requeue jobs whose worker stopped heartbeating, and delete old finished jobs."""
+    """Requeue jobs whose worker stopped heartbeating, and delete old finished jobs.
+
+    The heartbeat timeout and the retention are the database's: `mobvibe-queue config`.
+    """
     logs.setup(log_format, log_level)
     settings = sweep.ReaperSettings(
-        heartbeat_timeout=heartbeat_timeout,
         interval=interval,
         batch_size=batch_size,
-        retain_completed=retain_completed,
-        retain_failed=retain_failed,
         prune_batch=prune_batch,
         **({"name": name} if name is not None else {}),
-    ).validate(heartbeat_interval)
-    if heartbeat_timeout < 3 * heartbeat_interval:
-        event(
-            log,
-            logging.WARNING,
-            "config_warning",
-            "--heartbeat-timeout is less than 3x --heartbeat-interval: a worker that misses "
-            "two heartbeats on a slow network may lose a job it is still running",
-            heartbeat_timeout=heartbeat_timeout,
-            heartbeat_interval=heartbeat_interval,
-        )
+    ).validate()
     url = resolve_database(database_url)
     if once:
         click.echo(json.dumps(_sweep_once(url, settings)))
@@ -170,14 +129,14 @@ def _check_schema(url: str) -> None:
         with db.connect(url, application_name="mobvibe-reaper") as conn:
             _require_migrated(conn)
     except QueueError as exc:
-        if isinstance(exc, ConfigError):
+        if isinstance(exc, ConfigError | MigrationError):
             raise
         # A pod may start before its database: the loop retries with backoff.
         event(log, logging.WARNING, "database_unavailable", str(exc))
 
 
 def _require_migrated(conn: psycopg.Connection[Any]) -> None:
-    if pending_migrations(conn):
+    if not schema_is_current(conn):
         raise ConfigError("the database schema is not up to date: run `mobvibe-queue migrate`")
 
 

@@ -249,8 +249,7 @@ def _run(config: Settings) -> int:
 def _reaper_main(config: Settings) -> int:
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
-    settings = ReaperSettings(
-        heartbeat_timeout=config.heartbeat_timeout, interval=config.reaper_interval
-    )
+    # The heartbeat timeout and the retention are the database's (queue_config).
+    settings = ReaperSettings(interval=config.reaper_interval)
     serve_forever(config.database_url, settings, lambda: stop["now"])
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 import uuid
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import sql
+from psycopg import conninfo, sql
 from psycopg.rows import dict_row
 
 # A fixed instant in the future of every test run: jobs inserted with the
@@ -21,8 +22,18 @@ T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 QUEUE_CLI = str(Path(sys.executable).with_name("mobvibe-queue"))
 
 
-def insert_job(conn: psycopg.Connection[Any], session_id: Any, **columns: Any) -> uuid.UUID:
-    """INSERT one job (prompt 'Test' unless given); other columns keep their defaults."""
+def insert_job(
+    conn: psycopg.Connection[Any],
+    session_id: Any,
+    *,
+    created_at: datetime | None = None,
+    **columns: Any,
+) -> uuid.UUID:
+    """INSERT one job (prompt 'Test' unless given); other columns keep their defaults.
+
+    An INSERT cannot give created_at (the database refuses it): a test that
+    needs an older job moves it back afterwards, as the owner.
+    """
     values = {"session_id": session_id, "prompt": "Test", **columns}
     statement = sql.SQL("INSERT INTO coding_jobs ({}) VALUES ({}) RETURNING id").format(
         sql.SQL(", ").join(map(sql.Identifier, values)),
@@ -30,6 +41,8 @@ def insert_job(conn: psycopg.Connection[Any], session_id: Any, **columns: Any) -
     )
     row = conn.execute(statement, list(values.values())).fetchone()
     assert row is not None
+    if created_at is not None:
+        conn.execute("UPDATE coding_jobs SET created_at = %s WHERE id = %s", [created_at, row[0]])
     return row[0]
 
 
@@ -61,6 +74,39 @@ def table_counts(conn: psycopg.Connection[Any]) -> tuple[int, int]:
     ).fetchone()
     assert row is not None
     return row[0], row[1]
+
+
+class LoginRoles:
+    """Login roles made for a test (cluster-wide, so with random names), dropped by drop()."""
+
+    def __init__(self, admin: psycopg.Connection[Any], url: str) -> None:
+        self.admin, self.url, self.made = admin, url, list[str]()
+
+    def make(self, *member_of: str, inherit: bool = True, prefix: str = "mobvibe_test") -> str:
+        """A login role in the groups `member_of`; its URL. NOINHERIT: it has the groups'
+        rights only after SET ROLE, as Supabase's API roles take theirs."""
+        name = f"{prefix}_{secrets.token_hex(4)}"
+        self.admin.execute(
+            sql.SQL("CREATE ROLE {} LOGIN {}").format(
+                sql.Identifier(name), sql.SQL("INHERIT" if inherit else "NOINHERIT")
+            )
+        )
+        self.made.append(name)
+        for group in member_of:
+            self.admin.execute(
+                sql.SQL("GRANT {} TO {}").format(sql.Identifier(group), sql.Identifier(name))
+            )
+        return conninfo.make_conninfo(self.url, user=name)
+
+    def drop(self) -> None:
+        for name in self.made:
+            self.admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
+                [name],
+            )
+            self.admin.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
+            self.admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+        self.made.clear()
 
 
 def run_queue_cli(

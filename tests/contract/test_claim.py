@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from tests.contract.support import T0, claim, insert_job, job_row, scalar, table_counts
-from tests.helpers import count, set_clock
+from tests.helpers import count, set_clock, triggers_off
 
 
 def test_claim_order_is_priority_desc_then_created_at_then_seq(conn: Any, session_id: Any) -> None:
@@ -186,12 +186,13 @@ def _plan_nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
 def test_claim_walks_the_partial_index_without_a_sort(
     conn: Any, session_id: Any, pending: int
 ) -> None:
-    conn.execute(
-        "INSERT INTO coding_jobs (session_id, prompt, status, completed_at) "
-        "SELECT %s, 'done', CASE WHEN i %% 10 = 0 THEN 'failed' ELSE 'completed' END, "
-        "now() FROM generate_series(1, 10000) AS i",
-        [session_id],
-    )
+    with triggers_off(conn):  # finished jobs, made in bulk without the functions
+        conn.execute(
+            "INSERT INTO coding_jobs (session_id, prompt, status, completed_at) "
+            "SELECT %s, 'done', CASE WHEN i %% 10 = 0 THEN 'failed' ELSE 'completed' END, "
+            "now() FROM generate_series(1, 10000) AS i",
+            [session_id],
+        )
     conn.execute(
         "INSERT INTO coding_jobs (session_id, prompt, priority) "
         "SELECT %s, 'todo', mod(i, 11) FROM generate_series(1, %s) AS i",

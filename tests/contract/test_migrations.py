@@ -36,8 +36,14 @@ def recorded(conn: Any) -> list[tuple[int, str, str]]:
     ).fetchall()
 
 
-def test_the_package_ships_0001_to_0004() -> None:
-    assert SHIPPED[:4] == ("0001_tables", "0002_functions", "0003_notifications", "0004_privileges")
+def test_the_package_ships_0001_to_0005() -> None:
+    assert SHIPPED[:5] == (
+        "0001_tables",
+        "0002_functions",
+        "0003_notifications",
+        "0004_privileges",
+        "0005_least_privilege",
+    )
 
 
 def test_migrate_applies_every_migration_once_and_records_it(
@@ -229,15 +235,22 @@ def test_a_database_with_the_plans_schema_migrates_and_keeps_working(
         )
         assert migrate(conn).applied == SHIPPED
 
-        # one function of each name: the plan's calls are not ambiguous
+        # the plan's signatures are the operator's overloads, the worker's need a lease:
+        # no call of the plan is ambiguous
         overloads = conn.execute(
-            "SELECT proname, count(*) FROM pg_proc WHERE pronamespace = 'public'::regnamespace "
+            "SELECT oid::regprocedure::text FROM pg_proc "
+            "WHERE pronamespace = 'public'::regnamespace "
             "AND proname IN ('claim_next_job', 'complete_job', 'fail_job', 'get_queue_stats') "
-            "GROUP BY proname"
+            "ORDER BY 1"
         ).fetchall()
-        assert dict(overloads) == dict.fromkeys(
-            ["claim_next_job", "complete_job", "fail_job", "get_queue_stats"], 1
-        )
+        assert [signature for (signature,) in overloads] == [
+            "claim_next_job(text)",
+            "complete_job(uuid)",
+            "complete_job(uuid,uuid)",
+            "fail_job(uuid,text)",
+            "fail_job(uuid,text,uuid,text)",
+            "get_queue_stats()",
+        ]
 
         new_job = insert_job(conn, session, priority=5)
         first = claim(conn)

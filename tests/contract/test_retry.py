@@ -44,7 +44,10 @@ def fail_at(
 ) -> tuple[bool | None, float]:
     """fail_job at SQL time `at`: (its result, seconds from `at` to the new run_at)."""
     set_clock(conn, at)
-    result = scalar(conn, "SELECT fail_job(%s, %s, %s)", [job, error, lease])
+    if lease is None:  # the operator's call, the plan's
+        result = scalar(conn, "SELECT fail_job(%s, %s)", [job, error])
+    else:
+        result = scalar(conn, "SELECT fail_job(%s, %s, %s)", [job, error, lease])
     return result, (job_row(conn, job)["run_at"] - at).total_seconds()
 
 
@@ -242,6 +245,9 @@ def test_the_config_command_sets_the_schedule_that_the_next_failure_uses(
         "backoff_base_seconds": 2.0,
         "backoff_cap_seconds": 3.0,
         "backoff_jitter": 0.0,
+        "heartbeat_timeout_seconds": 30.0,
+        "retain_completed_seconds": 7 * 86400.0,
+        "retain_failed_seconds": 30 * 86400.0,
     }
     assert backoff_config(conn) == (2.0, 3.0, 0.0)
     job = insert_job(conn, session_id, max_retries=10)

@@ -2,27 +2,30 @@
 
 from __future__ import annotations
 
-import secrets
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
 import pytest
-from psycopg import conninfo, sql
 
 from mobvibe.client import JobQueue
-from tests.contract.support import insert_job
+from tests.contract.support import LoginRoles, insert_job
 
 PLAN_FUNCTIONS = {"claim_next_job", "complete_job", "fail_job", "get_queue_stats"}
 DEFINER_FUNCTIONS = PLAN_FUNCTIONS | {
     "queue_complete_and_claim",
     "queue_heartbeat",
     "queue_release_job",
+    "queue_claims_of_worker",
     "queue_reap_expired",
     "queue_requeue_failed",
     "queue_prune",
+    "queue_purge_failed",
+    "queue_record_reaper_run",
     "queue_next_run_at",
+    "queue_settings",
+    "queue_test_clock",
 }
 
 
@@ -49,54 +52,50 @@ def test_every_security_definer_function_pins_its_search_path(conn: Any) -> None
     for name, config in rows:
         paths = [c.split("=", 1)[1] for c in config if c.startswith("search_path=")]
         assert len(paths) == 1, f"{name} has no pinned search_path: {config}"
-        # pg_temp last, so that a temporary object can never shadow a queue table
-        assert [p.strip() for p in paths[0].split(",")][-1] == "pg_temp", (name, paths)
+        # no schema others can write to; pg_temp last, so that a temporary object can
+        # never shadow a queue table
+        assert [p.strip() for p in paths[0].split(",")] == ["pg_catalog", "pg_temp"], (name, paths)
 
 
 @pytest.fixture
 def login_role(conn: Any, db_url: str) -> Iterator[Callable[..., str]]:
     """Make login roles (cluster-wide, so with random names) and drop them afterwards."""
-    made: list[str] = []
-
-    def make(*member_of: str) -> str:
-        name = f"mobvibe_test_{secrets.token_hex(4)}"
-        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
-        made.append(name)
-        for group in member_of:
-            conn.execute(
-                sql.SQL("GRANT {} TO {}").format(sql.Identifier(group), sql.Identifier(name))
-            )
-        return conninfo.make_conninfo(db_url, user=name)
-
-    yield make
-    for name in made:
-        conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", [name]
-        )
-        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+    roles = LoginRoles(conn, db_url)
+    yield roles.make
+    roles.drop()
 
 
-def test_a_member_of_mobvibe_worker_runs_the_whole_job_lifecycle(
+def test_the_four_roles_run_the_whole_job_lifecycle_through_the_client(
     login_role: Callable[..., str],
 ) -> None:
-    url = login_role("mobvibe_worker")
-    with JobQueue(url) as queue:
-        first = queue.enqueue("job for the worker role", priority=3)
-        second = queue.enqueue("another", max_retries=1)
-        claimed = queue.claim("role-worker")
+    with (
+        JobQueue(login_role("mobvibe_producer")) as producer,
+        JobQueue(login_role("mobvibe_worker")) as worker,
+        JobQueue(login_role("mobvibe_monitor")) as monitor,
+        JobQueue(login_role("mobvibe_operator")) as operator,
+    ):
+        first = producer.enqueue("job for the worker role", priority=3)
+        second = producer.enqueue("another", max_retries=1)
+        claimed = worker.claim("role-worker")
         assert claimed is not None and claimed.id == first
-        assert queue.heartbeat(claimed.id, claimed.lease_token) is True
-        assert queue.complete(claimed.id, claimed.lease_token) is True
-        other = queue.claim("role-worker")
+        assert worker.heartbeat(claimed.id, claimed.lease_token) is True
+        assert worker.complete(claimed.id, claimed.lease_token) is True
+        other = worker.claim("role-worker")
         assert other is not None and other.id == second
-        assert queue.fail(other.id, "no luck", other.lease_token) is False
-        assert queue.requeue_failed(second) is True
-        again = queue.claim("role-worker")
+        assert worker.fail(other.id, "no luck", other.lease_token) is False
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            worker.requeue_failed(second)  # an operator's act
+        assert operator.requeue_failed(second) is True
+        again = worker.claim("role-worker")
         assert again is not None
-        assert queue.release(again.id, again.lease_token) is True
-        stats = queue.stats()
+        assert worker.release(again.id, again.lease_token) is True
+        stats = monitor.stats()
         assert (stats.pending_count, stats.completed_count) == (1, 1)
-    with psycopg.connect(url, autocommit=True) as own:
+        # the plan's calls without a lease are the operator's, not the worker's
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            worker.complete(second)
+        assert operator.complete(second) is True
+    with psycopg.connect(login_role("mobvibe_worker"), autocommit=True) as own:
         # the functions are the only way to change a job
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             own.execute("UPDATE coding_jobs SET status = 'completed'")

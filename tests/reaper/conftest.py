@@ -21,8 +21,7 @@ from mobvibe.cli import admin
 from mobvibe.reaper.sweep import ReaperSettings
 from mobvibe.sql import store
 from mobvibe.sql.jobs import Job
-from mobvibe.sql.migrate import migrate
-from tests.helpers import set_clock, wait_for
+from tests.helpers import migrate_with_test_clock, set_clock, wait_for
 
 
 class Clock:
@@ -71,7 +70,7 @@ def fresh_url(new_database: Callable[..., str]) -> str:
     """A database of its own, migrated: for tests that alter the schema."""
     url = new_database("mobvibe_reaper")
     with psycopg.connect(url, autocommit=True) as conn:
-        migrate(conn)
+        migrate_with_test_clock(conn)
     return url
 
 
@@ -106,11 +105,13 @@ def env_for(url: str) -> dict[str, str]:
     return {**os.environ, "DATABASE_URL": url, "PYTHONPATH": str(ROOT)}
 
 
-def reaper_once(url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """`mobvibe-reaper --once` against `url`, its output captured."""
+def reaper_once(
+    url: str, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`mobvibe-reaper --once` against `url` (and `env`), its output captured."""
     return subprocess.run(
         [str(BIN / "mobvibe-reaper"), "--once", *args],
-        env=env_for(url),
+        env={**env_for(url), **(env or {})},
         capture_output=True,
         text=True,
         timeout=60,

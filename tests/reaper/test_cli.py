@@ -14,7 +14,12 @@ from tests.helpers import wait_for
 from tests.reaper.conftest import Daemon, reaper_once
 
 UNREACHABLE = "postgresql://postgres@127.0.0.1:1/x"
-FAST = ["--interval", "0.2", "--heartbeat-timeout", "1", "--heartbeat-interval", "0.2"]
+FAST = ["--interval", "0.2"]
+
+
+def short_timeout(conn: Any) -> None:
+    """A heartbeat timeout of 1 s, the shortest the database accepts, for every reaper."""
+    conn.execute("UPDATE queue_config SET heartbeat_timeout = '1 second'")
 
 
 def expire(conn: Any, job_id: Any, seconds: float = 5) -> None:
@@ -46,6 +51,8 @@ def test_once_sweeps_and_prints_a_json_summary(queue: JobQueue, conn: Any, db_ur
     assert {"requeued", "dead_lettered", "pruned", "duration_ms"} <= summary.keys()
     assert (summary["requeued"], summary["dead_lettered"], summary["pruned"]) == (1, 0, 0)
     assert summary["waiting_retries"] == 1 and summary["next_retry_at"]
+    # the limits it applied are the database's
+    assert summary["heartbeat_timeout_s"] == 30 and summary["retain_failed_s"] == 30 * 86400
     requeued = [json.loads(line) for line in done.stderr.splitlines() if '"job_requeued"' in line]
     assert [(e["job_id"], e["reason"]) for e in requeued] == [(str(job_id), "heartbeat_expired")]
 
@@ -61,13 +68,13 @@ def test_once_on_an_unmigrated_database_says_to_migrate(new_database: Any) -> No
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--retain-completed", "7x"], "'7x' is not a duration"),
+        (["--interval", "7x"], "'7x' is not a duration"),
         (["--interval", "0"], "'0' must be greater than 0"),
-        (
-            ["--heartbeat-timeout", "5s"],
-            "must be larger than the workers' --heartbeat-interval (5s)",
-        ),
         (["--batch-size", "0"], "--batch-size"),
+        (["--heartbeat-timeout", "5s"], "`mobvibe-queue config --heartbeat-timeout ...`"),
+        (["--retain-completed", "7d"], "`mobvibe-queue config --retain-completed ...`"),
+        (["--retain-failed", "0"], "`mobvibe-queue config --retain-failed ...`"),
+        (["--heartbeat-interval", "5s"], "No such option"),
     ],
 )
 def test_bad_settings_are_one_clear_line_and_exit_2(args: list[str], message: str) -> None:
@@ -75,11 +82,22 @@ def test_bad_settings_are_one_clear_line_and_exit_2(args: list[str], message: st
     assert done.returncode == 2
     assert message in done.stderr
     assert "Traceback" not in done.stderr
+    assert len([line for line in done.stderr.splitlines() if line.startswith("Error:")]) == 1
+
+
+def test_the_supervisors_heartbeat_variables_do_not_reach_the_reaper(
+    db_url: str, conn: Any
+) -> None:
+    """A ConfigMap shared with the supervisor sets MOBVIBE_HEARTBEAT_TIMEOUT: ignored here."""
+    done = reaper_once(db_url, env={"MOBVIBE_HEARTBEAT_TIMEOUT": "1", "MOBVIBE_RETAIN_FAILED": "0"})
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["heartbeat_timeout_s"] == 30
 
 
 def test_daemon_requeues_an_expired_job_and_exits_0_on_sigterm(
     queue: JobQueue, conn: Any, db_url: str, daemon: Callable[..., Daemon]
 ) -> None:
+    short_timeout(conn)
     running = daemon(db_url, *FAST)
     running.wait_event("reaper_swept")
     job_id = queue.enqueue("orphaned")
@@ -100,6 +118,7 @@ def test_daemon_requeues_an_expired_job_and_exits_0_on_sigterm(
 def test_daemon_survives_losing_its_connection(
     queue: JobQueue, conn: Any, db_url: str, daemon: Callable[..., Daemon]
 ) -> None:
+    short_timeout(conn)
     running = daemon(db_url, *FAST)
     running.wait_event("reaper_swept")
     killed = conn.execute(

@@ -10,6 +10,7 @@ import psycopg
 from click.testing import Result
 
 from mobvibe.client import JobQueue
+from mobvibe.sql.files import migrations
 
 Cli = Callable[..., Result]
 
@@ -36,11 +37,20 @@ def test_finds_a_processing_job_with_no_live_attempt(queue: JobQueue, conn: Any,
     assert job is not None
     assert cli("doctor").exit_code == 0  # its heartbeat is fresh
     conn.execute("UPDATE coding_jobs SET heartbeat_at = now() - interval '5 minutes'")
-    result = cli("doctor", "--heartbeat-timeout", "1m")
+    conn.execute("UPDATE queue_config SET heartbeat_timeout = '10 minutes'")
+    assert cli("doctor").exit_code == 0  # the configured timeout, not a guess
+    conn.execute("UPDATE queue_config SET heartbeat_timeout = '1 minute'")
+    result = cli("doctor")
     assert result.exit_code == 1
     (line,) = findings(result, "processing_without_live_attempt")
     assert str(job_id) in line and str(job.session_id) in line and "worker-7" in line
-    assert "last heartbeat 300 s ago" in line
+    assert "last heartbeat 300 s ago" in line and "timeout 1m" in line
+
+
+def test_the_heartbeat_timeout_is_no_longer_an_option(cli: Cli) -> None:
+    result = cli("doctor", "--heartbeat-timeout", "1m")
+    assert result.exit_code == 2
+    assert "mobvibe-queue config --heartbeat-timeout" in result.output
 
 
 def test_finds_a_retry_count_above_max_retries(fresh_url: str, cli: Cli) -> None:
@@ -122,7 +132,7 @@ def test_finds_changed_and_unapplied_migrations(fresh_url: str, cli: Cli) -> Non
 def test_an_unmigrated_database_is_told_to_migrate(new_database: Any, cli: Cli) -> None:
     result = cli("doctor", url=new_database("mobvibe_empty"))
     assert result.exit_code == 1
-    assert len(findings(result, "migration_not_applied")) == 4
+    assert len(findings(result, "migration_not_applied")) == len(migrations())
     assert "could not run" not in result.stdout
 
 

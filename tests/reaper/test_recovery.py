@@ -16,20 +16,21 @@ from tests.helpers import count, wait_for
 from tests.reaper.conftest import BIN, Daemon, env_for
 
 TIMEOUT, INTERVAL, HEARTBEAT = 1.5, 0.2, 0.2
-REAPER = [
-    "--heartbeat-timeout",
-    str(TIMEOUT),
-    "--interval",
-    str(INTERVAL),
-    "--heartbeat-interval",
-    str(HEARTBEAT),
-]
+REAPER = ["--interval", str(INTERVAL)]
+
+
+def configure_timeout(conn: Any) -> None:
+    """The reaper's heartbeat timeout is the database's (the supervisor's own flag fences)."""
+    conn.execute("UPDATE queue_config SET heartbeat_timeout = %s * interval '1 second'", [TIMEOUT])
+
+
 SLACK = 0.5  # process scheduling and the test's own polling
 
 
 def test_an_attempt_is_requeued_within_timeout_plus_interval_of_its_last_heartbeat(
-    queue: JobQueue, db_url: str, daemon: Callable[..., Daemon]
+    queue: JobQueue, conn: Any, db_url: str, daemon: Callable[..., Daemon]
 ) -> None:
+    configure_timeout(conn)
     running = daemon(db_url, *REAPER)
     running.wait_event("reaper_swept")
     job_id = queue.enqueue("silent from the start")
@@ -52,6 +53,7 @@ def test_an_attempt_is_requeued_within_timeout_plus_interval_of_its_last_heartbe
 def test_kill_9_of_a_whole_supervisor_is_recovered_by_the_standalone_reaper(
     queue: JobQueue, conn: Any, db_url: str, daemon: Callable[..., Daemon], tmp_path: Path
 ) -> None:
+    configure_timeout(conn)
     queue.enqueue_many([NewJob("sleep:30")] * 3)
     log = tmp_path / "supervisor.log"
     with log.open("wb") as out:
@@ -67,8 +69,6 @@ def test_kill_9_of_a_whole_supervisor_is_recovered_by_the_standalone_reaper(
                 "0",
                 "--heartbeat-interval",
                 str(HEARTBEAT),
-                "--heartbeat-timeout",
-                str(TIMEOUT),
                 "--poll-interval",
                 "0.5",
             ],

@@ -1,4 +1,5 @@
-"""Retention: finished jobs old enough are deleted, in bounded batches; 0 keeps them."""
+"""Retention: finished jobs older than the configured retention are deleted, in bounded
+batches; a retention of NULL keeps them."""
 
 from __future__ import annotations
 
@@ -9,14 +10,15 @@ import psycopg
 import pytest
 
 from mobvibe.client import JobQueue
-from mobvibe.reaper.sweep import DAY, ReaperSettings, run_once
+from mobvibe.reaper.sweep import ReaperSettings, run_once
 from mobvibe.sql.jobs import NewJob
 
 COUNT_DELETES = """
 CREATE TABLE test_delete_statements (deleted integer NOT NULL);
 CREATE FUNCTION test_count_deletes() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO test_delete_statements SELECT count(*) FROM gone;
+    -- fired inside queue_prune, whose search_path is pg_catalog: hence public.
+    INSERT INTO public.test_delete_statements SELECT count(*) FROM gone;
     RETURN NULL;
 END $$;
 CREATE TRIGGER test_count_deletes AFTER DELETE ON coding_jobs
@@ -86,17 +88,29 @@ def test_a_batch_that_comes_back_full_is_followed_by_another(counted: Any) -> No
     assert statements == [10, 10, 0, 0]  # the last completed batch, then failed's one
 
 
-def test_retention_0_keeps_finished_jobs_forever(conn: Any) -> None:
+def test_a_null_retention_keeps_finished_jobs_forever(conn: Any) -> None:
     finished(conn, "completed", 400, 5)
     finished(conn, "failed", 400, 5)
-    settings = ReaperSettings(retain_completed=0, retain_failed=0, name="keep")
-    assert run_once(conn, settings).pruned == 0
+    conn.execute("UPDATE queue_config SET retain_completed = NULL, retain_failed = NULL")
+    result = run_once(conn, ReaperSettings(name="keep"))
+    assert result.pruned == 0
+    assert (result.retain_completed_s, result.retain_failed_s) == (None, None)
     assert sum(remaining(conn).values()) == 10
 
 
 def test_each_retention_is_its_own_setting(conn: Any) -> None:
     finished(conn, "completed", 2, 5)
     finished(conn, "failed", 2, 5)
-    settings = ReaperSettings(retain_completed=1 * DAY, retain_failed=0, name="one-day")
-    result = run_once(conn, settings)
+    conn.execute("UPDATE queue_config SET retain_completed = '1 day', retain_failed = NULL")
+    result = run_once(conn, ReaperSettings(name="one-day"))
     assert (result.pruned_completed, result.pruned_failed) == (5, 0)
+    assert result.retain_completed_s == 86400
+
+
+def test_the_retention_is_the_databases_whoever_calls(conn: Any) -> None:
+    """queue_prune deletes nothing younger than the configured retention (7 and 30 days)."""
+    finished(conn, "completed", 6.9, 3)
+    finished(conn, "failed", 29.9, 3)
+    assert conn.execute("SELECT queue_prune('completed', 100000)").fetchone() == (0,)
+    assert conn.execute("SELECT queue_prune('failed', 100000)").fetchone() == (0,)
+    assert sum(remaining(conn).values()) == 6

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 import pytest
 
 from mobvibe.durations import Duration, format_duration, parse_duration
 from mobvibe.errors import ConfigError
-from mobvibe.reaper.sweep import DAY, ReaperSettings, SweepResult
+from mobvibe.reaper.sweep import ReaperSettings, SweepResult
+
+DAY = 86400.0
 
 
 @pytest.mark.parametrize(
@@ -52,26 +56,33 @@ def test_durations_format_in_the_largest_exact_unit(seconds: float, text: str) -
 
 
 def test_default_settings_are_valid_and_name_this_process() -> None:
-    settings = ReaperSettings().validate(heartbeat_interval=5)
-    assert (settings.heartbeat_timeout, settings.interval, settings.batch_size) == (30, 5, 500)
-    assert (settings.retain_completed, settings.retain_failed) == (7 * DAY, 30 * DAY)
-    assert settings.name.endswith(f":{__import__('os').getpid()}")
+    settings = ReaperSettings().validate()
+    assert (settings.interval, settings.batch_size, settings.prune_batch) == (5, 500, 1000)
+    assert settings.name.endswith(f":{os.getpid()}")
+
+
+def test_the_limits_are_not_the_reapers_to_set() -> None:
+    """The heartbeat timeout and the retention live in queue_config."""
+    assert set(ReaperSettings.__dataclass_fields__) == {
+        "interval",
+        "batch_size",
+        "prune_batch",
+        "name",
+    }
 
 
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"heartbeat_timeout": 5}, "must be larger than the workers' --heartbeat-interval"),
         ({"interval": 0}, "must be greater than 0"),
         ({"batch_size": 0}, "--batch-size must be from 1"),
         ({"prune_batch": 10**6}, "--prune-batch must be from 1"),
-        ({"retain_failed": -1}, "must be >= 0"),
         ({"name": ""}, "--name"),
     ],
 )
 def test_settings_that_cannot_work_are_refused(changes: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        ReaperSettings(**changes).validate(heartbeat_interval=5)  # type: ignore[arg-type]
+        ReaperSettings(**changes).validate()  # type: ignore[arg-type]
 
 
 def test_summary_starts_with_the_four_keys_of_the_issue() -> None:
@@ -85,6 +96,9 @@ def test_summary_starts_with_the_four_keys_of_the_issue() -> None:
         "pruned_failed",
         "waiting_retries",
         "next_retry_at",
+        "heartbeat_timeout_s",
+        "retain_completed_s",
+        "retain_failed_s",
     ]
     assert summary["pruned"] == 7 and summary["duration_ms"] == 12.5
     assert summary["next_retry_at"] is None

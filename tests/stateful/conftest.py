@@ -8,7 +8,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from mobvibe.sql.migrate import migrate
+from tests.helpers import migrate_with_test_clock
 
 
 @pytest.fixture(scope="session")
@@ -16,5 +16,5 @@ def stateful_url(new_database: Any) -> str:
     """A migrated database used only by tests/stateful."""
     url: str = new_database("mobvibe_stateful")
     with psycopg.connect(url, autocommit=True) as conn:
-        migrate(conn)
+        migrate_with_test_clock(conn)
     return url

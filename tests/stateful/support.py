@@ -101,11 +101,12 @@ class Clocked:
 
 
 def reset(conn: psycopg.Connection[Any], *, jitter: float = 0.0) -> None:
-    """Empty the queue and set the suites' backoff schedule."""
+    """Empty the queue and set the suites' backoff schedule and heartbeat timeout."""
     conn.execute("TRUNCATE coding_jobs, coding_sessions, queue_reaper_runs RESTART IDENTITY")
     conn.execute(
-        "UPDATE queue_config SET backoff_base = %s, backoff_cap = %s, backoff_jitter = %s",
-        [BASE, CAP, jitter],
+        "UPDATE queue_config SET backoff_base = %s, backoff_cap = %s, backoff_jitter = %s,"
+        " heartbeat_timeout = %s",
+        [BASE, CAP, jitter, LEASE],
     )
 
 
@@ -127,17 +128,26 @@ def insert_job(
     run_at: datetime | None = None,
     created_at: datetime | None = None,
 ) -> tuple[uuid.UUID, datetime, datetime]:
-    """A plain INSERT, with created_at and run_at given or left to their now() defaults.
+    """A plain INSERT, with run_at given or left to its now() default; created_at, which
+    an INSERT may not give, moved afterwards by the owner in the same transaction.
 
     Returns (id, created_at, run_at) as the database stored them.
     """
-    row = conn.execute(
-        "INSERT INTO coding_jobs (session_id, prompt, priority, max_retries, run_at, created_at)"
-        " VALUES (%s, 'stateful test', %s, %s, coalesce(%s, now()), coalesce(%s, now()))"
-        " RETURNING id, created_at, run_at",
-        [session_id, priority, max_retries, run_at, created_at],
-    ).fetchone()
-    assert row is not None
+    with conn.transaction():
+        row = conn.execute(
+            "INSERT INTO coding_jobs (session_id, prompt, priority, max_retries, run_at)"
+            " VALUES (%s, 'stateful test', %s, %s, coalesce(%s, now()))"
+            " RETURNING id, created_at, run_at",
+            [session_id, priority, max_retries, run_at],
+        ).fetchone()
+        assert row is not None
+        if created_at is not None:
+            row = conn.execute(
+                "UPDATE coding_jobs SET created_at = %s WHERE id = %s"
+                " RETURNING id, created_at, run_at",
+                [created_at, row[0]],
+            ).fetchone()
+            assert row is not None
     return row[0], row[1], row[2]
 
 
@@ -154,9 +164,10 @@ def scalar(conn: psycopg.Connection[Any], statement: str, params: Iterable[Any])
 
 
 def reap(conn: psycopg.Connection[Any], batch_size: int = 100) -> list[tuple[Any, bool | None]]:
-    """One sweep of queue_reap_expired with the suites' timeout: [(job_id, will_retry)]."""
+    """One sweep of queue_reap_expired (the suites' timeout, LEASE, is configured by reset()):
+    [(job_id, will_retry)]."""
     rows = conn.execute(
-        "SELECT job_id, will_retry FROM queue_reap_expired(%s, %s)", [LEASE, batch_size]
+        "SELECT job_id, will_retry FROM queue_reap_expired(%s)", [batch_size]
     ).fetchall()
     return [(r[0], r[1]) for r in rows]
 

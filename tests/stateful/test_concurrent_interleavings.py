@@ -390,8 +390,11 @@ def test_concurrent_failures_of_one_job_are_each_counted(
     def fail(index: int) -> bool | None:
         conn = rig.workers[index].at(T0)
         pause(waits[index])
-        answer: bool | None = scalar(
-            conn, "SELECT fail_job(%s, %s, %s)", [job, f"error {index}", token if fenced else None]
+        # the worker's call carries the lease; the operator's (the plan's) has none
+        answer: bool | None = (
+            scalar(conn, "SELECT fail_job(%s, %s, %s)", [job, f"error {index}", token])
+            if fenced
+            else scalar(conn, "SELECT fail_job(%s, %s)", [job, f"error {index}"])
         )
         return answer
 
