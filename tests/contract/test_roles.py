@@ -1,0 +1,496 @@
+"""The role matrix: each of the four group roles may do exactly what its job includes.
+
+Every action any role may take is tried by every role, as a login role that is a
+member of the group and as a NOINHERIT login role that takes the group with SET
+ROLE (as Supabase's API does). Allowed: the action takes effect. Not allowed:
+insufficient_privilege, or a false or null answer with nothing changed.
+
+The database is one of its own, as in production: the test clock is off.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import conninfo, sql
+
+from mobvibe.sql.migrate import migrate
+from tests.contract.support import LoginRoles, scalar
+from tests.helpers import triggers_off
+
+ROLES = ("producer", "worker", "monitor", "operator")
+
+
+@dataclass(frozen=True)
+class Scene:
+    """The jobs every action starts from; ids and the live lease."""
+
+    session: uuid.UUID
+    pending: uuid.UUID  # due now
+    future: uuid.UUID  # pending, due in a day
+    running: uuid.UUID  # processing under worker w1, heartbeat just now
+    lease: uuid.UUID  # the running attempt's lease
+    expired: uuid.UUID  # processing under worker w2, silent for an hour
+    old_completed: uuid.UUID  # completed 8 days ago (retention: 7 days)
+    new_completed: uuid.UUID  # completed an hour ago
+    old_failed: uuid.UUID  # dead-lettered 40 days ago (retention: 30 days)
+    new_failed: uuid.UUID  # dead-lettered an hour ago
+
+
+SCENE = """
+INSERT INTO coding_jobs (id, session_id, prompt, status, run_at, retry_count, attempt,
+                         worker_id, lease_token, heartbeat_at, started_at, completed_at,
+                         error_message, end_reason) VALUES
+ (%(pending)s, %(session)s, 'due', 'pending', now() - interval '1 minute', 0, 0,
+  NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+ (%(future)s, %(session)s, 'later', 'pending', now() + interval '1 day', 0, 0,
+  NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+ (%(running)s, %(session)s, 'running', 'processing', now(), 0, 1,
+  'w1', %(lease)s, now(), now(), NULL, NULL, NULL),
+ (%(expired)s, %(session)s, 'silent', 'processing', now() - interval '2 hours', 0, 1,
+  'w2', gen_random_uuid(), now() - interval '1 hour', now() - interval '2 hours', NULL, NULL, NULL),
+ (%(old_completed)s, %(session)s, 'done long ago', 'completed', now(), 0, 1,
+  NULL, NULL, NULL, NULL, now() - interval '8 days', NULL, 'completed'),
+ (%(new_completed)s, %(session)s, 'done', 'completed', now(), 0, 1,
+  NULL, NULL, NULL, NULL, now() - interval '1 hour', NULL, 'completed'),
+ (%(old_failed)s, %(session)s, 'failed long ago', 'failed', now(), 3, 3,
+  NULL, NULL, NULL, NULL, now() - interval '40 days', 'boom', 'error'),
+ (%(new_failed)s, %(session)s, 'failed', 'failed', now(), 3, 3,
+  NULL, NULL, NULL, NULL, now() - interval '1 hour', 'boom', 'error');
+"""
+
+SNAPSHOT = """
+SELECT (SELECT coalesce(json_agg(j ORDER BY j.id), '[]') FROM coding_jobs j)::text,
+       (SELECT coalesce(json_agg(s ORDER BY s.id), '[]') FROM coding_sessions s)::text,
+       (SELECT coalesce(json_agg(c), '[]') FROM queue_config c)::text,
+       (SELECT coalesce(json_agg(r ORDER BY r.reaper), '[]') FROM queue_reaper_runs r)::text
+"""
+
+
+class Ctx:
+    """What an action sees: the role's connection, the owner's, and the scene."""
+
+    def __init__(self, conn: psycopg.Connection[Any], owner: psycopg.Connection[Any], scene: Scene):
+        self.conn, self.owner, self.scene = conn, owner, scene
+
+    def one(self, statement: str, *params: Any) -> Any:
+        return scalar(self.conn, statement, params)
+
+    def status(self, job: uuid.UUID) -> str | None:
+        row = self.owner.execute("SELECT status FROM coding_jobs WHERE id = %s", [job]).fetchone()
+        return None if row is None else str(row[0])
+
+    def exists(self, job: uuid.UUID) -> bool:
+        return self.status(job) is not None
+
+
+Action = Callable[[Ctx], bool]  # True: it took effect
+
+
+def insert_session(c: Ctx) -> bool:
+    c.conn.execute("INSERT INTO coding_sessions (id) VALUES (%s)", [uuid.uuid4()])
+    return True
+
+
+def insert_job(c: Ctx) -> bool:
+    c.conn.execute(
+        "INSERT INTO coding_jobs (session_id, prompt, priority, max_retries, run_at) "
+        "VALUES (%s, 'from a producer', 5, 2, now())",
+        [c.scene.session],
+    )
+    return True
+
+
+def insert_job_with_state(c: Ctx) -> bool:
+    c.conn.execute(
+        "INSERT INTO coding_jobs (session_id, prompt, status, completed_at) "
+        "VALUES (%s, 'born finished', 'completed', now())",
+        [c.scene.session],
+    )
+    return True
+
+
+def select_jobs(c: Ctx) -> bool:
+    return bool(c.conn.execute("SELECT id, prompt FROM coding_jobs").fetchall())
+
+
+def select_sessions(c: Ctx) -> bool:
+    return bool(c.conn.execute("SELECT id FROM coding_sessions").fetchall())
+
+
+def update_job(c: Ctx) -> bool:
+    c.conn.execute("UPDATE coding_jobs SET status = 'completed' WHERE id = %s", [c.scene.pending])
+    return c.status(c.scene.pending) == "completed"
+
+
+def delete_job(c: Ctx) -> bool:
+    c.conn.execute("DELETE FROM coding_jobs WHERE id = %s", [c.scene.old_failed])
+    return not c.exists(c.scene.old_failed)
+
+
+def update_session(c: Ctx) -> bool:
+    c.conn.execute("UPDATE coding_sessions SET status = 'failed'")
+    return True
+
+
+def claim(c: Ctx) -> bool:
+    row = c.conn.execute("SELECT job_id FROM claim_next_job('matrix')").fetchone()
+    return row is not None and row[0] == c.scene.pending
+
+
+def complete_with_lease(c: Ctx) -> bool:
+    return c.one("SELECT complete_job(%s, %s)", c.scene.running, c.scene.lease) is True
+
+
+def complete_with_null_lease(c: Ctx) -> bool:
+    c.one("SELECT complete_job(%s, NULL::uuid)", c.scene.running)
+    return c.status(c.scene.running) != "processing"
+
+
+def complete_without_lease(c: Ctx) -> bool:
+    return c.one("SELECT complete_job(%s)", c.scene.running) is True
+
+
+def fail_with_lease(c: Ctx) -> bool:
+    return c.one("SELECT fail_job(%s, 'x', %s)", c.scene.running, c.scene.lease) is not None
+
+
+def fail_with_null_lease(c: Ctx) -> bool:
+    c.one("SELECT fail_job(%s, 'x', NULL::uuid)", c.scene.running)
+    return c.status(c.scene.running) != "processing"
+
+
+def fail_without_lease(c: Ctx) -> bool:
+    return c.one("SELECT fail_job(%s, 'x')", c.scene.running) is not None
+
+
+def heartbeat(c: Ctx) -> bool:
+    return c.one("SELECT queue_heartbeat(%s, %s)", c.scene.running, c.scene.lease) is True
+
+
+def release(c: Ctx) -> bool:
+    return c.one("SELECT queue_release_job(%s, %s)", c.scene.running, c.scene.lease) is True
+
+
+def complete_and_claim(c: Ctx) -> bool:
+    row = c.conn.execute(
+        "SELECT completed, job_id FROM queue_complete_and_claim(%s, %s, 'matrix')",
+        [c.scene.running, c.scene.lease],
+    ).fetchone()
+    return row == (True, c.scene.pending)
+
+
+def claims_of_worker(c: Ctx) -> bool:
+    rows = c.conn.execute("SELECT job_id, lease_token FROM queue_claims_of_worker('w1')")
+    return rows.fetchall() == [(c.scene.running, c.scene.lease)]
+
+
+def reap(c: Ctx) -> bool:
+    """The expired attempt is requeued; the live one is not."""
+    rows = c.conn.execute("SELECT job_id FROM queue_reap_expired()").fetchall()
+    assert c.status(c.scene.running) == "processing", "a live attempt was reaped"
+    return rows == [(c.scene.expired,)] and c.status(c.scene.expired) == "pending"
+
+
+def reap_early(c: Ctx) -> bool:
+    """The attack: a live attempt (silent for a second) expired by a short timeout."""
+    c.conn.execute("SELECT * FROM queue_reap_expired(100000)")
+    return c.status(c.scene.running) != "processing"
+
+
+def prune(c: Ctx) -> bool:
+    """The finished jobs older than the retention go, the others stay."""
+    done = c.one("SELECT queue_prune('completed')")
+    failed = c.one("SELECT queue_prune('failed', 10)")
+    assert c.exists(c.scene.new_completed) and c.exists(c.scene.new_failed), "young jobs pruned"
+    return (done, failed) == (1, 1) and not c.exists(c.scene.old_completed)
+
+
+def purge(c: Ctx) -> bool:
+    deleted = c.one("SELECT queue_purge_failed('0 s')")
+    return deleted == 2 and not c.exists(c.scene.new_failed)
+
+
+def requeue(c: Ctx) -> bool:
+    return c.one("SELECT queue_requeue_failed(%s)", c.scene.old_failed) is True
+
+
+def record_reaper_run(c: Ctx) -> bool:
+    c.conn.execute("SELECT queue_record_reaper_run('matrix', 1, 0, 2)")
+    row = c.owner.execute("SELECT requeued, pruned FROM queue_reaper_runs").fetchone()
+    return row == (1, 2)
+
+
+def update_config(c: Ctx) -> bool:
+    cur = c.conn.execute(
+        "UPDATE queue_config SET backoff_base = '5 s', backoff_cap = '1 min', "
+        "backoff_jitter = 0, heartbeat_timeout = '40 s', retain_completed = '1 day', "
+        "retain_failed = NULL"
+    )
+    return cur.rowcount == 1
+
+
+def switch_test_clock(c: Ctx) -> bool:
+    c.conn.execute("UPDATE queue_config SET test_clock = true")
+    return True
+
+
+def move_clock(c: Ctx) -> bool:
+    """SET mobvibe.now far ahead, then claim and reap as far as the role may: did time move?"""
+    c.conn.execute("SET mobvibe.now = '2999-01-01 00:00:00+00'")
+    try:
+        moved = c.one("SELECT queue_now() > now() + interval '1 year'") is True
+        for call in (
+            "SELECT * FROM claim_next_job('matrix')",
+            "SELECT * FROM queue_reap_expired()",
+        ):
+            try:
+                c.conn.execute(call)
+            except psycopg.errors.InsufficientPrivilege:
+                pass
+        return (
+            moved
+            or c.status(c.scene.future) != "pending"
+            or c.status(c.scene.running) != "processing"
+        )
+    finally:
+        c.conn.execute("RESET mobvibe.now")
+
+
+def stats(c: Ctx) -> bool:
+    row = c.conn.execute("SELECT pending_count, failed_count FROM get_queue_stats()").fetchone()
+    return row == (2, 2)
+
+
+def next_run_at(c: Ctx) -> bool:
+    return c.one("SELECT queue_next_run_at()") is not None
+
+
+def settings(c: Ctx) -> bool:
+    row = c.conn.execute("SELECT schema_version, heartbeat_timeout FROM queue_settings()")
+    version, timeout = row.fetchone() or (None, None)
+    return version is not None and version >= 5 and timeout is not None
+
+
+def select_reaper_runs(c: Ctx) -> bool:
+    c.conn.execute("SELECT * FROM queue_reaper_runs").fetchall()
+    return True
+
+
+def select_migrations(c: Ctx) -> bool:
+    return bool(c.conn.execute("SELECT version FROM queue_migrations").fetchall())
+
+
+def select_config(c: Ctx) -> bool:
+    return bool(c.conn.execute("SELECT * FROM queue_config").fetchall())
+
+
+PRODUCER, WORKER, MONITOR, OPERATOR = ROLES
+NOBODY: frozenset[str] = frozenset()
+EVERYONE = frozenset(ROLES)
+
+# action -> the roles whose job includes it
+MATRIX: dict[Action, frozenset[str]] = {
+    insert_session: frozenset({PRODUCER, OPERATOR}),
+    insert_job: frozenset({PRODUCER, OPERATOR}),
+    insert_job_with_state: NOBODY,
+    select_jobs: frozenset({PRODUCER, WORKER, OPERATOR}),
+    select_sessions: frozenset({PRODUCER, OPERATOR}),
+    update_job: NOBODY,
+    delete_job: NOBODY,
+    update_session: NOBODY,
+    claim: frozenset({WORKER, OPERATOR}),
+    complete_with_lease: frozenset({WORKER, OPERATOR}),
+    complete_with_null_lease: NOBODY,
+    complete_without_lease: frozenset({OPERATOR}),
+    fail_with_lease: frozenset({WORKER, OPERATOR}),
+    fail_with_null_lease: NOBODY,
+    fail_without_lease: frozenset({OPERATOR}),
+    heartbeat: frozenset({WORKER, OPERATOR}),
+    release: frozenset({WORKER, OPERATOR}),
+    complete_and_claim: frozenset({WORKER, OPERATOR}),
+    claims_of_worker: frozenset({WORKER, OPERATOR}),
+    reap: frozenset({WORKER, OPERATOR}),
+    reap_early: NOBODY,
+    prune: frozenset({WORKER, OPERATOR}),
+    purge: frozenset({OPERATOR}),
+    requeue: frozenset({OPERATOR}),
+    record_reaper_run: frozenset({WORKER, OPERATOR}),
+    update_config: frozenset({OPERATOR}),
+    switch_test_clock: NOBODY,
+    move_clock: NOBODY,
+    stats: frozenset({WORKER, MONITOR, OPERATOR}),
+    next_run_at: frozenset({WORKER, MONITOR, OPERATOR}),
+    settings: EVERYONE,
+    select_reaper_runs: frozenset({WORKER, MONITOR, OPERATOR}),
+    select_migrations: frozenset({OPERATOR}),
+    select_config: frozenset({OPERATOR}),
+}
+
+
+@pytest.fixture(scope="module")
+def owner(new_database: Callable[..., str]) -> Iterator[psycopg.Connection[Any]]:
+    """The owner's connection to a database of the module's own (test clock off)."""
+    url = new_database("mobvibe_roles")
+    with psycopg.connect(url, autocommit=True) as conn:
+        migrate(conn)
+        yield conn
+
+
+@pytest.fixture(scope="module")
+def connections(
+    owner: psycopg.Connection[Any],
+) -> Iterator[dict[tuple[str, str], psycopg.Connection[Any]]]:
+    """(role, how) -> a connection acting as mobvibe_<role>: "member" logs in as a member,
+    "set role" logs in as a NOINHERIT member and runs SET ROLE."""
+    roles = LoginRoles(owner, owner.info.dsn)
+    conns: dict[tuple[str, str], psycopg.Connection[Any]] = {}
+    try:
+        for role in ROLES:
+            group = f"mobvibe_{role}"
+            conns[role, "member"] = psycopg.connect(roles.make(group), autocommit=True)
+            taking = psycopg.connect(roles.make(group, inherit=False), autocommit=True)
+            taking.execute(f"SET ROLE {group}")
+            conns[role, "set role"] = taking
+        yield conns
+    finally:
+        for conn in conns.values():
+            conn.close()
+        roles.drop()
+
+
+@pytest.fixture
+def scene(owner: psycopg.Connection[Any]) -> Scene:
+    owner.execute("TRUNCATE coding_jobs, coding_sessions, queue_reaper_runs")
+    owner.execute(
+        "UPDATE queue_config SET backoff_base = DEFAULT, backoff_cap = DEFAULT, "
+        "backoff_jitter = DEFAULT, heartbeat_timeout = DEFAULT, retain_completed = DEFAULT, "
+        "retain_failed = DEFAULT, test_clock = false"
+    )
+    ids = {name: uuid.uuid4() for name in Scene.__dataclass_fields__}
+    owner.execute("INSERT INTO coding_sessions (id) VALUES (%s)", [ids["session"]])
+    with triggers_off(owner):
+        owner.execute(SCENE, ids)
+    return Scene(**ids)
+
+
+def snapshot(owner: psycopg.Connection[Any]) -> tuple[str, ...]:
+    row = owner.execute(SNAPSHOT).fetchone()
+    assert row is not None
+    return tuple(row)
+
+
+@pytest.mark.parametrize("how", ["member", "set role"])
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("action", list(MATRIX), ids=[a.__name__ for a in MATRIX])
+def test_a_role_may_do_exactly_what_its_job_includes(
+    action: Action,
+    role: str,
+    how: str,
+    scene: Scene,
+    owner: psycopg.Connection[Any],
+    connections: dict[tuple[str, str], psycopg.Connection[Any]],
+) -> None:
+    conn = connections[role, how]
+    if how == "set role":
+        assert scalar(conn, "SELECT current_user", ()) == f"mobvibe_{role}"
+    before = snapshot(owner)
+    try:
+        took_effect = action(Ctx(conn, owner, scene))
+    except psycopg.errors.InsufficientPrivilege:
+        assert snapshot(owner) == before, "a refused call changed something"
+        took_effect = False
+    allowed = role in MATRIX[action]
+    assert took_effect is allowed, (
+        f"mobvibe_{role} ({how}) {'could not' if allowed else 'could'} {action.__name__}"
+    )
+    if not allowed:
+        assert snapshot(owner) == before or action in (reap_early, move_clock, prune), (
+            "a refused call changed something"
+        )
+
+
+def test_a_login_role_with_no_group_may_do_nothing(
+    scene: Scene, owner: psycopg.Connection[Any]
+) -> None:
+    roles = LoginRoles(owner, owner.info.dsn)
+    try:
+        with psycopg.connect(roles.make(), autocommit=True) as stranger:
+            before = snapshot(owner)
+            for action in MATRIX:
+                try:
+                    assert action(Ctx(stranger, owner, scene)) is False, action.__name__
+                except psycopg.errors.InsufficientPrivilege:
+                    pass
+            assert snapshot(owner) == before
+    finally:
+        roles.drop()
+
+
+SUPABASE_ROLES = ("anon", "authenticated", "service_role")
+
+
+@pytest.mark.skipif(
+    bool(os.environ.get("TEST_DATABASE_URL")),
+    reason="makes Supabase's cluster-wide roles: only on the private embedded server",
+)
+def test_supabase_service_role_becomes_an_operator_and_the_api_roles_keep_nothing(
+    new_database: Callable[..., str],
+) -> None:
+    url = new_database("mobvibe_supabase")
+    api_roles = sql.SQL(", ").join(map(sql.Identifier, SUPABASE_ROLES))
+    with psycopg.connect(url, autocommit=True) as owner:
+        for name in SUPABASE_ROLES:
+            owner.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
+        try:
+            # Supabase's default privileges: everything in public to the API roles
+            for kind in ("TABLES", "FUNCTIONS"):
+                owner.execute(
+                    sql.SQL(
+                        "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON {} TO {}"
+                    ).format(sql.SQL(kind), api_roles)
+                )
+            owner.execute("CREATE PUBLICATION supabase_realtime")
+            migrate(owner)
+            as_user = {name: conninfo.make_conninfo(url, user=name) for name in SUPABASE_ROLES}
+            with psycopg.connect(as_user["service_role"], autocommit=True) as service:
+                # the plan's edge functions: a plain INSERT, then the token-less calls
+                session = scalar(
+                    service,
+                    "INSERT INTO coding_sessions (id) VALUES (gen_random_uuid()) RETURNING id",
+                    (),
+                )
+                job = scalar(
+                    service,
+                    "INSERT INTO coding_jobs (session_id, prompt, priority) VALUES (%s, 'x', 1) "
+                    "RETURNING id",
+                    (session,),
+                )
+                assert scalar(service, "SELECT fail_job(%s, 'edge')", (job,)) is True
+                assert scalar(service, "SELECT complete_job(%s)", (job,)) is True
+                assert scalar(service, "SELECT completed_count FROM get_queue_stats()", ()) == 1
+            for end_user in ("anon", "authenticated"):
+                with psycopg.connect(as_user[end_user], autocommit=True) as conn:
+                    for call in (
+                        "SELECT * FROM claim_next_job()",
+                        "SELECT complete_job(gen_random_uuid())",
+                        "SELECT * FROM get_queue_stats()",
+                        "SELECT * FROM queue_settings()",
+                        "SELECT count(*) FROM coding_jobs",
+                        "SELECT count(*) FROM queue_config",
+                    ):
+                        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                            conn.execute(call)
+        finally:
+            owner.execute(sql.SQL("DROP OWNED BY {}").format(api_roles))
+            owner.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = ANY(%s)",
+                [list(SUPABASE_ROLES)],
+            )
+            owner.execute(sql.SQL("DROP ROLE {}").format(api_roles))
