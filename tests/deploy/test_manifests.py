@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -12,10 +13,12 @@ import yaml
 
 from mobvibe.supervisor.settings import HEARTBEAT_TIMEOUT_DEFAULT, SHUTDOWN_TIMEOUT_DEFAULT
 from tests.deploy.support import (
+    COMPOSE,
     IMAGE_USER,
     KEDA_API,
     KUBE,
     KUBERNETES_VERSION,
+    ROOT,
     applied,
     documents,
     kustomization,
@@ -26,6 +29,8 @@ from tests.deploy.support import (
     tool,
     workloads,
 )
+
+MIGRATIONS = ROOT / "sql" / "migrations"
 
 CORE_MANIFESTS = [
     p for p in manifest_files() if all(d["apiVersion"] != KEDA_API for d in documents(p))
@@ -171,18 +176,44 @@ def test_reaper_cronjob_sweeps_once_a_minute_without_overlap() -> None:
     assert len(cron["metadata"]["name"]) <= 52
 
 
-def test_reaper_and_supervisor_share_one_heartbeat_timeout() -> None:
-    def timeout(obj: dict[str, Any]) -> float:
-        container = pod_spec(obj)["containers"][0]
-        from_args = option(container.get("args", []), "--heartbeat-timeout")
-        if from_args is not None:
-            return float(from_args.rstrip("s"))
-        settings = {}
-        for source in container.get("envFrom", []):
-            settings.update(one("ConfigMap", source["configMapRef"]["name"])["data"])
-        return float(settings.get("MOBVIBE_HEARTBEAT_TIMEOUT", HEARTBEAT_TIMEOUT_DEFAULT))
+# Options the reaper had before the database held its limits (`mobvibe-queue config`).
+REAPER_REMOVED = (
+    "--heartbeat-timeout",
+    "--heartbeat-interval",
+    "--retain-completed",
+    "--retain-failed",
+)
 
-    assert timeout(one("CronJob")) == timeout(one("Deployment"))
+
+def database_heartbeat_timeout() -> float:
+    """queue_config.heartbeat_timeout's default, as the migration declares it."""
+    text = (MIGRATIONS / "0005_least_privilege.sql").read_text()
+    found = re.search(r"heartbeat_timeout interval NOT NULL DEFAULT '(\d+) seconds'", text)
+    assert found, "the migration no longer declares the heartbeat timeout's default"
+    return float(found.group(1))
+
+
+def test_no_reaper_is_given_an_option_that_moved_to_the_database() -> None:
+    reapers = [pod_spec(one("CronJob"))["containers"][0].get("args", [])]
+    reapers.append(documents(COMPOSE)[0]["services"]["reaper"].get("command", []))
+    for args in reapers:
+        assert [a for a in args if a.split("=")[0] in REAPER_REMOVED] == [], args
+
+
+def test_the_supervisors_fence_matches_the_databases_heartbeat_timeout() -> None:
+    """The reaper requeues after the database's timeout; a worker must stop its job two
+    heartbeats before that, by the supervisor's --heartbeat-timeout (MOBVIBE_HEARTBEAT_TIMEOUT)."""
+    container = pod_spec(one("Deployment"))["containers"][0]
+    from_args = option(container.get("args", []), "--heartbeat-timeout")
+    settings: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        settings.update(one("ConfigMap", source["configMapRef"]["name"])["data"])
+    supervisor = float(
+        (
+            from_args or settings.get("MOBVIBE_HEARTBEAT_TIMEOUT", str(HEARTBEAT_TIMEOUT_DEFAULT))
+        ).rstrip("s")
+    )
+    assert supervisor == database_heartbeat_timeout() == HEARTBEAT_TIMEOUT_DEFAULT
 
 
 def test_migration_job_runs_migrate_as_the_owner() -> None:
