@@ -18,16 +18,19 @@ from dataclasses import dataclass, field
 
 from mobvibe import clock, metrics
 from mobvibe.logs import event
-from mobvibe.supervisor import children, policy
+from mobvibe.supervisor import children, contain, policy
 from mobvibe.supervisor.children import Exit
 from mobvibe.supervisor.policy import EXIT_CRASH_LOOP, CrashLoop, RestartDelays
 from mobvibe.supervisor.rescue import Rescuer
 from mobvibe.supervisor.settings import Settings
-from mobvibe.supervisor.slots import Slots
+from mobvibe.supervisor.slots import Holding, Slots
 
 log = logging.getLogger(__name__)
 TICK = 0.25
 RELEASE_GRACE = 3.0  # after USR1 ("release now"), how long before KILL
+# How long the processes of a dead worker's job may take to die after SIGKILL
+# before its rescue goes ahead anyway (only a process stuck in the kernel lasts).
+END_ATTEMPT_DEADLINE = 5.0
 
 
 @dataclass
@@ -78,6 +81,9 @@ class Arbiter:
     def run(self) -> int:
         """Run until stopped; return the exit code of the supervisor."""
         self._install_signals()
+        # The orphans of every job's processes come back here when their worker
+        # is gone (contain.py): the loop kills the children it does not know.
+        contain.become_subreaper()
         for name in self.aux:
             self.spawn_aux(name)
         event(
@@ -92,11 +98,13 @@ class Arbiter:
             self.slots.tick(clock.monotonic(), self.workers_alive())
             self.wait()
             self.reap()
+            contain.kill_strays(self.children)
             self.murder()
             self.roll()
             self.check_drain()
             if self.stopping and not self.children:
                 break
+        contain.kill_strays(())
         event(
             log, logging.INFO, "supervisor_stopped", "supervisor stopped", exit_code=self.exit_code
         )
@@ -198,12 +206,14 @@ class Arbiter:
             log,
             logging.INFO if cause in ("clean", "recycled") else logging.WARNING,
             "worker_exited",
-            f"worker exited: {how.describe}",
+            f"worker exited: {policy.describe_exit(how, child.killed_for)}",
             worker_index=child.index,
             worker_pid=child.pid,
             cause=cause,
             holding=str(holding.job_id) if holding else None,
         )
+        if holding is not None:
+            self._end_attempt(holding)
         reason = policy.rescue_reason(how, child.killed_for)
         if holding is not None and reason is not None:
             message = policy.rescue_message(how, child.killed_for, self.settings.job_timeout)
@@ -211,6 +221,19 @@ class Arbiter:
         if policy.is_crash(cause):
             self.rescuer.release_unstarted(self.settings.worker_id(child.index, child.pid), holding)
         self._schedule_restart(child, cause, holding.job_id if holding else None)
+
+    def _end_attempt(self, holding: Holding) -> None:
+        """Kill what runs of a dead worker's job before the job can run anywhere again."""
+        deadline = clock.monotonic() + END_ATTEMPT_DEADLINE
+        if not contain.end_attempt(holding.pgid, self.children, 0.0, deadline):
+            event(
+                log,
+                logging.ERROR,
+                "attempt_processes_survived",
+                "processes of a dead worker's job outlived SIGKILL; rescuing the job anyway",
+                job_id=str(holding.job_id),
+                pgid=holding.pgid,
+            )
 
     def _schedule_restart(self, child: Child, cause: str, job_id: uuid.UUID | None) -> None:
         if self.stopping:

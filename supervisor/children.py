@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -13,9 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mobvibe import metrics
+from mobvibe.supervisor import contain
 
 log = logging.getLogger(__name__)
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -32,11 +31,18 @@ class Exit:
         return cls(os.WEXITSTATUS(status), None)
 
     @property
+    def describe_signal(self) -> str:
+        """`signal 9 (SIGKILL)`; empty for an exit code."""
+        if self.signal is None:
+            return ""
+        return f"signal {self.signal} ({signal.Signals(self.signal).name})"
+
+    @property
     def describe(self) -> str:
+        """How the child ended, for a log line; a KILL nobody here sent hints at the OOM killer."""
         if self.signal is not None:
-            name = signal.Signals(self.signal).name
             hint = " (out of memory?)" if self.signal == signal.SIGKILL else ""
-            return f"signal {self.signal} ({name}){hint}"
+            return f"{self.describe_signal}{hint}"
         return f"exit code {self.code}"
 
 
@@ -80,13 +86,5 @@ def _child_setup(close_fds: tuple[int, ...]) -> None:
     for fd in close_fds:
         with contextlib.suppress(OSError):
             os.close(fd)
-    _die_with_parent(signal.SIGUSR1)
-
-
-def _die_with_parent(sig: int) -> None:
-    """Ask the kernel to send `sig` when the parent dies, so no worker runs unsupervised."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
+    # No worker runs unsupervised: the parent's death tells it to release its job now.
+    contain.die_with_parent(signal.SIGUSR1)

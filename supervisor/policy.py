@@ -96,7 +96,8 @@ def aux_restart_delay(ran_for: float, previous: float | None) -> float:
     # start waits longer each time (up to a minute).
     if ran_for > AUX_STEADY_AFTER:
         return 0.0
-    return min(AUX_DELAY_MAX, 2 * (AUX_DELAY_START if previous is None else previous))
+    # After a run that reset it to 0, the doubling starts over.
+    return min(AUX_DELAY_MAX, 2 * (previous or AUX_DELAY_START))
 
 
 def kill_reason(
@@ -147,4 +148,11 @@ def rescue_message(how: Exit, killed_for: str | None, job_timeout: float) -> str
         return "worker stopped renewing the lease"
     if killed_for == "released":
         return "released at shutdown"
-    return f"worker exited ({how.describe})"
+    return f"worker exited ({describe_exit(how, killed_for)})"
+
+
+def describe_exit(how: Exit, killed_for: str | None) -> str:
+    """How a worker ended, saying who killed it when the supervisor did."""
+    if killed_for and how.signal is not None:
+        return f"{how.describe_signal}, sent by the supervisor ({killed_for})"
+    return how.describe

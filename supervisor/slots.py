@@ -15,15 +15,16 @@ import uuid
 import zlib
 from dataclasses import dataclass
 
-# seq, then pid, job_id, lease_token, attempt, started (monotonic) and a CRC-32
-# of those fields, then outside the seqlock the last good heartbeat (monotonic),
-# written only by the heartbeat thread: one aligned 8-byte store.
+# seq, then pid, job_id, lease_token, attempt, started (monotonic), the process
+# group of the job's command (0: none) and a CRC-32 of those fields, then
+# outside the seqlock the last good heartbeat (monotonic), written only by the
+# heartbeat thread: one aligned 8-byte store.
 # The sequence number and the heartbeat use the native format: struct's
 # standard ("=") formats read and write 8-byte integers one byte at a time, so
 # a reader could see half of a new sequence number. The checksum makes a torn
 # copy of the fields detectable whatever order the stores become visible in.
 _SEQ = struct.Struct("Q")
-_FIELDS = struct.Struct("=q16s16sqd")
+_FIELDS = struct.Struct("=q16s16sqdq")
 _CRC = struct.Struct("=I")
 _BODY = _FIELDS.size + _CRC.size
 _HEARTBEAT = struct.Struct("d")
@@ -43,6 +44,7 @@ class Holding:
     attempt: int
     started: float
     heartbeat_ok: float
+    pgid: int = 0  # the process group of the job's command, once it has started
 
 
 class Slots:
@@ -56,10 +58,17 @@ class Slots:
         return _HEADER.size + _SLOT_SIZE * index
 
     def _write(
-        self, index: int, pid: int, job: bytes, lease: bytes, attempt: int, started: float
+        self,
+        index: int,
+        pid: int,
+        job: bytes,
+        lease: bytes,
+        attempt: int,
+        started: float,
+        pgid: int = 0,
     ) -> None:
         offset = self._offset(index)
-        fields = _FIELDS.pack(pid, job, lease, attempt, started)
+        fields = _FIELDS.pack(pid, job, lease, attempt, started, pgid)
         body = fields + _CRC.pack(zlib.crc32(fields))
         seq = _SEQ.unpack_from(self._map, offset)[0]
         _SEQ.pack_into(self._map, offset, seq + 1)  # odd: write in progress
@@ -76,10 +85,23 @@ class Slots:
         lease_token: uuid.UUID,
         attempt: int,
         now: float,
-    ) -> None:
-        """Worker `index` starts job `job_id` under `lease_token`."""
+    ) -> Holding:
+        """Worker `index` starts job `job_id` under `lease_token`; what its slot now says."""
         self.heartbeat_ok(index, now)
         self._write(index, pid, job_id.bytes, lease_token.bytes, attempt, now)
+        return Holding(job_id, lease_token, attempt, now, now)
+
+    def group_started(self, index: int, pid: int, holding: Holding, pgid: int) -> None:
+        """The command of the job worker `index` holds runs in process group `pgid`."""
+        self._write(
+            index,
+            pid,
+            holding.job_id.bytes,
+            holding.lease_token.bytes,
+            holding.attempt,
+            holding.started,
+            pgid,
+        )
 
     def release(self, index: int, pid: int) -> None:
         """Worker `index` holds no job any more."""
@@ -109,11 +131,16 @@ class Slots:
                 and before % 2 == 0
                 and _CRC.unpack_from(body, _FIELDS.size)[0] == zlib.crc32(fields)
             ):
-                _pid, job, lease, attempt, started = _FIELDS.unpack(fields)
+                _pid, job, lease, attempt, started, pgid = _FIELDS.unpack(fields)
                 if job == _EMPTY_UUID:
                     return None
                 return Holding(
-                    uuid.UUID(bytes=job), uuid.UUID(bytes=lease), attempt, started, heartbeat_ok
+                    uuid.UUID(bytes=job),
+                    uuid.UUID(bytes=lease),
+                    attempt,
+                    started,
+                    heartbeat_ok,
+                    pgid,
                 )
         return None
 

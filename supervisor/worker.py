@@ -18,14 +18,16 @@ from mobvibe.logs import event
 from mobvibe.sql import db, store
 from mobvibe.sql.jobs import Job
 from mobvibe.sql.notify import listen
-from mobvibe.supervisor import finish
+from mobvibe.supervisor import contain, finish
 from mobvibe.supervisor.handlers import Aborted, Handler, Outcome
 from mobvibe.supervisor.heartbeat import Heartbeat
 from mobvibe.supervisor.policy import EXIT_FENCED, EXIT_LEASE_LOST, EXIT_OK
 from mobvibe.supervisor.settings import Settings
-from mobvibe.supervisor.slots import Slots
+from mobvibe.supervisor.slots import Holding, Slots
 
 log = logging.getLogger(__name__)
+RELEASED = Outcome(False, "released at shutdown", "released")
+LEASE_LOST = Outcome(False, "the job's lease was taken away", "lease_lost")
 
 RECONNECT_DELAY_MAX = 5.0
 IDLE_RECHECK = 0.1  # a due job that another transaction holds: look again soon
@@ -50,6 +52,7 @@ class Worker:
         self.current: Job | None = None
         self.in_handler = False
         self.lost_reason: str | None = None
+        self.holding: Holding | None = None
         self._wakeup_r, self._wakeup_w = os.pipe()
         self.heartbeat = Heartbeat(
             settings.database_url,
@@ -64,6 +67,9 @@ class Worker:
     def run(self) -> int:
         """Work until told to stop; return the process exit code."""
         self._install_signals()
+        # Processes a job leaves behind come back to us, not to init: the end of
+        # each attempt kills them (contain.py).
+        contain.become_subreaper()
         self.heartbeat.start()
         event(log, logging.INFO, "worker_started", "worker ready", worker=self.worker_id)
         job: Job | None = None
@@ -124,13 +130,14 @@ class Worker:
 
     def _on_release(self, signum: int, frame: Any) -> None:
         self.stopping = self.releasing = True
-        if self.current is not None and not self.handler.abort() and self.in_handler:
+        if self.current is not None and not self.handler.abort(RELEASED) and self.in_handler:
             raise Aborted("released at shutdown")
 
     def _on_lost(self, reason: str) -> None:
         """From the heartbeat thread: the running job is no longer ours."""
         self.lost_reason = reason
-        if not self.handler.abort():
+        # At once, not after a grace: the next attempt may start elsewhere soon.
+        if not self.handler.abort(LEASE_LOST, grace=0.0):
             # A Python handler cannot be stopped from another thread: end the
             # process; the parent starts a fresh worker.
             os._exit(EXIT_LEASE_LOST if reason == "lease_lost" else EXIT_FENCED)
@@ -228,7 +235,7 @@ class Worker:
     def _process(self, job: Job) -> Job | None:
         """Run `job` and finish it; return the next job when the finish claimed one."""
         self.current, self.lost_reason = job, None
-        self.slots.hold(
+        self.holding = self.slots.hold(
             self.index, self.pid, job.id, job.lease_token, job.attempt, clock.monotonic()
         )
         self.heartbeat.track(job.id, job.lease_token)
@@ -260,17 +267,22 @@ class Worker:
         )
         self.in_handler = True
         try:
-            return self.handler.run(job, started + timeout if timeout else None)
+            return self.handler.run(job, started + timeout if timeout else None, self._on_group)
         except Aborted:
-            return Outcome(False, "released at shutdown", "released")
+            return RELEASED
         finally:
             self.in_handler = False
 
+    def _on_group(self, pgid: int) -> None:
+        """The job's command started in process group `pgid`: the parent kills it if we die."""
+        if self.holding is not None:
+            self.slots.group_started(self.index, self.pid, self.holding, pgid)
+
     def _finish(self, job: Job, outcome: Outcome, duration: float) -> Job | None:
         if self.releasing and not outcome.ok:
-            outcome = Outcome(False, "released at shutdown", "released")
+            outcome = RELEASED
         if self.lost_reason is not None:
-            outcome = Outcome(False, "the job's lease was taken away", "lease_lost")
+            outcome = LEASE_LOST
         chain = outcome.ok and not self.stopping and not self._recycle_due()
         return finish.finish_job(
             self._db,

@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -35,21 +35,10 @@ from tests.processes.conftest import FAST, Running
 HANDLER = ["--handler", "tests.faults.handlers:run"]
 # FAST, with room for a loaded 2-core machine: a heartbeat gap of 1.5 s under
 # load would be a lease lost for no fault of the test's.
-QUICK = [*FAST, "--log-level", "info", "--heartbeat-timeout", "3", "--reaper-interval", "0.5"]
+QUICK = [*FAST, "--log-level", "info", "--reaper-interval", "0.5"]
+QUICK_TIMEOUT = 3.0
 KILL_EVERY = 1.0
 STORM_JOBS = 5000
-
-
-@pytest.fixture
-def report(capsys: pytest.CaptureFixture[str]) -> Callable[..., None]:
-    """report(name, figure=value, ...) prints the test's figures past pytest's capture."""
-
-    def say(name: str, **figures: Any) -> None:
-        line = " ".join(f"{key}={value}" for key, value in figures.items())
-        with capsys.disabled():
-            print(f"\nFAULT {name}: {line}")
-
-    return say
 
 
 def set_backoff(conn: psycopg.Connection[Any], base: str = "0.1 s", cap: str = "0.5 s") -> None:
@@ -167,8 +156,8 @@ def all_completed_once_or_explained(
 
 
 def log_time(record: dict[str, Any]) -> float:
-    """A JSON log record's time (logging's local asctime, to the millisecond) as time.time()."""
-    return datetime.strptime(record["time"], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    """A JSON log record's time (ISO 8601 UTC, to the millisecond) as time.time()."""
+    return datetime.fromisoformat(record["time"]).timestamp()
 
 
 # -- 1. kill -9 storm ------------------------------------------------------------
@@ -189,7 +178,14 @@ def test_kill_9_storm_while_5000_jobs_drain_loses_nothing(
     # Each kill is a crash to the arbiter: more than --crash-loop-limit of them
     # a minute would stop the supervisor, as designed for a real crash loop.
     running = supervisor(
-        "--workers", "4", "--drain", "--crash-loop-limit", "100000", *HANDLER, *QUICK
+        "--workers",
+        "4",
+        "--drain",
+        "--crash-loop-limit",
+        "100000",
+        *HANDLER,
+        *QUICK,
+        heartbeat_timeout=QUICK_TIMEOUT,
     )
     killed: set[int] = set()
     pick = random.Random(STORM_JOBS)
@@ -221,7 +217,7 @@ def test_kill_9_storm_while_5000_jobs_drain_loses_nothing(
     unstarted = failures_that_never_started(conn, runs, running)
     # what the supervisor gave back as never started, its dead worker indeed never ran
     given_back = {
-        (e.get("job_id"), int(str(e.get("worker")).rsplit(":", 1)[-1]))
+        (e.get("job_id"), int(str(e.get("worker")).split(":")[2]))  # host:index:pid:instance
         for e in running.events("unstarted_job_released")
     }
     ran_anyway = [run for run in runs if (run.job_id, run.pid) in given_back]
@@ -263,7 +259,9 @@ def test_every_connection_terminated_mid_run(
     log = tmp_path / "executions"
     session = queue.create_session()
     ids = {str(i) for i in queue.enqueue_many([NewJob(f"rec:{log}:0.005", session)] * 1500)}
-    running = supervisor("--workers", "4", "--drain", *HANDLER, *QUICK)
+    running = supervisor(
+        "--workers", "4", "--drain", *HANDLER, *QUICK, heartbeat_timeout=QUICK_TIMEOUT
+    )
     wait_for(lambda: completed(conn) >= 300, timeout=60, message="300 jobs completed")
     done_before = completed(conn)
     # Every backend of the test database but this one: the workers' claim and
@@ -345,11 +343,10 @@ def test_postgres_immediate_stop_and_restart_mid_run(
         str(POLL),
         "--heartbeat-interval",
         "0.5",
-        "--heartbeat-timeout",
-        "10",
         "--reaper-interval",
         "0.5",
         url=url,
+        heartbeat_timeout=None,  # a new database: --migrate makes it, with the default 30 s
     )
     with JobQueue(url) as queue:
         session = queue.create_session()
@@ -420,8 +417,7 @@ def test_jobs_start_within_the_poll_interval_when_notifications_are_lost(
         str(SILENT_POLL),
         "--heartbeat-interval",
         "0.2",
-        "--heartbeat-timeout",
-        "3",
+        heartbeat_timeout=3,
     )
     running.wait_workers(2)
     # A silently dropped LISTEN connection looks, to the worker, like no
@@ -493,7 +489,9 @@ def test_poison_jobs_are_dead_lettered_and_the_others_complete(
     started = time.monotonic()
     # the default --crash-loop-limit (10 a minute): the 12 crashes of four poison
     # jobs count once per job, so they are no crash loop
-    running = supervisor("--workers", "2", "--drain", *HANDLER, *QUICK)
+    running = supervisor(
+        "--workers", "2", "--drain", *HANDLER, *QUICK, heartbeat_timeout=QUICK_TIMEOUT
+    )
     code = running.wait_exit(60)
     jobs = [job for p in poisons if (job := queue.get(p)) is not None]
     deaths = [e for e in running.events("worker_exited") if e.get("cause") == "signal"]
@@ -528,7 +526,14 @@ def test_a_hung_job_is_ended_by_the_job_timeout(
     log = tmp_path / "executions"
     hung, others = bad_job_among_others(queue, f"hang:{log}", 150, log, 2)
     running = supervisor(
-        "--workers", "2", "--drain", "--job-timeout", str(JOB_TIMEOUT), *HANDLER, *QUICK
+        "--workers",
+        "2",
+        "--drain",
+        "--job-timeout",
+        str(JOB_TIMEOUT),
+        *HANDLER,
+        *QUICK,
+        heartbeat_timeout=QUICK_TIMEOUT,
     )
     assert running.wait_exit(60) == 0, running.log()[-3000:]
     job = queue.get(hung)

@@ -1,0 +1,316 @@
+"""An attempt's processes end with the attempt, however it ends: never two runs of a job at once.
+
+Each job runs tests/faults/tree_job.py, which leaves a child and a `setsid`
+grandchild behind and has every process record when it ran (the ledger). The
+faults: kill -9 of workers while they run jobs, a frozen worker (SIGSTOP), and
+kill -9 of the supervisor's parent. The oracle: for every job, no two attempts'
+processes ever ran at the same time, and when the test ends no process of any
+job is left.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import secrets
+import signal
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import conninfo, sql
+
+from mobvibe.client import JobQueue
+from mobvibe.sql.jobs import NewJob
+from tests.helpers import count, wait_for
+from tests.processes.conftest import Running
+
+ROOT = Path(__file__).resolve().parents[2]
+TREE_JOB = f"{sys.executable} {ROOT / 'tests' / 'faults' / 'tree_job.py'} main"
+
+
+@dataclass(frozen=True)
+class Run:
+    """When the processes of one attempt of a job first and last ran."""
+
+    job_id: str
+    attempt: int
+    first: float
+    last: float
+    processes: int
+
+
+def ledger_runs(ledger: Path) -> list[Run]:
+    spans: dict[tuple[str, int], list[float]] = defaultdict(list)
+    procs: dict[tuple[str, int], int] = defaultdict(int)
+    for path in ledger.iterdir():
+        job_id, attempt, _role, _pid = path.name.split(".")
+        times = [float(line) for line in path.read_text().split()]
+        if times:
+            spans[job_id, int(attempt)] += [min(times), max(times)]
+            procs[job_id, int(attempt)] += 1
+    return [Run(j, a, min(t), max(t), procs[j, a]) for (j, a), t in spans.items()]
+
+
+def overlaps(runs: list[Run]) -> list[tuple[Run, Run]]:
+    """Pairs of attempts of one job whose processes ran at the same time."""
+    per_job: dict[str, list[Run]] = defaultdict(list)
+    for run in runs:
+        per_job[run.job_id].append(run)
+    found = []
+    for job_runs in per_job.values():
+        ordered = sorted(job_runs, key=lambda r: r.first)
+        found += [(a, b) for a, b in itertools.pairwise(ordered) if b.first <= a.last]
+    return found
+
+
+def job_processes(ledger: Path, *, roles_only: bool = False) -> list[int]:
+    """Live processes of this test's jobs (found by the ledger in their environment): every
+    one, the shells included, or only those of tree_job.py's roles."""
+    marker = f"TEST_LEDGER={ledger}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as environ:
+                if marker not in environ.read().split(b"\0"):
+                    continue
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                argv = cmdline.read()
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                zombie = stat.read().rpartition(b")")[2].split()[0] == b"Z"
+        except OSError:
+            continue
+        if zombie or b"mobvibe-supervisor" in argv:  # the supervisor has the marker too
+            continue
+        if not roles_only or b"tree_job.py\0" in argv:
+            found.append(int(entry))
+    return found
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "ledger"
+    path.mkdir()
+    yield path
+    for pid in job_processes(path):  # never leave a process behind, even when failing
+        os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def tree_supervisor(
+    supervisor: Callable[..., Running], ledger: Path, conn: psycopg.Connection[Any]
+) -> Callable[..., Running]:
+    conn.execute("UPDATE queue_config SET backoff_base = '0.1 s', backoff_cap = '0.2 s'")
+
+    def start(*args: str) -> Running:
+        return supervisor(
+            "--exec",
+            TREE_JOB,
+            "--exec-env",
+            "TEST_LEDGER",
+            "--log-level",
+            "info",
+            "--poll-interval",
+            "0.5",
+            "--heartbeat-interval",
+            "0.3",
+            "--reaper-interval",
+            "0.5",
+            "--shutdown-timeout",
+            "5",
+            *args,
+            env={"TEST_LEDGER": str(ledger)},
+            heartbeat_timeout=3,
+        )
+
+    return start
+
+
+def queue_jobs_shorter(conn: psycopg.Connection[Any]) -> None:
+    """The next attempts run 1 s (the prompt is the job's own; the owner may change it)."""
+    conn.execute("UPDATE coding_jobs SET prompt = 'tree:1' WHERE status = 'pending'")
+
+
+def holding_workers(running: Running, conn: psycopg.Connection[Any]) -> list[int]:
+    """Pids of the workers whose job's command runs now."""
+    rows = conn.execute("SELECT worker_id FROM coding_jobs WHERE status = 'processing'")
+    held = {int(worker.split(":")[2]) for (worker,) in rows if worker}
+    return sorted(held & running.worker_pids())
+
+
+def test_no_two_runs_of_a_job_overlap_under_a_kill_storm_and_a_frozen_worker(
+    queue: JobQueue,
+    conn: Any,
+    tree_supervisor: Callable[..., Running],
+    ledger: Path,
+    report: Callable[..., None],
+) -> None:
+    jobs = queue.enqueue_many([NewJob("tree:1.5", max_retries=30) for _ in range(12)])
+    running = tree_supervisor("--workers", "3", "--drain")
+    pick = random.Random(11)
+    kills = stops = 0
+    deadline = time.monotonic() + 60
+    while running.proc.poll() is None and time.monotonic() < deadline:
+        victims = holding_workers(running, conn)
+        if victims and kills < 8:
+            victim = pick.choice(victims)
+            if kills == 3 and stops == 0:
+                os.kill(victim, signal.SIGSTOP)  # frozen: the parent kills it at the fence
+                stops += 1
+            else:
+                os.kill(victim, signal.SIGKILL)
+            kills += 1
+        time.sleep(0.7)
+    assert running.wait_exit(60) == 0, running.log()[-3000:]
+    runs = ledger_runs(ledger)
+    clashes = overlaps(runs)
+    left = wait_for(lambda: not job_processes(ledger) and [0], timeout=5, message="no job left")
+    report(
+        "containment-storm",
+        jobs=len(jobs),
+        kills=kills - stops,
+        stops=stops,
+        attempts=len(runs),
+        overlaps=len(clashes),
+        left_behind=len(left) - 1,
+    )
+    assert count(conn, "completed") == len(jobs)
+    assert not clashes, clashes[:3]
+    assert all(run.processes == 3 for run in runs if run.last - run.first > 1.0), runs
+    assert sum(1 for run in runs if run.attempt > 1) >= kills - 1  # kills did end attempts
+
+
+def test_kill_9_of_the_parent_ends_every_job_process_before_the_jobs_run_again(
+    queue: JobQueue,
+    conn: Any,
+    tree_supervisor: Callable[..., Running],
+    ledger: Path,
+    report: Callable[..., None],
+) -> None:
+    jobs = queue.enqueue_many([NewJob("tree:30", max_retries=5) for _ in range(3)])
+    first = tree_supervisor("--workers", "3")
+    wait_for(
+        lambda: len(job_processes(ledger, roles_only=True)) == 9,
+        timeout=30,
+        message="3 jobs running, with a child and a grandchild each",
+    )
+    os.kill(first.pid, signal.SIGKILL)
+    killed = time.monotonic()
+    wait_for(
+        lambda: not job_processes(ledger),
+        timeout=10,
+        interval=0.01,
+        message="every job process ended",
+    )
+    ended = time.monotonic() - killed
+    wait_for(lambda: count(conn, "processing") == 0, timeout=10, message="jobs given back")
+    queue_jobs_shorter(conn)
+    second = tree_supervisor("--workers", "3", "--drain")
+    assert second.wait_exit(60) == 0, second.log()[-3000:]
+    runs = ledger_runs(ledger)
+    report(
+        "containment-parent-kill",
+        jobs=len(jobs),
+        ended_s=f"{ended:.2f}",
+        attempts=len(runs),
+        overlaps=len(overlaps(runs)),
+    )
+    assert count(conn, "completed") == len(jobs)
+    assert not overlaps(runs)
+    assert not job_processes(ledger)
+
+
+@pytest.fixture
+def worker_login(conn: psycopg.Connection[Any], db_url: str) -> Iterator[tuple[str, str]]:
+    """A login role that is a member of mobvibe_worker: (its name, its URL)."""
+    name = f"mobvibe_fence_{secrets.token_hex(4)}"
+    conn.execute(
+        sql.SQL("CREATE ROLE {} LOGIN IN ROLE mobvibe_worker").format(sql.Identifier(name))
+    )
+    yield name, conninfo.make_conninfo(db_url, user=name)
+    conn.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", [name]
+    )
+    conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+def test_a_worker_that_cannot_renew_its_lease_stops_its_job_before_the_reaper_requeues_it(
+    queue: JobQueue,
+    conn: Any,
+    supervisor: Callable[..., Running],
+    ledger: Path,
+    worker_login: tuple[str, str],
+    report: Callable[..., None],
+) -> None:
+    role, url = worker_login
+    conn.execute(
+        "UPDATE queue_config SET backoff_base = '0.1 s', backoff_cap = '0.2 s', "
+        "heartbeat_timeout = '3 s'"
+    )
+    job_id = str(queue.enqueue("tree:60", max_retries=5))
+    supervisor(
+        "--exec",
+        TREE_JOB,
+        "--exec-env",
+        "TEST_LEDGER",
+        "--workers",
+        "1",
+        "--no-reaper",
+        "--heartbeat-interval",
+        "0.3",
+        "--poll-interval",
+        "0.5",
+        "--log-level",
+        "info",
+        env={"TEST_LEDGER": str(ledger), "DATABASE_URL": url},
+        url=url,
+        heartbeat_timeout=None,
+    )
+    wait_for(
+        lambda: len(job_processes(ledger, roles_only=True)) == 3,
+        timeout=20,
+        message="the job's three processes running",
+    )
+    # No more heartbeats: every connection of the supervisor's role cut, new ones refused.
+    conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(sql.Identifier(role)))
+    conn.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", [role]
+    )
+    cut = time.monotonic()
+    # The owner plays the reaper: it requeues the job once its heartbeat is 3 s old.
+    requeued_at = wait_for(
+        lambda: (
+            conn.execute("SELECT count(*) FROM queue_reap_expired()").fetchone()[0]
+            and time.monotonic()
+        ),
+        timeout=15,
+        interval=0.05,
+        message="the reaper to requeue the silent attempt",
+    )
+    stopped = ledger_runs(ledger)
+    (first,) = stopped
+    conn.execute(sql.SQL("ALTER ROLE {} LOGIN").format(sql.Identifier(role)))
+    queue_jobs_shorter(conn)
+    wait_for(lambda: count(conn, "completed") == 1, timeout=30, message="the job done again")
+    runs = ledger_runs(ledger)
+    report(
+        "self-fence",
+        stopped_after_cut_s=f"{first.last - cut:.2f}",
+        requeued_after_cut_s=f"{requeued_at - cut:.2f}",
+        margin_s=f"{requeued_at - first.last:.2f}",
+        attempts=len(runs),
+        overlaps=len(overlaps(runs)),
+    )
+    assert first.job_id == job_id and first.attempt == 1
+    assert first.last < requeued_at, "the job ran on after the reaper handed it on"
+    assert not overlaps(runs)
+    assert [r.attempt for r in sorted(runs, key=lambda r: r.first)] == [1, 2]
