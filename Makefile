@@ -37,7 +37,7 @@ run: venv
 	    "Add dark mode to the settings screen" "Write unit tests for the login form"
 	$(BIN)/mobvibe-queue enqueue --priority 10 "Fix the crash on startup"
 	$(BIN)/mobvibe-queue enqueue --max-retries 2 "This prompt asks the demo handler to fail"
-	$(BIN)/mobvibe-supervisor --workers $(WORKERS) --drain --log-format text \
+	$(BIN)/mobvibe-supervisor --demo --workers $(WORKERS) --drain --log-format text \
 	    --metrics-port 0 --poll-interval 1
 	$(BIN)/mobvibe-queue stats
 

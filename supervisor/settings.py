@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 from dataclasses import dataclass, field
 
+from mobvibe.durations import format_duration
 from mobvibe.errors import ConfigError
 
 POLL_INTERVAL_DEFAULT = 10.0
@@ -14,6 +16,9 @@ HEARTBEAT_TIMEOUT_DEFAULT = 30.0
 JOB_TIMEOUT_DEFAULT = 3600.0
 SHUTDOWN_TIMEOUT_DEFAULT = 25.0
 METRICS_PORT_DEFAULT = 9400
+# Not on every address unless asked: the image sets 0.0.0.0 (MOBVIBE_METRICS_HOST),
+# where a scraper and the kubelet's probes must reach it.
+METRICS_HOST_DEFAULT = "127.0.0.1"
 REAPER_INTERVAL_DEFAULT = 5.0
 CRASH_LOOP_LIMIT_DEFAULT = 10
 CRASH_LOOP_WINDOW_DEFAULT = 60.0
@@ -27,15 +32,18 @@ class Settings:
     database_url: str
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     exec_cmd: str | None = None
+    exec_env: tuple[str, ...] = ()  # names the --exec command gets beyond the allow-list
     handler: str | None = None
     poll_interval: float = POLL_INTERVAL_DEFAULT
     heartbeat_interval: float = HEARTBEAT_INTERVAL_DEFAULT
+    # Set in the database (queue_config), where the reaper reads it too; the
+    # supervisor reads it at start.
     heartbeat_timeout: float = HEARTBEAT_TIMEOUT_DEFAULT
     job_timeout: float = JOB_TIMEOUT_DEFAULT  # 0: no deadline
     shutdown_timeout: float = SHUTDOWN_TIMEOUT_DEFAULT
     max_jobs_per_worker: int = 0  # 0: never recycle
     metrics_port: int = METRICS_PORT_DEFAULT  # 0: no HTTP endpoint
-    metrics_host: str = "0.0.0.0"  # noqa: S104 - scraped from outside the pod
+    metrics_host: str = METRICS_HOST_DEFAULT
     reaper: bool = True
     reaper_interval: float = REAPER_INTERVAL_DEFAULT
     drain: bool = False  # exit 0 once no job is pending or processing
@@ -44,6 +52,9 @@ class Settings:
     durable_completions: bool = True
     status_notifications: bool = True  # job_status_changed from the workers' transitions
     node: str = field(default_factory=socket.gethostname)
+    # Tells this supervisor's workers from another's with the same host name and
+    # pids (two PID namespaces on one host).
+    instance: str = field(default_factory=lambda: secrets.token_hex(3))
 
     def validate(self) -> Settings:
         """Return self, or raise ConfigError naming the first setting that cannot work."""
@@ -58,11 +69,14 @@ class Settings:
                 )
         if self.job_timeout < 0 or self.shutdown_timeout < 0:
             raise ConfigError("--job-timeout and --shutdown-timeout must be >= 0")
-        if self.heartbeat_timeout < 2 * self.heartbeat_interval:
+        if self.heartbeat_timeout < 3 * self.heartbeat_interval:
+            # The one rule of the heartbeat settings: a worker fences itself two
+            # intervals before the timeout, so three must fit.
             raise ConfigError(
-                f"--heartbeat-timeout ({self.heartbeat_timeout:g} s) must be at "
-                f"least twice --heartbeat-interval ({self.heartbeat_interval:g} s); "
-                "3x or more is safer"
+                f"--heartbeat-interval ({format_duration(self.heartbeat_interval)}) must be at "
+                "most a third of the heartbeat timeout set in the database "
+                f"({format_duration(self.heartbeat_timeout)}): lower the interval, or raise the "
+                "timeout with `mobvibe-queue config --heartbeat-timeout`"
             )
         if not 0 <= self.metrics_port <= 65535:
             raise ConfigError(f"--metrics-port must be from 0 to 65535, got {self.metrics_port}")
@@ -71,7 +85,7 @@ class Settings:
     def worker_id(self, index: int, pid: int) -> str:
         """The id worker `index` (process `pid`) claims under; the supervisor finds a dead
         worker's claims by it."""
-        return f"{self.node}:{index}:{pid}"
+        return f"{self.node}:{index}:{pid}:{self.instance}"
 
     @property
     def fence_after(self) -> float:

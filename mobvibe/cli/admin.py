@@ -15,7 +15,7 @@ import psycopg
 from mobvibe import logs
 from mobvibe.cli.dlq import dlq
 from mobvibe.cli.doctor import doctor
-from mobvibe.cli.options import CONTEXT, database_option, friendly_errors, resolve_database
+from mobvibe.cli.options import CONTEXT, Group, database_option, friendly_errors, resolve_database
 from mobvibe.client import JobQueue
 from mobvibe.durations import Duration, format_duration
 from mobvibe.errors import ConfigError
@@ -26,7 +26,7 @@ from mobvibe.sql.notify import Listener
 from mobvibe.sql.store import ConfigChange, QueueSettings, QueueStats
 
 
-@click.group(context_settings=CONTEXT)
+@click.group(cls=Group, context_settings=CONTEXT)
 @click.version_option(package_name="mobvibe-supervisor")
 @database_option
 @click.pass_context

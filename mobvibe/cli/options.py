@@ -107,3 +107,36 @@ def friendly_errors(f: F) -> F:
 def resolve_database(url: str | None) -> str:
     """DATABASE_URL validated, or the embedded PostgreSQL's URL."""
     return db.resolve_url(url)
+
+
+class _OneLineErrors:
+    """A command whose usage errors are one `Error:` line (exit code 2), without click's
+    usage block; Ctrl-C stops it with exit code 130 and no `Aborted!`; a question answered
+    no exits 1."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)  # type: ignore[misc]
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)  # type: ignore[misc]
+        except click.ClickException as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # a bare group: its help
+                click.echo(exc.format_message(), err=True)
+            else:
+                click.echo(f"Error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort as exc:
+            if isinstance(exc.__cause__ or exc.__context__, KeyboardInterrupt):
+                click.echo("", err=True)  # after the ^C
+                sys.exit(130)
+            click.echo("Aborted: nothing changed.", err=True)  # a question answered no
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+class Command(_OneLineErrors, click.Command):
+    """click.Command with one-line usage errors."""
+
+
+class Group(_OneLineErrors, click.Group):
+    """click.Group with one-line usage errors (its subcommands' included)."""

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from mobvibe import logs, metrics
 from mobvibe.cli.options import (
     CONTEXT,
+    Command,
     database_option,
     friendly_errors,
     logging_options,
@@ -36,7 +37,7 @@ class SweepFailedError(QueueError):
     """The database answered, but a sweep statement failed."""
 
 
-@click.command(context_settings=CONTEXT)
+@click.command(cls=Command, context_settings=CONTEXT)
 @click.version_option(package_name="mobvibe-supervisor")
 @database_option
 @click.option("--once", is_flag=True, help="Sweep once, print a JSON summary and exit (cron).")

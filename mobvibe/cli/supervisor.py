@@ -2,34 +2,38 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import socket
 import sys
+from dataclasses import replace
 from typing import Any
 
 import click
 
 from mobvibe import logs
-from mobvibe.cli.options import CONTEXT, database_option, friendly_errors, logging_options
+from mobvibe.cli.options import CONTEXT, Command, database_option, friendly_errors, logging_options
+from mobvibe.durations import Duration, format_duration
 from mobvibe.errors import ConfigError
 from mobvibe.reaper.daemon import serve_forever
 from mobvibe.reaper.sweep import ReaperSettings
-from mobvibe.sql import db
+from mobvibe.sql import db, store
 from mobvibe.sql.migrate import migrate as run_migrations
-from mobvibe.sql.migrate import pending_migrations
+from mobvibe.sql.migrate import schema_is_current
 from mobvibe.supervisor import settings as defaults
 from mobvibe.supervisor.arbiter import Arbiter
-from mobvibe.supervisor.handlers import make_handler
+from mobvibe.supervisor.handlers import DEMO, check_command, check_exec_env, make_handler
 from mobvibe.supervisor.httpserver import serve
 from mobvibe.supervisor.settings import Settings
 from mobvibe.supervisor.slots import Slots
 from mobvibe.supervisor.worker import run_worker
 
-seconds = click.FloatRange(min=0)
+# Durations: seconds, or a number with a unit (500ms, 30s, 5m), as every command takes them.
+interval = Duration()
 
 
-@click.command(context_settings=CONTEXT)
+@click.command(cls=Command, context_settings=CONTEXT)
 @click.version_option(package_name="mobvibe-supervisor")
 @database_option
 @click.option(
@@ -46,51 +50,59 @@ seconds = click.FloatRange(min=0)
     envvar="MOBVIBE_EXEC",
     show_envvar=True,
     metavar="CMD",
-    help="Run CMD per job: prompt on stdin, JOB_ID, SESSION_ID, ATTEMPT in the "
-    "environment; exit 0 completes, non-zero fails with the end of stderr.",
+    help="Run CMD per job (with sh -c): prompt on stdin, JOB_ID, SESSION_ID, ATTEMPT in "
+    "the environment; exit 0 completes, non-zero fails with the end of stderr.",
+)
+@click.option(
+    "--exec-env",
+    "exec_env",
+    multiple=True,
+    metavar="NAME",
+    help="Pass environment variable NAME to the --exec command (repeatable); it otherwise "
+    "gets PATH, HOME, LANG and the like, never DATABASE_URL, PG* or MOBVIBE_*.",
 )
 @click.option(
     "--handler",
     default=None,
     show_envvar=True,
     metavar="PKG.MOD:FUNC",
-    help="Call FUNC(job) per job: return completes, raise fails. Neither option: the demo handler.",
+    help="Call FUNC(job) per job: return completes, raise fails (imported with the current "
+    "directory on the path).",
+)
+@click.option(
+    "--demo",
+    is_flag=True,
+    default=False,
+    help="Run the demo handler (make run): it completes jobs without doing their work.",
 )
 @click.option(
     "--poll-interval",
-    type=seconds,
-    default=defaults.POLL_INTERVAL_DEFAULT,
+    type=interval,
+    default=format_duration(defaults.POLL_INTERVAL_DEFAULT),
     show_envvar=True,
-    help="Seconds between polls when no notification arrives.",
+    help="Time between polls when no notification arrives.",
 )
 @click.option(
     "--heartbeat-interval",
-    type=seconds,
-    default=defaults.HEARTBEAT_INTERVAL_DEFAULT,
+    type=interval,
+    default=format_duration(defaults.HEARTBEAT_INTERVAL_DEFAULT),
     show_envvar=True,
-    help="Seconds between heartbeats of a running job.",
-)
-@click.option(
-    "--heartbeat-timeout",
-    type=seconds,
-    default=defaults.HEARTBEAT_TIMEOUT_DEFAULT,
-    show_envvar=True,
-    help="A job silent this long is requeued by the reaper; a "
-    "worker that cannot renew its lease stops the job first.",
+    help="Time between lease renewals of a running job; at most a third of the heartbeat "
+    "timeout set in the database (mobvibe-queue config --heartbeat-timeout).",
 )
 @click.option(
     "--job-timeout",
-    type=seconds,
-    default=defaults.JOB_TIMEOUT_DEFAULT,
+    type=Duration(zero="no deadline"),
+    default=format_duration(defaults.JOB_TIMEOUT_DEFAULT),
     show_envvar=True,
-    help="Hard deadline of one attempt, in seconds (0: none).",
+    help="Hard deadline of one attempt.",
 )
 @click.option(
     "--shutdown-timeout",
-    type=seconds,
-    default=defaults.SHUTDOWN_TIMEOUT_DEFAULT,
+    type=Duration(zero="give running jobs back at once"),
+    default=format_duration(defaults.SHUTDOWN_TIMEOUT_DEFAULT),
     show_envvar=True,
-    help="On SIGTERM, seconds to let running jobs finish before giving them back to the queue.",
+    help="On SIGTERM, time to let running jobs finish before giving them back to the queue.",
 )
 @click.option(
     "--max-jobs-per-worker",
@@ -101,10 +113,17 @@ seconds = click.FloatRange(min=0)
 )
 @click.option(
     "--metrics-port",
-    type=int,
+    type=click.IntRange(0, 65535),
     default=defaults.METRICS_PORT_DEFAULT,
     show_envvar=True,
     help="Port of /metrics, /healthz, /readyz (0: off).",
+)
+@click.option(
+    "--metrics-host",
+    default=defaults.METRICS_HOST_DEFAULT,
+    show_envvar=True,
+    help="Address the HTTP endpoint listens on (0.0.0.0 in a container, for the scraper "
+    "and the probes).",
 )
 @click.option(
     "--crash-loop-limit",
@@ -123,10 +142,10 @@ seconds = click.FloatRange(min=0)
 )
 @click.option(
     "--reaper-interval",
-    type=seconds,
-    default=defaults.REAPER_INTERVAL_DEFAULT,
+    type=interval,
+    default=format_duration(defaults.REAPER_INTERVAL_DEFAULT),
     show_envvar=True,
-    help="Seconds between sweeps of the embedded reaper.",
+    help="Time between sweeps of the embedded reaper.",
 )
 @click.option(
     "--migrate",
@@ -163,14 +182,16 @@ def main(
     database_url: str | None,
     workers: int,
     exec_cmd: str | None,
+    exec_env: tuple[str, ...],
     handler: str | None,
+    demo: bool,
     poll_interval: float,
     heartbeat_interval: float,
-    heartbeat_timeout: float,
     job_timeout: float,
     shutdown_timeout: float,
     max_jobs_per_worker: int,
     metrics_port: int,
+    metrics_host: str,
     crash_loop_limit: int,
     reaper: bool,
     reaper_interval: float,
@@ -183,18 +204,22 @@ def main(
 ) -> None:
     """Run the MobVibe job queue: N worker processes claiming and running coding jobs."""
     logs.setup(log_format, log_level)
+    if demo and (exec_cmd or handler):
+        raise click.UsageError("give one of --exec, --handler and --demo")
     config = Settings(
         database_url="",
         workers=workers,
         exec_cmd=exec_cmd,
-        handler=handler,
+        exec_env=check_exec_env(exec_env),
+        handler=DEMO if demo else handler,
         poll_interval=poll_interval,
         heartbeat_interval=heartbeat_interval,
-        heartbeat_timeout=heartbeat_timeout,
+        heartbeat_timeout=math.inf,  # the database's, read below
         job_timeout=job_timeout,
         shutdown_timeout=shutdown_timeout,
         max_jobs_per_worker=max_jobs_per_worker,
         metrics_port=metrics_port,
+        metrics_host=metrics_host,
         crash_loop_limit=crash_loop_limit,
         reaper=reaper,
         reaper_interval=reaper_interval,
@@ -202,11 +227,16 @@ def main(
         durable_completions=not async_completions,
         status_notifications=status_notifications,
     ).validate()
-    make_handler(exec_cmd, handler)  # a handler that does not import stops us here, not later
+    # A handler that does not import, or a command that is not there, stops us
+    # here with one line, not after every job has burnt its attempts.
+    make_handler(config.exec_cmd, config.handler, config.exec_env)
+    if config.exec_cmd:
+        check_command(config.exec_cmd)
     _check_port(config)
     url = db.resolve_url(database_url)
-    _check_database(url, migrate)
-    sys.exit(_run(Settings(**{**config.__dict__, "database_url": url})))
+    timeout = _check_database(url, migrate)
+    config = replace(config, database_url=url, heartbeat_timeout=timeout).validate()
+    sys.exit(_run(config))
 
 
 def _check_port(config: Settings) -> None:
@@ -223,20 +253,23 @@ def _check_port(config: Settings) -> None:
             ) from None
 
 
-def _check_database(url: str, migrate: bool) -> None:
+def _check_database(url: str, migrate: bool) -> float:
+    """Migrate if asked, check the schema, return the heartbeat timeout the database sets."""
     with db.connect(url, application_name="mobvibe-supervisor") as conn:
         if migrate:
             run_migrations(conn)
-        elif pending_migrations(conn):
+        if not schema_is_current(conn):
             raise ConfigError(
                 "the database schema is not up to date: run `mobvibe-queue "
                 "migrate` (or start with --migrate)"
             )
+        return store.queue_settings(conn).heartbeat_timeout.total_seconds()
 
 
 def _run(config: Settings) -> int:
     def worker_main(index: int, slots: Slots) -> int:
-        return run_worker(config, index, slots, make_handler(config.exec_cmd, config.handler))
+        handler = make_handler(config.exec_cmd, config.handler, config.exec_env)
+        return run_worker(config, index, slots, handler)
 
     aux: dict[str, Any] = {}
     if config.metrics_port:

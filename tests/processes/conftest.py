@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from tests.helpers import wait_for
@@ -23,13 +24,22 @@ FAST = [
     "0.5",
     "--heartbeat-interval",
     "0.2",
-    "--heartbeat-timeout",
-    "1.5",
     "--reaper-interval",
     "0.2",
     "--shutdown-timeout",
     "5",
 ]
+
+
+FAST_HEARTBEAT_TIMEOUT = 1.5
+
+
+def set_heartbeat_timeout(url: str, seconds: float) -> None:
+    """The heartbeat timeout of the queue in database `url` (as its owner)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE queue_config SET heartbeat_timeout = make_interval(secs => %s)", [seconds]
+        )
 
 
 def free_port() -> int:
@@ -96,8 +106,16 @@ def supervisor(db_url: str, tmp_path: Path) -> Iterator[Callable[..., Running]]:
     started: list[Running] = []
 
     def start(
-        *args: str, metrics: bool = False, env: dict[str, str] | None = None, url: str | None = None
+        *args: str,
+        metrics: bool = False,
+        env: dict[str, str] | None = None,
+        url: str | None = None,
+        heartbeat_timeout: float | None = FAST_HEARTBEAT_TIMEOUT,
     ) -> Running:
+        # The heartbeat timeout is the database's, for the supervisor and the reaper
+        # alike (None: the test has set it, as the owner).
+        if heartbeat_timeout is not None:
+            set_heartbeat_timeout(url or db_url, heartbeat_timeout)
         port = free_port() if metrics else 0
         log_path = tmp_path / f"supervisor-{len(started)}.log"
         full_env = {

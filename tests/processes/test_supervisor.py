@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 from mobvibe.client import JobQueue
@@ -264,21 +265,55 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 def test_bad_options_fail_at_start_with_one_line(db_url: str) -> None:
     env = {"DATABASE_URL": db_url}
     cases = [
-        (["--workers", "0"], "--workers"),
-        (["--heartbeat-interval", "-1"], "heartbeat-interval"),
+        (["--demo", "--workers", "0"], "--workers"),
+        (["--demo", "--heartbeat-interval", "-1"], "heartbeat-interval"),
+        (["--demo", "--heartbeat-interval", "5x"], "not a duration"),
         (["--handler", "no.such.module:func"], "cannot import"),
         (["--handler", "tests.processes.handlers:nothing"], "no function"),
-        (["--heartbeat-timeout", "1", "--heartbeat-interval", "5"], "heartbeat-timeout"),
+        # one rule for the heartbeat settings, against the timeout the database sets (30 s)
+        (["--demo", "--heartbeat-interval", "15s"], "at most a third of the heartbeat timeout"),
+        ([], "give --exec CMD or --handler PKG.MOD:FUNC"),
+        (["--demo", "--exec", "true"], "give one of --exec, --handler and --demo"),
+        (["--exec", "no-such-agent --prompt-on-stdin"], "'no-such-agent' is not a command"),
+        (["--exec", "echo 'unclosed"], "--exec"),
+        (["--exec", "cat", "--exec-env", "DATABASE_URL"], "never gets the database's"),
+        (["--exec", "cat", "--exec-env", "PGPASSWORD"], "never gets the database's"),
     ]
     for args, fragment in cases:
         result = run_cli(*args, "--metrics-port", "0", env=env)
         assert result.returncode == 2, (args, result.stderr)
-        assert fragment in result.stderr
+        assert fragment in result.stderr, (args, result.stderr)
         assert "Traceback" not in result.stderr
+        assert result.stderr.strip().count("\n") == 0, (args, result.stderr)
+
+
+def test_a_handler_is_imported_from_the_current_directory(db_url: str, tmp_path: Path) -> None:
+    (tmp_path / "local_handlers.py").write_text("def run(job):\n    pass\n")
+    result = subprocess.run(
+        [
+            str(BIN / "mobvibe-supervisor"),
+            "--handler",
+            "local_handlers:run",
+            "--drain",
+            "--metrics-port",
+            "0",
+            "--workers",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        check=False,
+        env={**os.environ, "DATABASE_URL": db_url},
+    )
+    assert result.returncode == 0, result.stderr
 
 
 def test_env_variables_configure_the_supervisor(db_url: str) -> None:
-    result = run_cli("--metrics-port", "0", env={"DATABASE_URL": db_url, "MOBVIBE_WORKERS": "0"})
+    result = run_cli(
+        "--demo", "--metrics-port", "0", env={"DATABASE_URL": db_url, "MOBVIBE_WORKERS": "0"}
+    )
     assert result.returncode == 2 and "--workers" in result.stderr
     assert "MOBVIBE_WORKERS" in run_cli("--help").stdout
     assert run_cli("--version").returncode == 0
@@ -286,7 +321,7 @@ def test_env_variables_configure_the_supervisor(db_url: str) -> None:
 
 def test_unreachable_database_fails_at_start_with_one_line() -> None:
     result = run_cli(
-        "--metrics-port", "0", env={"DATABASE_URL": "postgresql://postgres@127.0.0.1:1/x"}
+        "--demo", "--metrics-port", "0", env={"DATABASE_URL": "postgresql://postgres@127.0.0.1:1/x"}
     )
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and "cannot connect" in result.stderr

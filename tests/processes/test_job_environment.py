@@ -1,0 +1,70 @@
+"""What a job's command is given: an allow-listed environment, never a database credential;
+and what a forged notification can do to a supervisor: nothing."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from mobvibe.client import JobQueue
+from tests.helpers import count, wait_for
+from tests.processes.conftest import FAST, Running
+
+
+def test_the_job_command_gets_the_allow_list_and_what_exec_env_names_only(
+    queue: JobQueue, conn: Any, supervisor: Callable[..., Running], tmp_path: Path
+) -> None:
+    out = tmp_path / "env"
+    job_id = queue.enqueue("print your environment")
+    supervisor(
+        "--exec",
+        f"env > {shlex.quote(str(out))}",
+        "--exec-env",
+        "AGENT_API_KEY",
+        "--drain",
+        "--workers",
+        "1",
+        *FAST,
+        env={
+            "PGPASSWORD": "S3cret",
+            "PGUSER": "postgres",
+            "MOBVIBE_SECRET_THING": "x",
+            "AGENT_API_KEY": "key-for-the-agent",
+            "UNLISTED_VARIABLE": "y",
+            "LANG": "C.UTF-8",
+        },
+    ).wait_exit(30)
+    env = dict(line.split("=", 1) for line in out.read_text().splitlines() if "=" in line)
+    assert count(conn, "completed") == 1
+    leaked = [name for name in env if name == "DATABASE_URL" or name.startswith(("PG", "MOBVIBE_"))]
+    assert leaked == [], leaked
+    assert "UNLISTED_VARIABLE" not in env
+    assert env["AGENT_API_KEY"] == "key-for-the-agent"
+    assert (env["JOB_ID"], env["ATTEMPT"]) == (str(job_id), "1")
+    assert {"SESSION_ID", "PATH", "LANG"} <= env.keys()
+
+
+def test_a_forged_notification_only_wakes_the_workers(
+    queue: JobQueue, conn: psycopg.Connection[Any], supervisor: Callable[..., Running]
+) -> None:
+    running = supervisor("--handler", "tests.processes.handlers:by_prompt", "--workers", "2", *FAST)
+    running.wait_workers(2)
+    for payload in (
+        "not json",
+        '{"job_id": "00000000-0000-0000-0000-000000000000"}',
+        '{"job_id": 1, "priority": "x"}',
+        "x" * 7000,
+    ):
+        conn.execute("SELECT pg_notify('new_job', %s)", [payload])
+    job_id = queue.enqueue("ok")
+    wait_for(
+        lambda: getattr(queue.get(job_id), "status", None) == "completed",
+        timeout=15,
+        message="a real job done after the forged notifications",
+    )
+    assert running.proc.poll() is None
+    assert not running.events("worker_exited")
