@@ -608,7 +608,8 @@ BEGIN
     -- mobvibe_worker: the supervisor, its workers and the reaper. Every write
     -- is a function that wants the attempt's lease or keeps to the configured
     -- limits; reads of jobs and sweeps for the status pages and metrics.
-    GRANT SELECT ON public.coding_jobs, public.queue_reaper_runs TO mobvibe_worker;
+    GRANT SELECT ON public.coding_jobs, public.coding_sessions, public.queue_reaper_runs
+        TO mobvibe_worker;
     GRANT EXECUTE ON FUNCTION
         public.claim_next_job(text), public.complete_job(uuid, uuid),
         public.fail_job(uuid, text, uuid, text), public.queue_complete_and_claim(uuid, uuid, text),

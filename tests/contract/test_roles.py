@@ -301,7 +301,7 @@ MATRIX: dict[Action, frozenset[str]] = {
     insert_job: frozenset({PRODUCER, OPERATOR}),
     insert_job_with_state: NOBODY,
     select_jobs: frozenset({PRODUCER, WORKER, OPERATOR}),
-    select_sessions: frozenset({PRODUCER, OPERATOR}),
+    select_sessions: frozenset({PRODUCER, WORKER, OPERATOR}),
     update_job: NOBODY,
     delete_job: NOBODY,
     update_session: NOBODY,

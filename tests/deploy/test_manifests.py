@@ -200,20 +200,33 @@ def test_no_reaper_is_given_an_option_that_moved_to_the_database() -> None:
         assert [a for a in args if a.split("=")[0] in REAPER_REMOVED] == [], args
 
 
-def test_the_supervisors_fence_matches_the_databases_heartbeat_timeout() -> None:
-    """The reaper requeues after the database's timeout; a worker must stop its job two
-    heartbeats before that, by the supervisor's --heartbeat-timeout (MOBVIBE_HEARTBEAT_TIMEOUT)."""
+def supervisor_settings() -> dict[str, str]:
+    """The MOBVIBE_* variables the Deployment gives the supervisor (env and ConfigMap)."""
     container = pod_spec(one("Deployment"))["containers"][0]
-    from_args = option(container.get("args", []), "--heartbeat-timeout")
     settings: dict[str, str] = {}
     for source in container.get("envFrom", []):
         settings.update(one("ConfigMap", source["configMapRef"]["name"])["data"])
-    supervisor = float(
-        (
-            from_args or settings.get("MOBVIBE_HEARTBEAT_TIMEOUT", str(HEARTBEAT_TIMEOUT_DEFAULT))
-        ).rstrip("s")
-    )
-    assert supervisor == database_heartbeat_timeout() == HEARTBEAT_TIMEOUT_DEFAULT
+    settings.update({e["name"]: e.get("value", "") for e in container.get("env", [])})
+    return settings
+
+
+def test_the_heartbeat_timeout_is_the_databases_alone() -> None:
+    """The supervisor reads it from the database, as the reaper does: no manifest sets it."""
+    container = pod_spec(one("Deployment"))["containers"][0]
+    assert option(container.get("args", []), "--heartbeat-timeout") is None
+    assert "MOBVIBE_HEARTBEAT_TIMEOUT" not in supervisor_settings()
+    interval = float(supervisor_settings().get("MOBVIBE_HEARTBEAT_INTERVAL", "5").rstrip("s"))
+    assert 3 * interval <= database_heartbeat_timeout() == HEARTBEAT_TIMEOUT_DEFAULT
+
+
+def test_the_deployment_names_the_agent_and_listens_on_every_address() -> None:
+    """No silent stand-in: the job command is named, and the probes reach /healthz."""
+    container = pod_spec(one("Deployment"))["containers"][0]
+    args = container.get("args", [])
+    assert "--demo" not in args and option(args, "--handler") is None
+    assert supervisor_settings().get("MOBVIBE_EXEC", "").startswith("/")
+    image_env = (ROOT / "deploy" / "docker" / "Dockerfile").read_text()
+    assert "MOBVIBE_METRICS_HOST=0.0.0.0" in image_env
 
 
 def test_migration_job_runs_migrate_as_the_owner() -> None:
