@@ -218,7 +218,7 @@ REAPER_PRUNED = Counter(
     "mobvibe_reaper_jobs_pruned",
     "Finished jobs deleted by retention.",
     "status",
-    ("completed", "failed"),
+    ("completed", "failed", "cancelled"),
 )
 REAPER_SWEEP_DURATION = Histogram(
     "mobvibe_reaper_sweep_duration_seconds",

@@ -76,10 +76,12 @@ class SweepResult:
     heartbeat_timeout_s: float | None = None
     retain_completed_s: float | None = None
     retain_failed_s: float | None = None
+    cancelled: int = 0  # expired attempts whose cancel was requested: ended, not retried
+    pruned_cancelled: int = 0
 
     @property
     def pruned(self) -> int:
-        return self.pruned_completed + self.pruned_failed
+        return self.pruned_completed + self.pruned_failed + self.pruned_cancelled
 
     def as_dict(self) -> dict[str, Any]:
         """The `--once` summary: requeued, dead_lettered, pruned, duration_ms, then details,
@@ -103,12 +105,18 @@ def run_once(conn: psycopg.Connection[Any], settings: ReaperSettings) -> SweepRe
     started = clock.monotonic()
     try:
         limits = store.queue_settings(conn)
-        requeued, dead_lettered = reap_expired(conn, settings)
+        requeued, dead_lettered, cancelled = reap_expired(conn, settings)
         pruned_completed = prune(conn, "completed", limits.retain_completed, settings.prune_batch)
         pruned_failed = prune(conn, "failed", limits.retain_failed, settings.prune_batch)
+        # cancelled jobs are kept as long as completed ones
+        pruned_cancelled = prune(conn, "cancelled", limits.retain_completed, settings.prune_batch)
         waiting = store.waiting_retries(conn)
         store.record_reaper_run(
-            conn, settings.name, requeued, dead_lettered, pruned_completed + pruned_failed
+            conn,
+            settings.name,
+            requeued,
+            dead_lettered,
+            pruned_completed + pruned_failed + pruned_cancelled,
         )
     except Exception:
         metrics.REAPER_SWEEPS.labels("error").inc()
@@ -125,6 +133,8 @@ def run_once(conn: psycopg.Connection[Any], settings: ReaperSettings) -> SweepRe
         limits.heartbeat_timeout.total_seconds(),
         _seconds(limits.retain_completed),
         _seconds(limits.retain_failed),
+        cancelled,
+        pruned_cancelled,
     )
     _observe(result, duration)
     return result
@@ -134,10 +144,12 @@ def _seconds(age: timedelta | None) -> float | None:
     return None if age is None else age.total_seconds()
 
 
-def reap_expired(conn: psycopg.Connection[Any], settings: ReaperSettings) -> tuple[int, int]:
+def reap_expired(
+    conn: psycopg.Connection[Any], settings: ReaperSettings
+) -> tuple[int, int, int]:
     """Fail every attempt silent for longer than the configured heartbeat timeout;
-    (requeued, dead)."""
-    requeued = dead_lettered = 0
+    (requeued, dead, cancelled: their cancel had been requested)."""
+    requeued = dead_lettered = cancelled = 0
     while True:
         rows = store.reap_expired(conn, settings.batch_size)
         for reaped in rows:
@@ -149,7 +161,16 @@ def reap_expired(conn: psycopg.Connection[Any], settings: ReaperSettings) -> tup
                 "reason": "heartbeat_expired",
                 "reaper": settings.name,
             }
-            if reaped.will_retry:
+            if reaped.status == "cancelled":
+                cancelled += 1
+                event(
+                    log,
+                    logging.INFO,
+                    "job_cancelled",
+                    "attempt ended cancelled: heartbeat expired after a cancel was requested",
+                    **fields,
+                )
+            elif reaped.will_retry:
                 requeued += 1
                 metrics.REAPER_REQUEUED.inc()
                 event(
@@ -172,7 +193,7 @@ def reap_expired(conn: psycopg.Connection[Any], settings: ReaperSettings) -> tup
         # A short batch means nothing expired is left that another reaper is
         # not already handling (SKIP LOCKED hides the rows it holds).
         if len(rows) < settings.batch_size or all(r.will_retry is None for r in rows):
-            return requeued, dead_lettered
+            return requeued, dead_lettered, cancelled
 
 
 def prune(

@@ -17,6 +17,7 @@ PRIORITY_DEFAULT = 0
 MAX_RETRIES_MIN, MAX_RETRIES_MAX = 1, 100
 MAX_RETRIES_DEFAULT = 3
 PROMPT_MAX_BYTES = 1024 * 1024
+IDEMPOTENCY_KEY_MAX = 200  # characters
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +36,11 @@ class Job:
 
 @dataclass(frozen=True, slots=True)
 class NewJob:
-    """A job to enqueue. session_id None creates a new session for it."""
+    """A job to enqueue. session_id None creates a new session for it.
+
+    idempotency_key: a second job with the same key in the same session is no
+    new job (the enqueue returns the first one's id).
+    """
 
     prompt: str
     session_id: uuid.UUID | str | None = None
@@ -43,6 +48,7 @@ class NewJob:
     max_retries: int = MAX_RETRIES_DEFAULT
     run_at: datetime | None = None
     delay: float = 0.0
+    idempotency_key: str | None = None
 
     def validated(self) -> NewJob:
         """This job with checked fields; InvalidJobError names the first bad one."""
@@ -57,6 +63,7 @@ class NewJob:
             ),
             run_at=_aware(self.run_at),
             delay=_delay(self.delay),
+            idempotency_key=validate_idempotency_key(self.idempotency_key),
         )
 
 
@@ -80,6 +87,29 @@ def validate_prompt(prompt: object) -> str:
     if size > PROMPT_MAX_BYTES:
         raise InvalidJobError(f"prompt is {size} bytes; the limit is {PROMPT_MAX_BYTES} (1 MiB)")
     return prompt
+
+
+def validate_idempotency_key(key: object) -> str | None:
+    """The key (None: none), if it is text of 1 to 200 characters without NUL."""
+    if key is None:
+        return None
+    if not isinstance(key, str):
+        raise InvalidJobError(f"idempotency key must be text, got {type(key).__name__}")
+    if not 1 <= len(key) <= IDEMPOTENCY_KEY_MAX:
+        raise InvalidJobError(
+            f"idempotency key must be 1 to {IDEMPOTENCY_KEY_MAX} characters, got {len(key)}"
+        )
+    if "\x00" in key:
+        raise InvalidJobError(
+            "idempotency key contains a NUL character; PostgreSQL cannot store it"
+        )
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidJobError(
+            f"idempotency key is not valid UTF-8 (lone surrogate at position {exc.start})"
+        ) from None
+    return key
 
 
 def parse_uuid(value: object, what: str = "job id") -> uuid.UUID:

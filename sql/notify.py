@@ -16,7 +16,10 @@ from mobvibe.errors import DatabaseUnavailableError
 from mobvibe.sql import db
 
 log = logging.getLogger(__name__)
-CHANNELS = ("new_job", "job_status_changed")
+# new_job and job_status_changed: the plan's; job_progress: an event of a running
+# attempt ({job_id, session_id, event_id, kind}); job_cancel: a cancel asked of a
+# running attempt ({job_id, session_id}), for the supervisor holding it.
+CHANNELS = ("new_job", "job_status_changed", "job_progress", "job_cancel")
 RECONNECT_DELAY_MAX = 5.0
 
 

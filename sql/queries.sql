@@ -27,6 +27,24 @@ SELECT fail_job(%(job_id)s, %(error)s)
 -- name: heartbeat
 SELECT queue_heartbeat(%(job_id)s, %(lease_token)s)
 
+-- The attempt's end, however it ends: the job's new status (NULL: stale lease).
+-- name: end_attempt
+SELECT queue_end_attempt(%(job_id)s, %(lease_token)s, %(end_reason)s, %(error)s, %(output)s)
+
+-- name: end_and_claim
+SELECT ended, job_id, session_id, prompt, lease_token, attempt, retry_count, max_retries,
+       priority
+FROM queue_end_and_claim(%(job_id)s, %(lease_token)s, %(end_reason)s, %(error)s, %(output)s,
+                         %(worker_id)s)
+
+-- A pod's heartbeat: every running attempt in one statement.
+-- name: renew_leases
+SELECT job_id, renewed, cancel_requested
+FROM queue_renew_leases(%(job_ids)s::uuid[], %(lease_tokens)s::uuid[])
+
+-- name: add_events
+SELECT queue_add_events(%(job_id)s, %(lease_token)s, %(kinds)s::text[], %(payloads)s::jsonb[])
+
 -- name: release_job
 SELECT queue_release_job(%(job_id)s, %(lease_token)s, %(reason)s)
 
@@ -37,7 +55,7 @@ SELECT job_id, lease_token FROM queue_claims_of_worker(%(worker_id)s)
 
 -- The attempts silent for longer than the configured heartbeat timeout.
 -- name: reap_expired
-SELECT job_id, session_id, will_retry FROM queue_reap_expired(%(batch_size)s)
+SELECT job_id, session_id, will_retry, new_status FROM queue_reap_expired(%(batch_size)s)
 
 -- The reaper's report: retries waiting for their run_at. Only pending rows
 -- are read (get_queue_stats would count every completed job each sweep).
@@ -46,6 +64,9 @@ SELECT count(*), min(run_at) FROM coding_jobs WHERE status = 'pending' AND run_a
 
 -- name: requeue_failed
 SELECT queue_requeue_failed(%(job_id)s)
+
+-- name: retry_job
+SELECT queue_retry_job(%(job_id)s)
 
 -- The finished jobs older than the configured retention.
 -- name: prune
@@ -56,19 +77,34 @@ SELECT queue_purge_failed(%(older_than)s, %(batch_size)s)
 
 -- name: queue_stats
 SELECT pending_count, processing_count, completed_count, failed_count, oldest_pending_age,
-       waiting_retry_count, next_run_at
+       waiting_retry_count, next_run_at, cancelled_count
 FROM get_queue_stats()
 
 -- name: next_run_at
 SELECT queue_next_run_at(), queue_now()
 
 -- name: create_session
-INSERT INTO coding_sessions (id) VALUES (%(session_id)s) ON CONFLICT (id) DO NOTHING
+INSERT INTO coding_sessions (id, max_concurrency) VALUES (%(session_id)s, %(max_concurrency)s)
+ON CONFLICT (id) DO NOTHING
+
+-- An operator's act: the session's pending jobs are placed again.
+-- name: set_max_concurrency
+UPDATE coding_sessions SET max_concurrency = %(max_concurrency)s WHERE id = %(session_id)s
 
 -- name: enqueue_job
 INSERT INTO coding_jobs (session_id, prompt, priority, max_retries, run_at)
 VALUES (%(session_id)s, %(prompt)s, %(priority)s, %(max_retries)s,
         coalesce(%(run_at)s, queue_now() + %(delay)s * interval '1 second'))
+RETURNING id
+
+-- A repeated key is no new job: nothing inserted, no row returned (the caller
+-- reads the existing id; a concurrent twin's INSERT waits for ours, then does
+-- nothing).
+-- name: enqueue_job_idempotent
+INSERT INTO coding_jobs (session_id, prompt, priority, max_retries, run_at, idempotency_key)
+VALUES (%(session_id)s, %(prompt)s, %(priority)s, %(max_retries)s,
+        coalesce(%(run_at)s, queue_now() + %(delay)s * interval '1 second'), %(idempotency_key)s)
+ON CONFLICT (session_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING id
 
 -- name: enqueue_jobs
@@ -79,11 +115,55 @@ FROM unnest(%(session_ids)b::uuid[], %(prompts)b::text[], %(priorities)b::smalli
      AS t(s, p, pr, mr, ra, d)
 RETURNING id
 
+-- The inserted rows only, each with its key (NULL: no key), in insertion order.
+-- name: enqueue_jobs_idempotent
+INSERT INTO coding_jobs (session_id, prompt, priority, max_retries, run_at, idempotency_key)
+SELECT s, p, pr, mr, coalesce(ra, queue_now() + d * interval '1 second'), k
+FROM unnest(%(session_ids)b::uuid[], %(prompts)b::text[], %(priorities)b::smallint[],
+            %(max_retries)b::integer[], %(run_ats)s::timestamptz[], %(delays)b::float8[],
+            %(keys)s::text[])
+     AS t(s, p, pr, mr, ra, d, k)
+ON CONFLICT (session_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+RETURNING id, session_id, idempotency_key
+
+-- name: jobs_by_idempotency_key
+SELECT j.session_id, j.idempotency_key, j.id
+FROM coding_jobs j
+JOIN unnest(%(session_ids)s::uuid[], %(keys)s::text[]) AS t(s, k)
+  ON j.session_id = t.s AND j.idempotency_key = t.k
+
+-- name: cancel_job
+SELECT cancel_job(%(job_id)s)
+
+-- name: cancel_session
+SELECT queue_cancel_session(%(session_id)s)
+
+-- The unfinished jobs of a session, latest first (the order cancelling them
+-- promotes nothing), each cancelled in one statement; the outcome of each.
+-- name: cancel_session_jobs
+SELECT t.id, cancel_job(t.id)
+FROM (SELECT id, seq FROM coding_jobs
+      WHERE session_id = %(session_id)s AND status IN ('pending', 'processing')) t
+ORDER BY t.seq DESC
+
+-- name: session_exists
+SELECT EXISTS (SELECT 1 FROM coding_sessions WHERE id = %(session_id)s)
+
 -- name: get_job
 SELECT id, session_id, prompt, priority, status, retry_count, max_retries, error_message,
        created_at, started_at, completed_at, updated_at, run_at, heartbeat_at, worker_id,
-       lease_token, attempt, end_reason
+       lease_token, attempt, end_reason, idempotency_key, cancel_requested_at, output,
+       waiting_for
 FROM coding_jobs WHERE id = %(job_id)s
+
+-- name: job_attempts
+SELECT job_id, attempt, worker_id, started_at, ended_at, end_reason, error_message
+FROM coding_job_attempts WHERE job_id = %(job_id)s ORDER BY attempt
+
+-- name: job_events
+SELECT id, job_id, session_id, attempt, kind, payload, created_at
+FROM coding_job_events WHERE job_id = %(job_id)s AND id > %(after_id)s
+ORDER BY id LIMIT %(limit)s
 
 -- name: list_failed
 SELECT id, session_id, priority, retry_count, max_retries, error_message, end_reason,
@@ -206,7 +286,7 @@ SELECT p.oid::regprocedure::text AS function, count(*) OVER () AS total
 FROM pg_proc p
 WHERE p.pronamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema())
   AND (p.proname IN ('claim_next_job', 'complete_job', 'fail_job', 'get_queue_stats',
-                     'notify_job_status_change')
+                     'cancel_job', 'notify_job_status_change')
        OR pg_catalog.starts_with(p.proname::text, 'queue_'))
   AND EXISTS (SELECT 1 FROM aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
               WHERE a.grantee = 0::oid AND a.privilege_type = 'EXECUTE')

@@ -10,194 +10,57 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta
+from dataclasses import asdict
+from datetime import timedelta
 from typing import Any
 
 import psycopg
 from psycopg.rows import class_row
+from psycopg.types.json import Jsonb
 
+from mobvibe.errors import QueueError
 from mobvibe.sql.files import query
 from mobvibe.sql.jobs import Job, NewJob
+from mobvibe.sql.records import (
+    AppliedMigration,
+    Attempt,
+    Chained,
+    ConfigChange,
+    DeadLetter,
+    DoctorRow,
+    Ended,
+    Event,
+    JobRow,
+    Lease,
+    NextRun,
+    QueueSettings,
+    QueueStats,
+    Reaped,
+    Renewal,
+    WaitingRetries,
+)
+
+# The result types are the store's vocabulary: callers import them from here.
+__all__ = [
+    "AppliedMigration",
+    "Attempt",
+    "Chained",
+    "ConfigChange",
+    "DeadLetter",
+    "DoctorRow",
+    "Ended",
+    "Event",
+    "JobRow",
+    "Lease",
+    "NextRun",
+    "QueueSettings",
+    "QueueStats",
+    "Reaped",
+    "Renewal",
+    "WaitingRetries",
+]
 
 Conn = psycopg.Connection[Any]
-
-
-# -- results --------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Chained:
-    """complete_and_claim: whether the completion counted, and the job claimed with it."""
-
-    completed: bool
-    next_job: Job | None
-
-
-@dataclass(frozen=True, slots=True)
-class Lease:
-    """A claim held by a worker: the job and the token that fences its writes."""
-
-    job_id: uuid.UUID
-    lease_token: uuid.UUID
-
-
-@dataclass(frozen=True, slots=True)
-class Reaped:
-    """One expired attempt a sweep failed: will_retry None when it had ended meanwhile."""
-
-    job_id: uuid.UUID
-    session_id: uuid.UUID
-    will_retry: bool | None
-
-
-@dataclass(frozen=True, slots=True)
-class WaitingRetries:
-    """Pending jobs waiting for their run_at, and the earliest run_at."""
-
-    count: int
-    next_at: datetime | None
-
-
-@dataclass(frozen=True, slots=True)
-class NextRun:
-    """When the next pending job comes due (None: none waits), on the database's clock."""
-
-    next_run_at: datetime | None
-    now: datetime
-
-    @property
-    def due_in(self) -> float | None:
-        """Seconds until the next job is due (<= 0: due now); None when none waits."""
-        return None if self.next_run_at is None else (self.next_run_at - self.now).total_seconds()
-
-
-@dataclass(frozen=True)
-class QueueStats:
-    """The plan's queue statistics, plus the retries waiting for their run_at."""
-
-    pending_count: int
-    processing_count: int
-    completed_count: int
-    failed_count: int
-    oldest_pending_age: timedelta | None
-    waiting_retry_count: int = 0
-    next_run_at: datetime | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        age = self.oldest_pending_age
-        return {
-            "pending_count": self.pending_count,
-            "processing_count": self.processing_count,
-            "completed_count": self.completed_count,
-            "failed_count": self.failed_count,
-            "oldest_pending_age_seconds": None if age is None else age.total_seconds(),
-            "waiting_retry_count": self.waiting_retry_count,
-            "next_run_at": None if self.next_run_at is None else self.next_run_at.isoformat(),
-        }
-
-
-@dataclass(frozen=True)
-class JobRow:
-    """Every column of a job's row that the tools show."""
-
-    id: uuid.UUID
-    session_id: uuid.UUID
-    prompt: str
-    priority: int
-    status: str
-    retry_count: int
-    max_retries: int
-    error_message: str | None
-    created_at: datetime
-    started_at: datetime | None
-    completed_at: datetime | None
-    updated_at: datetime
-    run_at: datetime
-    heartbeat_at: datetime | None
-    worker_id: str | None
-    lease_token: uuid.UUID | None
-    attempt: int
-    end_reason: str | None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__dataclass_fields__}
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    """A dead-lettered job, as the dead-letter list shows it."""
-
-    id: uuid.UUID
-    session_id: uuid.UUID
-    priority: int
-    retry_count: int
-    max_retries: int
-    error_message: str | None
-    end_reason: str | None
-    completed_at: datetime | None
-    prompt_head: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__dataclass_fields__}
-
-
-@dataclass(frozen=True, slots=True)
-class QueueSettings:
-    """The queue's configuration as every role may read it, and the schema version.
-
-    A retention of None keeps those jobs forever.
-    """
-
-    schema_version: int | None
-    heartbeat_timeout: timedelta
-    retain_completed: timedelta | None
-    retain_failed: timedelta | None
-    backoff_base: timedelta
-    backoff_cap: timedelta
-    backoff_jitter: float
-
-
-@dataclass(frozen=True, slots=True)
-class ConfigChange:
-    """The settings an operator changes, in seconds; None leaves one unchanged.
-
-    A retention of 0 keeps those jobs forever.
-    """
-
-    backoff_base: float | None = None
-    backoff_cap: float | None = None
-    backoff_jitter: float | None = None
-    heartbeat_timeout: float | None = None
-    retain_completed: float | None = None
-    retain_failed: float | None = None
-
-    @property
-    def empty(self) -> bool:
-        return all(getattr(self, name) is None for name in self.__dataclass_fields__)
-
-
-@dataclass(frozen=True, slots=True)
-class AppliedMigration:
-    """A migration the database has applied, as recorded."""
-
-    version: int
-    name: str
-    checksum: str
-
-
-@dataclass(frozen=True)
-class DoctorRow:
-    """One row a doctor check found; `total` is how many rows the check found in all."""
-
-    total: int
-    job_id: uuid.UUID | None = None
-    session_id: uuid.UUID | None = None
-    worker_id: str | None = None
-    silent_seconds: float | None = None
-    retry_count: int | None = None
-    max_retries: int | None = None
-    function: str | None = None
 
 
 # -- attempts: claim, heartbeat, finish -------------------------------------------
@@ -252,6 +115,95 @@ def fail(
     return None if row is None or row[0] is None else bool(row[0])
 
 
+def end_attempt(
+    conn: Conn,
+    job_id: uuid.UUID,
+    lease_token: uuid.UUID,
+    end_reason: str,
+    error: str | None = None,
+    output: str | None = None,
+) -> str | None:
+    """End the attempt holding the lease: the job's new status ('completed', 'pending',
+    'failed', 'cancelled'), None when nothing changed (a stale lease).
+
+    end_reason: 'completed', 'released' (given back, not counted; `error` is the human
+    reason), 'cancelled', or why the attempt failed ('error', 'deadline_exceeded', ...).
+    A cancel that was requested turns a release or a failure into 'cancelled'.
+    """
+    row = conn.execute(
+        query("end_attempt"),
+        {
+            "job_id": job_id,
+            "lease_token": lease_token,
+            "end_reason": end_reason,
+            "error": error,
+            "output": _storable(output),
+        },
+    ).fetchone()
+    return None if row is None else row[0]
+
+
+def end_and_claim(
+    conn: Conn,
+    job_id: uuid.UUID,
+    lease_token: uuid.UUID,
+    end_reason: str,
+    error: str | None,
+    output: str | None,
+    worker_id: str,
+) -> Ended:
+    """end_attempt, then claim the next job, in one round trip and one commit."""
+    row = conn.execute(
+        query("end_and_claim"),
+        {
+            "job_id": job_id,
+            "lease_token": lease_token,
+            "end_reason": end_reason,
+            "error": error,
+            "output": _storable(output),
+            "worker_id": worker_id,
+        },
+    ).fetchone()
+    assert row is not None  # the function always returns one row
+    return Ended(row[0], None if row[1] is None else Job(*row[1:]))
+
+
+def renew_leases(conn: Conn, leases: Sequence[Lease]) -> list[Renewal]:
+    """Renew every lease in one statement: a Renewal per lease, in order."""
+    if not leases:
+        return []
+    rows = conn.execute(
+        query("renew_leases"),
+        {
+            "job_ids": [lease.job_id for lease in leases],
+            "lease_tokens": [lease.lease_token for lease in leases],
+        },
+    ).fetchall()
+    return [Renewal(job_id, bool(renewed), bool(cancel)) for job_id, renewed, cancel in rows]
+
+
+def add_events(
+    conn: Conn,
+    job_id: uuid.UUID,
+    lease_token: uuid.UUID,
+    events: Sequence[tuple[str, dict[str, Any]]],
+) -> int:
+    """Record progress events (kind, JSON object) of the attempt holding the lease;
+    how many (0: the lease is stale, nothing written)."""
+    if not events:
+        return 0
+    row = conn.execute(
+        query("add_events"),
+        {
+            "job_id": job_id,
+            "lease_token": lease_token,
+            "kinds": [kind for kind, _ in events],
+            "payloads": [Jsonb(payload) for _, payload in events],
+        },
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
 def heartbeat(conn: Conn, job_id: uuid.UUID, lease_token: uuid.UUID) -> bool:
     """Renew the attempt's lease; False: the lease is lost."""
     row = conn.execute(
@@ -266,6 +218,11 @@ def release(conn: Conn, job_id: uuid.UUID, lease_token: uuid.UUID, reason: str) 
         query("release_job"), {"job_id": job_id, "lease_token": lease_token, "reason": reason}
     ).fetchone()
     return bool(row and row[0])
+
+
+def _storable(text: str | None) -> str | None:
+    # PostgreSQL text cannot hold NUL: a command's output may; it is shown, not parsed.
+    return None if text is None else text.replace("\x00", "\ufffd")
 
 
 def claims_of_worker(conn: Conn, worker_id: str) -> list[Lease]:
@@ -284,51 +241,118 @@ def next_run(conn: Conn) -> NextRun:
 # -- producers ----------------------------------------------------------------------
 
 
-def create_session(conn: Conn, session_id: uuid.UUID) -> None:
-    """Create the session if it does not exist."""
-    conn.execute(query("create_session"), {"session_id": session_id})
+def create_session(conn: Conn, session_id: uuid.UUID, max_concurrency: int = 1) -> None:
+    """Create the session if it does not exist (an existing one is left as it is)."""
+    conn.execute(
+        query("create_session"), {"session_id": session_id, "max_concurrency": max_concurrency}
+    )
 
 
 def create_sessions(conn: Conn, session_ids: Sequence[uuid.UUID]) -> None:
     """Create each session that does not exist (in one pipeline when `conn` has one open)."""
-    conn.cursor().executemany(query("create_session"), [{"session_id": s} for s in session_ids])
+    conn.cursor().executemany(
+        query("create_session"), [{"session_id": s, "max_concurrency": 1} for s in session_ids]
+    )
+
+
+def set_max_concurrency(conn: Conn, session_id: uuid.UUID, max_concurrency: int) -> bool:
+    """Let up to `max_concurrency` prompts of the session run at once (an operator's act;
+    its pending jobs are placed again); False when there is no such session."""
+    cur = conn.execute(
+        query("set_max_concurrency"),
+        {"session_id": session_id, "max_concurrency": max_concurrency},
+    )
+    return cur.rowcount == 1
+
+
+def session_exists(conn: Conn, session_id: uuid.UUID) -> bool:
+    row = conn.execute(query("session_exists"), {"session_id": session_id}).fetchone()
+    return bool(row and row[0])
 
 
 def enqueue(conn: Conn, job: NewJob) -> uuid.UUID:
-    """Insert one validated job of an existing session; its id."""
-    row = conn.execute(
-        query("enqueue_job"),
-        {
-            "session_id": job.session_id,
-            "prompt": job.prompt,
-            "priority": job.priority,
-            "max_retries": job.max_retries,
-            "run_at": job.run_at,
-            "delay": job.delay,
-        },
-    ).fetchone()
-    assert row is not None
-    return row[0]  # type: ignore[no-any-return]
+    """Insert one validated job of an existing session; its id, or the id of the session's
+    job with the same idempotency key."""
+    params = {
+        "session_id": job.session_id,
+        "prompt": job.prompt,
+        "priority": job.priority,
+        "max_retries": job.max_retries,
+        "run_at": job.run_at,
+        "delay": job.delay,
+    }
+    if job.idempotency_key is None:
+        row = conn.execute(query("enqueue_job"), params).fetchone()
+        assert row is not None
+        return row[0]  # type: ignore[no-any-return]
+    params["idempotency_key"] = job.idempotency_key
+    row = conn.execute(query("enqueue_job_idempotent"), params).fetchone()
+    if row is not None:
+        return row[0]  # type: ignore[no-any-return]
+    key = (uuid.UUID(str(job.session_id)), job.idempotency_key)
+    return _existing_jobs(conn, [key])[key]
 
 
 def enqueue_many(
     conn: Conn, jobs: Sequence[NewJob], session_ids: Sequence[uuid.UUID]
 ) -> list[uuid.UUID]:
-    """Insert validated jobs in one statement (job i in session i); their ids, in order."""
+    """Insert validated jobs in one statement (job i in session i); their ids, in order.
+
+    A job whose idempotency key its session already has (or that an earlier job of
+    the batch has) is not inserted: its id is that job's.
+    """
+    # The placing trigger locks each existing session: rows go in session order
+    # (stable: a session's prompts keep theirs), so that two batches never lock
+    # the same sessions in different orders (a deadlock).
+    order = sorted(range(len(jobs)), key=lambda i: session_ids[i])
+    batch = [jobs[i] for i in order]
+    sessions = [session_ids[i] for i in order]
     # Binary arrays: psycopg's text array dumper escapes every element in
     # Python, which was a third of the client's time per job.
-    cur = conn.execute(
-        query("enqueue_jobs"),
-        {
-            "session_ids": list(session_ids),
-            "prompts": [job.prompt for job in jobs],
-            "priorities": [job.priority for job in jobs],
-            "max_retries": [job.max_retries for job in jobs],
-            "run_ats": [job.run_at for job in jobs],
-            "delays": [float(job.delay) for job in jobs],
-        },
-    )
-    return [row[0] for row in cur.fetchall()]
+    params: dict[str, Any] = {
+        "session_ids": sessions,
+        "prompts": [job.prompt for job in batch],
+        "priorities": [job.priority for job in batch],
+        "max_retries": [job.max_retries for job in batch],
+        "run_ats": [job.run_at for job in batch],
+        "delays": [float(job.delay) for job in batch],
+    }
+    if all(job.idempotency_key is None for job in batch):
+        ids = [row[0] for row in conn.execute(query("enqueue_jobs"), params).fetchall()]
+    else:
+        ids = _enqueue_idempotent(conn, batch, sessions, params)
+    in_order: list[uuid.UUID] = [uuid.UUID(int=0)] * len(jobs)
+    for position, job_id in zip(order, ids, strict=True):
+        in_order[position] = job_id
+    return in_order
+
+
+def _enqueue_idempotent(
+    conn: Conn, jobs: Sequence[NewJob], sessions: Sequence[uuid.UUID], params: dict[str, Any]
+) -> list[uuid.UUID]:
+    params["keys"] = [job.idempotency_key for job in jobs]
+    rows = conn.execute(query("enqueue_jobs_idempotent"), params).fetchall()
+    inserted = {(s, k): job_id for job_id, s, k in rows if k is not None}
+    unkeyed = iter([job_id for job_id, _, k in rows if k is None])
+    wanted = [(s, job.idempotency_key) for s, job in zip(sessions, jobs, strict=True)]
+    missing = [(s, k) for s, k in wanted if k is not None and (s, k) not in inserted]
+    found = {**_existing_jobs(conn, missing), **inserted} if missing else inserted
+    return [next(unkeyed) if k is None else found[(s, k)] for s, k in wanted]
+
+
+def _existing_jobs(
+    conn: Conn, keys: Sequence[tuple[uuid.UUID, str | None]]
+) -> dict[tuple[uuid.UUID, str | None], uuid.UUID]:
+    """The ids of the jobs with these (session, idempotency key) pairs."""
+    rows = conn.execute(
+        query("jobs_by_idempotency_key"),
+        {"session_ids": [s for s, _ in keys], "keys": [k for _, k in keys]},
+    ).fetchall()
+    found = {(s, k): job_id for s, k, job_id in rows}
+    if any(key not in found for key in keys):
+        # Its twin was inserted, then deleted (pruned) before we could read it.
+        raise QueueError("a job with this idempotency key vanished meanwhile: enqueue again")
+    return found
 
 
 # -- reading jobs ---------------------------------------------------------------------
@@ -338,6 +362,42 @@ def get_job(conn: Conn, job_id: uuid.UUID) -> JobRow | None:
     """The job's row, or None."""
     with conn.cursor(row_factory=class_row(JobRow)) as cur:
         return cur.execute(query("get_job"), {"job_id": job_id}).fetchone()
+
+
+def attempts(conn: Conn, job_id: uuid.UUID) -> list[Attempt]:
+    """Every attempt of the job, first first."""
+    with conn.cursor(row_factory=class_row(Attempt)) as cur:
+        return cur.execute(query("job_attempts"), {"job_id": job_id}).fetchall()
+
+
+def events(conn: Conn, job_id: uuid.UUID, after_id: int = 0, limit: int = 1000) -> list[Event]:
+    """The job's progress events after event `after_id`, oldest first, at most `limit`."""
+    with conn.cursor(row_factory=class_row(Event)) as cur:
+        return cur.execute(
+            query("job_events"), {"job_id": job_id, "after_id": after_id, "limit": limit}
+        ).fetchall()
+
+
+# -- cancelling ---------------------------------------------------------------------------
+
+
+def cancel(conn: Conn, job_id: uuid.UUID) -> bool:
+    """Cancel a job: a pending one at once, a processing one by asking its supervisor;
+    False when the call changed nothing (finished, already being cancelled, no such job)."""
+    row = conn.execute(query("cancel_job"), {"job_id": job_id}).fetchone()
+    return bool(row and row[0])
+
+
+def cancel_session(conn: Conn, session_id: uuid.UUID) -> int:
+    """Cancel every unfinished job of the session; how many changed."""
+    row = conn.execute(query("cancel_session"), {"session_id": session_id}).fetchone()
+    return int(row[0]) if row else 0
+
+
+def cancel_session_jobs(conn: Conn, session_id: uuid.UUID) -> list[tuple[uuid.UUID, bool]]:
+    """cancel() on every unfinished job of the session, in one statement: (job, changed)."""
+    rows = conn.execute(query("cancel_session_jobs"), {"session_id": session_id}).fetchall()
+    return [(job_id, bool(changed)) for job_id, changed in rows]
 
 
 def stats(conn: Conn) -> QueueStats:
@@ -367,6 +427,13 @@ def list_failed(conn: Conn, limit: int) -> list[DeadLetter]:
 def requeue_failed(conn: Conn, job_id: uuid.UUID) -> bool:
     """Bring a dead-lettered job back to pending, retry count reset; False if it is not one."""
     row = conn.execute(query("requeue_failed"), {"job_id": job_id}).fetchone()
+    return bool(row and row[0])
+
+
+def retry_job(conn: Conn, job_id: uuid.UUID) -> bool:
+    """Submit a failed or cancelled job again (an operator's act): pending, at the back of
+    its session; False if it is neither."""
+    row = conn.execute(query("retry_job"), {"job_id": job_id}).fetchone()
     return bool(row and row[0])
 
 

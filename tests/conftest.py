@@ -20,7 +20,7 @@ from mobvibe.client import JobQueue
 from tests.helpers import migrate_with_test_clock
 
 RESET = """
-TRUNCATE coding_jobs, coding_sessions, queue_reaper_runs;
+TRUNCATE coding_jobs, coding_job_attempts, coding_job_events, coding_sessions, queue_reaper_runs;
 UPDATE queue_config SET backoff_base = DEFAULT, backoff_cap = DEFAULT, backoff_jitter = DEFAULT,
     heartbeat_timeout = DEFAULT, retain_completed = DEFAULT, retain_failed = DEFAULT;
 """

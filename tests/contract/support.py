@@ -46,6 +46,16 @@ def insert_job(
     return row[0]
 
 
+def new_session(conn: psycopg.Connection[Any], max_concurrency: int = 1) -> uuid.UUID:
+    """A session as the producer makes one; up to `max_concurrency` of its prompts at once."""
+    session = uuid.uuid4()
+    conn.execute(
+        "INSERT INTO coding_sessions (id, max_concurrency) VALUES (%s, %s)",
+        [session, max_concurrency],
+    )
+    return session
+
+
 def job_row(conn: psycopg.Connection[Any], job_id: Any) -> dict[str, Any]:
     """Every column of the job's row."""
     with conn.cursor(row_factory=dict_row) as cur:

@@ -12,36 +12,41 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.contract.support import T0, claim, insert_job, job_row, scalar, table_counts
+from tests.contract.support import (
+    T0,
+    claim,
+    insert_job,
+    job_row,
+    new_session,
+    scalar,
+    table_counts,
+)
 from tests.helpers import count, set_clock, triggers_off
 
 
-def test_claim_order_is_priority_desc_then_created_at_then_seq(conn: Any, session_id: Any) -> None:
+def test_claim_order_is_priority_desc_then_submission_order(conn: Any) -> None:
+    """Among jobs that may start (here: each in a session of its own), priority, then
+    seq: the order of submission, whatever created_at says."""
     older = T0 - timedelta(hours=1)
-    # (priority, minutes after `older`); equal pairs tie on created_at and fall back to seq
+    # (priority, minutes after `older`): created_at breaks no tie
     specs = [(5, 3), (10, 5), (5, 1), (0, 0), (10, 5), (10, 2), (5, 1), (0, 0)]
     ids = [
-        insert_job(conn, session_id, priority=p, created_at=older + timedelta(minutes=m))
+        insert_job(conn, new_session(conn), priority=p, created_at=older + timedelta(minutes=m))
         for p, m in specs
     ]
     expected = [
-        job
-        for _, job in sorted(
-            zip(specs, ids, strict=True), key=lambda item: (-item[0][0], item[0][1])
-        )
+        job for _, job in sorted(zip(specs, ids, strict=True), key=lambda item: -item[0][0])
     ]
-    # sorted() is stable, so equal (priority, created_at) keep insertion (seq) order
+    # sorted() is stable, so equal priorities keep insertion (seq) order
     set_clock(conn, T0)
     claimed = [claim(conn) for _ in ids]
     assert [c["job_id"] if c else None for c in claimed] == expected
     assert claim(conn) is None
 
 
-def test_a_due_job_of_lower_priority_goes_before_a_job_that_is_not_due(
-    conn: Any, session_id: Any
-) -> None:
-    later = insert_job(conn, session_id, priority=10, run_at=T0 + timedelta(minutes=5))
-    due = insert_job(conn, session_id, priority=0, run_at=T0 - timedelta(seconds=1))
+def test_a_due_job_of_lower_priority_goes_before_a_job_that_is_not_due(conn: Any) -> None:
+    later = insert_job(conn, new_session(conn), priority=10, run_at=T0 + timedelta(minutes=5))
+    due = insert_job(conn, new_session(conn), priority=0, run_at=T0 - timedelta(seconds=1))
     set_clock(conn, T0)
     first = claim(conn)
     assert first is not None and first["job_id"] == due
@@ -126,13 +131,12 @@ def test_claim_on_an_empty_queue_returns_no_row(conn: Any) -> None:
     assert table_counts(conn) == (0, 0)
 
 
-def test_eight_connections_claim_2000_jobs_each_exactly_once(
-    db_url: str, conn: Any, session_id: Any
-) -> None:
-    conn.execute(
+def test_eight_connections_claim_2000_jobs_each_exactly_once(db_url: str, conn: Any) -> None:
+    conn.execute(  # a session per job: every one may start at once
+        "WITH s AS (INSERT INTO coding_sessions (id) SELECT gen_random_uuid() "
+        "           FROM generate_series(1, 2000) RETURNING id) "
         "INSERT INTO coding_jobs (session_id, prompt, priority) "
-        "SELECT %s, 'job ' || i, mod(i, 11) FROM generate_series(1, 2000) AS i",
-        [session_id],
+        "SELECT s.id, 'job', mod(abs(hashtext(s.id::text)), 11) FROM s"
     )
     workers = 8
     start = threading.Barrier(workers)
@@ -171,11 +175,13 @@ def test_eight_connections_claim_2000_jobs_each_exactly_once(
 
 
 def _inner_select_of_claim(conn: Any) -> str:
-    """The SELECT ... FOR UPDATE SKIP LOCKED inside claim_next_job, as the database has it."""
+    """The claim's SELECT ... FOR UPDATE SKIP LOCKED of a ready job inside claim_next_job,
+    as the database has it (its clock variable made the clock function)."""
     source = scalar(conn, "SELECT prosrc FROM pg_proc WHERE proname = 'claim_next_job'")
-    match = re.search(r"\(\s*(SELECT\b.*?SKIP LOCKED)\s*\)", source, re.DOTALL | re.IGNORECASE)
-    assert match, source
-    return match.group(1)
+    selects = re.findall(r"\(\s*(SELECT\b.*?SKIP LOCKED)\s*\)", source, re.DOTALL | re.IGNORECASE)
+    ready = [s for s in selects if "waiting_for IS NULL" in s]
+    assert len(ready) == 1, source
+    return re.sub(r"\bts\b", "public.queue_now()", ready[0])
 
 
 def _plan_nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
@@ -194,9 +200,11 @@ def test_claim_walks_the_partial_index_without_a_sort(
             [session_id],
         )
     conn.execute(
+        "WITH s AS (INSERT INTO coding_sessions (id) SELECT gen_random_uuid() "
+        "           FROM generate_series(1, %s) RETURNING id) "
         "INSERT INTO coding_jobs (session_id, prompt, priority) "
-        "SELECT %s, 'todo', mod(i, 11) FROM generate_series(1, %s) AS i",
-        [session_id, pending],
+        "SELECT s.id, 'todo', mod(abs(hashtext(s.id::text)), 11) FROM s",
+        [pending],
     )
     conn.execute("ANALYZE coding_jobs")
     inner = _inner_select_of_claim(conn)
@@ -205,4 +213,4 @@ def test_claim_walks_the_partial_index_without_a_sort(
     nodes = _plan_nodes(plan)
     kinds = [node["Node Type"] for node in nodes]
     assert not [kind for kind in kinds if "Sort" in kind], kinds
-    assert any(node.get("Index Name") == "coding_jobs_claim_idx" for node in nodes), kinds
+    assert any(node.get("Index Name") == "coding_jobs_ready_idx" for node in nodes), kinds

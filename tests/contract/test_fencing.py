@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from psycopg.rows import dict_row
 
-from tests.contract.support import T0, claim, insert_job, job_row, scalar
+from tests.contract.support import T0, claim, insert_job, job_row, new_session, scalar
 from tests.helpers import set_clock
 
 # Each call an attempt can make with its lease, and what it answers when the lease is stale.
@@ -222,7 +222,7 @@ def test_complete_and_claim_with_a_stale_lease_reports_it_and_still_claims(
     conn: Any, session_id: Any
 ) -> None:
     job, stale = failed_and_reclaimed(conn, session_id)
-    other = insert_job(conn, session_id)
+    other = insert_job(conn, new_session(conn))  # its own session: it may start now
     before = job_row(conn, job)
     result = complete_and_claim(conn, job, stale)
     assert result["completed"] is False

@@ -64,6 +64,31 @@ SHADOW_FUNCTIONS = [
     ("extract", "text, timestamptz", "numeric", "pg_catalog.extract($1, $2)"),
     ("to_regclass", "text", "regclass", "pg_catalog.to_regclass($1)"),
     ("format", "text, text", "text", "pg_catalog.format($1, $2)"),
+    # sessions, cancel, attempts and events (0006)
+    (
+        "json_build_object",
+        "text, uuid, text, uuid",
+        "json",
+        "pg_catalog.json_build_object($1, $2, $3, $4)",
+    ),
+    (
+        "json_build_object",
+        "text, uuid, text, uuid, text, bigint, text, text",
+        "json",
+        "pg_catalog.json_build_object($1, $2, $3, $4, $5, $6, $7, $8)",
+    ),
+    ("cardinality", "uuid[]", "integer", "pg_catalog.cardinality($1)"),
+    ("cardinality", "text[]", "integer", "pg_catalog.cardinality($1)"),
+    ("cardinality", "jsonb[]", "integer", "pg_catalog.cardinality($1)"),
+    ("unnest", "uuid[]", "SETOF uuid", "pg_catalog.unnest($1)"),
+    ("unnest", "text[]", "SETOF text", "pg_catalog.unnest($1)"),
+    ("unnest", "jsonb[]", "SETOF jsonb", "pg_catalog.unnest($1)"),
+    ("nextval", "regclass", "bigint", "pg_catalog.nextval($1)"),
+    ("pg_get_serial_sequence", "text, text", "text", "pg_catalog.pg_get_serial_sequence($1, $2)"),
+    ("pg_current_xact_id_if_assigned", "", "xid8", "pg_catalog.pg_current_xact_id_if_assigned()"),
+    ("octet_length", "text", "integer", "pg_catalog.octet_length($1)"),
+    ("char_length", "text", "integer", "pg_catalog.char_length($1)"),
+    ("right", "text, integer", "text", 'pg_catalog."right"($1, $2)'),
 ]
 
 # (operator, left type, right type, result type)
@@ -85,6 +110,12 @@ SHADOW_OPERATORS = [
     ("||", "text", "uuid", "text"),
     ("||", "text", "integer", "text"),
     ("||", "text", "timestamptz", "text"),
+    # sessions (0006): seq, counts against max_concurrency, the output's tail, xmin
+    ("<", "bigint", "bigint", "boolean"),
+    (">", "bigint", "bigint", "boolean"),
+    (">=", "bigint", "integer", "boolean"),
+    ("/", "integer", "integer", "integer"),
+    ("=", "xid", "xid", "boolean"),
 ]
 
 # (aggregate, argument type, state type, transition over (state, value), initial state)
@@ -116,8 +147,10 @@ def plant_shadows(attacker: psycopg.Connection[Any]) -> int:
         body = f"BEGIN {_record(f'{name}({args})')} RETURN {real}; END"
         if result == "void":
             body = f"BEGIN {_record(f'{name}({args})')} PERFORM {real}; END"
+        elif result.startswith("SETOF"):
+            body = f"BEGIN {_record(f'{name}({args})')} RETURN QUERY SELECT {real}; END"
         attacker.execute(
-            f"CREATE FUNCTION public.{name}({args}) RETURNS {result} LANGUAGE plpgsql "
+            f'CREATE FUNCTION public."{name}"({args}) RETURNS {result} LANGUAGE plpgsql '
             f"SET search_path = pg_catalog AS $shadow$ {body} $shadow$"
         )
         planted += 1
@@ -175,8 +208,8 @@ def lifecycle(crew: Crew) -> None:
     p, w, m, o = crew.producer, crew.worker, crew.monitor, crew.operator
     crew.at(T0)
     session = uuid.uuid4()
-    store.create_session(p, session)
-    # claimed in this order: priority 5, 4, 3, 2
+    store.create_session(p, session, max_concurrency=4)
+    # claimed in this order: priority 5, 4, 3, 2 (four may run at once)
     first = store.enqueue(p, NewJob("first", session, priority=5, max_retries=2))
     store.enqueue_many(
         p, [NewJob("second", priority=4), NewJob("third", priority=3, max_retries=1)], [session] * 2
@@ -217,12 +250,47 @@ def lifecycle(crew: Crew) -> None:
     crew.at(T0 + timedelta(hours=1))
     again = again or store.claim(w, "hijack-4")
     assert again is not None
+    sessions_cancel_attempts_and_events(crew)
     crew.at(T0 + timedelta(days=40))  # the attempt expires; the finished jobs age
     result = sweep.run_once(w, sweep.ReaperSettings(name="hijack", batch_size=10, prune_batch=10))
-    assert result.requeued + result.dead_lettered == 1 and result.pruned == 3
+    # completed: second, plain and one of the session's below; failed: third;
+    # cancelled: one of the session's below
+    assert result.requeued + result.dead_lettered == 1 and result.pruned == 5
     store.set_queue_config(o, store.ConfigChange(backoff_base=5, retain_failed=0))
     assert store.purge_failed(o, timedelta(0), 10) == 1
     doctor.diagnose(o, 5)
+
+
+def sessions_cancel_attempts_and_events(crew: Crew) -> None:
+    """A session's prompts in order, a double tap, cancels, attempts, events (0006)."""
+    p, w, o = crew.producer, crew.worker, crew.operator
+    session = uuid.uuid4()
+    store.create_session(p, session)
+    tap = NewJob("double tap", session, idempotency_key="tap-1")
+    first = store.enqueue(p, tap)
+    assert store.enqueue(p, tap) == first
+    second, third = store.enqueue_many(
+        p, [NewJob("second", idempotency_key="tap-2"), NewJob("third")], [session] * 2
+    )
+    assert store.enqueue_many(p, [NewJob("again", idempotency_key="tap-2")], [session]) == [second]
+    assert store.set_max_concurrency(o, session, 2)  # the second may start too
+
+    job = store.claim(w, "hijack-5")
+    assert job is not None and job.id == first
+    renewals = store.renew_leases(w, [store.Lease(job.id, job.lease_token)])
+    assert renewals == [store.Renewal(job.id, True, False)]
+    assert store.add_events(w, job.id, job.lease_token, [("progress", {"pct": 50})]) == 1
+    ended = store.end_and_claim(w, job.id, job.lease_token, "completed", None, "done", "hijack-5")
+    assert ended.status == "completed" and ended.next_job is not None
+    assert ended.next_job.id == second
+    assert store.cancel(p, second)  # requested: its supervisor is told
+    lease = ended.next_job.lease_token
+    output = "é" * 40_000  # 80,000 bytes: the end is kept
+    assert store.end_attempt(w, second, lease, "error", "boom", output) == "cancelled"
+    assert store.cancel_session(p, session) == 1  # the third, pending
+    assert store.retry_job(o, third)
+    assert store.attempts(p, first) and store.events(p, first)
+    assert store.cancel(p, third) and store.retry_job(o, third)
 
 
 @pytest.fixture

@@ -132,7 +132,7 @@ def test_a_sessions_table_of_another_phase_gains_the_queue_columns(
                 "WHERE table_name = 'coding_sessions'"
             )
         }
-        assert columns == {"id", "status", "error_message", "updated_at"}
+        assert columns == {"id", "status", "error_message", "updated_at", "max_concurrency"}
         session = uuid.uuid4()
         conn.execute("INSERT INTO coding_sessions (id) VALUES (%s)", [session])
         job = insert_job(conn, session, max_retries=1)
@@ -150,9 +150,10 @@ def test_coding_jobs_joins_the_supabase_realtime_publication(
         conn.execute("CREATE PUBLICATION supabase_realtime")
         migrate(conn)
         tables = conn.execute(
-            "SELECT tablename FROM pg_publication_tables WHERE pubname = 'supabase_realtime'"
+            "SELECT tablename FROM pg_publication_tables WHERE pubname = 'supabase_realtime' "
+            "ORDER BY 1"
         ).fetchall()
-        assert tables == [("coding_jobs",)]
+        assert tables == [("coding_job_events",), ("coding_jobs",)]
 
 
 def test_a_publication_for_all_tables_is_left_alone(new_database: Callable[[], str]) -> None:
@@ -227,13 +228,22 @@ def test_a_database_with_the_plans_schema_migrates_and_keeps_working(
         conn.execute(PLAN_SCHEMA.encode())
         session = uuid.uuid4()
         conn.execute("INSERT INTO coding_sessions (id) VALUES (%s)", [session])
-        old_job = scalar(
-            conn,
-            "INSERT INTO coding_jobs (session_id, prompt, priority) "
-            "VALUES (%s, 'from before', 1) RETURNING id",
-            [session],
+        old_job, old_second = (
+            scalar(
+                conn,
+                "INSERT INTO coding_jobs (session_id, prompt, priority) "
+                "VALUES (%s, 'from before', 1) RETURNING id",
+                [session],
+            )
+            for _ in range(2)
         )
         assert migrate(conn).applied == SHIPPED
+        # the jobs already queued take their places: one prompt of a session at a time
+        assert scalar(conn, "SELECT waiting_for FROM coding_jobs WHERE id = %s", [old_job]) is None
+        assert (
+            scalar(conn, "SELECT waiting_for FROM coding_jobs WHERE id = %s", [old_second])
+            == "session"
+        )
 
         # the plan's signatures are the operator's overloads, the worker's need a lease:
         # no call of the plan is ambiguous
@@ -246,13 +256,15 @@ def test_a_database_with_the_plans_schema_migrates_and_keeps_working(
         assert [signature for (signature,) in overloads] == [
             "claim_next_job(text)",
             "complete_job(uuid)",
-            "complete_job(uuid,uuid)",
+            "complete_job(uuid,uuid,text)",
             "fail_job(uuid,text)",
-            "fail_job(uuid,text,uuid,text)",
+            "fail_job(uuid,text,uuid,text,text)",
             "get_queue_stats()",
         ]
 
-        new_job = insert_job(conn, session, priority=5)
+        new_session = uuid.uuid4()
+        conn.execute("INSERT INTO coding_sessions (id) VALUES (%s)", [new_session])
+        new_job = insert_job(conn, new_session, priority=5)
         first = claim(conn)
         assert first is not None and first["job_id"] == new_job
         cur = conn.execute("SELECT * FROM claim_next_job()")
@@ -264,7 +276,7 @@ def test_a_database_with_the_plans_schema_migrates_and_keeps_working(
             "SELECT pending_count, processing_count, completed_count, "
             "failed_count FROM get_queue_stats()"
         ).fetchone()
-        assert stats == (1, 0, 1, 0)
+        assert stats == (2, 0, 1, 0)  # the retry, and the old session's second prompt
 
         # the queue's checks now hold on the old table too
         with pytest.raises(psycopg.errors.CheckViolation):

@@ -65,11 +65,26 @@ INSERT INTO coding_jobs (id, session_id, prompt, status, run_at, retry_count, at
   NULL, NULL, NULL, NULL, now() - interval '1 hour', 'boom', 'error');
 """
 
+# The running attempt's record and one event of it.
+SCENE_ATTEMPT = (
+    (
+        "INSERT INTO coding_job_attempts (job_id, attempt, worker_id, started_at) "
+        "VALUES (%(running)s, 1, 'w1', now())"
+    ),
+    (
+        "INSERT INTO coding_job_events (job_id, session_id, attempt, kind, payload) "
+        "VALUES (%(running)s, %(session)s, 1, 'progress', '{\"pct\": 10}')"
+    ),
+)
+
 SNAPSHOT = """
 SELECT (SELECT coalesce(json_agg(j ORDER BY j.id), '[]') FROM coding_jobs j)::text,
        (SELECT coalesce(json_agg(s ORDER BY s.id), '[]') FROM coding_sessions s)::text,
        (SELECT coalesce(json_agg(c), '[]') FROM queue_config c)::text,
-       (SELECT coalesce(json_agg(r ORDER BY r.reaper), '[]') FROM queue_reaper_runs r)::text
+       (SELECT coalesce(json_agg(r ORDER BY r.reaper), '[]') FROM queue_reaper_runs r)::text,
+       (SELECT coalesce(json_agg(a ORDER BY a.job_id, a.attempt), '[]')
+        FROM coding_job_attempts a)::text,
+       (SELECT coalesce(json_agg(e ORDER BY e.id), '[]') FROM coding_job_events e)::text
 """
 
 
@@ -291,6 +306,121 @@ def select_config(c: Ctx) -> bool:
     return bool(c.conn.execute("SELECT * FROM queue_config").fetchall())
 
 
+# -- sessions, cancel, attempts and events (0006) ----------------------------------------------
+
+
+def insert_session_with_concurrency(c: Ctx) -> bool:
+    c.conn.execute(
+        "INSERT INTO coding_sessions (id, max_concurrency) VALUES (%s, 3)", [uuid.uuid4()]
+    )
+    return True
+
+
+def insert_job_with_key(c: Ctx) -> bool:
+    c.conn.execute(
+        "INSERT INTO coding_jobs (session_id, prompt, idempotency_key) VALUES (%s, 'tap', 'k')",
+        [c.scene.session],
+    )
+    return True
+
+
+def insert_job_cancelled(c: Ctx) -> bool:
+    c.conn.execute(
+        "INSERT INTO coding_jobs (session_id, prompt, status, completed_at) "
+        "VALUES (%s, 'born cancelled', 'cancelled', now())",
+        [c.scene.session],
+    )
+    return True
+
+
+def insert_job_with_output(c: Ctx) -> bool:
+    c.conn.execute(
+        "INSERT INTO coding_jobs (session_id, prompt, output, cancel_requested_at) "
+        "VALUES (%s, 'born done', 'out', now())",
+        [c.scene.session],
+    )
+    return True
+
+
+def update_max_concurrency(c: Ctx) -> bool:
+    cur = c.conn.execute(
+        "UPDATE coding_sessions SET max_concurrency = 5 WHERE id = %s", [c.scene.session]
+    )
+    return cur.rowcount == 1
+
+
+def cancel_pending(c: Ctx) -> bool:
+    return c.one("SELECT cancel_job(%s)", c.scene.pending) is True
+
+
+def cancel_running(c: Ctx) -> bool:
+    changed = c.one("SELECT cancel_job(%s)", c.scene.running) is True
+    requested = c.owner.execute(
+        "SELECT cancel_requested_at IS NOT NULL FROM coding_jobs WHERE id = %s", [c.scene.running]
+    ).fetchone()
+    return changed and requested == (True,)
+
+
+def cancel_session(c: Ctx) -> bool:
+    """The two pending jobs cancelled, the two processing ones asked to stop."""
+    return c.one("SELECT queue_cancel_session(%s)", c.scene.session) == 4
+
+
+def end_attempt(c: Ctx) -> bool:
+    ended = c.one(
+        "SELECT queue_end_attempt(%s, %s, 'completed', NULL, 'done')",
+        c.scene.running,
+        c.scene.lease,
+    )
+    return ended == "completed"
+
+
+def end_attempt_with_null_lease(c: Ctx) -> bool:
+    c.one("SELECT queue_end_attempt(%s, NULL, 'completed')", c.scene.running)
+    return c.status(c.scene.running) != "processing"
+
+
+def end_and_claim(c: Ctx) -> bool:
+    row = c.conn.execute(
+        "SELECT ended, job_id FROM queue_end_and_claim(%s, %s, 'error', 'boom', NULL, 'matrix')",
+        [c.scene.running, c.scene.lease],
+    ).fetchone()
+    return row == ("pending", c.scene.pending)
+
+
+def renew_leases(c: Ctx) -> bool:
+    rows = c.conn.execute(
+        "SELECT job_id, renewed FROM queue_renew_leases(%s::uuid[], %s::uuid[])",
+        [[c.scene.running, c.scene.expired], [c.scene.lease, uuid.uuid4()]],
+    ).fetchall()
+    return rows == [(c.scene.running, True), (c.scene.expired, False)]
+
+
+def add_events(c: Ctx) -> bool:
+    added = c.one(
+        "SELECT queue_add_events(%s, %s, ARRAY['log'], ARRAY['{\"text\": \"hi\"}'::jsonb])",
+        c.scene.running,
+        c.scene.lease,
+    )
+    return added == 1
+
+
+def retry_job(c: Ctx) -> bool:
+    return c.one("SELECT queue_retry_job(%s)", c.scene.old_failed) is True
+
+
+def select_attempts(c: Ctx) -> bool:
+    return bool(c.conn.execute("SELECT * FROM coding_job_attempts").fetchall())
+
+
+def select_events(c: Ctx) -> bool:
+    return bool(c.conn.execute("SELECT * FROM coding_job_events").fetchall())
+
+
+def cancelled_count(c: Ctx) -> bool:
+    return c.one("SELECT cancelled_count FROM get_queue_stats()") == 0
+
+
 PRODUCER, WORKER, MONITOR, OPERATOR = ROLES
 NOBODY: frozenset[str] = frozenset()
 EVERYONE = frozenset(ROLES)
@@ -331,6 +461,23 @@ MATRIX: dict[Action, frozenset[str]] = {
     select_reaper_runs: frozenset({WORKER, MONITOR, OPERATOR}),
     select_migrations: frozenset({OPERATOR}),
     select_config: frozenset({OPERATOR}),
+    insert_session_with_concurrency: frozenset({PRODUCER, OPERATOR}),
+    insert_job_with_key: frozenset({PRODUCER, OPERATOR}),
+    insert_job_cancelled: NOBODY,
+    insert_job_with_output: NOBODY,
+    update_max_concurrency: frozenset({OPERATOR}),
+    cancel_pending: frozenset({PRODUCER, OPERATOR}),
+    cancel_running: frozenset({PRODUCER, OPERATOR}),
+    cancel_session: frozenset({PRODUCER, OPERATOR}),
+    end_attempt: frozenset({WORKER, OPERATOR}),
+    end_attempt_with_null_lease: NOBODY,
+    end_and_claim: frozenset({WORKER, OPERATOR}),
+    renew_leases: frozenset({WORKER, OPERATOR}),
+    add_events: frozenset({WORKER, OPERATOR}),
+    retry_job: frozenset({OPERATOR}),
+    select_attempts: frozenset({PRODUCER, WORKER, OPERATOR}),
+    select_events: frozenset({PRODUCER, WORKER, OPERATOR}),
+    cancelled_count: frozenset({WORKER, MONITOR, OPERATOR}),
 }
 
 
@@ -367,7 +514,10 @@ def connections(
 
 @pytest.fixture
 def scene(owner: psycopg.Connection[Any]) -> Scene:
-    owner.execute("TRUNCATE coding_jobs, coding_sessions, queue_reaper_runs")
+    owner.execute(
+        "TRUNCATE coding_jobs, coding_job_attempts, coding_job_events, coding_sessions, "
+        "queue_reaper_runs"
+    )
     owner.execute(
         "UPDATE queue_config SET backoff_base = DEFAULT, backoff_cap = DEFAULT, "
         "backoff_jitter = DEFAULT, heartbeat_timeout = DEFAULT, retain_completed = DEFAULT, "
@@ -377,6 +527,8 @@ def scene(owner: psycopg.Connection[Any]) -> Scene:
     owner.execute("INSERT INTO coding_sessions (id) VALUES (%s)", [ids["session"]])
     with triggers_off(owner):
         owner.execute(SCENE, ids)
+        for statement in SCENE_ATTEMPT:
+            owner.execute(statement, ids)
     return Scene(**ids)
 
 

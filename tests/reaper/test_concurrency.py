@@ -17,10 +17,11 @@ JOBS = 1000
 
 
 def expire_all(conn: Any) -> None:
-    """Every job becomes an attempt whose worker died an hour ago."""
+    """Every job becomes an attempt whose worker died an hour ago (many of a session at
+    once: the reapers' contention on sessions, not the order rule, is under test)."""
     conn.execute("""
         UPDATE coding_jobs
-        SET status = 'processing', lease_token = gen_random_uuid(), attempt = 1,
+        SET status = 'processing', lease_token = gen_random_uuid(), attempt = 1, waiting_for = NULL,
             worker_id = 'dead', started_at = now() - interval '2 hours',
             heartbeat_at = now() - interval '1 hour'""")
 

@@ -76,8 +76,8 @@ def test_retention_deletes_only_old_enough_jobs_in_batches(counted: Any) -> None
     }
     statements = [n for (n,) in counted.execute("SELECT deleted FROM test_delete_statements")]
     assert max(statements) <= 10
-    # completed: 10, 10, 10, 5 (short: stop); failed: 4 (short: stop)
-    assert statements == [10, 10, 10, 5, 4]
+    # completed: 10, 10, 10, 5 (short: stop); failed: 4 (short: stop); cancelled: 0
+    assert statements == [10, 10, 10, 5, 4, 0]
 
 
 def test_a_batch_that_comes_back_full_is_followed_by_another(counted: Any) -> None:
@@ -85,7 +85,8 @@ def test_a_batch_that_comes_back_full_is_followed_by_another(counted: Any) -> No
     result = run_once(counted, ReaperSettings(prune_batch=10, name="retention"))
     assert result.pruned_completed == 20
     statements = [n for (n,) in counted.execute("SELECT deleted FROM test_delete_statements")]
-    assert statements == [10, 10, 0, 0]  # the last completed batch, then failed's one
+    # the last completed batch, then failed's one, then cancelled's
+    assert statements == [10, 10, 0, 0, 0]
 
 
 def test_a_null_retention_keeps_finished_jobs_forever(conn: Any) -> None:

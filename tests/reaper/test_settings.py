@@ -95,6 +95,8 @@ def test_summary_starts_with_the_four_keys_of_the_issue() -> None:
         "pruned_completed",
         "pruned_failed",
         "waiting_retries",
+        "cancelled",
+        "pruned_cancelled",
         "next_retry_at",
         "heartbeat_timeout_s",
         "retain_completed_s",

@@ -47,7 +47,7 @@ def test_expired_attempt_is_requeued_with_backoff_and_the_reason(
 def test_unexpired_attempt_is_left_alone(
     queue: JobQueue, conn: Any, clock: Clock, settings: ReaperSettings
 ) -> None:
-    old, young = queue.enqueue_many([NewJob("first"), NewJob("second")])
+    old, young = queue.enqueue("first"), queue.enqueue("second")  # two sessions
     assert claim(conn).id == old  # type: ignore[union-attr]
     clock.advance(20)
     assert claim(conn).id == young  # type: ignore[union-attr]

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from tests.stateful.support import LEASE, T0, backoff
 
 ACTIVE = ("pending", "processing")
+MAX_CONCURRENCY = 1  # the sessions' default: one prompt of a session at a time
 
 
 @dataclass(frozen=True)
@@ -29,13 +30,14 @@ class Lease:
 class Job:
     """One job as the model sees it; the fields mirror coding_jobs columns."""
 
-    key: int  # insertion order: seq - 1
+    key: int  # insertion order
     id: uuid.UUID
     session: int
     priority: int
     max_retries: int
     created_at: datetime
     run_at: datetime
+    seq: int  # submission order: the insert's, or an operator's requeue
     status: str = "pending"
     retry_count: int = 0
     attempt: int = 0
@@ -66,6 +68,7 @@ class Model:
     ids: dict[int, uuid.UUID] = field(default_factory=dict)  # every job ever, pruned too
     keys: dict[uuid.UUID, int] = field(default_factory=dict)
     sessions: list[Session] = field(init=False)
+    last_seq: int = 0  # the identity sequence of coding_jobs.seq
 
     def __post_init__(self) -> None:
         self.sessions = [Session() for _ in range(self.session_count)]
@@ -83,10 +86,33 @@ class Model:
         job = self.jobs.get(lease.job)
         return job is not None and job.status == "processing" and job.lease_token == lease.token
 
+    def may_start(self, job: Job) -> bool:
+        """The order rule: fewer than max_concurrency unfinished jobs of its session were
+        submitted before it (its run_at aside)."""
+        ahead = [
+            j
+            for j in self.jobs.values()
+            if j.session == job.session and j.status in ACTIVE and j.seq < job.seq
+        ]
+        return len(ahead) < MAX_CONCURRENCY
+
     def next_due(self) -> Job | None:
-        """The job a claim must return: due, highest priority, oldest, first inserted."""
-        due = [j for j in self.jobs.values() if j.status == "pending" and j.run_at <= self.clock]
-        return min(due, key=lambda j: (-j.priority, j.created_at, j.key), default=None)
+        """The job a claim must return: among the due jobs that may start, the highest
+        priority, then the first submitted."""
+        due = [
+            j
+            for j in self.jobs.values()
+            if j.status == "pending" and j.run_at <= self.clock and self.may_start(j)
+        ]
+        return min(due, key=lambda j: (-j.priority, j.seq), default=None)
+
+    def next_run_at(self) -> datetime | None:
+        """queue_next_run_at(): the earliest run_at of a pending job that may start once
+        due; jobs waiting for their session are left out."""
+        return min(
+            (j.run_at for j in self.jobs.values() if j.status == "pending" and self.may_start(j)),
+            default=None,
+        )
 
     def expired(self) -> list[Job]:
         """Processing jobs whose heartbeat is older than the reaper's timeout."""
@@ -121,7 +147,10 @@ class Model:
         key = len(self.ids)
         self.ids[key] = job_id
         self.keys[job_id] = key
-        self.jobs[key] = Job(key, job_id, session, priority, max_retries, created_at, run_at)
+        self.last_seq += 1
+        self.jobs[key] = Job(
+            key, job_id, session, priority, max_retries, created_at, run_at, self.last_seq
+        )
         return key
 
     def claim(self, job: Job, token: uuid.UUID, worker: str) -> None:
@@ -188,13 +217,16 @@ class Model:
         return True
 
     def requeue(self, key: int) -> bool:
-        """queue_requeue_failed: a dead letter back to pending; its session active again
-        once none of its jobs is failed."""
+        """queue_requeue_failed: a dead letter back to pending, submitted again (a new seq:
+        the back of its session); its session active again once none of its jobs is
+        failed."""
         job = self.jobs.get(key)
         if job is None or job.status != "failed":
             return False
         job.status, job.retry_count, job.run_at, job.completed_at = "pending", 0, self.clock, None
         job.end_reason = "requeued from dead letters"
+        self.last_seq += 1
+        job.seq = self.last_seq
         session = self.sessions[job.session]
         if session.status == "failed" and not any(
             j.session == job.session and j.status == "failed" for j in self.jobs.values()

@@ -102,7 +102,10 @@ class Clocked:
 
 def reset(conn: psycopg.Connection[Any], *, jitter: float = 0.0) -> None:
     """Empty the queue and set the suites' backoff schedule and heartbeat timeout."""
-    conn.execute("TRUNCATE coding_jobs, coding_sessions, queue_reaper_runs RESTART IDENTITY")
+    conn.execute(
+        "TRUNCATE coding_jobs, coding_job_attempts, coding_job_events, coding_sessions, "
+        "queue_reaper_runs RESTART IDENTITY"
+    )
     conn.execute(
         "UPDATE queue_config SET backoff_base = %s, backoff_cap = %s, backoff_jitter = %s,"
         " heartbeat_timeout = %s",
@@ -110,10 +113,13 @@ def reset(conn: psycopg.Connection[Any], *, jitter: float = 0.0) -> None:
     )
 
 
-def new_session(conn: psycopg.Connection[Any]) -> uuid.UUID:
-    """A session, created the way the other MobVibe phase does: its id alone."""
+def new_session(conn: psycopg.Connection[Any], max_concurrency: int | None = None) -> uuid.UUID:
+    """A session, created the way the other MobVibe phase does: its id alone (or with how
+    many of its prompts may run at once; default 1)."""
     row = conn.execute(
-        "INSERT INTO coding_sessions (id) VALUES (gen_random_uuid()) RETURNING id"
+        "INSERT INTO coding_sessions (id, max_concurrency) "
+        "VALUES (gen_random_uuid(), coalesce(%s, 1)) RETURNING id",
+        [max_concurrency],
     ).fetchone()
     assert row is not None
     return uuid.UUID(str(row[0]))
@@ -165,11 +171,12 @@ def scalar(conn: psycopg.Connection[Any], statement: str, params: Iterable[Any])
 
 def reap(conn: psycopg.Connection[Any], batch_size: int = 100) -> list[tuple[Any, bool | None]]:
     """One sweep of queue_reap_expired (the suites' timeout, LEASE, is configured by reset()):
-    [(job_id, will_retry)]."""
+    [(job_id, will_retry)] of the attempts it ended (not of those it passed over: busy, or
+    ended or renewed meanwhile)."""
     rows = conn.execute(
         "SELECT job_id, will_retry FROM queue_reap_expired(%s)", [batch_size]
     ).fetchall()
-    return [(r[0], r[1]) for r in rows]
+    return [(r[0], r[1]) for r in rows if r[1] is not None]
 
 
 @dataclass(frozen=True)

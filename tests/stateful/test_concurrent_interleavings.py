@@ -3,10 +3,11 @@ a barrier, each scenario repeated over many small Hypothesis-drawn cases (with a
 pause of a few hundred microseconds to spread the interleavings).
 
 Per scenario:
-  - 8 workers claiming together: no job is claimed twice; nothing before its run_at; the
-    claimed jobs are exactly the first ones of the due jobs in (priority DESC, created_at,
-    seq) order, as many as there were claims or due jobs; each worker's claims follow
-    that order (SKIP LOCKED only skips rows that another claim is taking);
+  - 8 workers claiming together (each job in a session of its own): no job is claimed
+    twice; nothing before its run_at; the claimed jobs are exactly the first ones of the
+    due jobs in (priority DESC, seq) order, as many as there were claims or due jobs;
+    each worker's claims follow that order (SKIP LOCKED only skips rows that another
+    claim is taking);
   - a claim racing a reaper sweep (and the holder's own heartbeat) on an expired job:
     exactly one of the sweep and the heartbeat wins, the expired attempt is counted
     once, and the claim gets the job only after the sweep requeued it;
@@ -132,22 +133,22 @@ job_specs = st.lists(
 def test_eight_workers_claiming_at_once_take_each_due_job_once_in_priority_order(
     rig: Rig, specs: list[tuple[int, bool, int]], rounds: int, waits: list[int]
 ) -> None:
-    session = rig.fresh()
+    rig.fresh()
     op = rig.operator.at(T0)
-    order: dict[Any, tuple[int, datetime, int]] = {}  # due jobs: their claim order key
+    order: dict[Any, tuple[int, int]] = {}  # due jobs: their claim order key
     ids = set()
     for seq, (priority, due, age) in enumerate(specs):
-        created_at = T0 - timedelta(seconds=age)
+        created_at = T0 - timedelta(seconds=age)  # breaks no tie: seq does
         job_id, _, _ = insert_job(
             op,
-            session,
+            new_session(op),  # every job may start at once
             priority=priority,
             created_at=created_at,
             run_at=T0 if due else T0 + timedelta(hours=1),
         )
         ids.add(job_id)
         if due:
-            order[job_id] = (-priority, created_at, seq)
+            order[job_id] = (-priority, seq)
     ranked = sorted(order, key=order.__getitem__)
     position = {job_id: i for i, job_id in enumerate(ranked)}
 
@@ -331,10 +332,11 @@ def test_reapers_sweeping_the_same_expired_jobs_count_each_once(
     owners: list[int],
     waits: list[int],
 ) -> None:
-    # Jobs of up to four sessions, claimed one millisecond apart so that each sweep takes
-    # them in a known order: reapers dead-lettering them (max_retries 1) also lock their
-    # sessions (the trigger), and taking sessions in crossed orders would deadlock.
-    sessions = [rig.fresh(), *(new_session(rig.operator.at(T0)) for _ in range(3))]
+    # Jobs of up to four sessions (each running many prompts at once), claimed one
+    # millisecond apart: the reapers contend for the sessions, which each takes SKIP
+    # LOCKED, and for the jobs.
+    rig.fresh()
+    sessions = [new_session(rig.operator.at(T0), max_concurrency=100) for _ in range(4)]
     op = rig.operator.at(T0)
     for index in range(expired + fresh):
         insert_job(op, sessions[owners[index]], max_retries=max_retries, run_at=T0, created_at=T0)
@@ -422,6 +424,7 @@ def test_complete_racing_the_expiry_sweep_has_exactly_one_winner(
 ) -> None:
     session = rig.fresh()
     op = rig.operator.at(T0)
+    op.execute("UPDATE coding_sessions SET max_concurrency = 4 WHERE id = %s", [session])
     for _ in range(jobs):
         insert_job(op, session, max_retries=max_retries, run_at=T0, created_at=T0)
     leases = [claimed_by(rig, i, T0) for i in range(jobs)]

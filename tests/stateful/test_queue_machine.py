@@ -14,18 +14,20 @@ Checked after every step (the database against the model):
   I2  every job is in exactly one status, and each row equals the model: status,
       retry_count, attempt, run_at (exact: backoff = min(cap, base * 2^(n-1))),
       created_at, started_at, completed_at, heartbeat_at, lease_token, worker_id,
-      end_reason, error_message, seq;
+      end_reason, error_message, seq (a requeue draws a new one);
   I3  get_queue_stats() equals the model: the four counts, oldest_pending_age,
-      waiting_retry_count, next_run_at; queue_next_run_at() too;
+      waiting_retry_count, next_run_at; queue_next_run_at() too (the jobs waiting for
+      their session left out);
   I4  0 <= retry_count <= max_retries; `failed` exactly when retry_count = max_retries
       (workers, operator or reaper exhausted the attempts), and then its session is
       failed; sessions' status and error_message equal the model's;
   I5  `processing` exactly when a lease and heartbeat are set; no two jobs share a
       live lease; at most one worker holds a live lease on a job.
 Checked by the rules themselves:
-  I6  a claim returns the model's job (due, highest priority, oldest created_at, then
-      insertion order) with its attempt, retry_count, max_retries, priority, or none
-      when none is due; nothing is claimed before its run_at; lease tokens never repeat;
+  I6  a claim returns the model's job (due, allowed by the order rule of its session:
+      no earlier unfinished job of it, then highest priority, then seq) with its
+      attempt, retry_count, max_retries, priority, or none when none is due; nothing is
+      claimed before its run_at; lease tokens never repeat;
   I7  a stale lease changes nothing: heartbeat false, fail NULL, release false,
       complete false (true only for the lease that completed the job: a retried
       commit), and the whole row, updated_at included, is byte-for-byte unchanged;
@@ -412,7 +414,7 @@ class QueueMachine(RuleBasedStateMachine):
     def expected_row(self, job: Job) -> Row:
         return Row(
             job.id,
-            job.key + 1,
+            job.seq,
             self.session_ids[job.session],
             job.priority,
             job.status,
@@ -442,7 +444,8 @@ class QueueMachine(RuleBasedStateMachine):
             None if oldest is None else clock - oldest,
             len(waiting),
             min(waiting, default=None),
-            min((j.run_at for j in pending), default=None),
+            0,  # cancelled_count: the machine cancels nothing yet
+            self.model.next_run_at(),
         )
 
 

@@ -1,0 +1,241 @@
+"""What the store's functions return: one frozen dataclass per kind of row.
+
+Plain data, no queries (those are the store's alone); `mobvibe.sql.store`
+re-exports every name, so callers import them from the store.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from mobvibe.sql.jobs import Job
+
+
+@dataclass(frozen=True, slots=True)
+class Chained:
+    """complete_and_claim: whether the completion counted, and the job claimed with it."""
+
+    completed: bool
+    next_job: Job | None
+
+
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """end_and_claim: the ended job's new status (None: the lease was stale, nothing
+    changed), and the job claimed with it."""
+
+    status: str | None
+    next_job: Job | None
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A claim held by a worker: the job and the token that fences its writes."""
+
+    job_id: uuid.UUID
+    lease_token: uuid.UUID
+
+
+@dataclass(frozen=True, slots=True)
+class Renewal:
+    """One lease of a pod's heartbeat: renewed False means it is lost (stop the attempt);
+    cancel_requested True means stop it and end it 'cancelled'."""
+
+    job_id: uuid.UUID
+    renewed: bool
+    cancel_requested: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Reaped:
+    """One expired attempt a sweep ended: will_retry None when it had ended meanwhile;
+    status the job's new status (pending, failed, or cancelled when a cancel was asked)."""
+
+    job_id: uuid.UUID
+    session_id: uuid.UUID
+    will_retry: bool | None
+    status: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One claim of a job, as coding_job_attempts records it (ended_at None: running)."""
+
+    job_id: uuid.UUID
+    attempt: int
+    worker_id: str | None
+    started_at: datetime
+    ended_at: datetime | None
+    end_reason: str | None
+    error_message: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One progress event of an attempt, as the phone reads it."""
+
+    id: int
+    job_id: uuid.UUID
+    session_id: uuid.UUID
+    attempt: int
+    kind: str
+    payload: dict[str, Any]
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class WaitingRetries:
+    """Pending jobs waiting for their run_at, and the earliest run_at."""
+
+    count: int
+    next_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class NextRun:
+    """When the next pending job comes due (None: none waits), on the database's clock."""
+
+    next_run_at: datetime | None
+    now: datetime
+
+    @property
+    def due_in(self) -> float | None:
+        """Seconds until the next job is due (<= 0: due now); None when none waits."""
+        return None if self.next_run_at is None else (self.next_run_at - self.now).total_seconds()
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """The plan's queue statistics, plus the retries waiting for their run_at."""
+
+    pending_count: int
+    processing_count: int
+    completed_count: int
+    failed_count: int
+    oldest_pending_age: timedelta | None
+    waiting_retry_count: int = 0
+    next_run_at: datetime | None = None
+    cancelled_count: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        age = self.oldest_pending_age
+        return {
+            "pending_count": self.pending_count,
+            "processing_count": self.processing_count,
+            "completed_count": self.completed_count,
+            "failed_count": self.failed_count,
+            "oldest_pending_age_seconds": None if age is None else age.total_seconds(),
+            "waiting_retry_count": self.waiting_retry_count,
+            "next_run_at": None if self.next_run_at is None else self.next_run_at.isoformat(),
+            "cancelled_count": self.cancelled_count,
+        }
+
+
+@dataclass(frozen=True)
+class JobRow:
+    """Every column of a job's row that the tools show."""
+
+    id: uuid.UUID
+    session_id: uuid.UUID
+    prompt: str
+    priority: int
+    status: str
+    retry_count: int
+    max_retries: int
+    error_message: str | None
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    updated_at: datetime
+    run_at: datetime
+    heartbeat_at: datetime | None
+    worker_id: str | None
+    lease_token: uuid.UUID | None
+    attempt: int
+    end_reason: str | None
+    idempotency_key: str | None = None
+    cancel_requested_at: datetime | None = None
+    output: str | None = None
+    waiting_for: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A dead-lettered job, as the dead-letter list shows it."""
+
+    id: uuid.UUID
+    session_id: uuid.UUID
+    priority: int
+    retry_count: int
+    max_retries: int
+    error_message: str | None
+    end_reason: str | None
+    completed_at: datetime | None
+    prompt_head: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSettings:
+    """The queue's configuration as every role may read it, and the schema version.
+
+    A retention of None keeps those jobs forever.
+    """
+
+    schema_version: int | None
+    heartbeat_timeout: timedelta
+    retain_completed: timedelta | None
+    retain_failed: timedelta | None
+    backoff_base: timedelta
+    backoff_cap: timedelta
+    backoff_jitter: float
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigChange:
+    """The settings an operator changes, in seconds; None leaves one unchanged.
+
+    A retention of 0 keeps those jobs forever.
+    """
+
+    backoff_base: float | None = None
+    backoff_cap: float | None = None
+    backoff_jitter: float | None = None
+    heartbeat_timeout: float | None = None
+    retain_completed: float | None = None
+    retain_failed: float | None = None
+
+    @property
+    def empty(self) -> bool:
+        return all(getattr(self, name) is None for name in self.__dataclass_fields__)
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedMigration:
+    """A migration the database has applied, as recorded."""
+
+    version: int
+    name: str
+    checksum: str
+
+
+@dataclass(frozen=True)
+class DoctorRow:
+    """One row a doctor check found; `total` is how many rows the check found in all."""
+
+    total: int
+    job_id: uuid.UUID | None = None
+    session_id: uuid.UUID | None = None
+    worker_id: str | None = None
+    silent_seconds: float | None = None
+    retry_count: int | None = None
+    max_retries: int | None = None
+    function: str | None = None
