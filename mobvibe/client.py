@@ -15,8 +15,10 @@ from psycopg_pool import ConnectionPool
 from mobvibe.errors import DatabaseUnavailableError, InvalidJobError
 from mobvibe.sql import db, store
 from mobvibe.sql.jobs import MAX_RETRIES_DEFAULT, PRIORITY_DEFAULT, Job, NewJob, parse_uuid
-from mobvibe.sql.notify import Listener, Notification
-from mobvibe.sql.store import DeadLetter, JobRow, QueueStats
+from mobvibe.sql.notify import CHANNELS, Listener, Notification
+from mobvibe.sql.store import Attempt, DeadLetter, Event, JobRow, QueueStats
+
+MAX_CONCURRENCY_MIN, MAX_CONCURRENCY_MAX = 1, 100
 
 Conn = psycopg.Connection[Any]
 
@@ -93,10 +95,16 @@ class JobQueue:
         max_retries: int = MAX_RETRIES_DEFAULT,
         run_at: Any = None,
         delay: float = 0.0,
+        idempotency_key: str | None = None,
         conn: Conn | None = None,
     ) -> uuid.UUID:
-        """Add one job and return its id; with `conn`, inside the caller's transaction."""
-        job = NewJob(prompt, session_id, priority, max_retries, run_at, delay).validated()
+        """Add one job and return its id; with `conn`, inside the caller's transaction.
+
+        A repeated `idempotency_key` in the same session (a double tap) adds nothing and
+        returns the first job's id."""
+        job = NewJob(
+            prompt, session_id, priority, max_retries, run_at, delay, idempotency_key
+        ).validated()
         if job.session_id is None or conn is not None:
             # A new session too (two statements, one transaction), or the caller's
             # connection (a savepoint, so that a refused job leaves its work alone).
@@ -106,7 +114,8 @@ class JobQueue:
             return store.enqueue(c, job)
 
     def enqueue_many(self, jobs: Iterable[NewJob], *, conn: Conn | None = None) -> list[uuid.UUID]:
-        """Add many jobs in one round trip, all or none; return their ids in order."""
+        """Add many jobs in one round trip, all or none; return their ids in order (for a
+        repeated idempotency key, the existing job's id)."""
         checked = [job.validated() for job in jobs]
         if not checked:
             return []
@@ -128,12 +137,50 @@ class JobQueue:
                     store.create_sessions(c, created)
                 return store.enqueue_many(c, checked, session_ids)
 
-    def create_session(self, session_id: uuid.UUID | str | None = None) -> uuid.UUID:
-        """Create a coding session (the table belongs to another phase) and return its id."""
+    def create_session(
+        self, session_id: uuid.UUID | str | None = None, max_concurrency: int = 1
+    ) -> uuid.UUID:
+        """Create a coding session (the table belongs to another phase) and return its id.
+
+        `max_concurrency`: how many of its prompts may run at once (1 to 100), in order."""
         sid = uuid.uuid4() if session_id is None else parse_uuid(session_id, "session id")
+        if (
+            isinstance(max_concurrency, bool)
+            or not isinstance(max_concurrency, int)
+            or not MAX_CONCURRENCY_MIN <= max_concurrency <= MAX_CONCURRENCY_MAX
+        ):
+            raise InvalidJobError(
+                f"max_concurrency must be an integer from {MAX_CONCURRENCY_MIN} to "
+                f"{MAX_CONCURRENCY_MAX}, got {max_concurrency!r}"
+            )
         with self.connection() as c:
-            store.create_session(c, sid)
+            store.create_session(c, sid, max_concurrency)
         return sid
+
+    def cancel(self, job_id: uuid.UUID | str) -> bool:
+        """Cancel a job: a pending one at once, a running one by telling its supervisor;
+        False when nothing changed (finished, already being cancelled, unknown)."""
+        job = parse_uuid(job_id)
+        with self.connection() as c:
+            return store.cancel(c, job)
+
+    def cancel_session(self, session_id: uuid.UUID | str) -> int:
+        """Cancel every unfinished job of the session; how many changed."""
+        session = parse_uuid(session_id, "session id")
+        with self.connection() as c:
+            return store.cancel_session(c, session)
+
+    def attempts(self, job_id: uuid.UUID | str) -> list[Attempt]:
+        """Every attempt of the job, first first."""
+        job = parse_uuid(job_id)
+        with self.connection() as c:
+            return store.attempts(c, job)
+
+    def events(self, job_id: uuid.UUID | str, after_id: int = 0) -> list[Event]:
+        """The job's progress events after `after_id`, oldest first."""
+        job = parse_uuid(job_id)
+        with self.connection() as c:
+            return store.events(c, job, after_id)
 
     # -- workers -------------------------------------------------------------
 
@@ -208,7 +255,7 @@ class JobQueue:
 
     def notifications(
         self,
-        channels: Sequence[str] = ("new_job", "job_status_changed"),
+        channels: Sequence[str] = CHANNELS,
         *,
         timeout: float | None = None,
     ) -> Iterator[Notification]:

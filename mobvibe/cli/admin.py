@@ -13,6 +13,7 @@ import click
 import psycopg
 
 from mobvibe import logs
+from mobvibe.cli.cancel import cancel
 from mobvibe.cli.dlq import dlq
 from mobvibe.cli.doctor import doctor
 from mobvibe.cli.options import CONTEXT, Group, database_option, friendly_errors, resolve_database
@@ -22,7 +23,7 @@ from mobvibe.errors import ConfigError
 from mobvibe.sql import db, store
 from mobvibe.sql.jobs import MAX_RETRIES_DEFAULT, PRIORITY_MAX, PRIORITY_MIN, NewJob
 from mobvibe.sql.migrate import migrate as run_migrations
-from mobvibe.sql.notify import Listener
+from mobvibe.sql.notify import CHANNELS, Listener
 from mobvibe.sql.store import ConfigChange, QueueSettings, QueueStats
 
 
@@ -71,6 +72,12 @@ def migrate(ctx: click.Context) -> None:
     help="Enqueue each prompt this many times.",
 )
 @click.option("--stdin", "from_stdin", is_flag=True, help="Read one prompt per line from stdin.")
+@click.option(
+    "--idempotency-key",
+    default=None,
+    help="A repeated key in the same session adds nothing and prints the first job's id "
+    "(one prompt only).",
+)
 @click.pass_context
 @friendly_errors
 def enqueue(
@@ -82,6 +89,7 @@ def enqueue(
     delay: float,
     count: int,
     from_stdin: bool,
+    idempotency_key: str | None,
 ) -> None:
     """Add jobs; prints one job id per line."""
     texts = list(prompts)
@@ -89,7 +97,15 @@ def enqueue(
         texts += [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not texts:
         raise click.UsageError("give at least one PROMPT (or --stdin)")
-    jobs = [NewJob(t, session_id, priority, max_retries, None, delay) for t in texts] * count
+    if idempotency_key is not None and (len(texts) > 1 or count > 1):
+        raise click.UsageError("--idempotency-key names one job: give one PROMPT and no --count")
+    if idempotency_key is not None and session_id is None:
+        raise click.UsageError(
+            "--idempotency-key needs --session: a key is unique within its session"
+        )
+    jobs = [
+        NewJob(t, session_id, priority, max_retries, None, delay, idempotency_key) for t in texts
+    ] * count
     for job in jobs[:1]:
         job.validated()  # one clear error before connecting
     with JobQueue(_url(ctx)) as queue:
@@ -110,6 +126,7 @@ def format_stats(stats: QueueStats) -> str:
         f"  Processing: {stats.processing_count}",
         f"  Completed:  {stats.completed_count}",
         f"  Failed:     {stats.failed_count}",
+        f"  Cancelled:  {stats.cancelled_count}",
     ]
     if age is not None:
         lines.append(f"  Oldest pending: {age.total_seconds():.1f} s")
@@ -143,9 +160,9 @@ def stats(ctx: click.Context, as_json: bool, watch: bool, interval: float) -> No
     "--channel",
     "channels",
     multiple=True,
-    type=click.Choice(["new_job", "job_status_changed"]),
-    default=("new_job", "job_status_changed"),
-    help="Channels to follow.",
+    type=click.Choice(CHANNELS),
+    default=CHANNELS,
+    help="Channels to follow: new jobs, status changes, progress events, cancel requests.",
 )
 @click.pass_context
 @friendly_errors
@@ -273,6 +290,7 @@ def _set_config(conn: Any, change: ConfigChange) -> None:
         raise ConfigError(f"the database refused the setting: {db.first_line(exc)}") from None
 
 
-# The dead letters and the doctor live in modules of their own.
+# Cancelling, the dead letters and the doctor live in modules of their own.
+main.add_command(cancel)
 main.add_command(dlq)
 main.add_command(doctor)

@@ -50,6 +50,11 @@ BAD_FIELDS = [
     ("NaN delay", {"delay": float("nan")}, "delay"),
     ("delay True", {"delay": True}, "delay"),
     ("delay as text", {"delay": "5"}, "delay"),
+    ("empty idempotency key", {"idempotency_key": ""}, "idempotency key"),
+    ("idempotency key of 201 characters", {"idempotency_key": "k" * 201}, "idempotency key"),
+    ("NUL in the idempotency key", {"idempotency_key": "a\x00b"}, "idempotency key"),
+    ("idempotency key that is not text", {"idempotency_key": 7}, "idempotency key"),
+    ("lone surrogate in the idempotency key", {"idempotency_key": "a\udc80"}, "idempotency key"),
 ]
 
 
@@ -75,7 +80,18 @@ def test_the_client_refuses_a_bad_job_before_it_connects(
 
 
 @pytest.mark.parametrize(
-    "call", ["complete", "fail", "get", "heartbeat", "release", "requeue_failed"]
+    "call",
+    [
+        "complete",
+        "fail",
+        "get",
+        "heartbeat",
+        "release",
+        "requeue_failed",
+        "cancel",
+        "attempts",
+        "events",
+    ],
 )
 @pytest.mark.parametrize("bad_id", ["not-a-uuid", "", "1234", 42, None, b"x" * 16])
 def test_the_client_refuses_a_job_id_that_is_not_a_uuid_before_it_connects(
@@ -89,9 +105,33 @@ def test_the_client_refuses_a_job_id_that_is_not_a_uuid_before_it_connects(
         "heartbeat": lambda q: q.heartbeat(bad_id, lease),
         "release": lambda q: q.release(bad_id, lease),
         "requeue_failed": lambda q: q.requeue_failed(bad_id),
+        "cancel": lambda q: q.cancel(bad_id),
+        "attempts": lambda q: q.attempts(bad_id),
+        "events": lambda q: q.events(bad_id),
     }
     with JobQueue(NOWHERE) as queue, pytest.raises(InvalidJobError, match="job id"):
         calls[call](queue)
+
+
+@pytest.mark.parametrize("bad_id", ["not-a-uuid", 42, None])
+def test_the_client_refuses_a_session_id_that_is_not_a_uuid_before_it_connects(
+    bad_id: Any,
+) -> None:
+    with JobQueue(NOWHERE) as queue, pytest.raises(InvalidJobError, match="session id"):
+        queue.cancel_session(bad_id)
+
+
+@pytest.mark.parametrize("value", [0, 101, -1, True, 2.5, "3"])
+def test_the_client_refuses_a_max_concurrency_out_of_range_before_it_connects(
+    value: Any,
+) -> None:
+    with JobQueue(NOWHERE) as queue, pytest.raises(InvalidJobError, match="max_concurrency"):
+        queue.create_session(max_concurrency=value)
+
+
+@pytest.mark.parametrize("key", ["k", "k" * 200, "tap 🚀 2030-01-01", " spaces "])
+def test_a_valid_idempotency_key_is_kept_as_given(key: str) -> None:
+    assert NewJob("p", idempotency_key=key).validated().idempotency_key == key
 
 
 def test_invalid_job_error_is_a_value_error_with_the_usage_exit_code() -> None:
@@ -133,7 +173,7 @@ def test_a_valid_job_keeps_its_fields_and_the_defaults() -> None:
     job = NewJob("p", str(session).upper(), 10, 100, later, 0).validated()
     assert job == NewJob("p", session, 10, 100, later, 0.0)
     assert NewJob("p").validated() == NewJob(
-        "p", None, PRIORITY_DEFAULT, MAX_RETRIES_DEFAULT, None, 0.0
+        "p", None, PRIORITY_DEFAULT, MAX_RETRIES_DEFAULT, None, 0.0, None
     )
     assert (PRIORITY_DEFAULT, MAX_RETRIES_DEFAULT) == (0, 3)
     assert NewJob("p", priority=0, max_retries=1, delay=2).validated().delay == 2.0
