@@ -420,8 +420,8 @@ BEGIN
                                          ELSE coalesce(reason_param, 'error') END,
             error_message = CASE WHEN lease_token_param IS NULL AND kind_param = 'complete'
                                      THEN 'completed by an operator'
-                                 WHEN kind_param = 'complete' THEN NULL
-                                 ELSE coalesce(error_param, reason_param) END
+                                 WHEN kind_param = 'fail' THEN coalesce(error_param, reason_param)
+                                 ELSE error_param END
         WHERE a.job_id = job_id_param AND a.attempt = cur.attempt AND a.ended_at IS NULL;
     END IF;
 

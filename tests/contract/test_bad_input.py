@@ -43,6 +43,9 @@ BAD_JOBS = [
     ("max_retries 101", {"max_retries": 101}, "max_retries"),
     ("naive run_at", {"run_at": datetime(2030, 1, 1, 12, 0)}, "run_at"),
     ("negative delay", {"delay": -1}, "delay"),
+    ("empty idempotency key", {"idempotency_key": ""}, "idempotency key"),
+    ("idempotency key of 201 characters", {"idempotency_key": "é" * 201}, "idempotency key"),
+    ("NUL in the idempotency key", {"idempotency_key": "a\x00"}, "idempotency key"),
 ]
 
 

@@ -17,7 +17,7 @@ import pytest
 from psycopg import sql
 
 from mobvibe.sql.migrate import migrate
-from tests.contract.support import insert_job, job_row, table_counts
+from tests.contract.support import insert_job, job_row, new_session, table_counts
 from tests.helpers import set_clock, triggers_off
 
 LATER = datetime(3000, 1, 1, tzinfo=UTC)
@@ -43,6 +43,9 @@ IMPOSSIBLE = [
     ),
     ("failed", {"status": "failed", "error_message": "x", "completed_at": LATER}, "status failed"),
     ("completed", {"status": "completed", "completed_at": LATER}, "status completed"),
+    ("cancelled", {"status": "cancelled", "completed_at": LATER}, "status cancelled"),
+    ("a cancel request", {"cancel_requested_at": LATER}, "a cancel_requested_at"),
+    ("an output", {"output": "all done"}, "an output"),
     ("attempt 3", {"attempt": 3}, "attempt 3"),
     ("retry_count 1", {"retry_count": 1}, "retry_count 1"),
     ("a lease", {"lease_token": uuid.uuid4()}, "a lease_token"),
@@ -127,6 +130,20 @@ def test_a_pending_job_with_its_own_columns_and_a_future_run_at_is_accepted(
         LATER,
     )
     assert row["created_at"] == row["updated_at"]
+
+
+@pytest.mark.parametrize("given", ["session", "run_at", None])
+def test_the_place_of_a_new_job_is_the_databases_whatever_the_insert_says(
+    conn: Any, session_id: Any, given: str | None
+) -> None:
+    first = insert(conn, session_id, waiting_for=given)
+    second = insert(conn, session_id, waiting_for=given)
+    later = insert(conn, new_session(conn), waiting_for=given, run_at=LATER)
+    assert [job_row(conn, j)["waiting_for"] for j in (first, second, later)] == [
+        None,
+        "session",
+        "run_at",
+    ]
 
 
 def test_an_explicit_created_at_equal_to_now_is_the_default(conn: Any, session_id: Any) -> None:
