@@ -138,13 +138,15 @@ SELECT cancel_job(%(job_id)s)
 -- name: cancel_session
 SELECT queue_cancel_session(%(session_id)s)
 
--- The unfinished jobs of a session, latest first (the order cancelling them
--- promotes nothing), each cancelled in one statement; the outcome of each.
+-- The unfinished jobs of a session, each cancelled, in one statement; the
+-- outcome of each. The pending ones first, latest first (cancelling them then
+-- promotes nothing), then the processing ones in id order (the order in which
+-- a pod's heartbeat locks them: no crossed waits).
 -- name: cancel_session_jobs
 SELECT t.id, cancel_job(t.id)
-FROM (SELECT id, seq FROM coding_jobs
+FROM (SELECT id, seq, status FROM coding_jobs
       WHERE session_id = %(session_id)s AND status IN ('pending', 'processing')) t
-ORDER BY t.seq DESC
+ORDER BY t.status = 'processing', CASE WHEN t.status = 'pending' THEN t.seq END DESC, t.id
 
 -- name: session_exists
 SELECT EXISTS (SELECT 1 FROM coding_sessions WHERE id = %(session_id)s)

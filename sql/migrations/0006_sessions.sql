@@ -31,8 +31,9 @@
 -- complete/fail, cancel_job, queue_cancel_session, queue_retry_job,
 -- queue_requeue_failed, and an UPDATE of max_concurrency. None of them holds a
 -- job row while it waits for a session. Job rows are otherwise locked only by:
---   the claim (pending rows, SKIP LOCKED) and heartbeats/renewals (processing
---   rows), which wait for nothing else, so whoever waits for them ends;
+--   the claim (pending rows, SKIP LOCKED), which waits for nothing;
+--   heartbeats and renewals (processing rows): a pod's renewal and a cancel of
+--   a whole session both lock several processing rows, both in id order;
 --   prune and purge (finished rows, SKIP LOCKED).
 -- The reaper keeps the order (each candidate's session, then the job) but
 -- holds what it reaped while it goes on, across sessions: it takes sessions
@@ -40,8 +41,9 @@
 -- it never waits for anything and no wait-for edge leaves it. E.g. a pod's
 -- heartbeat holds one of its expired jobs and waits for another that the
 -- reaper ended: the reaper skips the first and commits.
--- So every waiter waits either for a job row whose holder waits for nothing,
--- or for a session while holding no job row. The one remaining cycle is two
+-- So every waiter waits either for a job row whose holder waits for nothing or
+-- only for rows it can get in the same order, or for a session while holding no
+-- job row. The one remaining cycle is two
 -- multi-row INSERTs that lock the same sessions in different orders: the
 -- client inserts in session order (store.enqueue_many), and so must anyone
 -- who inserts rows of several existing sessions in one statement.
@@ -435,6 +437,9 @@ BEGIN
 END
 $$;
 
+-- queue_finish replaces 0005's body of every failure, which knew no session.
+DROP FUNCTION IF EXISTS public.queue_record_failure(uuid, text, uuid, text);
+
 -- -- the plan's functions -----------------------------------------------------------
 
 -- The worker's overloads gain the output; overloads with defaults cannot
@@ -673,10 +678,16 @@ BEGIN
     WITH wanted AS (
         SELECT w.id, w.token, w.n
         FROM unnest(job_ids, lease_tokens) WITH ORDINALITY AS w (id, token, n)),
+    -- in id order, as queue_cancel_session: the two never lock in crossed orders
+    held AS (
+        SELECT j.id FROM public.coding_jobs j JOIN wanted w ON w.id = j.id
+        WHERE j.lease_token = w.token AND j.status = 'processing'
+        ORDER BY j.id
+        FOR NO KEY UPDATE OF j),
     touched AS (
         UPDATE public.coding_jobs j SET heartbeat_at = ts
-        FROM wanted w
-        WHERE j.id = w.id AND j.lease_token = w.token AND j.status = 'processing'
+        FROM held h
+        WHERE j.id = h.id
         RETURNING j.id, j.lease_token, j.cancel_requested_at)
     SELECT w.id, r.id IS NOT NULL, coalesce(r.cancel_requested_at IS NOT NULL, false)
     FROM wanted w LEFT JOIN touched r ON r.id = w.id AND r.lease_token = w.token
@@ -872,32 +883,44 @@ BEGIN
 END
 $$;
 
--- cancel_job on every unfinished job of the session; how many changed. Latest
--- first: a cancelled job then never promotes one that is cancelled next.
+-- cancel_job on every unfinished job of the session; how many changed. The
+-- pending ones at once (none is left to promote), then the processing ones in
+-- id order (the order of a pod's queue_renew_leases: no crossed waits).
 CREATE FUNCTION public.queue_cancel_session(session_id_param uuid)
 RETURNS integer
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    mc integer;
     ts timestamptz := public.queue_now();
-    target record;
-    changed integer := 0;
+    cancelled integer;
+    asked integer;
 BEGIN
-    SELECT s.max_concurrency INTO mc
-    FROM public.coding_sessions s WHERE s.id = session_id_param FOR NO KEY UPDATE;
+    PERFORM 1 FROM public.coding_sessions s WHERE s.id = session_id_param FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         RETURN 0;
     END IF;
-    FOR target IN
+    WITH done AS (
+        UPDATE public.coding_jobs j
+        SET status = 'cancelled', waiting_for = NULL, completed_at = ts, updated_at = ts,
+            end_reason = 'cancelled'
+        WHERE j.session_id = session_id_param AND j.status = 'pending'
+        RETURNING j.id)
+    SELECT count(*) INTO cancelled FROM done;
+    -- A claim may have taken a pending one meanwhile: this statement sees it.
+    WITH held AS (
         SELECT j.id FROM public.coding_jobs j
-        WHERE j.session_id = session_id_param AND j.status IN ('pending', 'processing')
-        ORDER BY j.seq DESC
-    LOOP
-        IF public.queue_cancel_locked(target.id, session_id_param, mc, ts) THEN
-            changed := changed + 1;
-        END IF;
-    END LOOP;
-    RETURN changed;
+        WHERE j.session_id = session_id_param AND j.status = 'processing'
+          AND j.cancel_requested_at IS NULL
+        ORDER BY j.id
+        FOR NO KEY UPDATE),
+    marked AS (
+        UPDATE public.coding_jobs j SET cancel_requested_at = ts, updated_at = ts
+        FROM held h WHERE j.id = h.id
+        RETURNING j.id)
+    SELECT count(pg_notify('job_cancel', json_build_object(
+               'job_id', m.id, 'session_id', session_id_param)::text))
+    INTO asked
+    FROM marked m;
+    RETURN cancelled + asked;
 END
 $$;
 
