@@ -144,9 +144,7 @@ def _seconds(age: timedelta | None) -> float | None:
     return None if age is None else age.total_seconds()
 
 
-def reap_expired(
-    conn: psycopg.Connection[Any], settings: ReaperSettings
-) -> tuple[int, int, int]:
+def reap_expired(conn: psycopg.Connection[Any], settings: ReaperSettings) -> tuple[int, int, int]:
     """Fail every attempt silent for longer than the configured heartbeat timeout;
     (requeued, dead, cancelled: their cancel had been requested)."""
     requeued = dead_lettered = cancelled = 0
