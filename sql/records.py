@@ -51,8 +51,9 @@ class Renewal:
 
 @dataclass(frozen=True, slots=True)
 class Reaped:
-    """One expired attempt a sweep ended: will_retry None when it had ended meanwhile;
-    status the job's new status (pending, failed, or cancelled when a cancel was asked)."""
+    """One expired attempt a sweep looked at: will_retry and status None when it passed it
+    over (busy, or ended or renewed meanwhile); else status is the job's new one (pending,
+    failed, or cancelled when a cancel had been asked)."""
 
     job_id: uuid.UUID
     session_id: uuid.UUID

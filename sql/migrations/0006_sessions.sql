@@ -36,11 +36,13 @@
 --   a whole session both lock several processing rows, both in id order;
 --   prune and purge (finished rows, SKIP LOCKED).
 -- The reaper keeps the order (each candidate's session, then the job) but
--- holds what it reaped while it goes on, across sessions: it takes sessions
--- and jobs SKIP LOCKED and passes over a busy one (the next sweep has it), so
--- it never waits for anything and no wait-for edge leaves it. E.g. a pod's
--- heartbeat holds one of its expired jobs and waits for another that the
--- reaper ended: the reaper skips the first and commits.
+-- holds what it reaped while it goes on, across sessions: it waits only for
+-- the first session of a sweep's batch, when it holds nothing yet; every
+-- other session, and every job, it takes SKIP LOCKED and passes over a busy
+-- one (the next batch or sweep has it), so no wait-for edge leaves it while
+-- it holds anything. E.g. a pod's heartbeat holds one of its expired jobs and
+-- waits for another that the reaper ended: the reaper skips the first and
+-- commits.
 -- So every waiter waits either for a job row whose holder waits for nothing or
 -- only for rows it can get in the same order, or for a session while holding no
 -- job row. The one remaining cycle is two
@@ -735,12 +737,13 @@ $$;
 -- Requeue, as failed attempts, processing jobs silent for longer than the
 -- heartbeat timeout that operators configured: whoever calls, no live attempt
 -- is expired early. The oldest candidates are read, in session order; each
--- session, then each job, is locked SKIP LOCKED (the reaper never waits, see
--- the header; concurrent reapers share the sessions) and re-checked under the
--- lock, so that two reapers never count one attempt twice. A row per
--- candidate: will_retry and new_status NULL when it was passed over (busy, or
--- ended or renewed meanwhile). An attempt whose cancel was requested ends
--- cancelled.
+-- session, then each job, is locked and re-checked under the lock, so that two
+-- reapers never count one attempt twice. The first session is waited for (the
+-- reaper holds nothing yet: a concurrent reaper that took it is then waited
+-- out, not raced), the others and the jobs are taken SKIP LOCKED (see the
+-- header). A row per candidate: will_retry and new_status NULL when it was
+-- passed over (busy, or ended or renewed meanwhile). An attempt whose cancel
+-- was requested ends cancelled.
 CREATE FUNCTION public.queue_reap_expired(batch_size integer DEFAULT 500)
 RETURNS TABLE (job_id uuid, session_id uuid, will_retry boolean, new_status text)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -763,7 +766,12 @@ BEGIN
         session_id := stale.session_id;
         will_retry := NULL;
         new_status := NULL;
-        IF seen IS DISTINCT FROM stale.session_id THEN
+        IF seen IS NULL THEN
+            seen := stale.session_id;
+            PERFORM 1 FROM public.coding_sessions s
+            WHERE s.id = stale.session_id FOR NO KEY UPDATE;
+            session_ours := FOUND;
+        ELSIF seen <> stale.session_id THEN
             seen := stale.session_id;
             PERFORM 1 FROM public.coding_sessions s
             WHERE s.id = stale.session_id FOR NO KEY UPDATE SKIP LOCKED;
