@@ -226,32 +226,36 @@ DECLARE
     mc integer;
     ours boolean;
     ahead bigint;
+    overtaken boolean;
 BEGIN
     NEW.waiting_for := NULL;
     IF NEW.status IS DISTINCT FROM 'pending' THEN
         RETURN NEW;  -- refused by queue_accept_new_jobs, with the reason
     END IF;
-    SELECT s.max_concurrency, s.xmin = pg_current_xact_id_if_assigned()::xid
-    INTO mc, ours
-    FROM public.coding_sessions s WHERE s.id = NEW.session_id;
-    IF NOT FOUND THEN
-        RETURN NEW;  -- the foreign key refuses the row
+    -- One statement in the usual case, a session of an earlier transaction.
+    SELECT s.max_concurrency INTO mc
+    FROM public.coding_sessions s
+    WHERE s.id = NEW.session_id
+      AND s.xmin IS DISTINCT FROM pg_current_xact_id_if_assigned()::xid
+    FOR NO KEY UPDATE;
+    ours := NOT FOUND;
+    IF ours THEN
+        SELECT s.max_concurrency INTO mc FROM public.coding_sessions s WHERE s.id = NEW.session_id;
+        IF NOT FOUND THEN
+            RETURN NEW;  -- no such session: the foreign key refuses the row
+        END IF;
     END IF;
-    IF ours IS NOT TRUE THEN
-        SELECT s.max_concurrency INTO mc
-        FROM public.coding_sessions s WHERE s.id = NEW.session_id FOR NO KEY UPDATE;
-    END IF;
-    SELECT count(*) INTO ahead
-    FROM (SELECT 1 FROM public.coding_jobs o
+    -- The session's last unfinished jobs, at most max_concurrency of them: how
+    -- many are ahead, and whether one holds a higher seq than ours. Ours was
+    -- drawn before we had the lock, so a job inserted (or requeued) by a
+    -- transaction that took the lock first may: submission order is the lock's
+    -- order, so we draw again.
+    SELECT count(*), coalesce(bool_or(a.seq > NEW.seq), false) INTO ahead, overtaken
+    FROM (SELECT o.seq FROM public.coding_jobs o
           WHERE o.session_id = NEW.session_id AND o.status IN ('pending', 'processing')
+          ORDER BY o.seq DESC
           LIMIT mc) a;
-    -- Our seq was drawn before we had the lock: a job of the session inserted
-    -- (or requeued) by a transaction that took the lock first may hold a
-    -- higher one. Submission order is the lock's order: draw again.
-    IF ahead > 0 AND ours IS NOT TRUE
-       AND EXISTS (SELECT 1 FROM public.coding_jobs o
-                   WHERE o.session_id = NEW.session_id AND o.status IN ('pending', 'processing')
-                     AND o.seq > NEW.seq) THEN
+    IF overtaken THEN
         NEW.seq := nextval(pg_get_serial_sequence('public.coding_jobs', 'seq')::regclass);
     END IF;
     NEW.waiting_for := CASE WHEN ahead >= mc THEN 'session'
