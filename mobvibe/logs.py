@@ -58,6 +58,9 @@ def setup(log_format: str = "auto", level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # psycopg warns as it ends a pipeline that a refused statement broke: the error
+    # itself reaches the user, in one line, from the code that ran it.
+    logging.getLogger("psycopg").setLevel(logging.ERROR)
 
 
 def event(logger: logging.Logger, level: int, name: str, message: str, **fields: Any) -> None:

@@ -177,8 +177,9 @@ END_REASONS = (
     "heartbeat_expired",
     "lease_lost",
     "released",
+    "cancelled",
 )
-EXIT_CAUSES = ("clean", "error", "signal", "deadline", "recycled")
+EXIT_CAUSES = ("clean", "error", "signal", "deadline", "recycled", "cancelled")
 DURATION_BUCKETS = (0.005, 0.05, 0.25, 1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 
 JOBS_CLAIMED = Counter("mobvibe_jobs_claimed", "Jobs claimed by workers.")

@@ -19,11 +19,13 @@ from dataclasses import dataclass, field
 from mobvibe import clock, metrics
 from mobvibe.logs import event
 from mobvibe.supervisor import children, contain, policy
+from mobvibe.supervisor.attempt import KILL_GRACE
 from mobvibe.supervisor.children import Exit
 from mobvibe.supervisor.policy import EXIT_CRASH_LOOP, CrashLoop, RestartDelays
 from mobvibe.supervisor.rescue import Rescuer
 from mobvibe.supervisor.settings import Settings
 from mobvibe.supervisor.slots import Holding, Slots
+from mobvibe.supervisor.wakeups import Wakeups
 
 log = logging.getLogger(__name__)
 TICK = 0.25
@@ -31,6 +33,10 @@ RELEASE_GRACE = 3.0  # after USR1 ("release now"), how long before KILL
 # How long the processes of a dead worker's job may take to die after SIGKILL
 # before its rescue goes ahead anyway (only a process stuck in the kernel lasts).
 END_ATTEMPT_DEADLINE = 5.0
+# A worker stops a cancelled command itself (TERM, KILL after KILL_GRACE); the
+# parent kills a worker whose job still runs this much later (a Python handler
+# that ignores attempt.cancelled).
+CANCEL_BACKSTOP = 2.0
 
 
 @dataclass
@@ -45,19 +51,28 @@ class Child:
     killed_for: str | None = None  # the reason when the arbiter killed it
 
 
+@dataclass(frozen=True)
+class Shared:
+    """What the parent makes before forking, for every child: the slots and the wake-ups."""
+
+    slots: Slots
+    wakeups: Wakeups
+
+
 class Arbiter:
-    """Keeps `settings.workers` workers (and the reaper and HTTP children) running."""
+    """Keeps `settings.workers` workers (and the hub and HTTP children) running."""
 
     def __init__(
         self,
         settings: Settings,
-        worker_main: Callable[[int, Slots], int],
-        aux: dict[str, Callable[[Slots], int]],
+        worker_main: Callable[[int, Shared], int],
+        aux: dict[str, Callable[[Shared], int]],
     ) -> None:
         self.settings = settings
         self.worker_main = worker_main
         self.aux = aux
         self.slots = Slots(settings.workers)
+        self.shared = Shared(self.slots, Wakeups(settings.workers))
         # metrics rows: the parent's, one per worker index, one per other child
         metrics.init(1 + settings.workers + len(aux))
         self.aux_rows = {name: 1 + settings.workers + i for i, name in enumerate(aux)}
@@ -73,7 +88,8 @@ class Arbiter:
         self.kill_at: float | None = None
         self.exit_code = 0
         self.retire_queue: deque[int] = deque()
-        self.last_drain_check = 0.0
+        # per worker index: (lease token, when) of a cancel the parent saw requested
+        self.cancels_seen: dict[int, tuple[uuid.UUID, float]] = {}
         self._pipe_r, self._pipe_w = os.pipe()
 
     # -- the loop --------------------------------------------------------------
@@ -102,6 +118,7 @@ class Arbiter:
             self.murder()
             self.roll()
             self.check_drain()
+            self.stop_aux()
             if self.stopping and not self.children:
                 break
         contain.kill_strays(())
@@ -160,7 +177,7 @@ class Arbiter:
 
     def spawn_worker(self, index: int) -> None:
         pid = children.fork(
-            lambda: self.worker_main(index, self.slots), 1 + index, (self._pipe_r, self._pipe_w)
+            lambda: self.worker_main(index, self.shared), 1 + index, (self._pipe_r, self._pipe_w)
         )
         self.children[pid] = Child(pid, "worker", index)
         event(
@@ -175,7 +192,7 @@ class Arbiter:
     def spawn_aux(self, name: str) -> None:
         target = self.aux[name]
         pid = children.fork(
-            lambda: target(self.slots), self.aux_rows[name], (self._pipe_r, self._pipe_w)
+            lambda: target(self.shared), self.aux_rows[name], (self._pipe_r, self._pipe_w)
         )
         self.children[pid] = Child(pid, name)
 
@@ -289,6 +306,7 @@ class Arbiter:
                 now=now,
                 settings=self.settings,
             )
+            reason = reason or self._cancel_ignored(child.index, holding.lease_token, now)
             if reason is not None:
                 self.kill(child, reason)
         if self.release_at is not None and now >= self.release_at:
@@ -300,6 +318,17 @@ class Arbiter:
             self.kill_at = None
             for child in self.workers():
                 self.kill(child, "released")
+
+    def _cancel_ignored(self, index: int, lease_token: uuid.UUID, now: float) -> str | None:
+        """ "cancelled" when a cancel of worker `index`'s job was asked longer ago than the
+        worker's own grace (KILL_GRACE) and then some: a handler that ignores it."""
+        if self.slots.stop_requested(index, lease_token) != "cancelled":
+            return None
+        token, since = self.cancels_seen.setdefault(index, (lease_token, now))
+        if token != lease_token:
+            self.cancels_seen[index] = (lease_token, now)
+            return None
+        return "cancelled" if now - since > KILL_GRACE + CANCEL_BACKSTOP else None
 
     def kill(self, child: Child, reason: str) -> None:
         child.killed_for = reason
@@ -337,14 +366,17 @@ class Arbiter:
             self.signal(child, signal.SIGTERM)
 
     def check_drain(self) -> None:
-        if not self.settings.drain or self.stopping:
-            return
-        now = clock.monotonic()
-        if now - self.last_drain_check < 0.5:
-            return
-        self.last_drain_check = now
-        if self.rescuer.queue_is_empty():
+        """--drain: stop once the hub saw nothing pending or processing."""
+        if self.settings.drain and not self.stopping and self.slots.is_drained():
             self.stop(graceful=True, reason="queue drained")
+
+    def stop_aux(self) -> None:
+        """Once the workers are gone, the hub (which renewed their leases) and the rest go."""
+        if self.stopping and not self.workers():
+            for child in self.children.values():
+                if not child.retiring:
+                    child.retiring = True
+                    self.signal(child, signal.SIGTERM)
 
     def stop(self, graceful: bool, reason: str) -> None:
         """Graceful: stop claiming, finish running jobs, release what is left at the timeout.
@@ -362,7 +394,7 @@ class Arbiter:
                 timeout=self.settings.shutdown_timeout,
             )
             self.stopping = True
-            for child in list(self.children.values()):
+            for child in self.workers():
                 self.signal(child, signal.SIGTERM)
             self.release_at = now + self.settings.shutdown_timeout
         if not graceful:

@@ -1,4 +1,4 @@
-"""Finishing an attempt: complete (and claim the next), fail, or release, with its lease."""
+"""Ending an attempt with its lease (and claiming the next in the same round trip)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from mobvibe.errors import DatabaseUnavailableError
 from mobvibe.logs import event
 from mobvibe.sql import db, store
 from mobvibe.sql.jobs import Job
-from mobvibe.supervisor.handlers import Outcome
+from mobvibe.supervisor.attempt import Outcome
 
 log = logging.getLogger(__name__)
 Connect = Callable[[], psycopg.Connection[Any]]
@@ -74,57 +74,46 @@ def _finish_once(
         "duration_ms": round(duration * 1000, 1),
     }
     if outcome.reason == "lease_lost":
-        _lease_lost(fields)
+        record_end(None, outcome.reason, outcome.error, fields)
         return None
-    if outcome.ok:
-        return _complete(conn, worker_id, job, chain, fields)
-    if outcome.reason == "released":
-        if store.release(conn, job.id, job.lease_token, "released at shutdown"):
-            metrics.ENDED["released"].inc()
-            event(log, logging.INFO, "job_released", "job given back at shutdown", **fields)
-        else:
-            _lease_lost(fields)
-        return None
-    record_failure(conn, job.id, job.lease_token, outcome.error, outcome.reason, fields)
-    return None
-
-
-def _complete(
-    conn: psycopg.Connection[Any], worker_id: str, job: Job, chain: bool, fields: dict[str, Any]
-) -> Job | None:
+    reason = "completed" if outcome.ok else outcome.reason
+    error = None if outcome.ok else outcome.error
     if chain:
-        chained = store.complete_and_claim(conn, job.id, job.lease_token, worker_id)
-        completed, next_job = chained.completed, chained.next_job
+        ended = store.end_and_claim(
+            conn, job.id, job.lease_token, reason, error, outcome.output, worker_id
+        )
+        status, next_job = ended.status, ended.next_job
     else:
-        completed, next_job = store.complete(conn, job.id, job.lease_token), None
-    if completed:
-        metrics.JOBS_COMPLETED.inc()
-        metrics.ENDED["completed"].inc()
-        event(log, logging.INFO, "job_completed", "job completed", **fields)
-    else:
-        _lease_lost(fields)
+        status = store.end_attempt(conn, job.id, job.lease_token, reason, error, outcome.output)
+        next_job = None
+    record_end(status, reason, error, fields)
     return next_job
 
 
-def record_failure(
-    conn: psycopg.Connection[Any],
-    job_id: Any,
-    lease_token: Any,
-    error: str,
+def record_end(
+    status: str | None,
     reason: str,
+    error: str | None,
     fields: dict[str, Any],
     *,
     by_holder: bool = True,
-) -> bool | None:
-    """fail_job with the lease; counts and logs the retry or dead letter. None: lease lost.
+) -> None:
+    """Count and log how an attempt ended, from the job's new status (None: nothing changed).
 
-    `by_holder` False: the supervisor fails a dead worker's attempt, which may
+    `by_holder` False: the supervisor ended a dead worker's attempt, which may
     have ended already (completed just before the death); that is no lost lease.
     """
-    will_retry = store.fail(conn, job_id, error, lease_token, reason)
-    if will_retry is None:
+    if status is None:
         if by_holder:
-            _lease_lost(fields)
+            metrics.LEASES_LOST.inc()
+            metrics.ENDED["lease_lost"].inc()
+            event(
+                log,
+                logging.WARNING,
+                "lease_lost",
+                "the job's lease was taken away; result dropped",
+                **fields,
+            )
         else:
             event(
                 log,
@@ -133,39 +122,44 @@ def record_failure(
                 "the dead worker's attempt had already ended",
                 **fields,
             )
-        return None
-    metrics.JOBS_FAILED.inc()
-    metrics.ATTEMPTS_ENDED.inc(label=reason)
-    if will_retry:
-        metrics.JOBS_RETRIED.inc()
+        return
+    if status == "completed":
+        metrics.JOBS_COMPLETED.inc()
+        metrics.ENDED["completed"].inc()
+        event(log, logging.INFO, "job_completed", "job completed", **fields)
+    elif status == "cancelled":
+        metrics.ENDED["cancelled"].inc()
         event(
             log,
-            logging.WARNING,
-            "job_retry_scheduled",
-            f"attempt failed: {error}",
+            logging.INFO,
+            "job_cancelled",
+            "job cancelled as requested",
             reason=reason,
             **fields,
         )
+    elif status == "pending" and reason == "released":
+        metrics.ENDED["released"].inc()
+        event(log, logging.INFO, "job_released", "job given back", why=error, **fields)
     else:
-        metrics.JOBS_DEAD_LETTERED.inc()
-        event(
-            log,
-            logging.ERROR,
-            "job_dead_lettered",
-            f"attempts exhausted: {error}",
-            reason=reason,
-            **fields,
-        )
-    return bool(will_retry)
-
-
-def _lease_lost(fields: dict[str, Any]) -> None:
-    metrics.LEASES_LOST.inc()
-    metrics.ENDED["lease_lost"].inc()
-    event(
-        log,
-        logging.WARNING,
-        "lease_lost",
-        "the job's lease was taken away; result dropped",
-        **fields,
-    )
+        metrics.JOBS_FAILED.inc()
+        metrics.ATTEMPTS_ENDED.inc(label=reason)
+        if status == "pending":
+            metrics.JOBS_RETRIED.inc()
+            event(
+                log,
+                logging.WARNING,
+                "job_retry_scheduled",
+                f"attempt failed: {error}",
+                reason=reason,
+                **fields,
+            )
+        else:
+            metrics.JOBS_DEAD_LETTERED.inc()
+            event(
+                log,
+                logging.ERROR,
+                "job_dead_lettered",
+                f"attempts exhausted: {error}",
+                reason=reason,
+                **fields,
+            )

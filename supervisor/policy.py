@@ -22,7 +22,7 @@ EXIT_FENCED = 71  # the lease could not be renewed: stopped before another worke
 CRASH_DELAY_FIRST = 0.1  # the second crash of a worker within the window
 CRASH_DELAY_MAX = 10.0
 # An --exec command is timed out by its worker, which TERMs it and KILLs it
-# after handlers.KILL_GRACE (5 s); the arbiter's kill is the backstop after that.
+# after attempt.KILL_GRACE (5 s); the arbiter's kill is the backstop after that.
 EXEC_BACKSTOP_GRACE = 5.0 + 2.0
 AUX_STEADY_AFTER = 60.0  # an aux child that ran this long was working, not failing at start
 AUX_DELAY_START = 0.5  # doubled before use: the first quick failure waits 1 s
@@ -123,6 +123,8 @@ def exit_cause(how: Exit, killed_for: str | None, *, stopping: bool, retiring: b
     """Why a worker left: "deadline", "clean", "recycled", "signal" or "error"."""
     if killed_for == "deadline_exceeded":
         return "deadline"
+    if killed_for == "cancelled":
+        return "cancelled"
     if how.code in (EXIT_OK, EXIT_LEASE_LOST, EXIT_FENCED):
         # Exit 0 unasked is a worker that did its --max-jobs-per-worker.
         return "clean" if stopping or retiring or how.code else "recycled"
@@ -148,6 +150,8 @@ def rescue_message(how: Exit, killed_for: str | None, job_timeout: float) -> str
         return "worker stopped renewing the lease"
     if killed_for == "released":
         return "released at shutdown"
+    if killed_for == "cancelled":
+        return "cancelled by request (the job did not stop in its grace period)"
     return f"worker exited ({describe_exit(how, killed_for)})"
 
 

@@ -30,6 +30,9 @@ class Settings:
     """Everything the supervisor and its workers need; built once, before fork."""
 
     database_url: str
+    # The pod's one direct connection (LISTEN, heartbeats, the embedded reaper):
+    # set when database_url goes through a transaction pooler such as PgBouncer.
+    listen_url: str | None = None
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     exec_cmd: str | None = None
     exec_env: tuple[str, ...] = ()  # names the --exec command gets beyond the allow-list
@@ -81,6 +84,12 @@ class Settings:
         if not 0 <= self.metrics_port <= 65535:
             raise ConfigError(f"--metrics-port must be from 0 to 65535, got {self.metrics_port}")
         return self
+
+    @property
+    def pooled(self) -> bool:
+        """The workers' connections go through a transaction pooler: no prepared statements,
+        no session settings."""
+        return self.listen_url is not None
 
     def worker_id(self, index: int, pid: int) -> str:
         """The id worker `index` (process `pid`) claims under; the supervisor finds a dead

@@ -1,9 +1,11 @@
-"""Shared memory between the supervisor and its workers: which job each worker holds.
+"""Shared memory between the processes of a supervisor: which job each worker holds.
 
 A worker writes its slot at every claim and finish: a few microseconds, no
-system call. The parent reads the slot of a worker that died, to fail the job
+system call. The parent reads the slot of a worker that died, to end the job
 it held at once (the fast path), and reads all slots to enforce --job-timeout.
-A sequence number, odd while a write is in progress, keeps the parent from
+The hub renews the leases of the jobs it sees held, records each renewal in
+the slot, and asks a worker to stop a job (cancelled, lease lost) through it.
+A sequence number, odd while a write is in progress, keeps a reader from
 acting on a half-written slot (a seqlock).
 """
 
@@ -17,21 +19,29 @@ from dataclasses import dataclass
 
 # seq, then pid, job_id, lease_token, attempt, started (monotonic), the process
 # group of the job's command (0: none) and a CRC-32 of those fields, then
-# outside the seqlock the last good heartbeat (monotonic), written only by the
-# heartbeat thread: one aligned 8-byte store.
-# The sequence number and the heartbeat use the native format: struct's
-# standard ("=") formats read and write 8-byte integers one byte at a time, so
-# a reader could see half of a new sequence number. The checksum makes a torn
-# copy of the fields detectable whatever order the stores become visible in.
+# outside the seqlock three words, each one aligned 8-byte store by one writer:
+# the last good heartbeat (monotonic; the hub), the worker's idle generation (0:
+# busy; the worker) and a stop request (the hub or the parent; see stop()).
+# The sequence number and the words use the native format: struct's standard
+# ("=") formats read and write 8-byte integers one byte at a time, so a reader
+# could see half of a new value. The checksum makes a torn copy of the fields
+# detectable whatever order the stores become visible in.
 _SEQ = struct.Struct("Q")
 _FIELDS = struct.Struct("=q16s16sqdq")
 _CRC = struct.Struct("=I")
 _BODY = _FIELDS.size + _CRC.size
 _HEARTBEAT = struct.Struct("d")
+_WORD = struct.Struct("q")
 _HEARTBEAT_AT = _SEQ.size + _BODY + 4  # 8-byte aligned
-_SLOT_SIZE = _HEARTBEAT_AT + _HEARTBEAT.size
-# parent's last loop turn (monotonic), workers alive
-_HEADER = struct.Struct("=dq")
+_IDLE_AT = _HEARTBEAT_AT + 8
+_STOP_AT = _IDLE_AT + 8
+_SLOT_SIZE = _STOP_AT + 8
+# parent's last loop turn (monotonic), workers alive, the queue drained (--drain)
+_HEADER = struct.Struct("=dqq")
+# A stop request: the reason's code in the top byte, the low 56 bits of the lease
+# token it is for below, so that a request never reaches the worker's next job.
+STOP_REASONS = ("", "lease_lost", "cancelled")
+_TOKEN_BITS = (1 << 56) - 1
 _EMPTY_UUID = b"\x00" * 16
 
 
@@ -45,6 +55,7 @@ class Holding:
     started: float
     heartbeat_ok: float
     pgid: int = 0  # the process group of the job's command, once it has started
+    pid: int = 0  # the worker's
 
 
 class Slots:
@@ -89,7 +100,7 @@ class Slots:
         """Worker `index` starts job `job_id` under `lease_token`; what its slot now says."""
         self.heartbeat_ok(index, now)
         self._write(index, pid, job_id.bytes, lease_token.bytes, attempt, now)
-        return Holding(job_id, lease_token, attempt, now, now)
+        return Holding(job_id, lease_token, attempt, now, now, 0, pid)
 
     def group_started(self, index: int, pid: int, holding: Holding, pgid: int) -> None:
         """The command of the job worker `index` holds runs in process group `pgid`."""
@@ -108,8 +119,32 @@ class Slots:
         self._write(index, pid, _EMPTY_UUID, _EMPTY_UUID, 0, 0.0)
 
     def heartbeat_ok(self, index: int, now: float) -> None:
-        """Worker `index` renewed its lease (or reached the database) at `now`."""
+        """The lease of worker `index`'s job was renewed (or its claim made) at `now`."""
         _HEARTBEAT.pack_into(self._map, self._offset(index) + _HEARTBEAT_AT, now)
+
+    def heartbeat_at(self, index: int) -> float:
+        """When the lease of worker `index`'s job was last renewed (monotonic)."""
+        return float(_HEARTBEAT.unpack_from(self._map, self._offset(index) + _HEARTBEAT_AT)[0])
+
+    def idle(self, index: int, generation: int) -> None:
+        """Worker `index` waits for work (`generation` counts its waits), or is busy (0)."""
+        _WORD.pack_into(self._map, self._offset(index) + _IDLE_AT, generation)
+
+    def idle_generation(self, index: int) -> int:
+        """The worker's wait that is going on (0: it is busy)."""
+        return int(_WORD.unpack_from(self._map, self._offset(index) + _IDLE_AT)[0])
+
+    def stop(self, index: int, lease_token: uuid.UUID, reason: str) -> None:
+        """Ask worker `index` to stop the job held under `lease_token`, for `reason`."""
+        code = STOP_REASONS.index(reason) << 56 | lease_token.int & _TOKEN_BITS
+        _WORD.pack_into(self._map, self._offset(index) + _STOP_AT, code)
+
+    def stop_requested(self, index: int, lease_token: uuid.UUID) -> str | None:
+        """The reason the job held under `lease_token` must stop, if one was asked."""
+        word = int(_WORD.unpack_from(self._map, self._offset(index) + _STOP_AT)[0])
+        if word >> 56 and word & _TOKEN_BITS == lease_token.int & _TOKEN_BITS:
+            return STOP_REASONS[word >> 56]
+        return None
 
     # -- read by the parent ----------------------------------------------------
 
@@ -131,7 +166,7 @@ class Slots:
                 and before % 2 == 0
                 and _CRC.unpack_from(body, _FIELDS.size)[0] == zlib.crc32(fields)
             ):
-                _pid, job, lease, attempt, started, pgid = _FIELDS.unpack(fields)
+                pid, job, lease, attempt, started, pgid = _FIELDS.unpack(fields)
                 if job == _EMPTY_UUID:
                     return None
                 return Holding(
@@ -141,6 +176,7 @@ class Slots:
                     started,
                     heartbeat_ok,
                     pgid,
+                    pid,
                 )
         return None
 
@@ -150,9 +186,17 @@ class Slots:
 
     def tick(self, now: float, workers_alive: int) -> None:
         """The parent's loop turned at `now` with `workers_alive` workers."""
-        _HEADER.pack_into(self._map, 0, now, workers_alive)
+        _HEARTBEAT.pack_into(self._map, 0, now)
+        _WORD.pack_into(self._map, 8, workers_alive)
 
     def parent_state(self) -> tuple[float, int]:
         """(last loop turn, workers alive) as the parent last wrote them."""
-        last, alive = _HEADER.unpack_from(self._map, 0)
+        last, alive, _drained = _HEADER.unpack_from(self._map, 0)
         return float(last), int(alive)
+
+    def drained(self) -> None:
+        """The hub saw nothing pending or processing (for --drain)."""
+        _WORD.pack_into(self._map, 16, 1)
+
+    def is_drained(self) -> bool:
+        return bool(_WORD.unpack_from(self._map, 16)[0])

@@ -1,4 +1,8 @@
-"""A worker process: wait for work, claim one job, run it, finish it with its lease; again."""
+"""A worker process: wait to be woken, claim one job, run it, end it with its lease; again.
+
+A worker's connection holds no session state (the hub LISTENs for the pod and
+renews the leases), so it may go through PgBouncer in transaction mode.
+"""
 
 from __future__ import annotations
 
@@ -17,29 +21,36 @@ from mobvibe.errors import DatabaseUnavailableError
 from mobvibe.logs import event
 from mobvibe.sql import db, store
 from mobvibe.sql.jobs import Job
-from mobvibe.sql.notify import listen
 from mobvibe.supervisor import contain, finish
-from mobvibe.supervisor.handlers import Aborted, Handler, Outcome
-from mobvibe.supervisor.heartbeat import Heartbeat
-from mobvibe.supervisor.policy import EXIT_FENCED, EXIT_LEASE_LOST, EXIT_OK
+from mobvibe.supervisor.attempt import KILL_GRACE, Aborted, Attempt, Handler, Outcome
+from mobvibe.supervisor.policy import EXIT_LEASE_LOST, EXIT_OK
+from mobvibe.supervisor.progress import Progress
 from mobvibe.supervisor.settings import Settings
 from mobvibe.supervisor.slots import Holding, Slots
+from mobvibe.supervisor.wakeups import Wakeups
 
 log = logging.getLogger(__name__)
 RELEASED = Outcome(False, "released at shutdown", "released")
 LEASE_LOST = Outcome(False, "the job's lease was taken away", "lease_lost")
-
+CANCELLED = Outcome(False, "cancelled by request", "cancelled")
 RECONNECT_DELAY_MAX = 5.0
-IDLE_RECHECK = 0.1  # a due job that another transaction holds: look again soon
+# Without a wake-up, a worker looks for work this often anyway: the hub is the
+# pod's poller, this only covers a hub that is down.
+BACKSTOP = 60.0
+DB_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError, DatabaseUnavailableError)
 
 
 class Worker:
-    """The loop of one worker process. Signals: TERM stop after this job, USR1 release now."""
+    """The loop of one worker process. Signals: TERM stop after this job, USR1 release now,
+    USR2 look at the stop request the hub (or the parent) left in the slot."""
 
-    def __init__(self, settings: Settings, index: int, slots: Slots, handler: Handler) -> None:
+    def __init__(
+        self, settings: Settings, index: int, slots: Slots, wakeups: Wakeups, handler: Handler
+    ) -> None:
         self.settings = settings
         self.index = index
         self.slots = slots
+        self.wakeups = wakeups
         self.handler = handler
         self.pid = os.getpid()
         self.worker_id = settings.worker_id(index, self.pid)
@@ -47,22 +58,16 @@ class Worker:
         self.connections = 0  # made so far: the first is not a reconnection
         self.stopping = False
         self.releasing = False
-        self.wake_pending = True  # poll once at start
         self.jobs_done = 0
+        self.waits = 0  # idle generations: the hub wakes each wait once
         self.current: Job | None = None
-        self.in_handler = False
-        self.lost_reason: str | None = None
         self.holding: Holding | None = None
-        self._wakeup_r, self._wakeup_w = os.pipe()
-        self.heartbeat = Heartbeat(
-            settings.database_url,
-            settings.heartbeat_interval,
-            settings.fence_after,
-            self._on_lost,
-            self._on_renewed,
-        )
+        self.progress = Progress()
+        self.in_handler = False
+        self.lost = False
+        self._signal_r, self._signal_w = os.pipe()
 
-    # -- process life ----------------------------------------------------------
+    # -- process life ----------------------------------------------------------------------
 
     def run(self) -> int:
         """Work until told to stop; return the process exit code."""
@@ -70,7 +75,6 @@ class Worker:
         # Processes a job leaves behind come back to us, not to init: the end of
         # each attempt kills them (contain.py).
         contain.become_subreaper()
-        self.heartbeat.start()
         event(log, logging.INFO, "worker_started", "worker ready", worker=self.worker_id)
         job: Job | None = None
         while not self.stopping:
@@ -78,11 +82,7 @@ class Worker:
                 job = job or self._next_job()
                 if job is not None:
                     job = self._process(job)
-            except (
-                psycopg.OperationalError,
-                psycopg.InterfaceError,
-                DatabaseUnavailableError,
-            ) as exc:
+            except DB_ERRORS as exc:
                 # A database outage is waited out here, not by exiting: a worker that
                 # exits is restarted at once and fails again, and a few of those in a
                 # row look like a crash loop that stops the whole supervisor.
@@ -90,7 +90,6 @@ class Worker:
                 self._connection_lost(exc)
         if job is not None:
             self._give_back(job)
-        self.heartbeat.stop()
         event(
             log,
             logging.INFO,
@@ -102,11 +101,13 @@ class Worker:
         return EXIT_OK
 
     def _give_back(self, job: Job) -> None:
-        """Release a job claimed with the last completion but not started: we are stopping."""
+        """Release a job claimed with the last end but not started: we are stopping."""
         try:
-            store.release(self._db(), job.id, job.lease_token, "released at shutdown")
-        except (psycopg.OperationalError, psycopg.InterfaceError, DatabaseUnavailableError):
-            return  # its heartbeat stops with us: the reaper requeues it
+            store.end_attempt(
+                self._db(), job.id, job.lease_token, "released", "released at shutdown"
+            )
+        except DB_ERRORS:
+            return  # its lease is renewed no more: the reaper requeues it
         event(
             log,
             logging.INFO,
@@ -118,10 +119,11 @@ class Worker:
         )
 
     def _install_signals(self) -> None:
-        os.set_blocking(self._wakeup_w, False)
-        signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
+        os.set_blocking(self._signal_w, False)
+        signal.set_wakeup_fd(self._signal_w, warn_on_full_buffer=False)
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGUSR1, self._on_release)
+        signal.signal(signal.SIGUSR2, self._on_stop_request)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C means
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
@@ -133,34 +135,29 @@ class Worker:
         if self.current is not None and not self.handler.abort(RELEASED) and self.in_handler:
             raise Aborted("released at shutdown")
 
-    def _on_lost(self, reason: str) -> None:
-        """From the heartbeat thread: the running job is no longer ours."""
-        self.lost_reason = reason
-        # At once, not after a grace: the next attempt may start elsewhere soon.
-        if not self.handler.abort(LEASE_LOST, grace=0.0):
-            # A Python handler cannot be stopped from another thread: end the
-            # process; the parent starts a fresh worker.
-            os._exit(EXIT_LEASE_LOST if reason == "lease_lost" else EXIT_FENCED)
+    def _on_stop_request(self, signum: int, frame: Any) -> None:
+        """The hub (or the parent) asked us to stop the running job: cancelled or lease lost."""
+        job = self.current
+        if job is None or not self.in_handler:
+            return  # the job has ended already: its end is being recorded, lease or not
+        reason = self.slots.stop_requested(self.index, job.lease_token)
+        if reason == "cancelled":
+            # A Python handler sees attempt.cancelled(); one that ignores it is killed
+            # by the parent after the grace, like a command that ignores SIGTERM.
+            self.handler.abort(CANCELLED, KILL_GRACE)
+        elif reason == "lease_lost":
+            self.lost = True
+            # At once, not after a grace: the next attempt may start elsewhere soon.
+            if not self.handler.abort(LEASE_LOST, 0.0):
+                # A Python handler cannot be stopped from outside: end the process;
+                # the parent starts a fresh worker.
+                os._exit(EXIT_LEASE_LOST)
 
-    def _on_renewed(self, now: float) -> None:
-        self.slots.heartbeat_ok(self.index, now)
-
-    # -- database --------------------------------------------------------------
+    # -- database --------------------------------------------------------------------------
 
     def _db(self) -> psycopg.Connection[Any]:
         if self.conn is None or self.conn.closed:
-            options = [str(conninfo_to_dict(self.settings.database_url).get("options", ""))]
-            if not self.settings.durable_completions:
-                options.append("-c synchronous_commit=off")
-            if not self.settings.status_notifications:
-                options.append("-c mobvibe.status_notify=off")  # read by the trigger's WHEN
-            extra: dict[str, Any] = {"options": " ".join(options).strip()} if any(options) else {}
-            self.conn = db.connect(
-                self.settings.database_url, application_name="mobvibe-worker", **extra
-            )
-            self.conn.add_notify_handler(self._on_notify)
-            listen(self.conn, ["new_job"])
-            self.wake_pending = True  # notifications may have been missed: poll now
+            self.conn = self._connect()
             if self.connections:
                 event(
                     log,
@@ -173,8 +170,17 @@ class Worker:
             self.connections += 1
         return self.conn
 
-    def _on_notify(self, notify: Any) -> None:
-        self.wake_pending = True
+    def _connect(self) -> psycopg.Connection[Any]:
+        options = [str(conninfo_to_dict(self.settings.database_url).get("options", ""))]
+        if not self.settings.durable_completions:
+            options.append("-c synchronous_commit=off")
+        if not self.settings.status_notifications:
+            options.append("-c mobvibe.status_notify=off")  # read by the trigger's WHEN
+        extra: dict[str, Any] = {"options": " ".join(options).strip()} if any(options) else {}
+        conn = db.connect(self.settings.database_url, application_name="mobvibe-worker", **extra)
+        if self.settings.pooled:
+            conn.prepare_threshold = None  # PgBouncer in transaction mode: no prepared statements
+        return conn
 
     def _connection_lost(self, exc: BaseException) -> None:
         event(
@@ -194,56 +200,45 @@ class Worker:
                 self._db()
                 return
             except Exception:  # noqa: BLE001 - keep trying until the database is back
-                self._sleep(delay)
+                self._wait(delay, woken_by_hub=False)
                 delay = min(2 * delay, RECONNECT_DELAY_MAX)
 
-    # -- the loop --------------------------------------------------------------
+    # -- the loop --------------------------------------------------------------------------
 
     def _next_job(self) -> Job | None:
-        """Claim a job, or wait for a notification, the poll interval, or the next due retry."""
-        conn = self._db()
-        self.wake_pending = False
-        job = store.claim(conn, self.worker_id)
-        if job is not None:
-            return job
-        if not self.wake_pending:
-            self._wait(conn)
-        return None
+        """Say we are idle, claim a job; if none is due, wait to be woken (or the backstop)."""
+        # Idle before the claim: a job that comes after the claim's look still gets
+        # us woken (the wake-up waits in the pipe), never lost in between.
+        self.waits += 1
+        self.slots.idle(self.index, self.waits)
+        job = store.claim(self._db(), self.worker_id)
+        if job is None and not self.stopping:
+            self._wait(BACKSTOP * random.uniform(0.8, 1.0))  # noqa: S311 - jitter
+        self.slots.idle(self.index, 0)
+        return job
 
-    def _wait(self, conn: psycopg.Connection[Any]) -> None:
-        due_in = store.next_run(conn).due_in
-        poll = self.settings.poll_interval * random.uniform(0.8, 1.0)  # noqa: S311 - jitter
-        if due_in is not None:
-            poll = min(poll, due_in if due_in > 0 else IDLE_RECHECK)
-        ready = self._sleep(poll, conn)
-        if conn.fileno() in ready:
-            conn.pgconn.consume_input()
-            while conn.pgconn.notifies() is not None:
-                self.wake_pending = True
-
-    def _sleep(self, seconds: float, conn: psycopg.Connection[Any] | None = None) -> list[int]:
-        """Sleep up to `seconds`; a signal or (with conn) database input ends it early."""
-        fds = [self._wakeup_r] + ([conn.fileno()] if conn is not None else [])
+    def _wait(self, seconds: float, *, woken_by_hub: bool = True) -> None:
+        """Sleep up to `seconds`; a wake-up from the hub or a signal ends it early."""
+        fds = [self._signal_r] + ([self.wakeups.fd(self.index)] if woken_by_hub else [])
         try:
             ready, _, _ = select.select(fds, [], [], max(0.0, seconds))
         except InterruptedError:
-            return []
-        if self._wakeup_r in ready:
-            os.read(self._wakeup_r, 512)
-        return ready
+            return
+        if self._signal_r in ready:
+            os.read(self._signal_r, 512)
+        if woken_by_hub:
+            self.wakeups.clear(self.index)
 
     def _process(self, job: Job) -> Job | None:
-        """Run `job` and finish it; return the next job when the finish claimed one."""
-        self.current, self.lost_reason = job, None
+        """Run `job` and end its attempt; return the next job when the end claimed one."""
+        self.current, self.lost, self.progress = job, False, Progress()
+        now = clock.monotonic()
         self.holding = self.slots.hold(
-            self.index, self.pid, job.id, job.lease_token, job.attempt, clock.monotonic()
+            self.index, self.pid, job.id, job.lease_token, job.attempt, now
         )
-        self.heartbeat.track(job.id, job.lease_token)
-        started = clock.monotonic()
-        outcome = self._run_handler(job, started)
-        self.heartbeat.untrack()
+        outcome = self._run_handler(job, now)
         try:
-            return self._finish(job, outcome, clock.monotonic() - started)
+            return self._finish(job, outcome, clock.monotonic() - now)
         finally:
             self.current = None
             self.slots.release(self.index, self.pid)
@@ -265,9 +260,19 @@ class Worker:
             session_id=str(job.session_id),
             attempt=job.attempt,
         )
+        attempt = Attempt(
+            job=job,
+            deadline=started + timeout if timeout else None,
+            on_group=self._on_group,
+            progress=self.progress.add,
+            progress_due=self.progress.due,
+            flush=self._flush,
+            fenced=self._fenced,
+            cancelled=lambda: self.slots.stop_requested(self.index, job.lease_token) == "cancelled",
+        )
         self.in_handler = True
         try:
-            return self.handler.run(job, started + timeout if timeout else None, self._on_group)
+            return self.handler.run(attempt)
         except Aborted:
             return RELEASED
         finally:
@@ -278,12 +283,38 @@ class Worker:
         if self.holding is not None:
             self.slots.group_started(self.index, self.pid, self.holding, pgid)
 
+    def _fenced(self) -> bool:
+        """The hub could not renew the lease for too long: the job must stop before the
+        reaper may hand it to another worker."""
+        return clock.monotonic() - self.slots.heartbeat_at(self.index) > self.settings.fence_after
+
+    def _flush(self, *, force: bool = False) -> None:
+        """Write the progress events waiting (all of them with `force`), under the lease."""
+        job = self.current
+        if job is None or not (force or self.progress.due()):
+            return
+        events = self.progress.take()
+        if not events:
+            return
+        try:
+            store.add_events(self._db(), job.id, job.lease_token, events)
+        except DB_ERRORS as exc:
+            event(
+                log,
+                logging.WARNING,
+                "progress_lost",
+                "progress events could not be written",
+                job_id=str(job.id),
+                events=len(events),
+                error=db.first_line(exc),
+            )
+
     def _finish(self, job: Job, outcome: Outcome, duration: float) -> Job | None:
-        if self.releasing and not outcome.ok:
-            outcome = RELEASED
-        if self.lost_reason is not None:
-            outcome = LEASE_LOST
-        chain = outcome.ok and not self.stopping and not self._recycle_due()
+        if self.releasing and not outcome.ok and outcome.reason != "cancelled":
+            outcome = Outcome(False, RELEASED.error, "released", outcome.output)
+        if self.lost or (outcome.reason == "lease_lost"):
+            outcome = Outcome(False, LEASE_LOST.error, "lease_lost", outcome.output)
+        chain = not self.stopping and not self._recycle_due()
         return finish.finish_job(
             self._db,
             self.worker_id,
@@ -299,6 +330,8 @@ class Worker:
         return bool(limit) and self.jobs_done + 1 >= limit
 
 
-def run_worker(settings: Settings, index: int, slots: Slots, handler: Handler) -> int:
+def run_worker(
+    settings: Settings, index: int, slots: Slots, wakeups: Wakeups, handler: Handler
+) -> int:
     """Entry point of a forked worker process."""
-    return Worker(settings, index, slots, handler).run()
+    return Worker(settings, index, slots, wakeups, handler).run()

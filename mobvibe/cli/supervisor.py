@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import math
 import os
-import signal
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
 
 import click
 
@@ -16,17 +15,17 @@ from mobvibe import logs
 from mobvibe.cli.options import CONTEXT, Command, database_option, friendly_errors, logging_options
 from mobvibe.durations import Duration, format_duration
 from mobvibe.errors import ConfigError
-from mobvibe.reaper.daemon import serve_forever
-from mobvibe.reaper.sweep import ReaperSettings
+from mobvibe.reaper.sweep import ReaperSettings, run_once
 from mobvibe.sql import db, store
 from mobvibe.sql.migrate import migrate as run_migrations
 from mobvibe.sql.migrate import schema_is_current
 from mobvibe.supervisor import settings as defaults
-from mobvibe.supervisor.arbiter import Arbiter
-from mobvibe.supervisor.handlers import DEMO, check_command, check_exec_env, make_handler
+from mobvibe.supervisor.arbiter import Arbiter, Shared
+from mobvibe.supervisor.command import check_command, check_exec_env
+from mobvibe.supervisor.handlers import DEMO, make_handler
 from mobvibe.supervisor.httpserver import serve
+from mobvibe.supervisor.hub import run_hub
 from mobvibe.supervisor.settings import Settings
-from mobvibe.supervisor.slots import Slots
 from mobvibe.supervisor.worker import run_worker
 
 # Durations: seconds, or a number with a unit (500ms, 30s, 5m), as every command takes them.
@@ -36,6 +35,15 @@ interval = Duration()
 @click.command(cls=Command, context_settings=CONTEXT)
 @click.version_option(package_name="mobvibe-supervisor")
 @database_option
+@click.option(
+    "--listen-url",
+    default=None,
+    show_envvar=True,
+    metavar="URL",
+    help="PostgreSQL itself, for the pod's one direct connection (LISTEN, heartbeats, the "
+    "reaper), when DATABASE_URL goes through PgBouncer in transaction mode; the workers then "
+    "prepare no statement and set nothing on their sessions. Unset: DATABASE_URL for all.",
+)
 @click.option(
     "--workers",
     type=int,
@@ -180,6 +188,7 @@ interval = Duration()
 @friendly_errors
 def main(
     database_url: str | None,
+    listen_url: str | None,
     workers: int,
     exec_cmd: str | None,
     exec_env: tuple[str, ...],
@@ -206,8 +215,14 @@ def main(
     logs.setup(log_format, log_level)
     if demo and (exec_cmd or handler):
         raise click.UsageError("give one of --exec, --handler and --demo")
+    if listen_url is not None and (async_completions or not status_notifications):
+        raise ConfigError(
+            "--async-completions and --no-status-notifications are session settings, which a "
+            "transaction pooler does not keep: use them without --listen-url"
+        )
     config = Settings(
         database_url="",
+        listen_url=None if listen_url is None else db.validate_url(listen_url),
         workers=workers,
         exec_cmd=exec_cmd,
         exec_env=check_exec_env(exec_env),
@@ -267,22 +282,17 @@ def _check_database(url: str, migrate: bool) -> float:
 
 
 def _run(config: Settings) -> int:
-    def worker_main(index: int, slots: Slots) -> int:
+    def worker_main(index: int, shared: Shared) -> int:
         handler = make_handler(config.exec_cmd, config.handler, config.exec_env)
-        return run_worker(config, index, slots, handler)
+        return run_worker(config, index, shared.slots, shared.wakeups, handler)
 
-    aux: dict[str, Any] = {}
+    def hub_main(shared: Shared) -> int:
+        # The embedded reaper sweeps on the hub's connection: no connection of its own.
+        reaper = ReaperSettings(interval=config.reaper_interval) if config.reaper else None
+        sweep = None if reaper is None else (lambda conn: run_once(conn, reaper))
+        return run_hub(config, shared.slots, shared.wakeups, sweep)
+
+    aux: dict[str, Callable[[Shared], int]] = {"hub": hub_main}
     if config.metrics_port:
-        aux["http"] = lambda slots: serve(config, slots)
-    if config.reaper:
-        aux["reaper"] = lambda slots: _reaper_main(config)
+        aux["http"] = lambda shared: serve(config, shared.slots)
     return Arbiter(config, worker_main, aux).run()
-
-
-def _reaper_main(config: Settings) -> int:
-    stop = {"now": False}
-    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
-    # The heartbeat timeout and the retention are the database's (queue_config).
-    settings = ReaperSettings(interval=config.reaper_interval)
-    serve_forever(config.database_url, settings, lambda: stop["now"])
-    return 0

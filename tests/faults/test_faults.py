@@ -29,7 +29,7 @@ from mobvibe.client import JobQueue
 from mobvibe.sql.jobs import NewJob
 from mobvibe.supervisor.worker import RECONNECT_DELAY_MAX
 from tests.faults.handlers import Execution, executions
-from tests.helpers import count, wait_for
+from tests.helpers import count, migrate_with_test_clock, wait_for
 from tests.processes.conftest import FAST, Running
 
 HANDLER = ["--handler", "tests.faults.handlers:run"]
@@ -168,11 +168,8 @@ def test_kill_9_storm_while_5000_jobs_drain_loses_nothing(
 ) -> None:
     set_backoff(conn)
     log = tmp_path / "executions"
-    session = queue.create_session()
     # Half the jobs have one attempt only: a kill that hits one dead-letters it.
-    jobs = [
-        NewJob(f"rec:{log}:0.005", session, max_retries=1 + 2 * (n % 2)) for n in range(STORM_JOBS)
-    ]
+    jobs = [NewJob(f"rec:{log}:0.005", max_retries=1 + 2 * (n % 2)) for n in range(STORM_JOBS)]
     ids = {str(i) for i in queue.enqueue_many(jobs)}
     started = time.monotonic()
     # Each kill is a crash to the arbiter: more than --crash-loop-limit of them
@@ -257,8 +254,7 @@ def test_every_connection_terminated_mid_run(
     queue: JobQueue, conn: Any, supervisor: Any, tmp_path: Path, report: Any
 ) -> None:
     log = tmp_path / "executions"
-    session = queue.create_session()
-    ids = {str(i) for i in queue.enqueue_many([NewJob(f"rec:{log}:0.005", session)] * 1500)}
+    ids = {str(i) for i in queue.enqueue_many([NewJob(f"rec:{log}:0.005")] * 1500)}
     running = supervisor(
         "--workers", "4", "--drain", *HANDLER, *QUICK, heartbeat_timeout=QUICK_TIMEOUT
     )
@@ -321,7 +317,7 @@ POLL = 0.5
 # After the restart, a worker may still sleep out its reconnect delay (doubling,
 # at most RECONNECT_DELAY_MAX), then wait up to a poll interval; plus 2 s of slack.
 RESTART_RECOVERY_BOUND = RECONNECT_DELAY_MAX + POLL + 2.0
-OUTAGE_SEEN = ("finish_retrying", "db_connection_lost", "heartbeat_failed")
+OUTAGE_SEEN = ("finish_retrying", "db_connection_lost", "hub_connection_lost")
 
 
 def test_postgres_immediate_stop_and_restart_mid_run(
@@ -331,11 +327,14 @@ def test_postgres_immediate_stop_and_restart_mid_run(
 
     url = own_server.get_uri()
     log = tmp_path / "executions"
+    with psycopg.connect(url, autocommit=True) as owner:
+        migrate_with_test_clock(owner)
+    with JobQueue(url) as queue:
+        ids = {str(i) for i in queue.enqueue_many([NewJob(f"rec:{log}:0.01")] * 800)}
     running = supervisor(
         "--workers",
         "2",
         "--drain",
-        "--migrate",
         *HANDLER,
         "--log-level",
         "info",
@@ -346,11 +345,8 @@ def test_postgres_immediate_stop_and_restart_mid_run(
         "--reaper-interval",
         "0.5",
         url=url,
-        heartbeat_timeout=None,  # a new database: --migrate makes it, with the default 30 s
+        heartbeat_timeout=10,
     )
-    with JobQueue(url) as queue:
-        session = queue.create_session()
-        ids = {str(i) for i in queue.enqueue_many([NewJob(f"rec:{log}:0.01", session)] * 800)}
     with psycopg.connect(url, autocommit=True) as watch:
         wait_for(lambda: completed(watch) >= 100, timeout=60, message="100 jobs completed")
     pgserver.pg_ctl(
@@ -362,9 +358,9 @@ def test_postgres_immediate_stop_and_restart_mid_run(
         timeout=30,
         message="a worker to see the outage",
     )
-    # An outage of a few seconds, long enough for the workers' reconnect backoff
-    # to grow: it ends once the embedded reaper has failed three sweeps.
-    running.wait_event("reaper_sweep_failed", count=3, timeout=30)
+    # An outage of a few seconds, long enough for the reconnect backoff to grow: it
+    # ends once the hub (the embedded reaper's connection too) has failed five times.
+    running.wait_event("hub_connection_lost", count=5, timeout=30)
     own_server.ensure_postgres_running()
     restarted = time.monotonic()
     assert running.proc.poll() is None, "the supervisor survived the outage"
@@ -394,11 +390,11 @@ SILENT_POLL = 1.0
 
 
 def both_idle(conn: psycopg.Connection[Any]) -> bool:
-    """Both workers are waiting: their last statement asked when the next job is due."""
+    """Both workers are waiting: their last statement was a claim that found nothing."""
     row = conn.execute(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
         "AND application_name = 'mobvibe-worker' AND state = 'idle' "
-        "AND query LIKE '%queue_next_run_at%'"
+        "AND query LIKE '%claim_next_job%'"
     ).fetchone()
     return row is not None and row[0] == 2
 
@@ -420,8 +416,9 @@ def test_jobs_start_within_the_poll_interval_when_notifications_are_lost(
         heartbeat_timeout=3,
     )
     running.wait_workers(2)
-    # A silently dropped LISTEN connection looks, to the worker, like no
-    # notification ever arriving: these inserts fire no trigger, so no NOTIFY.
+    # A silently dropped LISTEN connection looks, to the hub, like no notification
+    # ever arriving: these inserts fire no trigger, so no NOTIFY. The hub's poll
+    # finds them.
     latencies = []
     with psycopg.connect(db_url, autocommit=True) as silent:
         silent.execute("SET session_replication_role = replica")
@@ -445,7 +442,7 @@ def test_jobs_start_within_the_poll_interval_when_notifications_are_lost(
             if n % 2:  # and once more after the listening connection is cut outright
                 conn.execute(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE application_name = 'mobvibe-worker' "
+                    "WHERE application_name = 'mobvibe-hub' "
                     "AND datname = current_database()"
                 )
     report(
@@ -464,10 +461,10 @@ def test_jobs_start_within_the_poll_interval_when_notifications_are_lost(
 def bad_job_among_others(
     queue: JobQueue, prompt: str, others: int, log: Path, max_retries: int
 ) -> tuple[Any, list[Any]]:
-    """Enqueue the bad job first and ahead of `others` recording jobs; (bad id, other ids)."""
-    session = queue.create_session()
-    bad = queue.enqueue(prompt, session_id=session, max_retries=max_retries, priority=10)
-    return bad, queue.enqueue_many([NewJob(f"rec:{log}:0.01", session)] * others)
+    """Enqueue the bad job first and ahead of `others` recording jobs, each in a session of
+    its own (one session's prompts run one at a time); (bad id, other ids)."""
+    bad = queue.enqueue(prompt, max_retries=max_retries, priority=10)
+    return bad, queue.enqueue_many([NewJob(f"rec:{log}:0.01")] * others)
 
 
 def all_completed(queue: JobQueue, ids: list[Any]) -> bool:

@@ -41,7 +41,8 @@ def test_the_job_command_gets_the_allow_list_and_what_exec_env_names_only(
     env = dict(line.split("=", 1) for line in out.read_text().splitlines() if "=" in line)
     assert count(conn, "completed") == 1
     leaked = [name for name in env if name == "DATABASE_URL" or name.startswith(("PG", "MOBVIBE_"))]
-    assert leaked == [], leaked
+    assert leaked == ["MOBVIBE_PROGRESS_FD"], leaked  # the one the job needs
+    assert env["MOBVIBE_PROGRESS_FD"] == "3"
     assert "UNLISTED_VARIABLE" not in env
     assert env["AGENT_API_KEY"] == "key-for-the-agent"
     assert (env["JOB_ID"], env["ATTEMPT"]) == (str(job_id), "1")

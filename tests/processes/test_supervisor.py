@@ -110,7 +110,10 @@ def test_supervisor_killed_with_its_workers_jobs_come_back_through_the_reaper(
 def test_sigterm_finishes_short_jobs_then_exits_0(
     queue: JobQueue, conn: Any, supervisor: Any
 ) -> None:
-    queue.enqueue_many([NewJob("sleep:1")] * 3 + [NewJob("ok")] * 5)
+    # Two batches: the sleeps first (in one batch, jobs of different sessions
+    # go in the order of their sessions).
+    queue.enqueue_many([NewJob("sleep:1")] * 3)
+    queue.enqueue_many([NewJob("ok")] * 5)
     running = supervisor("--workers", "3", *HANDLER, *FAST)
     wait_for(lambda: count(conn, "processing") == 3, message="3 jobs running")
     running.signal(signal.SIGTERM)

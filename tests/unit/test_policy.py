@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from mobvibe.supervisor import handlers
+from mobvibe.supervisor import attempt
 from mobvibe.supervisor.children import Exit
 from mobvibe.supervisor.policy import (
     EXEC_BACKSTOP_GRACE,
@@ -186,7 +186,7 @@ def test_an_exec_worker_gets_a_grace_before_the_deadline_kill() -> None:
 
 
 def test_the_deadline_kill_leaves_an_exec_command_its_own_kill_grace() -> None:
-    assert EXEC_BACKSTOP_GRACE > handlers.KILL_GRACE
+    assert EXEC_BACKSTOP_GRACE > attempt.KILL_GRACE
 
 
 def test_a_job_timeout_of_0_means_no_deadline() -> None:

@@ -1,0 +1,262 @@
+"""The hub: the pod's one direct connection to PostgreSQL, in a child of the supervisor.
+
+It LISTENs for the pod (new_job, job_cancel) and wakes exactly one idle worker
+per new job; it renews the leases of every running attempt it sees in the
+slots with one statement per heartbeat interval; it tells a worker to stop a
+job whose cancel was requested or whose lease was lost; it polls, as the
+backstop for lost notifications, and wakes a worker when a retry comes due;
+it runs the embedded reaper's sweeps and, with --drain, watches for an empty
+queue. The workers' own connections hold no session state (no LISTEN), so
+they may go through PgBouncer in transaction mode; this one may not
+(--listen-url names the server itself).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import select
+import signal
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+
+from mobvibe import clock, metrics
+from mobvibe.errors import DatabaseUnavailableError
+from mobvibe.logs import event
+from mobvibe.sql import db, store
+from mobvibe.sql.notify import listen
+from mobvibe.sql.store import Lease
+from mobvibe.supervisor.settings import Settings
+from mobvibe.supervisor.slots import Holding, Slots
+from mobvibe.supervisor.wakeups import Wakeups
+
+log = logging.getLogger(__name__)
+Sweep = Callable[[psycopg.Connection[Any]], object]
+DRAIN_CHECK = 0.5  # seconds between the --drain checks
+RECONNECT_DELAY_MAX = 5.0
+CHANNELS = ("new_job", "job_cancel")
+
+
+class Hub:
+    """One loop over the pod's connection; every duty has its next due time."""
+
+    def __init__(
+        self, settings: Settings, slots: Slots, wakeups: Wakeups, sweep: Sweep | None = None
+    ) -> None:
+        self.settings = settings
+        self.slots = slots
+        self.wakeups = wakeups
+        self.sweep = sweep
+        self.conn: psycopg.Connection[Any] | None = None
+        self.stopping = False
+        self.woken = [0] * slots.count  # per worker, the idle generation last woken
+        self.last_woken = -1
+        now = clock.monotonic()
+        self.due = {
+            "heartbeat": now,
+            "poll": now,
+            "sweep": now,
+            "drain": now,
+            "next_run": float("inf"),
+        }
+        self._signal_r, self._signal_w = os.pipe()
+
+    # -- process life ------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Serve until SIGTERM (the parent sends it once the workers are gone)."""
+        os.set_blocking(self._signal_w, False)
+        signal.set_wakeup_fd(self._signal_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGTERM, self._on_term)
+        delay = 0.1
+        while not self.stopping:
+            try:
+                self._turn(self._connection())
+                delay = 0.1
+            except (
+                psycopg.OperationalError,
+                psycopg.InterfaceError,
+                DatabaseUnavailableError,
+            ) as exc:
+                event(
+                    log,
+                    logging.WARNING,
+                    "hub_connection_lost",
+                    "the hub lost its database connection; reconnecting",
+                    error=db.first_line(exc),
+                    retry_in_s=delay,
+                )
+                self._close()
+                self._sleep(delay)
+                delay = min(2 * delay, RECONNECT_DELAY_MAX)
+        self._close()
+        return 0
+
+    def _on_term(self, signum: int, frame: Any) -> None:
+        self.stopping = True
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self.conn is None or self.conn.closed:
+            # A lost heartbeat only ages a lease: no need to wait for the disk.
+            self.conn = db.connect(
+                self.settings.listen_url or self.settings.database_url,
+                application_name="mobvibe-hub",
+                options="-c synchronous_commit=off",
+            )
+            listen(self.conn, CHANNELS)
+            self.due["poll"] = clock.monotonic()  # what was sent while we were away
+        return self.conn
+
+    def _close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+        self.conn = None
+
+    def _sleep(self, seconds: float) -> None:
+        ready, _, _ = select.select([self._signal_r], [], [], seconds)
+        if ready:
+            os.read(self._signal_r, 512)
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def _turn(self, conn: psycopg.Connection[Any]) -> None:
+        """Wait for a notification or the next due duty; do what is due."""
+        wait = max(0.0, min(self.due.values()) - clock.monotonic())
+        ready, _, _ = select.select([conn.fileno(), self._signal_r], [], [], wait)
+        if self._signal_r in ready:
+            os.read(self._signal_r, 512)
+        if conn.fileno() in ready:
+            conn.pgconn.consume_input()
+            while (note := conn.pgconn.notifies()) is not None:
+                self._notified(conn, note.relname.decode(), note.extra.decode(errors="replace"))
+        now = clock.monotonic()
+        if now >= self.due["heartbeat"]:
+            self.due["heartbeat"] = now + self.settings.heartbeat_interval
+            self._renew(conn)
+        if now >= min(self.due["poll"], self.due["next_run"]):
+            self.due["poll"] = now + self.settings.poll_interval
+            self._poll(conn)
+        if self.sweep is not None and now >= self.due["sweep"]:
+            self.due["sweep"] = now + self.settings.reaper_interval
+            self.sweep(conn)
+        if self.settings.drain and now >= self.due["drain"]:
+            self.due["drain"] = now + DRAIN_CHECK
+            self._check_drain(conn)
+        if self.sweep is None:
+            self.due["sweep"] = float("inf")
+        if not self.settings.drain:
+            self.due["drain"] = float("inf")
+
+    def _notified(self, conn: psycopg.Connection[Any], channel: str, payload: str) -> None:
+        # A payload is never trusted: anyone may NOTIFY. new_job only makes a worker
+        # look; a cancel is asked of the database before a worker is told.
+        if channel == "new_job":
+            self.wake_one()
+        elif channel == "job_cancel":
+            job_id = _job_id(payload)
+            held = [(i, h) for i, h in self.holdings() if h.job_id == job_id]
+            if held:
+                self._renew(conn, held)
+
+    # -- duties --------------------------------------------------------------------------
+
+    def holdings(self) -> list[tuple[int, Holding]]:
+        """(worker index, holding) of every job a worker of this pod runs now."""
+        found = [(i, self.slots.holding(i)) for i in range(self.slots.count)]
+        return [(i, h) for i, h in found if h is not None]
+
+    def _renew(
+        self, conn: psycopg.Connection[Any], held: list[tuple[int, Holding]] | None = None
+    ) -> None:
+        """Renew the leases of the running attempts, one statement for all of them."""
+        held = self.holdings() if held is None else held
+        if not held:
+            return
+        sent = clock.monotonic()
+        try:
+            renewals = store.renew_leases(conn, [Lease(h.job_id, h.lease_token) for _, h in held])
+        except psycopg.Error:
+            metrics.HEARTBEAT_FAILURES.inc()
+            raise
+        by_job = {r.job_id: r for r in renewals}
+        for index, holding in held:
+            renewal = by_job.get(holding.job_id)
+            if renewal is not None and renewal.renewed:
+                self.slots.heartbeat_ok(index, sent)
+                if renewal.cancel_requested:
+                    self._stop(index, holding, "cancelled")
+            elif self._still_held(index, holding):
+                # Not renewed and still running here: another attempt has the job now.
+                # (A job its worker just ended is no longer processing either: that is
+                # no lost lease, and the worker ignores a stop once its job has ended.)
+                self._stop(index, holding, "lease_lost")
+
+    def _still_held(self, index: int, holding: Holding) -> bool:
+        now = self.slots.holding(index)
+        return now is not None and now.lease_token == holding.lease_token
+
+    def _stop(self, index: int, holding: Holding, reason: str) -> None:
+        if self.slots.stop_requested(index, holding.lease_token) == reason:
+            return  # asked already
+        self.slots.stop(index, holding.lease_token, reason)
+        event(
+            log,
+            logging.INFO if reason == "cancelled" else logging.WARNING,
+            "job_stop_requested",
+            f"worker told to stop its job: {reason}",
+            job_id=str(holding.job_id),
+            worker_pid=holding.pid,
+            reason=reason,
+        )
+        with contextlib.suppress(ProcessLookupError):  # gone: the parent ends its attempt
+            os.kill(holding.pid, signal.SIGUSR2)
+
+    def _poll(self, conn: psycopg.Connection[Any]) -> None:
+        """The backstop: wake the idle workers when a job is due, plan the next due time."""
+        due_in = store.next_run(conn).due_in
+        if due_in is None:
+            self.due["next_run"] = float("inf")
+        elif due_in <= 0:
+            self.due["next_run"] = float("inf")
+            while self.wake_one():
+                pass
+        else:
+            self.due["next_run"] = clock.monotonic() + due_in
+
+    def _check_drain(self, conn: psycopg.Connection[Any]) -> None:
+        stats = store.stats(conn)
+        if stats.pending_count == 0 and stats.processing_count == 0:
+            self.slots.drained()
+
+    def wake_one(self) -> bool:
+        """Wake one idle worker not woken since it went idle; False if there is none.
+
+        The search starts after the worker woken last, so that the work spreads.
+        """
+        count = self.slots.count
+        for step in range(1, count + 1):
+            index = (self.last_woken + step) % count
+            generation = self.slots.idle_generation(index)
+            if generation and generation != self.woken[index]:
+                self.woken[index], self.last_woken = generation, index
+                self.wakeups.wake(index)
+                return True
+        return False
+
+
+def _job_id(payload: str) -> uuid.UUID | None:
+    try:
+        value = json.loads(payload)
+        return uuid.UUID(str(value["job_id"])) if isinstance(value, dict) else None
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def run_hub(settings: Settings, slots: Slots, wakeups: Wakeups, sweep: Sweep | None) -> int:
+    """Entry point of the hub child."""
+    return Hub(settings, slots, wakeups, sweep).run()

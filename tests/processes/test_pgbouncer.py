@@ -1,0 +1,189 @@
+"""The supervisor behind PgBouncer in transaction mode: the workers and the reaper through the
+pooler (no prepared statement, no session state), the hub's LISTEN straight to PostgreSQL.
+
+Debian's pgbouncer (1.18: no prepared statements in transaction mode); `make test`
+installs it as root, and the tests skip with a reason where it is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import conninfo
+
+from mobvibe.client import JobQueue
+from mobvibe.sql.jobs import NewJob
+from tests.helpers import count, wait_for
+from tests.processes.conftest import FAST, Running, free_port
+
+CONFIG = """\
+[databases]
+{dbname} = {server}
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {port}
+unix_socket_dir =
+auth_type = trust
+auth_file = {directory}/users.txt
+pool_mode = transaction
+max_client_conn = 200
+default_pool_size = 20
+server_reset_query =
+ignore_startup_parameters = extra_float_digits
+logfile = {directory}/pgbouncer.log
+pidfile = {directory}/pgbouncer.pid
+"""
+
+
+def pgbouncer_binary() -> str:
+    found = shutil.which("pgbouncer") or (
+        "/usr/sbin/pgbouncer" if Path("/usr/sbin/pgbouncer").exists() else None
+    )
+    if found is None:
+        pytest.skip("pgbouncer is not installed (`make test` installs Debian's as root)")
+    return found
+
+
+def _server_and_user(url: str) -> tuple[str, str]:
+    """PgBouncer's connection string for the server, and the OS user to run it as."""
+    params = conninfo.conninfo_to_dict(url)
+    host = str(params.get("host") or "127.0.0.1")
+    port = str(params.get("port") or 5432)
+    server = (
+        f"host={host} port={port} dbname={params['dbname']} user={params.get('user', 'postgres')}"
+    )
+    # It will not run as root; a server on a Unix socket is reached as the socket's owner.
+    owner = pwd.getpwuid(os.stat(host).st_uid).pw_name if host.startswith("/") else "nobody"
+    return server, owner
+
+
+@dataclass(frozen=True)
+class Bouncer:
+    url: str
+    log: Path
+
+    def logins(self) -> int:
+        """Client connections PgBouncer has accepted so far."""
+        return self.log.read_text(errors="replace").count("login attempt")
+
+
+@pytest.fixture
+def bouncer(db_url: str) -> Iterator[Bouncer]:
+    """A PgBouncer in transaction mode in front of the test database."""
+    binary = pgbouncer_binary()
+    # Not under pytest's tmp_path: its directories are private to root, and pgbouncer
+    # runs as another user.
+    directory = Path(tempfile.mkdtemp(prefix="mobvibe-pgbouncer-"))
+    directory.chmod(0o777)
+    server, user = _server_and_user(db_url)
+    dbname = str(conninfo.conninfo_to_dict(db_url)["dbname"])
+    port = free_port()
+    (directory / "users.txt").write_text('"postgres" ""\n')
+    config = directory / "pgbouncer.ini"
+    config.write_text(CONFIG.format(dbname=dbname, server=server, port=port, directory=directory))
+    command = [binary, str(config)] + (["-u", user] if os.getuid() == 0 else [])
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    url = f"postgresql://postgres@127.0.0.1:{port}/{dbname}"
+
+    def ready() -> bool:
+        with socket.socket() as probe:
+            return probe.connect_ex(("127.0.0.1", port)) == 0
+
+    try:
+        wait_for(ready, timeout=10, message="pgbouncer listening")
+        yield Bouncer(url, directory / "pgbouncer.log")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def supervisor_behind(
+    supervisor: Callable[..., Running], bouncer: Bouncer, db_url: str, *args: str
+) -> Running:
+    return supervisor(
+        *args, env={"DATABASE_URL": bouncer.url, "MOBVIBE_LISTEN_URL": db_url}, url=db_url
+    )
+
+
+def test_drain_kill_and_shutdown_through_pgbouncer_in_transaction_mode(
+    queue: JobQueue,
+    conn: psycopg.Connection[Any],
+    supervisor: Callable[..., Running],
+    bouncer: Bouncer,
+    db_url: str,
+    tmp_path: Path,
+) -> None:
+    marks = tmp_path / "marks"
+    ids = queue.enqueue_many([NewJob(f"mark:{marks}", max_retries=5) for _ in range(300)])
+    running = supervisor_behind(
+        supervisor,
+        bouncer,
+        db_url,
+        "--handler",
+        "tests.processes.handlers:by_prompt",
+        "--workers",
+        "3",
+        "--drain",
+        *FAST,
+    )
+    wait_for(lambda: count(conn, "completed") >= 50, timeout=30, message="50 jobs done")
+    victim = sorted(running.worker_pids())[0]
+    os.kill(victim, signal.SIGKILL)  # through the pooler too, the fast path ends its attempt
+    assert running.wait_exit(60) == 0, running.log()[-3000:]
+    assert count(conn, "completed") == len(ids)
+    runs = marks.read_text().split("\n")
+    assert len({line.split()[0] for line in runs if line}) == len(ids)
+    # the workers came through the pooler (three, and the one started after the kill)
+    assert bouncer.logins() >= 4
+    assert not [
+        e
+        for e in running.events()
+        if e.get("level") == "ERROR" and e.get("event") not in ("job_dead_lettered",)
+    ]
+
+
+def test_sigterm_through_pgbouncer_releases_running_jobs(
+    queue: JobQueue,
+    conn: psycopg.Connection[Any],
+    supervisor: Callable[..., Running],
+    bouncer: Bouncer,
+    db_url: str,
+) -> None:
+    queue.enqueue_many([NewJob("sleep:30") for _ in range(2)])
+    running = supervisor_behind(
+        supervisor,
+        bouncer,
+        db_url,
+        "--handler",
+        "tests.processes.handlers:by_prompt",
+        "--workers",
+        "2",
+        *FAST,
+        "--shutdown-timeout",
+        "1",
+    )
+    wait_for(lambda: count(conn, "processing") == 2, timeout=20, message="2 jobs running")
+    started = time.monotonic()
+    running.signal(signal.SIGTERM)
+    assert running.wait_exit(30) == 0, running.log()[-3000:]
+    assert time.monotonic() - started < 15
+    assert count(conn, "pending") == 2  # given back, not failed
+    assert conn.execute("SELECT max(retry_count) FROM coding_jobs").fetchone()[0] == 0
