@@ -7,6 +7,8 @@ crash          kill the worker process with SIGKILL
 exit:N         leave the worker process with os._exit(N)
 hang           spin in pure Python forever
 mark:PATH      append the job id to PATH, then complete (counts executions)
+
+talk, stubborn and polite are handlers of their own (progress, cancels).
 """
 
 from __future__ import annotations
@@ -34,3 +36,25 @@ def by_prompt(job: Job) -> None:
     elif verb == "mark":
         with open(arg, "a") as out:
             out.write(f"{job.id} {job.attempt} {os.getpid()}\n")
+
+
+def talk(job: Job) -> str:
+    """Report progress three times (a dict, a text line, a dict with a kind), return an output."""
+    report = job.progress  # type: ignore[attr-defined]  # a RunningJob
+    report({"kind": "step", "text": "reading"})
+    report("plain words")
+    report({"kind": "done", "files": 2})
+    return f"done with {job.prompt}"
+
+
+def stubborn(job: Job) -> None:
+    """Ignore a cancel: keep running until killed."""
+    while True:
+        time.sleep(0.05)
+
+
+def polite(job: Job) -> str:
+    """Stop soon after a cancel is asked, with a word on it."""
+    while not job.cancelled:  # type: ignore[attr-defined]  # a RunningJob
+        time.sleep(0.02)
+    return "stopped as asked"

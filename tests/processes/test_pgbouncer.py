@@ -7,6 +7,7 @@ installs it as root, and the tests skip with a reason where it is missing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -187,3 +188,36 @@ def test_sigterm_through_pgbouncer_releases_running_jobs(
     assert time.monotonic() - started < 15
     assert count(conn, "pending") == 2  # given back, not failed
     assert conn.execute("SELECT max(retry_count) FROM coding_jobs").fetchone()[0] == 0
+
+
+def test_cancel_through_pgbouncer_ends_the_running_command(
+    queue: JobQueue,
+    supervisor: Callable[..., Running],
+    bouncer: Bouncer,
+    db_url: str,
+    tmp_path: Path,
+) -> None:
+    job = queue.enqueue("60")
+    running = supervisor(
+        "--exec",
+        'echo $$ > "$MARKS/pid"; exec sleep "$(cat)"',
+        "--exec-env",
+        "MARKS",
+        "--workers",
+        "1",
+        *FAST,
+        env={"DATABASE_URL": bouncer.url, "MOBVIBE_LISTEN_URL": db_url, "MARKS": str(tmp_path)},
+        url=db_url,
+    )
+    wait_for((tmp_path / "pid").exists, timeout=20, message="the job running")
+    pid = int((tmp_path / "pid").read_text())
+    assert queue.cancel(job)
+    wait_for(
+        lambda: getattr(queue.get(job), "status", None) == "cancelled",
+        timeout=10,
+        message="cancelled",
+    )
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, 0)
+        wait_for(lambda: not Path(f"/proc/{pid}").exists(), timeout=5, message="gone")
+    assert running.proc.poll() is None
