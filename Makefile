@@ -10,7 +10,7 @@ TOOLS := .tools
 PROMTOOL := $(TOOLS)/promtool
 WORKERS ?= 4
 
-.PHONY: venv run demo-jobs lint format test test-unit test-contract test-processes test-reaper \
+.PHONY: venv pgbouncer run demo-jobs lint format test test-unit test-contract test-processes test-reaper \
         test-stateful test-faults test-deploy soak bench image deploy-check clean
 
 $(BIN)/.installed: pyproject.toml
@@ -30,6 +30,14 @@ $(PROMTOOL):
 	   dpkg-deb -x prometheus_*.deb root && cp root/usr/bin/promtool ../promtool ) || \
 	   echo "promtool unavailable: the promtool check will be skipped"
 	@rm -rf $(TOOLS)/deb
+
+# PgBouncer, for the test of the supervisor behind a transaction pooler:
+# Debian's package, installed as root where the package lists are reachable.
+pgbouncer:
+	@command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || \
+	  ( [ "$$(id -u)" = 0 ] && (apt-get install -y -q pgbouncer >/dev/null 2>&1 || \
+	    (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q pgbouncer >/dev/null 2>&1)) ) || \
+	  echo "pgbouncer unavailable: the PgBouncer test will be skipped"
 
 run: venv
 	$(BIN)/mobvibe-queue migrate
@@ -51,7 +59,7 @@ format: venv
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: venv $(PROMTOOL)
+test: venv $(PROMTOOL) pgbouncer
 	PATH="$(CURDIR)/$(TOOLS):$$PATH" $(PYTEST) -m "not soak" -q
 
 test-unit: venv
@@ -60,7 +68,7 @@ test-unit: venv
 test-contract: venv
 	$(PYTEST) tests/contract -q
 
-test-processes: venv $(PROMTOOL)
+test-processes: venv $(PROMTOOL) pgbouncer
 	PATH="$(CURDIR)/$(TOOLS):$$PATH" $(PYTEST) tests/processes -q
 
 test-reaper: venv
