@@ -57,6 +57,14 @@ SELECT job_id, lease_token FROM queue_claims_of_worker(%(worker_id)s)
 -- name: reap_expired
 SELECT job_id, session_id, will_retry, new_status FROM queue_reap_expired(%(batch_size)s)
 
+-- A sweep in one statement: a row per expired attempt looked at, then one row
+-- (job_id NULL) with what was pruned, the limits and the retries waiting.
+-- name: sweep
+SELECT job_id, session_id, will_retry, new_status, pruned_completed, pruned_failed,
+       pruned_cancelled, more, waiting_retries, next_retry_at, heartbeat_timeout,
+       retain_completed, retain_failed
+FROM queue_sweep(%(reaper)s, %(batch_size)s, %(prune_batch)s)
+
 -- The reaper's report: retries waiting for their run_at. Only pending rows
 -- are read (get_queue_stats would count every completed job each sweep).
 -- name: waiting_retries
@@ -166,6 +174,69 @@ FROM coding_job_attempts WHERE job_id = %(job_id)s ORDER BY attempt
 SELECT id, job_id, session_id, attempt, kind, payload, created_at
 FROM coding_job_events WHERE job_id = %(job_id)s AND id > %(after_id)s
 ORDER BY id LIMIT %(limit)s
+
+-- The job browser (mobvibe-queue jobs, the status pages): newest submission
+-- first. A filter left NULL is folded away in the plan of each call.
+-- name: list_jobs
+SELECT id, session_id, status, priority, attempt, retry_count, max_retries, created_at,
+       updated_at, run_at, completed_at, worker_id, end_reason,
+       left(error_message, 200) AS error_head, waiting_for, cancel_requested_at,
+       left(prompt, 80) AS prompt_head
+FROM coding_jobs
+WHERE (%(status)s::text IS NULL OR status = %(status)s::text)
+  AND (%(session_id)s::uuid IS NULL OR session_id = %(session_id)s::uuid)
+ORDER BY seq DESC
+LIMIT %(limit)s
+
+-- The jobs that ended last in one finished status (the partial index of that
+-- status on completed_at).
+-- name: recently_ended
+SELECT id, session_id, status, priority, attempt, retry_count, max_retries, created_at,
+       updated_at, run_at, completed_at, worker_id, end_reason,
+       left(error_message, 200) AS error_head, waiting_for, cancel_requested_at,
+       left(prompt, 80) AS prompt_head
+FROM coding_jobs
+WHERE status = %(status)s::text
+ORDER BY completed_at DESC, seq DESC
+LIMIT %(limit)s
+
+-- What each worker runs now: the processing jobs (their partial index), by worker.
+-- name: running_jobs
+SELECT worker_id, id AS job_id, session_id, attempt, started_at, heartbeat_at,
+       extract(epoch FROM queue_now() - heartbeat_at)::float8 AS heartbeat_age_seconds,
+       cancel_requested_at, left(prompt, 80) AS prompt_head
+FROM coding_jobs
+WHERE status = 'processing'
+ORDER BY worker_id, started_at
+LIMIT %(limit)s
+
+-- Jobs ended per minute over the last minutes, the current (partial) one
+-- last, every minute present: three range scans of the partial indexes on
+-- completed_at (failed attempts that will be retried are not counted: the
+-- attempts table has no index on ended_at).
+-- name: ended_per_minute
+WITH bounds AS (
+    SELECT date_trunc('minute', queue_now()) AS last,
+           date_trunc('minute', queue_now()) - (%(minutes)s - 1) * interval '1 minute' AS first
+), ended AS (
+    -- a scalar subquery, not a join: the bound is then an index condition
+    SELECT date_trunc('minute', completed_at) AS minute, 'completed' AS status
+    FROM coding_jobs WHERE status = 'completed' AND completed_at >= (SELECT first FROM bounds)
+    UNION ALL
+    SELECT date_trunc('minute', completed_at), 'failed'
+    FROM coding_jobs WHERE status = 'failed' AND completed_at >= (SELECT first FROM bounds)
+    UNION ALL
+    SELECT date_trunc('minute', completed_at), 'cancelled'
+    FROM coding_jobs WHERE status = 'cancelled' AND completed_at >= (SELECT first FROM bounds)
+)
+SELECT m.minute,
+       count(e.status) FILTER (WHERE e.status = 'completed') AS completed,
+       count(e.status) FILTER (WHERE e.status = 'failed') AS dead_lettered,
+       count(e.status) FILTER (WHERE e.status = 'cancelled') AS cancelled
+FROM bounds, generate_series(bounds.first, bounds.last, interval '1 minute') AS m(minute)
+LEFT JOIN ended e ON e.minute = m.minute
+GROUP BY m.minute
+ORDER BY m.minute
 
 -- name: list_failed
 SELECT id, session_id, priority, retry_count, max_retries, error_message, end_reason,

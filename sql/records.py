@@ -167,6 +167,32 @@ class JobRow:
 
 
 @dataclass(frozen=True)
+class JobDetail:
+    """A job with every attempt and its first progress events, as a job's page shows it."""
+
+    job: JobRow
+    attempts: list[Attempt]
+    events: list[Event]
+    events_truncated: bool  # more events than were read
+
+    def as_dict(self) -> dict[str, Any]:
+        """The whole as one JSON-ready object of plain values, without the lease token (the
+        attempt's fence, which no reader needs)."""
+        job = self.job.as_dict()
+        del job["lease_token"]
+        return {
+            "job": job,
+            "attempts": [_fields(a) for a in self.attempts],
+            "events": [_fields(e) for e in self.events],
+            "events_truncated": self.events_truncated,
+        }
+
+
+def _fields(record: Attempt | Event) -> dict[str, Any]:
+    return {name: getattr(record, name) for name in record.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
 class DeadLetter:
     """A dead-lettered job, as the dead-letter list shows it."""
 
@@ -182,6 +208,60 @@ class DeadLetter:
 
     def as_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    """A job as the job lists show it: its state, and the heads of its prompt and error."""
+
+    id: uuid.UUID
+    session_id: uuid.UUID
+    status: str
+    priority: int
+    attempt: int
+    retry_count: int
+    max_retries: int
+    created_at: datetime
+    updated_at: datetime
+    run_at: datetime
+    completed_at: datetime | None
+    worker_id: str | None
+    end_reason: str | None
+    error_head: str | None
+    waiting_for: str | None
+    cancel_requested_at: datetime | None
+    prompt_head: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
+class RunningJob:
+    """A processing job and the worker that holds it (idle workers hold none)."""
+
+    worker_id: str | None
+    job_id: uuid.UUID
+    session_id: uuid.UUID
+    attempt: int
+    started_at: datetime | None
+    heartbeat_at: datetime | None
+    heartbeat_age_seconds: float | None
+    cancel_requested_at: datetime | None
+    prompt_head: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True, slots=True)
+class MinuteCount:
+    """The jobs that ended in one minute (starting at `minute`), by how they ended."""
+
+    minute: datetime
+    completed: int
+    dead_lettered: int
+    cancelled: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,3 +320,18 @@ class DoctorRow:
     retry_count: int | None = None
     max_retries: int | None = None
     function: str | None = None
+
+
+@dataclass(frozen=True)
+class SweepBatch:
+    """One call of queue_sweep: the expired attempts it looked at, what it pruned, the
+    limits it applied and the retries waiting; `more` when a batch was full."""
+
+    reaped: list[Reaped]
+    pruned: dict[str, int]
+    more: bool
+    waiting_retries: int
+    next_retry_at: datetime | None
+    heartbeat_timeout: timedelta
+    retain_completed: timedelta | None
+    retain_failed: timedelta | None

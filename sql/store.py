@@ -30,13 +30,18 @@ from mobvibe.sql.records import (
     DoctorRow,
     Ended,
     Event,
+    JobDetail,
     JobRow,
+    JobSummary,
     Lease,
+    MinuteCount,
     NextRun,
     QueueSettings,
     QueueStats,
     Reaped,
     Renewal,
+    RunningJob,
+    SweepBatch,
     WaitingRetries,
 )
 
@@ -50,13 +55,18 @@ __all__ = [
     "DoctorRow",
     "Ended",
     "Event",
+    "JobDetail",
     "JobRow",
+    "JobSummary",
     "Lease",
+    "MinuteCount",
     "NextRun",
     "QueueSettings",
     "QueueStats",
     "Reaped",
     "Renewal",
+    "RunningJob",
+    "SweepBatch",
     "WaitingRetries",
 ]
 
@@ -378,6 +388,49 @@ def events(conn: Conn, job_id: uuid.UUID, after_id: int = 0, limit: int = 1000) 
         ).fetchall()
 
 
+def list_jobs(
+    conn: Conn,
+    *,
+    status: str | None = None,
+    session_id: uuid.UUID | None = None,
+    limit: int = 50,
+) -> list[JobSummary]:
+    """The newest-submitted jobs, of one status and one session when given."""
+    with conn.cursor(row_factory=class_row(JobSummary)) as cur:
+        return cur.execute(
+            query("list_jobs"), {"status": status, "session_id": session_id, "limit": limit}
+        ).fetchall()
+
+
+def recently_ended(conn: Conn, status: str, limit: int) -> list[JobSummary]:
+    """The jobs that ended last in `status` ('completed', 'failed', 'cancelled')."""
+    with conn.cursor(row_factory=class_row(JobSummary)) as cur:
+        return cur.execute(query("recently_ended"), {"status": status, "limit": limit}).fetchall()
+
+
+def running_jobs(conn: Conn, limit: int = 1000) -> list[RunningJob]:
+    """The processing jobs, by worker: what each busy worker runs, since when."""
+    with conn.cursor(row_factory=class_row(RunningJob)) as cur:
+        return cur.execute(query("running_jobs"), {"limit": limit}).fetchall()
+
+
+def ended_per_minute(conn: Conn, minutes: int) -> list[MinuteCount]:
+    """Jobs completed, dead-lettered and cancelled in each of the last `minutes` minutes,
+    oldest first, the current (partial) minute last."""
+    with conn.cursor(row_factory=class_row(MinuteCount)) as cur:
+        return cur.execute(query("ended_per_minute"), {"minutes": minutes}).fetchall()
+
+
+def job_detail(conn: Conn, job_id: uuid.UUID, events_limit: int = 1000) -> JobDetail | None:
+    """The job, every attempt and its first `events_limit` progress events; None when there
+    is no such job."""
+    job = get_job(conn, job_id)
+    if job is None:
+        return None
+    found = events(conn, job_id, 0, events_limit + 1)
+    return JobDetail(job, attempts(conn, job_id), found[:events_limit], len(found) > events_limit)
+
+
 # -- cancelling ---------------------------------------------------------------------------
 
 
@@ -461,6 +514,27 @@ def reap_expired(conn: Conn, batch_size: int) -> list[Reaped]:
     """Fail up to `batch_size` attempts silent for longer than the configured heartbeat timeout."""
     rows = conn.execute(query("reap_expired"), {"batch_size": batch_size}).fetchall()
     return [Reaped(*row) for row in rows]
+
+
+def sweep(conn: Conn, reaper: str, batch_size: int, prune_batch: int) -> SweepBatch:
+    """One bounded batch of every sweep duty (reap, prune, record the run) in one statement."""
+    rows = conn.execute(
+        query("sweep"), {"reaper": reaper, "batch_size": batch_size, "prune_batch": prune_batch}
+    ).fetchall()
+    *reaped, last = rows
+    return SweepBatch(
+        [
+            Reaped(job_id, session_id, will_retry, status)
+            for job_id, session_id, will_retry, status, *_ in reaped
+        ],
+        {"completed": last[4], "failed": last[5], "cancelled": last[6]},
+        bool(last[7]),
+        int(last[8]),
+        last[9],
+        last[10],
+        last[11],
+        last[12],
+    )
 
 
 def prune(conn: Conn, status: str, batch_size: int) -> int:
