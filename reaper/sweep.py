@@ -23,6 +23,7 @@ from mobvibe import clock, metrics
 from mobvibe.errors import ConfigError
 from mobvibe.logs import event
 from mobvibe.sql import store
+from mobvibe.sql.store import Reaped
 
 log = logging.getLogger(__name__)
 INTERVAL_DEFAULT = 5.0
@@ -101,23 +102,28 @@ class SweepResult:
 
 
 def run_once(conn: psycopg.Connection[Any], settings: ReaperSettings) -> SweepResult:
-    """Sweep once on `conn` (autocommit); counts, logs and records the run."""
+    """Sweep once on `conn` (autocommit); counts, logs and records the run.
+
+    Each call of queue_sweep is one statement doing a bounded batch of every duty:
+    an idle sweep costs the database one statement; a busy one calls again while
+    a batch was full.
+    """
     started = clock.monotonic()
+    requeued = dead_lettered = cancelled = 0
+    pruned = {"completed": 0, "failed": 0, "cancelled": 0}
     try:
-        limits = store.queue_settings(conn)
-        requeued, dead_lettered, cancelled = reap_expired(conn, settings)
-        pruned_completed = prune(conn, "completed", limits.retain_completed, settings.prune_batch)
-        pruned_failed = prune(conn, "failed", limits.retain_failed, settings.prune_batch)
-        # cancelled jobs are kept as long as completed ones
-        pruned_cancelled = prune(conn, "cancelled", limits.retain_completed, settings.prune_batch)
-        waiting = store.waiting_retries(conn)
-        store.record_reaper_run(
-            conn,
-            settings.name,
-            requeued,
-            dead_lettered,
-            pruned_completed + pruned_failed + pruned_cancelled,
-        )
+        while True:
+            batch = store.sweep(conn, settings.name, settings.batch_size, settings.prune_batch)
+            for reaped in batch.reaped:
+                outcome = _reaped(reaped, settings.name)
+                requeued += outcome == "requeued"
+                dead_lettered += outcome == "dead_lettered"
+                cancelled += outcome == "cancelled"
+            for status, deleted in batch.pruned.items():
+                pruned[status] += deleted
+                metrics.REAPER_PRUNED.labels(status).inc(deleted)
+            if not batch.more:
+                break
     except Exception:
         metrics.REAPER_SWEEPS.labels("error").inc()
         raise
@@ -125,16 +131,16 @@ def run_once(conn: psycopg.Connection[Any], settings: ReaperSettings) -> SweepRe
     result = SweepResult(
         requeued,
         dead_lettered,
-        pruned_completed,
-        pruned_failed,
+        pruned["completed"],
+        pruned["failed"],
         round(duration * 1000, 1),
-        waiting.count,
-        waiting.next_at,
-        limits.heartbeat_timeout.total_seconds(),
-        _seconds(limits.retain_completed),
-        _seconds(limits.retain_failed),
+        batch.waiting_retries,
+        batch.next_retry_at,
+        batch.heartbeat_timeout.total_seconds(),
+        _seconds(batch.retain_completed),
+        _seconds(batch.retain_failed),
         cancelled,
-        pruned_cancelled,
+        pruned["cancelled"],
     )
     _observe(result, duration)
     return result
@@ -144,69 +150,34 @@ def _seconds(age: timedelta | None) -> float | None:
     return None if age is None else age.total_seconds()
 
 
-def reap_expired(conn: psycopg.Connection[Any], settings: ReaperSettings) -> tuple[int, int, int]:
-    """Fail every attempt silent for longer than the configured heartbeat timeout;
-    (requeued, dead, cancelled: their cancel had been requested)."""
-    requeued = dead_lettered = cancelled = 0
-    while True:
-        rows = store.reap_expired(conn, settings.batch_size)
-        for reaped in rows:
-            if reaped.will_retry is None:
-                continue  # finished by its worker between our scan and our lock
-            fields = {
-                "job_id": str(reaped.job_id),
-                "session_id": str(reaped.session_id),
-                "reason": "heartbeat_expired",
-                "reaper": settings.name,
-            }
-            if reaped.status == "cancelled":
-                cancelled += 1
-                event(
-                    log,
-                    logging.INFO,
-                    "job_cancelled",
-                    "attempt ended cancelled: heartbeat expired after a cancel was requested",
-                    **fields,
-                )
-            elif reaped.will_retry:
-                requeued += 1
-                metrics.REAPER_REQUEUED.inc()
-                event(
-                    log,
-                    logging.WARNING,
-                    "job_requeued",
-                    "attempt requeued: heartbeat expired",
-                    **fields,
-                )
-            else:
-                dead_lettered += 1
-                metrics.REAPER_DEAD_LETTERED.inc()
-                event(
-                    log,
-                    logging.ERROR,
-                    "job_dead_lettered",
-                    "attempts exhausted: heartbeat expired",
-                    **fields,
-                )
-        # A short batch means nothing expired is left that another reaper is
-        # not already handling (SKIP LOCKED hides the rows it holds).
-        if len(rows) < settings.batch_size or all(r.will_retry is None for r in rows):
-            return requeued, dead_lettered, cancelled
-
-
-def prune(
-    conn: psycopg.Connection[Any], status: str, retention: timedelta | None, batch: int
-) -> int:
-    """Delete `status` jobs older than the configured retention, a batch per statement."""
-    if retention is None:
-        return 0  # kept forever
-    total = 0
-    while True:
-        deleted = store.prune(conn, status, batch)
-        total += deleted
-        metrics.REAPER_PRUNED.labels(status).inc(deleted)
-        if deleted < batch:
-            return total
+def _reaped(reaped: Reaped, reaper: str) -> str | None:
+    """Count and log one expired attempt the sweep ended; what became of it."""
+    if reaped.will_retry is None:
+        return None  # finished by its worker between our scan and our lock
+    fields = {
+        "job_id": str(reaped.job_id),
+        "session_id": str(reaped.session_id),
+        "reason": "heartbeat_expired",
+        "reaper": reaper,
+    }
+    if reaped.status == "cancelled":
+        event(
+            log,
+            logging.INFO,
+            "job_cancelled",
+            "attempt ended cancelled: heartbeat expired after a cancel was requested",
+            **fields,
+        )
+        return "cancelled"
+    if reaped.will_retry:
+        metrics.REAPER_REQUEUED.inc()
+        event(log, logging.WARNING, "job_requeued", "attempt requeued: heartbeat expired", **fields)
+        return "requeued"
+    metrics.REAPER_DEAD_LETTERED.inc()
+    event(
+        log, logging.ERROR, "job_dead_lettered", "attempts exhausted: heartbeat expired", **fields
+    )
+    return "dead_lettered"
 
 
 def _observe(result: SweepResult, duration: float) -> None:

@@ -37,6 +37,8 @@ DEFINER_FUNCTIONS = PLAN_FUNCTIONS | {
     # the triggers that place jobs lock sessions, which a producer may not do itself
     "queue_place_new_job",
     "queue_replace_session_jobs",
+    # a sweep in one statement (0007)
+    "queue_sweep",
 }
 
 

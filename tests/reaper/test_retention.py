@@ -76,8 +76,9 @@ def test_retention_deletes_only_old_enough_jobs_in_batches(counted: Any) -> None
     }
     statements = [n for (n,) in counted.execute("SELECT deleted FROM test_delete_statements")]
     assert max(statements) <= 10
-    # completed: 10, 10, 10, 5 (short: stop); failed: 4 (short: stop); cancelled: 0
-    assert statements == [10, 10, 10, 5, 4, 0]
+    # Each call of the sweep deletes a batch of each status (completed, failed,
+    # cancelled); the calls go on while a batch came back full.
+    assert statements == [10, 4, 0, 10, 0, 0, 10, 0, 0, 5, 0, 0]
 
 
 def test_a_batch_that_comes_back_full_is_followed_by_another(counted: Any) -> None:
@@ -85,8 +86,9 @@ def test_a_batch_that_comes_back_full_is_followed_by_another(counted: Any) -> No
     result = run_once(counted, ReaperSettings(prune_batch=10, name="retention"))
     assert result.pruned_completed == 20
     statements = [n for (n,) in counted.execute("SELECT deleted FROM test_delete_statements")]
-    # the last completed batch, then failed's one, then cancelled's
-    assert statements == [10, 10, 0, 0, 0]
+    # the first call: a full batch of completed jobs, then failed's and cancelled's;
+    # again, as a batch was full: the second one; again: the short one
+    assert statements == [10, 0, 0, 10, 0, 0, 0, 0, 0]
 
 
 def test_a_null_retention_keeps_finished_jobs_forever(conn: Any) -> None:
