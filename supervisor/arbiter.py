@@ -177,7 +177,10 @@ class Arbiter:
 
     def spawn_worker(self, index: int) -> None:
         pid = children.fork(
-            lambda: self.worker_main(index, self.shared), 1 + index, (self._pipe_r, self._pipe_w)
+            lambda: self.worker_main(index, self.shared),
+            1 + index,
+            (self._pipe_r, self._pipe_w),
+            "mobvibe-worker",
         )
         self.children[pid] = Child(pid, "worker", index)
         event(
@@ -192,7 +195,10 @@ class Arbiter:
     def spawn_aux(self, name: str) -> None:
         target = self.aux[name]
         pid = children.fork(
-            lambda: target(self.shared), self.aux_rows[name], (self._pipe_r, self._pipe_w)
+            lambda: target(self.shared),
+            self.aux_rows[name],
+            (self._pipe_r, self._pipe_w),
+            f"mobvibe-{name}",
         )
         self.children[pid] = Child(pid, name)
 

@@ -46,8 +46,11 @@ class Exit:
         return f"exit code {self.code}"
 
 
-def fork(target: Callable[[], int], metrics_row: int, close_fds: tuple[int, ...] = ()) -> int:
-    """Run `target` in a child process that writes metrics row `metrics_row`; return its pid.
+def fork(
+    target: Callable[[], int], metrics_row: int, close_fds: tuple[int, ...] = (), name: str = ""
+) -> int:
+    """Run `target` in a child process that writes metrics row `metrics_row`, named `name`
+    in `ps`; return its pid.
 
     The child never returns here.
     """
@@ -57,6 +60,8 @@ def fork(target: Callable[[], int], metrics_row: int, close_fds: tuple[int, ...]
     code = 1
     try:
         _child_setup(close_fds)
+        if name:
+            contain.name_process(name)
         metrics.bind(metrics_row)
         code = target()
     except SystemExit as exc:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from mobvibe import clock
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_NAME = 15
 _PR_SET_CHILD_SUBREAPER = 36
 _libc = ctypes.CDLL(None, use_errno=True)
 POLL = 0.01
@@ -30,6 +31,11 @@ def _prctl(option: int, value: int) -> None:
     if _libc.prctl(option, value, 0, 0, 0) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
+
+
+def name_process(name: str) -> None:
+    """What `ps` and /proc/PID/comm call this process (15 bytes at most)."""
+    _libc.prctl(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
 
 
 def become_subreaper() -> None:
