@@ -1,7 +1,9 @@
-"""The supervisor's HTTP child: /metrics (all processes), /healthz and /readyz.
+"""The supervisor's HTTP child: /metrics (all processes), /healthz, /readyz, and the status
+pages with their JSON API (supervisor/statussite.py).
 
 It runs in a child process of its own so that the parent stays single-threaded
-(forking a multi-threaded process can deadlock the child).
+(forking a multi-threaded process can deadlock the child). Every read, the
+scrape's and the pages', goes through its one connection to the database.
 """
 
 from __future__ import annotations
@@ -10,8 +12,7 @@ import logging
 import signal
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from http.server import ThreadingHTTPServer
 
 import psycopg
 from prometheus_client import CollectorRegistry, generate_latest
@@ -20,23 +21,30 @@ from prometheus_client.registry import Collector
 
 from mobvibe import clock, metrics
 from mobvibe.errors import DatabaseUnavailableError
-from mobvibe.sql import db, store
+from mobvibe.sql import store
 from mobvibe.sql.store import QueueStats
 from mobvibe.supervisor.settings import Settings
 from mobvibe.supervisor.slots import Slots
+from mobvibe.supervisor.statussite import (
+    ConnectionBusyError,
+    OneConnection,
+    Reply,
+    SiteHandler,
+    StatusSite,
+)
 
 log = logging.getLogger(__name__)
 HEALTHY_TICK_AGE = 10.0  # the parent's loop turns every 0.25 s
 CACHE_SECONDS = 2.0
+PROBE_WAIT = 0.5  # seconds a scrape or probe waits for the connection a page holds
 
 
 class QueueState:
     """Queue statistics read at scrape time, cached briefly so that probes and scrapes
-    share one query; the connection is opened here, after the fork."""
+    share one query, on the HTTP child's one connection (opened after the fork)."""
 
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self._conn: psycopg.Connection[Any] | None = None
+    def __init__(self, database: OneConnection) -> None:
+        self.database = database
         self._lock = threading.Lock()
         self._at = -CACHE_SECONDS
         self._stats: QueueStats | None = None
@@ -52,19 +60,14 @@ class QueueState:
     def _refresh(self) -> None:
         self._at = clock.monotonic()
         try:
-            if self._conn is None or self._conn.closed:
-                self._conn = db.connect(
-                    self.url,
-                    application_name="mobvibe-metrics",
-                    connect_timeout=2,
-                    options="-c statement_timeout=2000",
-                )
-            self._stats = store.stats(self._conn)
-            self._last_sweep = store.last_reaper_sweep(self._conn)
+            # A probe does not wait behind a slow page: it answers from the last reading.
+            with self.database.use(wait=PROBE_WAIT) as conn:
+                self._stats = store.stats(conn)
+                self._last_sweep = store.last_reaper_sweep(conn)
+        except ConnectionBusyError:
+            pass
         except (DatabaseUnavailableError, psycopg.Error):
-            if self._conn is not None:
-                self._conn.close()
-            self._conn, self._stats, self._last_sweep = None, None, None
+            self._stats, self._last_sweep = None, None
 
 
 class QueueCollector(Collector):
@@ -117,45 +120,38 @@ class QueueCollector(Collector):
 
 def serve(settings: Settings, slots: Slots) -> int:
     """Serve until SIGTERM; the entry point of the HTTP child."""
-    state = QueueState(settings.database_url)
+    database = OneConnection(settings.database_url, "mobvibe-metrics", pooled=settings.pooled)
+    state = QueueState(database)
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            path = self.path.split("?", 1)[0]
+    class Handler(SiteHandler):
+        site = StatusSite(database)
+
+        def answer(self, target: str) -> Reply:
+            path = target.split("?", 1)[0]
             if path == "/metrics":
                 registry = CollectorRegistry()
                 registry.register(metrics.QueueMetrics())
                 registry.register(QueueCollector(state, slots))
-                self._reply(200, generate_latest(registry), "text/plain; version=0.0.4")
-            elif path == "/healthz":
+                return Reply(200, generate_latest(registry), "text/plain; version=0.0.4")
+            if path == "/healthz":
                 last_tick, _ = slots.parent_state()
                 alive = clock.monotonic() - last_tick < HEALTHY_TICK_AGE
-                self._reply(200 if alive else 503, b"ok\n" if alive else b"supervisor stuck\n")
-            elif path == "/readyz":
+                return _text(200, "ok") if alive else _text(503, "supervisor stuck")
+            if path == "/readyz":
                 _, workers = slots.parent_state()
                 stats, _ = state.read()
-                ready = stats is not None and workers > 0
-                reason = (
-                    b"ok\n"
-                    if ready
-                    else (b"database unreachable\n" if stats is None else b"no worker running\n")
-                )
-                self._reply(200 if ready else 503, reason)
-            else:
-                self._reply(404, b"not found\n")
-
-        def _reply(self, code: int, body: bytes, ctype: str = "text/plain") -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-            pass  # scrapes every few seconds would drown the log
+                if stats is None:
+                    return _text(503, "database unreachable")
+                return _text(200, "ok") if workers > 0 else _text(503, "no worker running")
+            return super().answer(target)  # the status pages and their API
 
     server = ThreadingHTTPServer((settings.metrics_host, settings.metrics_port), Handler)
     server.daemon_threads = True
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     server.serve_forever(poll_interval=0.5)
+    database.close()
     return 0
+
+
+def _text(code: int, line: str) -> Reply:
+    return Reply(code, f"{line}\n".encode(), "text/plain")
