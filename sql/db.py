@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
+import signal
+import threading
 import warnings
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import psycopg
@@ -129,9 +133,68 @@ def embedded_url() -> str:
     directory = embedded_dir()
     directory.mkdir(parents=True, exist_ok=True)
     try:
+        _forget_dead_handles(pgserver, directory)
         server = pgserver.get_server(directory, cleanup_mode="stop")  # type: ignore[attr-defined]
     except Exception as exc:  # noqa: BLE001 - pgserver raises plain exceptions
         raise DatabaseUnavailableError(
             f"cannot start the embedded PostgreSQL in {directory}: {first_line(exc)}"
         ) from None
+    _exit_cleanly_on_signals()
     return str(server.get_uri())
+
+
+def psql_command(url: str) -> list[str]:
+    """psql on `url`: the one that comes with the embedded PostgreSQL where it is installed
+    (its version), else the one on PATH."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from pgserver import _commands  # noqa: PLC0415 - optional, as in embedded_url
+        bundled = Path(_commands.POSTGRES_BIN_PATH) / "psql"
+    except ImportError:
+        bundled = None
+    return [str(bundled) if bundled is not None and bundled.exists() else "psql", url]
+
+
+# pgserver stops the server when the last process holding it exits, counting
+# the holders' pids in this file (at exit, through atexit). A holder killed by a
+# signal never takes its pid out, and then no later command stops the server.
+_HANDLES = ".handle_pids.json"
+_EXIT_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+def _forget_dead_handles(pgserver: Any, directory: Path) -> None:
+    """Take the pids of processes that are gone out of pgserver's list of holders."""
+    handles = directory.resolve() / _HANDLES
+    with pgserver.postgres_server.PostgresServer._lock:  # pgserver's own interprocess lock
+        try:
+            pids = json.loads(handles.read_text())
+        except (OSError, ValueError):
+            return
+        alive = [pid for pid in pids if isinstance(pid, int) and _alive(pid)]
+        if alive != pids:
+            handles.write_text(json.dumps(alive))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def _exit_cleanly_on_signals() -> None:
+    """Let SIGTERM and SIGHUP end this process as Ctrl-C does, through the exit handlers
+    that stop the embedded server; a process that handles them itself keeps its handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in _EXIT_SIGNALS:
+        if signal.getsignal(sig) is signal.SIG_DFL:
+            signal.signal(sig, _raise_exit)
+
+
+def _raise_exit(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)  # the shell's code for a process ended by that signal

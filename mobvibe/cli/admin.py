@@ -1,11 +1,14 @@
-"""mobvibe-queue: operations on the queue (migrate, enqueue, stats, watch, config)."""
+"""mobvibe-queue: operations on the queue (migrate, enqueue, watch, config, psql); the other
+commands live in modules of their own."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import subprocess
 import sys
-import time
 from datetime import timedelta
 from typing import Any
 
@@ -16,7 +19,18 @@ from mobvibe import logs
 from mobvibe.cli.cancel import cancel
 from mobvibe.cli.dlq import dlq
 from mobvibe.cli.doctor import doctor
-from mobvibe.cli.options import CONTEXT, Group, database_option, friendly_errors, resolve_database
+from mobvibe.cli.jobs import jobs, workers
+from mobvibe.cli.options import (
+    CONTEXT,
+    Group,
+    check_schema,
+    connect,
+    database_option,
+    friendly_errors,
+    resolve_database,
+)
+from mobvibe.cli.stats import stats
+from mobvibe.cli.web import web
 from mobvibe.client import JobQueue
 from mobvibe.durations import Duration, format_duration
 from mobvibe.errors import ConfigError
@@ -24,7 +38,7 @@ from mobvibe.sql import db, store
 from mobvibe.sql.jobs import MAX_RETRIES_DEFAULT, PRIORITY_MAX, PRIORITY_MIN, NewJob
 from mobvibe.sql.migrate import migrate as run_migrations
 from mobvibe.sql.notify import CHANNELS, Listener
-from mobvibe.sql.store import ConfigChange, QueueSettings, QueueStats
+from mobvibe.sql.store import ConfigChange, QueueSettings
 
 
 @click.group(cls=Group, context_settings=CONTEXT)
@@ -52,6 +66,11 @@ def migrate(ctx: click.Context) -> None:
         click.echo(f"applied {len(report.applied)} migration(s): {', '.join(report.applied)}")
     else:
         click.echo(f"schema up to date ({report.already} migrations applied)")
+    if not ctx.obj:
+        click.echo(
+            f"the embedded PostgreSQL keeps its data in {db.embedded_dir()}; "
+            "`mobvibe-queue psql` opens psql on it (set DATABASE_URL for another server)"
+        )
 
 
 @main.command()
@@ -109,50 +128,14 @@ def enqueue(
     for job in jobs[:1]:
         job.validated()  # one clear error before connecting
     with JobQueue(_url(ctx)) as queue:
+        with queue.connection() as conn:
+            check_schema(conn)
         ids = [
             job_id
             for start in range(0, len(jobs), 5000)
             for job_id in queue.enqueue_many(jobs[start : start + 5000])
         ]
     click.echo("\n".join(str(i) for i in ids))
-
-
-def format_stats(stats: QueueStats) -> str:
-    """The plan's monitoring dashboard, as text."""
-    age = stats.oldest_pending_age
-    lines = [
-        "Queue statistics:",
-        f"  Pending:    {stats.pending_count}",
-        f"  Processing: {stats.processing_count}",
-        f"  Completed:  {stats.completed_count}",
-        f"  Failed:     {stats.failed_count}",
-        f"  Cancelled:  {stats.cancelled_count}",
-    ]
-    if age is not None:
-        lines.append(f"  Oldest pending: {age.total_seconds():.1f} s")
-    if stats.waiting_retry_count:
-        lines.append(
-            f"  Retries waiting: {stats.waiting_retry_count} "
-            f"(next at {stats.next_run_at:%Y-%m-%d %H:%M:%S%z})"
-        )
-    return "\n".join(lines)
-
-
-@main.command()
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-@click.option("--watch", is_flag=True, help="Print again every --interval seconds.")
-@click.option("--interval", type=click.FloatRange(min=0.1), default=30.0)
-@click.pass_context
-@friendly_errors
-def stats(ctx: click.Context, as_json: bool, watch: bool, interval: float) -> None:
-    """Print the queue statistics: pending, processing, completed, failed, oldest pending age."""
-    with JobQueue(_url(ctx), max_size=1) as queue:
-        while True:
-            current = queue.stats()
-            click.echo(json.dumps(current.as_dict()) if as_json else format_stats(current))
-            if not watch:
-                return
-            time.sleep(interval)
 
 
 @main.command()
@@ -167,10 +150,18 @@ def stats(ctx: click.Context, as_json: bool, watch: bool, interval: float) -> No
 @click.pass_context
 @friendly_errors
 def watch(ctx: click.Context, channels: tuple[str, ...]) -> None:
-    """Print the queue's notifications as they arrive, one JSON object per line."""
-    with Listener(_url(ctx), channels) as listener:
-        for note in listener.iterate():
-            click.echo(json.dumps({"channel": note.channel, **note.payload}))
+    """Print the queue's notifications as they arrive, one JSON object per line; Ctrl-C
+    stops."""
+    url = _url(ctx)
+    # One line now for a database that is unreachable or not migrated, rather than a
+    # listener that waits for it forever.
+    connect(url).close()
+    try:
+        with Listener(url, channels) as listener:
+            for note in listener.iterate():
+                click.echo(json.dumps({"channel": note.channel, **note.payload}))
+    except KeyboardInterrupt:
+        click.echo("", err=True)  # Ctrl-C is how one stops watching: not an error
 
 
 DAY = 86400.0
@@ -252,7 +243,7 @@ def config(
             f"the backoff cap (--backoff-cap {format_duration(backoff_cap)}) must be at least "
             f"the backoff base (--backoff-base {format_duration(backoff_base)})"
         )
-    with db.connect(_url(ctx), application_name="mobvibe-queue") as conn:
+    with connect(ctx.obj) as conn:
         if not change.empty:
             _set_config(conn, change)
         current = store.queue_settings(conn)
@@ -290,7 +281,25 @@ def _set_config(conn: Any, change: ConfigChange) -> None:
         raise ConfigError(f"the database refused the setting: {db.first_line(exc)}") from None
 
 
-# Cancelling, the dead letters and the doctor live in modules of their own.
-main.add_command(cancel)
-main.add_command(dlq)
-main.add_command(doctor)
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("psql_args", nargs=-1, type=click.UNPROCESSED, metavar="[PSQL ARGS]...")
+@click.pass_context
+@friendly_errors
+def psql(ctx: click.Context, psql_args: tuple[str, ...]) -> None:
+    """Open psql on the queue's database: DATABASE_URL, or the embedded PostgreSQL (started
+    for the session, stopped after it). Arguments go to psql (-c 'SELECT ...')."""
+    command = [*db.psql_command(_url(ctx)), *psql_args]
+    # psql answers Ctrl-C itself (it cancels the query); we wait for it to end.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        done = subprocess.run(command, check=False, env={**os.environ, "PGAPPNAME": "psql"})
+    except FileNotFoundError:
+        raise ConfigError("psql is not installed: install PostgreSQL's client") from None
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    ctx.exit(done.returncode)
+
+
+# The other commands live in modules of their own.
+for command in (stats, jobs, workers, cancel, dlq, doctor, web):
+    main.add_command(command)

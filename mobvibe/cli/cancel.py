@@ -8,8 +8,8 @@ from typing import Any
 import click
 import psycopg
 
-from mobvibe.cli.options import friendly_errors, resolve_database
-from mobvibe.sql import db, store
+from mobvibe.cli.options import connect, friendly_errors
+from mobvibe.sql import store
 from mobvibe.sql.jobs import parse_uuid
 
 
@@ -30,7 +30,7 @@ def cancel(ctx: click.Context, job_ids: tuple[str, ...], session_id: str | None)
         raise click.UsageError("give the JOB_IDs to cancel, or --session SESSION_ID")
     ids = [parse_uuid(job_id) for job_id in job_ids]  # all checked before any is touched
     session = None if session_id is None else parse_uuid(session_id, "session id")
-    with db.connect(resolve_database(ctx.obj), application_name="mobvibe-queue") as conn:
+    with connect(ctx.obj) as conn:
         if session is None:
             outcomes = [(job_id, store.cancel(conn, job_id)) for job_id in ids]
         elif not store.session_exists(conn, session):

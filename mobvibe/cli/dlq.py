@@ -12,10 +12,10 @@ import click
 import psycopg
 
 from mobvibe import logs
-from mobvibe.cli.options import friendly_errors, resolve_database
+from mobvibe.cli.options import connect, friendly_errors
 from mobvibe.durations import Duration, format_duration
 from mobvibe.logs import event
-from mobvibe.sql import db, store
+from mobvibe.sql import store
 from mobvibe.sql.jobs import parse_uuid
 from mobvibe.sql.store import DeadLetter
 
@@ -45,7 +45,7 @@ def dlq(log_format: str, log_level: str) -> None:
 
 
 def _connect(ctx: click.Context) -> psycopg.Connection[Any]:
-    return db.connect(resolve_database(ctx.obj), application_name="mobvibe-queue")
+    return connect(ctx.obj)
 
 
 @dlq.command("list")

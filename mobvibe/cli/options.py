@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import functools
+import json
 import sys
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, TypeVar
 
 import click
 import psycopg
 
 from mobvibe import logs
-from mobvibe.errors import QueueError
+from mobvibe.errors import ConfigError, QueueError
 from mobvibe.sql import db
+from mobvibe.sql.migrate import schema_is_current
 
 F = TypeVar("F", bound=Callable[..., Any])
+NOT_MIGRATED = "the database schema is not up to date: run `mobvibe-queue migrate`"
 
 CONTEXT = {
     "auto_envvar_prefix": "MOBVIBE",
@@ -91,6 +95,11 @@ def friendly_errors(f: F) -> F:
         except QueueError as exc:
             click.echo(f"Error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedFunction):
+            # A statement of ours that the schema lacks: a database never (or not
+            # fully) migrated, past the check each command makes as it connects.
+            click.echo(f"Error: {NOT_MIGRATED}", err=True)
+            sys.exit(ConfigError.exit_code)
         except psycopg.errors.InsufficientPrivilege as exc:
             # A role used for what it is not for: the user's to fix, not our bug.
             click.echo(
@@ -107,6 +116,33 @@ def friendly_errors(f: F) -> F:
 def resolve_database(url: str | None) -> str:
     """DATABASE_URL validated, or the embedded PostgreSQL's URL."""
     return db.resolve_url(url)
+
+
+def check_schema(conn: psycopg.Connection[Any]) -> None:
+    """One `Error:` line, not a traceback, on a database whose schema is not this version's."""
+    if not schema_is_current(conn):
+        raise ConfigError(NOT_MIGRATED)
+
+
+def connect(url: str | None, application_name: str = "mobvibe-queue") -> psycopg.Connection[Any]:
+    """A connection to DATABASE_URL (or the embedded PostgreSQL), its schema checked."""
+    conn = db.connect(resolve_database(url), application_name=application_name)
+    try:
+        check_schema(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def jsonable(value: object) -> object:
+    """A value json.dumps cannot write (UUID, datetime), as text."""
+    return value.isoformat() if isinstance(value, datetime) else str(value)
+
+
+def echo_json(record: dict[str, Any]) -> None:
+    """One JSON object on one line."""
+    click.echo(json.dumps(record, default=jsonable))
 
 
 class _OneLineErrors:

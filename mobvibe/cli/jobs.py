@@ -1,0 +1,239 @@
+"""mobvibe-queue jobs (list, show, retry) and workers: the queue as an operator browses it."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import click
+import psycopg
+
+from mobvibe.cli.options import connect, echo_json, friendly_errors, jsonable
+from mobvibe.cli.tables import NONE, one_line, seconds, table, when
+from mobvibe.sql import store
+from mobvibe.sql.jobs import parse_uuid
+from mobvibe.sql.store import Attempt, Event, JobDetail, JobSummary, RunningJob
+from mobvibe.supervisor.statusdata import is_silent, running_json
+
+STATUSES = ("pending", "processing", "completed", "failed", "cancelled")
+EVENTS_SHOWN = 1000
+PROMPT_WIDTH = 50
+ERROR_WIDTH = 60
+# Columns aligned right, a bit per column (see tables.table).
+_LIST_NUMERIC = 0b0011000
+_ATTEMPT_NUMERIC = 0b0000001
+
+
+@click.group()
+def jobs() -> None:
+    """Browse the jobs: list them, show one with its attempts, retry one."""
+
+
+@jobs.command("list")
+@click.option("--status", type=click.Choice(STATUSES), default=None, help="Only jobs in it.")
+@click.option("--session", "session_id", default=None, help="Only the jobs of this session.")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=50, help="Jobs shown.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.pass_context
+@friendly_errors
+def list_(
+    ctx: click.Context, status: str | None, session_id: str | None, limit: int, as_json: bool
+) -> None:
+    """List jobs, the newest submitted first."""
+    session = None if session_id is None else parse_uuid(session_id, "session id")
+    with connect(ctx.obj) as conn:
+        found = store.list_jobs(conn, status=status, session_id=session, limit=limit)
+    if as_json:
+        for job in found:
+            echo_json(job.as_dict())
+    elif not found:
+        click.echo("no job" if status is None else f"no {status} job")
+    else:
+        click.echo(_job_table(found))
+        if len(found) == limit:
+            click.echo(f"showing the newest {limit}: --limit shows more")
+
+
+def _job_table(found: list[JobSummary]) -> str:
+    rows = [
+        [
+            str(job.id),
+            str(job.session_id)[:8],
+            job.status,
+            str(job.priority),
+            f"{job.retry_count}/{job.max_retries}",
+            when(job.created_at),
+            _state_note(job),
+            one_line(job.prompt_head, PROMPT_WIDTH),
+        ]
+        for job in found
+    ]
+    headers = ["JOB ID", "SESSION", "STATUS", "PRI", "FAILED", "SUBMITTED", "NOW", "PROMPT"]
+    return table(headers, rows, numeric=_LIST_NUMERIC)
+
+
+def _state_note(job: JobSummary) -> str:
+    """What the job is doing or waiting for, or how it ended."""
+    if job.status == "processing":
+        cancel = ", cancel requested" if job.cancel_requested_at else ""
+        return f"attempt {job.attempt} on {job.worker_id or NONE}{cancel}"
+    if job.status == "pending":
+        if job.waiting_for == "session":
+            return "waits for its session"
+        if job.waiting_for == "run_at":
+            return f"due at {when(job.run_at)}"
+        return "ready"
+    return job.end_reason or NONE
+
+
+@jobs.command()
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: job, attempts, events.")
+@click.pass_context
+@friendly_errors
+def show(ctx: click.Context, job_id: str, as_json: bool) -> None:
+    """Show a job: its fields, every attempt, its output and its progress events."""
+    wanted = parse_uuid(job_id)
+    with connect(ctx.obj) as conn:
+        detail = store.job_detail(conn, wanted, EVENTS_SHOWN)
+    if detail is None:
+        click.echo(f"Error: job {wanted} not found", err=True)
+        ctx.exit(1)
+    elif as_json:
+        click.echo(json.dumps(detail.as_dict(), default=jsonable))
+    else:
+        click.echo(_job_text(detail))
+
+
+def _job_text(detail: JobDetail) -> str:
+    job = detail.job
+    fields = [
+        ("session", str(job.session_id)),
+        ("status", job.status + (" (cancel requested)" if job.cancel_requested_at else "")),
+        ("priority", str(job.priority)),
+        ("failed attempts", f"{job.retry_count} of at most {job.max_retries}"),
+        ("submitted", when(job.created_at)),
+        ("due", when(job.run_at)),
+        ("started", when(job.started_at)),
+        ("last heartbeat", when(job.heartbeat_at)),
+        ("ended", when(job.completed_at)),
+        ("worker", job.worker_id or NONE),
+        ("end reason", job.end_reason or NONE),
+        ("error", job.error_message or NONE),
+        ("waiting for", job.waiting_for or NONE),
+        ("idempotency key", job.idempotency_key or NONE),
+    ]
+    lines = [f"Job {job.id}"]
+    lines += [f"  {name + ':':<17} {value}" for name, value in fields]
+    lines += ["Prompt:", _indented(job.prompt)]
+    attempts = _attempt_table(detail.attempts) if detail.attempts else "none yet"
+    lines += ["Attempts:", _indented(attempts)]
+    if job.output:
+        lines += ["Output (its end):", _indented(job.output)]
+    if detail.events:
+        more = f" (the first {len(detail.events)})" if detail.events_truncated else ""
+        lines += [f"Progress events{more}:", _indented(_event_table(detail.events))]
+    return "\n".join(lines)
+
+
+def _attempt_table(attempts: list[Attempt]) -> str:
+    rows = [
+        [
+            str(a.attempt),
+            a.worker_id or NONE,
+            when(a.started_at),
+            when(a.ended_at) if a.ended_at else "running",
+            seconds((a.ended_at - a.started_at).total_seconds() if a.ended_at else None),
+            a.end_reason or NONE,
+            one_line(a.error_message, ERROR_WIDTH),
+        ]
+        for a in attempts
+    ]
+    headers = ["#", "WORKER", "STARTED", "ENDED", "TOOK", "END REASON", "ERROR"]
+    return table(headers, rows, numeric=_ATTEMPT_NUMERIC)
+
+
+def _event_table(events: list[Event]) -> str:
+    rows = [
+        [str(e.attempt), when(e.created_at), e.kind, json.dumps(e.payload, ensure_ascii=False)]
+        for e in events
+    ]
+    return table(["ATTEMPT", "AT", "KIND", "PAYLOAD"], rows, numeric=1)
+
+
+def _indented(text: str) -> str:
+    return "\n".join(f"  {line}" for line in text.splitlines() or [""])
+
+
+@jobs.command()
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: job_id, status.")
+@click.pass_context
+@friendly_errors
+def retry(ctx: click.Context, job_id: str, as_json: bool) -> None:
+    """Submit a failed or cancelled job again (an operator's act): pending, due now, its
+    failures forgotten, at the back of its session. The queue never retries a cancelled job
+    by itself."""
+    wanted = parse_uuid(job_id)
+    with connect(ctx.obj) as conn:
+        problem = _retry(conn, wanted)
+    if problem:
+        click.echo(f"Error: {problem}", err=True)
+        ctx.exit(1)
+    if as_json:
+        echo_json({"job_id": str(wanted), "status": "pending"})
+    else:
+        click.echo(f"{wanted} retried: pending, at the back of its session")
+
+
+def _retry(conn: psycopg.Connection[Any], job_id: uuid.UUID) -> str | None:
+    """Retry one job; None on success, else why not."""
+    job = store.get_job(conn, job_id)
+    if job is None:
+        return f"job {job_id} not found"
+    if not store.retry_job(conn, job_id):
+        current = store.get_job(conn, job_id)
+        status = job.status if current is None else current.status
+        return (
+            f"job {job_id} is {status}: only a failed or cancelled job can be retried "
+            "(`mobvibe-queue cancel` stops an unfinished one)"
+        )
+    return None
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per running job.")
+@click.pass_context
+@friendly_errors
+def workers(ctx: click.Context, as_json: bool) -> None:
+    """Show what each worker runs now and since when, from the database (an idle worker
+    holds no job and is not seen there)."""
+    with connect(ctx.obj) as conn:
+        running = store.running_jobs(conn)
+        timeout = store.queue_settings(conn).heartbeat_timeout.total_seconds()
+    if as_json:
+        for job in running:
+            echo_json(running_json(job, timeout))
+    elif not running:
+        click.echo("no job is running (an idle worker holds none)")
+    else:
+        click.echo(_worker_table(running, timeout))
+
+
+def _worker_table(running: list[RunningJob], timeout: float) -> str:
+    rows = [
+        [
+            job.worker_id or NONE,
+            str(job.job_id),
+            str(job.attempt),
+            when(job.started_at),
+            seconds(job.heartbeat_age_seconds) + " ago",
+            ("silent: the reaper requeues it" if is_silent(job, timeout) else "alive")
+            + (", cancel requested" if job.cancel_requested_at else ""),
+            one_line(job.prompt_head, PROMPT_WIDTH),
+        ]
+        for job in running
+    ]
+    headers = ["WORKER", "JOB ID", "ATTEMPT", "SINCE", "HEARTBEAT", "STATE", "PROMPT"]
+    return table(headers, rows, numeric=0b0000100)
