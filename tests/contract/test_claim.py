@@ -214,3 +214,61 @@ def test_claim_walks_the_partial_index_without_a_sort(
     kinds = [node["Node Type"] for node in nodes]
     assert not [kind for kind in kinds if "Sort" in kind], kinds
     assert any(node.get("Index Name") == "coding_jobs_ready_idx" for node in nodes), kinds
+
+
+def _buffers(conn: Any, statement: str, *, generic: bool = False) -> int:
+    """Shared buffers that `statement` touched, the statements of the functions it calls
+    included, once warm (catalogs read, plans cached). `generic`: under generic plans,
+    which a function's statements may settle on after a few calls and which cannot know
+    the values of their variables."""
+    conn.execute(f"SET plan_cache_mode = {'force_generic_plan' if generic else 'auto'}")
+    try:
+        for _ in range(6):  # past the five custom plans of a cached plan's first calls
+            with conn.transaction(force_rollback=True):
+                conn.execute(statement)
+        with conn.transaction(force_rollback=True):
+            explained = scalar(conn, f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {statement}")
+    finally:
+        conn.execute("RESET plan_cache_mode")
+    plan = (json.loads(explained) if isinstance(explained, str) else explained)[0]["Plan"]
+    return int(plan["Shared Hit Blocks"]) + int(plan["Shared Read Blocks"])
+
+
+def _back_off(conn: Any, session_id: Any, count: int) -> None:
+    """`count` pending jobs of the session, each waiting a day for its run_at."""
+    with triggers_off(conn):
+        conn.execute(
+            "INSERT INTO coding_jobs (session_id, prompt, run_at, retry_count, waiting_for) "
+            "SELECT %s, 'backed off', %s, 1, 'run_at' FROM generate_series(1, %s)",
+            [session_id, T0 + timedelta(days=1), count],
+        )
+    conn.execute("ANALYZE coding_jobs")
+
+
+def test_jobs_backed_off_add_nothing_to_the_cost_of_a_claim(conn: Any, session_id: Any) -> None:
+    """The probe for heads whose backoff is over reads the earliest run_at from its index:
+    twenty thousand jobs backing off cost a claim what none do."""
+    set_clock(conn, T0)
+    insert_job(conn, new_session(conn))
+    alone = _buffers(conn, "SELECT * FROM claim_next_job('w')", generic=True)
+    _back_off(conn, session_id, 20_000)
+    busy = _buffers(conn, "SELECT * FROM claim_next_job('w')", generic=True)
+    assert busy <= alone + 10, (alone, busy)
+
+
+def test_a_sweep_reads_the_retries_waiting_from_their_index(conn: Any, session_id: Any) -> None:
+    """Each pod's reaper sweeps every few seconds: its report of the retries waiting must
+    not read every pending job (here twenty thousand that may start)."""
+    set_clock(conn, T0)
+    _back_off(conn, session_id, 3)
+    idle = _buffers(conn, "SELECT * FROM queue_sweep('test')")
+    conn.execute(
+        "WITH s AS (INSERT INTO coding_sessions (id) SELECT gen_random_uuid() "
+        "           FROM generate_series(1, 20000) RETURNING id) "
+        "INSERT INTO coding_jobs (session_id, prompt) SELECT s.id, 'todo' FROM s"
+    )
+    conn.execute("ANALYZE coding_jobs")
+    busy = _buffers(conn, "SELECT * FROM queue_sweep('test')")
+    assert busy <= idle + 50, (idle, busy)
+    row = conn.execute("SELECT waiting_retries FROM queue_sweep('test') WHERE job_id IS NULL")
+    assert row.fetchone()[0] == 3
