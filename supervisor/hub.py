@@ -217,7 +217,14 @@ class Hub:
             os.kill(holding.pid, signal.SIGUSR2)
 
     def _poll(self, conn: psycopg.Connection[Any]) -> None:
-        """The backstop: wake the idle workers when a job is due, plan the next due time."""
+        """The backstop: wake the idle workers when a job is due, plan the next due time.
+
+        With no worker idle there is no one to wake, and no statement is sent: a busy
+        worker claims on its own when its job ends, and an idle one before it waits.
+        """
+        if not any(self.slots.idle_generation(i) for i in range(self.slots.count)):
+            self.due["next_run"] = float("inf")
+            return
         due_in = store.next_run(conn).due_in
         if due_in is None:
             self.due["next_run"] = float("inf")
