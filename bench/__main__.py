@@ -1,6 +1,6 @@
 """`python -m bench [PART ...]`: run the benchmark (all parts by default), print the table.
 
-Parts: floors, enqueue, drain, latency, claim, recovery, rss. A run of every
+Parts: floors, enqueue, drain, latency, claim, cancel, pod, recovery, rss. A run of every
 part writes bench/results/latest.json; a run of some parts writes
 bench/results/<parts>.json. Targets that compare two figures are judged only
 when both were measured in the same run.
@@ -26,7 +26,7 @@ from bench import report
 from bench.context import Context, Sizes
 from bench.server import machine, server
 
-PARTS = ("floors", "enqueue", "drain", "latency", "claim", "recovery", "rss")
+PARTS = ("floors", "enqueue", "drain", "latency", "claim", "cancel", "pod", "recovery", "rss")
 MODULES = {"claim": "claim_cost"}
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"in {results['part_seconds'][part]:.0f} s"
             )
     results["machine"]["loadavg_end"] = os.getloadavg()[0]
+    results.update(report.costs(results))
     results["total_seconds"] = round(time.monotonic() - started, 1)
     results["checks"] = report.checks(results)
 

@@ -1,4 +1,6 @@
-"""Claim cost as the table grows: 1 thousand, 100 thousand, 1 million rows, 99 % finished.
+"""Claim cost as the table grows: 1 thousand, 100 thousand, 1 million rows, 99 % finished;
+then 1 million pending rows of which 99 % cannot start (behind their session's first
+prompt, or backed off for a day), against the 1 thousand.
 
 Each size: the table is loaded (1 % due pending, the rest completed or failed,
 as a queue leaves them), vacuumed and analyzed; then on one connection, with
@@ -24,6 +26,8 @@ from mobvibe.sql import store
 
 PENDING_SHARE = 0.01
 SESSIONS = 100
+PER_SESSION = 100  # the blocked shape: 1 of each session's prompts may start
+BLOCKED, BACKOFF = -1.0, -2.0  # shapes, where the others give a pending share
 WARM_UP = 20
 
 
@@ -31,15 +35,24 @@ def run(ctx: Context) -> dict[str, Any]:
     url = ctx.server.database("claim")
     sessions = [uuid.uuid4() for _ in range(SESSIONS)]
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(query("create_sessions"), {"session_ids": sessions})
+        conn.execute(query("create_wide_sessions"), {"session_ids": sessions})
     costs: dict[str, float] = {}
     detail: dict[str, Any] = {}
-    shapes = [(str(rows), rows, PENDING_SHARE) for rows in ctx.sizes.claim_rows]
+    shapes: list[tuple[str, int, float]] = [
+        (str(rows), rows, PENDING_SHARE) for rows in ctx.sizes.claim_rows
+    ]
     shapes.append((f"pending_{ctx.sizes.claim_pending_rows}", ctx.sizes.claim_pending_rows, 1.0))
+    most = max(ctx.sizes.claim_rows)
+    shapes += [(f"{most}-blocked", most, BLOCKED), (f"{most}-backoff", most, BACKOFF)]
     for key, rows, share in shapes:
         with psycopg.connect(url, autocommit=True) as conn:
             started = time.monotonic()
-            _load(conn, rows, share, sessions)
+            if share == BLOCKED:
+                _load_blocked(conn, rows)
+            elif share == BACKOFF:
+                _load_backed_off(conn, rows)
+            else:
+                _load(conn, rows, share, sessions)
             load_s = time.monotonic() - started
         ctx.log(
             f"claim: {rows} rows ({share:.0%} pending) loaded in {load_s:.1f} s; "
@@ -59,12 +72,36 @@ def _load(
 ) -> None:
     conn.execute(query("truncate_jobs"))
     with conn.transaction():
-        conn.execute(query("disable_new_job_trigger"))
+        conn.execute(query("disable_user_triggers"))
         conn.execute(
             query("load_mixed_jobs"),
             {"count": rows, "pending_share": share, "session_ids": sessions, "sessions": SESSIONS},
         )
-        conn.execute(query("enable_new_job_trigger"))
+        conn.execute(query("enable_user_triggers"))
+    conn.execute(query("vacuum_analyze_jobs"))
+
+
+def _load_blocked(conn: psycopg.Connection[Any], rows: int) -> None:
+    """`rows` pending jobs in sessions of PER_SESSION: 1 % may start, 99 % wait for it."""
+    conn.execute(query("truncate_jobs"))
+    with conn.transaction():
+        conn.execute(query("disable_user_triggers"))
+        conn.execute(
+            query("load_blocked_sessions"),
+            {"sessions": rows // PER_SESSION, "per_session": PER_SESSION},
+        )
+        conn.execute(query("enable_user_triggers"))
+    conn.execute(query("vacuum_analyze_jobs"))
+
+
+def _load_backed_off(conn: psycopg.Connection[Any], rows: int) -> None:
+    """`rows` pending heads of their sessions: 99 % wait a day for their retry."""
+    conn.execute(query("truncate_jobs"))
+    ready = int(rows * PENDING_SHARE)
+    with conn.transaction():
+        conn.execute(query("disable_user_triggers"))
+        conn.execute(query("load_backed_off"), {"waiting": rows - ready, "ready": ready})
+        conn.execute(query("enable_user_triggers"))
     conn.execute(query("vacuum_analyze_jobs"))
 
 

@@ -26,6 +26,7 @@ class Sizes:
     claim_pending_rows: int = 100_000
     claim_cycles: int = 300
     rss_jobs: int = 20_000
+    cancel_probes: int = 50
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -41,6 +42,7 @@ class Sizes:
             claim_pending_rows=10_000,
             claim_cycles=50,
             rss_jobs=2000,
+            cancel_probes=10,
         )
 
 

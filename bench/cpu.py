@@ -35,11 +35,25 @@ def process_cpu(pid: int) -> float | None:
 
 
 def children(pid: int) -> list[int]:
-    """Pids of the live children of `pid`."""
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
+    """Pids of the live children of `pid` (from every process's stat: some kernels have no
+    /proc/PID/task/TID/children)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _stat(int(entry.name))
+            if fields is not None and int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def descendants(pid: int) -> list[int]:
+    """Pids of every live process below `pid`."""
+    below, todo = [], [pid]
+    while todo:
+        kids = children(todo.pop())
+        below += kids
+        todo += kids
+    return below
 
 
 def tree_cpu(pid: int) -> float | None:

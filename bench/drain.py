@@ -20,19 +20,20 @@ from mobvibe.client import JobQueue
 from mobvibe.sql.jobs import NewJob
 
 CHUNK = 5000
-SESSIONS = 100
+SHARED_SESSIONS = 100  # the info run where prompts queue behind their session's
 PROMPT = "Build a todo app with React Native: benchmark job {}"
 TIMEOUT = 300.0
 WATCH_INTERVAL = 0.1
 
 
-def enqueue_jobs(url: str, count: int) -> None:
-    """`count` due pending jobs, on SESSIONS sessions, through the batch API."""
+def enqueue_jobs(url: str, count: int, sessions: int | None = None) -> None:
+    """`count` due pending jobs through the batch API, each in a session of its own (a
+    phone's prompt), or on `sessions` sessions whose prompts run one at a time."""
     with JobQueue(url) as queue:
-        sessions = [queue.create_session() for _ in range(SESSIONS)]
+        shared = [queue.create_session() for _ in range(sessions or 0)]
         for first in range(0, count, CHUNK):
             queue.enqueue_many(
-                NewJob(PROMPT.format(i), sessions[i % SESSIONS])
+                NewJob(PROMPT.format(i), shared[i % len(shared)] if shared else None)
                 for i in range(first, min(first + CHUNK, count))
             )
 
@@ -45,13 +46,18 @@ def run(ctx: Context) -> dict[str, Any]:
     quiet = 0.0
     # The worker counts, then the most workers again without the job_status_changed
     # notifications (--no-status-notifications, for deployments where nothing listens).
+    # Last, the most workers on SHARED_SESSIONS sessions: each end promotes its
+    # session's next prompt (info: the cost of the session order).
     most = max(ctx.sizes.drain_workers)
-    runs = [(str(w), w, ()) for w in ctx.sizes.drain_workers]
-    runs.append((f"{most}-quiet", most, ("--no-status-notifications",)))
-    for key, workers, extra in runs:
+    runs: list[tuple[str, int, tuple[str, ...], int | None]] = [
+        (str(w), w, (), None) for w in ctx.sizes.drain_workers
+    ]
+    runs.append((f"{most}-quiet", most, ("--no-status-notifications",), None))
+    runs.append((f"{most}-sessions", most, (), SHARED_SESSIONS))
+    for key, workers, extra, sessions in runs:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(query("truncate_jobs"))
-        enqueue_jobs(url, count)
+        enqueue_jobs(url, count, sessions)
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(query("vacuum_analyze_jobs"))
         ctx.log(f"drain: {count} jobs, --workers {workers} {' '.join(extra)}")
@@ -78,7 +84,7 @@ def run(ctx: Context) -> dict[str, Any]:
         rate = count / float(span)
         if extra:
             quiet = rate
-        else:
+        elif sessions is None:
             rates[key] = rate
         detail[key] = {
             "processing_s": round(float(span), 3),

@@ -115,7 +115,8 @@ def _load(conn: psycopg.Connection[Any], table: str, session: uuid.UUID, count: 
     conn.execute(query("truncate_jobs"))
     if count:
         with conn.transaction():
-            conn.execute(query("disable_new_job_trigger"))
-            conn.execute(query("load_pending_jobs"), {"session_id": session, "count": count})
-            conn.execute(query("enable_new_job_trigger"))
+            # A session each: one session's prompts run one at a time.
+            conn.execute(query("disable_user_triggers"))
+            conn.execute(query("load_pending_jobs"), {"count": count})
+            conn.execute(query("enable_user_triggers"))
     conn.execute(query("analyze_jobs"))

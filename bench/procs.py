@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Self, TypeVar
 
+from bench import cpu
+
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
@@ -37,12 +39,19 @@ def wait_for(
 
 
 class Supervisor:
-    """`mobvibe-supervisor ARGS` against `url`; its log goes to a temporary file."""
+    """`mobvibe-supervisor ARGS` (or `program`) against `url`; its log goes to a temporary
+    file."""
 
-    def __init__(self, url: str, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *args: str,
+        env: dict[str, str] | None = None,
+        program: str = "mobvibe-supervisor",
+    ) -> None:
         self.workdir = Path(tempfile.mkdtemp(prefix="mobvibe-bench-sup-"))
         self.log_path = self.workdir / "supervisor.log"
-        command = [str(BIN / "mobvibe-supervisor"), *args]
+        command = [str(BIN / program), *args]
         # PYTHONPATH: so that --handler bench.handlers:... imports from this checkout.
         full_env = {**os.environ, "DATABASE_URL": url, "PYTHONPATH": str(ROOT), **(env or {})}
         self.started = time.monotonic()
@@ -61,12 +70,22 @@ class Supervisor:
         return self.proc.pid
 
     def children(self) -> list[int]:
-        """Pids of the supervisor's child processes (workers, and the reaper when it runs)."""
-        try:
-            text = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text()
-        except OSError:
-            return []
-        return [int(p) for p in text.split()]
+        """Pids of the supervisor's child processes (workers, the hub, the HTTP child)."""
+        return cpu.children(self.pid)
+
+    def workers(self) -> list[int]:
+        """Pids of the worker processes."""
+        return self.named("mobvibe-worker")
+
+    def named(self, name: str) -> list[int]:
+        """Pids of the children called `name` in /proc/PID/comm (the supervisor names
+        them: mobvibe-worker, mobvibe-hub, mobvibe-http)."""
+        found = []
+        for pid in self.children():
+            with contextlib.suppress(OSError):
+                if Path(f"/proc/{pid}/comm").read_text().strip() == name:
+                    found.append(pid)
+        return found
 
     def wait(self, timeout: float) -> int:
         """Wait for the supervisor to exit; kill it and raise after `timeout` seconds."""
@@ -123,13 +142,12 @@ def rss_mb(pid: int) -> dict[str, float]:
     return found
 
 
-def supervisor_args(workers: int, handler: str, *extra: str) -> list[str]:
-    """The command line every benchmark run shares."""
+def supervisor_args(workers: int, handler: str | None, *extra: str) -> list[str]:
+    """The command line every benchmark run shares (no --handler when `handler` is None)."""
     return [
         "--workers",
         str(workers),
-        "--handler",
-        handler,
+        *(["--handler", handler] if handler else []),
         "--metrics-port",
         "0",
         "--log-level",

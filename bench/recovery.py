@@ -1,17 +1,20 @@
-"""Recovery: how long a job stays stuck when its worker dies or hangs, at default settings.
+"""Recovery: how long a job stays stuck when its worker dies or its pod hangs, at default
+settings.
 
-- fast path: `kill -9` of the worker running a long job; the supervisor fails
+- fast path: `kill -9` of the worker running a long job; the supervisor ends
   the attempt from the worker's slot. Measured from the kill until the row is
-  no longer `processing` (polled every 10 ms), three times.
-- lost heartbeat: SIGSTOP of that worker (its heartbeat thread stops with it),
-  the supervisor and its embedded reaper running at their defaults. Whichever
-  notices first requeues it: the supervisor's backstop (it kills a worker whose
-  lease went unrenewed past the fence) or the reaper; end_reason and the error
-  message tell which.
-- reaper only: SIGSTOP of the worker and of the supervisor's parent process,
-  so that only the embedded reaper (a separate child) is left to notice.
+  no longer `processing` (polled every 10 ms), three times, a session each.
+- heartbeat lost: SIGSTOP of the pod's hub, which renews the leases of all its
+  workers; the worker and the supervisor's parent keep running. The worker
+  stops its job once its lease is older than the fence and ends the attempt
+  itself, before any reaper may take the job.
+- pod stopped: SIGSTOP of the whole pod (supervisor, hub, workers, the job's
+  command), as a frozen node would; a reaper of another pod (a standalone
+  `mobvibe-reaper` at its defaults) requeues the job once the heartbeat timeout
+  has passed.
 
-The two SIGSTOP cases run at the same time, on databases of their own.
+end_reason and the error message tell who requeued the job. The two SIGSTOP
+cases run at the same time, on databases of their own.
 """
 
 from __future__ import annotations
@@ -41,14 +44,14 @@ def run(ctx: Context) -> dict[str, Any]:
     ctx.log(f"recovery: kill -9 of a busy worker, {FAST_TRIALS} times")
     fast = _fast_path(ctx.server.database("recovery_fast"))
     ctx.log(
-        "recovery: SIGSTOP of a busy worker, and of a worker and its supervisor "
-        f"(defaults: --heartbeat-timeout {defaults.HEARTBEAT_TIMEOUT_DEFAULT:g}, "
-        f"--reaper-interval {defaults.REAPER_INTERVAL_DEFAULT:g}); about 35 s"
+        "recovery: SIGSTOP of a pod's hub, and of a whole pod "
+        f"(defaults: heartbeat timeout {defaults.HEARTBEAT_TIMEOUT_DEFAULT:g} s, "
+        f"--reaper-interval {defaults.REAPER_INTERVAL_DEFAULT:g}); about 40 s"
     )
     found: dict[str, Any] = {}
     urls = {
-        "reaper": ctx.server.database("recovery_hb"),
-        "reaper_only": ctx.server.database("recovery_reaper"),
+        "heartbeat_lost": ctx.server.database("recovery_hub"),
+        "pod_stopped": ctx.server.database("recovery_pod"),
     }
 
     def measure(kind: str) -> None:
@@ -64,11 +67,15 @@ def run(ctx: Context) -> dict[str, Any]:
             raise RuntimeError(f"recovery {key}: the measurement failed (see the traceback)")
     limit = defaults.HEARTBEAT_TIMEOUT_DEFAULT + defaults.REAPER_INTERVAL_DEFAULT + 1
     return {
-        "recovery_s": {"fast_path": fast["median_s"], "reaper": found["reaper"]["seconds"]},
+        "recovery_s": {
+            "fast_path": fast["median_s"],
+            "heartbeat_lost": found["heartbeat_lost"]["seconds"],
+            "pod_stopped": found["pod_stopped"]["seconds"],
+        },
         "recovery": {
             "fast_path": fast,
             **found,
-            "reaper_limit_s": limit,
+            "limit_s": limit,
             "heartbeat_timeout_s": defaults.HEARTBEAT_TIMEOUT_DEFAULT,
             "reaper_interval_s": defaults.REAPER_INTERVAL_DEFAULT,
             "heartbeat_interval_s": defaults.HEARTBEAT_INTERVAL_DEFAULT,
@@ -82,7 +89,7 @@ def _start_long_job(
     """Enqueue a long job, wait until a worker runs it; (job id, worker pid)."""
     job = queue.enqueue("a long job", session_id=session)
     state = wait_for(lambda: _state(poll, job, "processing"), 30, POLL, "the job to start")
-    return job, int(state["worker_id"].rsplit(":", 1)[1])  # worker_id: node:index:pid
+    return job, int(state["worker_id"].split(":")[2])  # worker_id: node:index:pid:instance
 
 
 def _state(
@@ -110,9 +117,9 @@ def _fast_path(url: str) -> dict[str, Any]:
         psycopg.connect(url, autocommit=True) as poll,
         Supervisor(url, *supervisor_args(2, "bench.handlers:long_job")) as sup,
     ):
-        session = queue.create_session()
         for _ in range(FAST_TRIALS):
-            job, pid = _start_long_job(queue, session, poll)
+            # A session each: the killed attempt's job, retried, heads its session.
+            job, pid = _start_long_job(queue, queue.create_session(), poll)
             time.sleep(0.5)  # well into the job: heartbeat thread running, slot written
             killed = time.monotonic()
             os.kill(pid, signal.SIGKILL)
@@ -129,26 +136,29 @@ def _fast_path(url: str) -> dict[str, Any]:
 
 
 def _stopped(url: str, kind: str) -> dict[str, Any]:
-    """SIGSTOP the busy worker (and, for reaper_only, its supervisor); time the requeue."""
+    """SIGSTOP the pod's hub (heartbeat_lost) or the whole pod (pod_stopped) while its
+    worker runs a long job; time the requeue. A standalone reaper runs beside the pod."""
     with (
         JobQueue(url) as queue,
         psycopg.connect(url, autocommit=True) as poll,
         Supervisor(url, *supervisor_args(1, "bench.handlers:long_job")) as sup,
+        Supervisor(url, "--log-level", "warning", program="mobvibe-reaper"),
     ):
-        session = queue.create_session()
-        job, pid = _start_long_job(queue, session, poll)
+        job, _ = _start_long_job(queue, queue.create_session(), poll)
         # 0.5 s after the claim, which set heartbeat_at: the reaper's clock and
         # the supervisor's run from there, so this is close to their worst case.
         time.sleep(0.5)
+        hub = wait_for(lambda: sup.named("mobvibe-hub"), 10, POLL, "the pod's hub")
         stopped = time.monotonic()
-        os.kill(pid, signal.SIGSTOP)
-        if kind == "reaper_only":
-            os.kill(sup.pid, signal.SIGSTOP)
+        if kind == "pod_stopped":
+            os.killpg(sup.pid, signal.SIGSTOP)
+        else:
+            os.kill(hub[0], signal.SIGSTOP)
         state = wait_for(
             lambda: _state(poll, job, not_status="processing"),
             120,
             POLL,
-            "the stopped worker's job to be requeued",
+            "the stopped pod's job to be requeued",
         )
         seconds = time.monotonic() - stopped
         sup.kill()

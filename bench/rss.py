@@ -36,14 +36,13 @@ def run(ctx: Context) -> dict[str, Any]:
             *supervisor_args(WORKERS, "mobvibe.supervisor.handlers:noop_handler", "--no-reaper"),
         ) as sup,
     ):
-        # With --no-reaper and no metrics port, every child is a worker.
         workers = wait_for(lambda: _all_workers(sup), 30, POLL, f"{WORKERS} workers")
         samples["start"] = {"jobs": _completed(conn) or 0, "workers": _sample(workers)}
         for mark in marks:
             done = wait_for(
                 partial(_completed, conn, mark), TIMEOUT, POLL, f"{mark} completed jobs"
             )
-            if sorted(sup.children()) != sorted(workers):
+            if sorted(sup.workers()) != sorted(workers):
                 raise RuntimeError("a worker was replaced during the RSS run")
             samples[str(mark)] = {"jobs": done, "workers": _sample(workers)}
         sup.stop()
@@ -54,7 +53,7 @@ def run(ctx: Context) -> dict[str, Any]:
 
 
 def _all_workers(sup: Supervisor) -> list[int] | None:
-    pids = sup.children()
+    pids = sup.workers()
     return pids if len(pids) == WORKERS else None
 
 

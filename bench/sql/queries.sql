@@ -46,10 +46,13 @@ ALTER TABLE coding_jobs DISABLE TRIGGER on_job_created
 ALTER TABLE coding_jobs ENABLE TRIGGER on_job_created
 
 -- name: load_pending_jobs
+WITH s AS (INSERT INTO coding_sessions (id)
+           SELECT gen_random_uuid() FROM generate_series(1, %(count)s) RETURNING id),
+     n AS (SELECT id, row_number() OVER () AS g FROM s)
 INSERT INTO coding_jobs (session_id, prompt, created_at)
-SELECT %(session_id)s, 'Build a todo app with React Native: benchmark job ' || g,
+SELECT id, 'Build a todo app with React Native: benchmark job ' || g,
        now() - interval '1 hour' + g * interval '1 microsecond'
-FROM generate_series(1, %(count)s) AS g
+FROM n ORDER BY g
 
 -- A table of `count` jobs of which a `pending_share` are due pending, the rest
 -- finished as a queue leaves them (mostly completed, one in ten failed), on
@@ -78,6 +81,45 @@ CROSS JOIN LATERAL (SELECT (%(session_ids)s::uuid[])[1 + g %% %(sessions)s] AS s
 -- name: create_sessions
 INSERT INTO coding_sessions (id) SELECT unnest(%(session_ids)s::uuid[])
 
+-- Sessions that let a hundred of their prompts run at once: the mixed shapes'
+-- pending jobs may all start, as before sessions had a limit.
+-- name: create_wide_sessions
+INSERT INTO coding_sessions (id, max_concurrency) SELECT unnest(%(session_ids)s::uuid[]), 100
+
+-- The claim-cost shapes with a million pending jobs of which 99 per cent cannot
+-- start.
+-- Loaded with the placing trigger off (it would lock each session per row): the
+-- rows are placed here as it would place them. "blocked": `sessions` sessions
+-- of `per_session` prompts each, the oldest of each may start, the others wait
+-- for it. "backoff": `waiting` heads of their own sessions back off for a day,
+-- `ready` others may start.
+-- name: disable_user_triggers
+ALTER TABLE coding_jobs DISABLE TRIGGER USER
+
+-- name: enable_user_triggers
+ALTER TABLE coding_jobs ENABLE TRIGGER USER
+
+-- name: load_blocked_sessions
+WITH s AS (INSERT INTO coding_sessions (id)
+           SELECT gen_random_uuid() FROM generate_series(1, %(sessions)s) RETURNING id)
+INSERT INTO coding_jobs (session_id, prompt, waiting_for)
+SELECT s.id, 'Build a todo app with React Native: benchmark job ' || g,
+       CASE WHEN g = 1 THEN NULL ELSE 'session' END
+FROM s, generate_series(1, %(per_session)s) AS g
+ORDER BY g, s.id
+
+-- name: load_backed_off
+WITH s AS (INSERT INTO coding_sessions (id)
+           SELECT gen_random_uuid() FROM generate_series(1, %(waiting)s + %(ready)s)
+           RETURNING id),
+     n AS (SELECT id, row_number() OVER () AS g FROM s)
+INSERT INTO coding_jobs (session_id, prompt, run_at, retry_count, waiting_for)
+SELECT n.id, 'Build a todo app with React Native: benchmark job ' || n.g,
+       CASE WHEN n.g <= %(waiting)s THEN now() + interval '1 day' ELSE now() END,
+       CASE WHEN n.g <= %(waiting)s THEN 1 ELSE 0 END,
+       CASE WHEN n.g <= %(waiting)s THEN 'run_at' END
+FROM n
+
 -- name: analyze_jobs
 ANALYZE coding_jobs
 
@@ -85,10 +127,12 @@ ANALYZE coding_jobs
 VACUUM (ANALYZE) coding_jobs
 
 -- name: truncate_jobs
-TRUNCATE coding_jobs
+TRUNCATE coding_jobs, coding_job_attempts, coding_job_events
 
 -- The claim cost loop keeps the table's size and mix: the completed job is
 -- deleted and a new pending job takes its place, at the back of the queue.
+-- A new prompt at the back of the completed job's session (its place taken by
+-- the next one), so that the shape stays as loaded.
 -- name: replace_completed_job
 WITH gone AS (DELETE FROM coding_jobs WHERE id = %(job_id)s RETURNING session_id)
 INSERT INTO coding_jobs (session_id, prompt)
@@ -117,7 +161,34 @@ SELECT status FROM coding_jobs WHERE id = %(job_id)s
 -- name: explain_claim
 EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, TIMING OFF, SUMMARY OFF)
 SELECT c.id FROM coding_jobs c
-WHERE c.status = 'pending' AND c.run_at <= queue_now()
-ORDER BY c.priority DESC, c.created_at, c.seq
+WHERE c.status = 'pending' AND c.waiting_for IS NULL AND c.run_at <= queue_now()
+ORDER BY c.priority DESC, c.seq
 LIMIT 1
 FOR UPDATE SKIP LOCKED
+
+-- The pod's connections to this database, by application (the measuring one left out).
+-- name: pod_connections
+SELECT application_name, count(*) FROM pg_stat_activity
+WHERE datname = current_database() AND pid <> pg_backend_pid()
+GROUP BY application_name
+
+-- name: flush_stats
+SELECT pg_stat_force_next_flush()
+
+-- name: database_transactions
+SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()
+
+-- `count` jobs of one session behind a job that is running elsewhere (claimed
+-- here, in the same transaction, so that no worker of the pod gets it first),
+-- with a heartbeat timeout long enough that no reaper takes it back meanwhile.
+-- name: load_blocked_jobs
+WITH config AS (UPDATE queue_config SET heartbeat_timeout = '1 day' RETURNING 1),
+     session AS (INSERT INTO coding_sessions (id) VALUES (gen_random_uuid()) RETURNING id),
+     jobs AS (INSERT INTO coding_jobs (session_id, prompt)
+              SELECT id, 'blocked behind a running prompt ' || g
+              FROM session, generate_series(0, %(count)s) AS g
+              RETURNING id)
+SELECT count(*) FROM jobs, config
+
+-- name: claim_one
+SELECT job_id FROM claim_next_job('bench:elsewhere')
