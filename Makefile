@@ -10,14 +10,28 @@ TOOLS := .tools
 PROMTOOL := $(TOOLS)/promtool
 WORKERS ?= 4
 
-.PHONY: venv pgbouncer run demo-jobs lint format test test-unit test-contract test-processes test-reaper \
-        test-stateful test-faults test-deploy soak bench image deploy-check clean
+.PHONY: venv pgbouncer chromium run demo-jobs lint format test test-unit test-contract \
+        test-processes test-reaper test-cli test-web test-stateful test-faults test-deploy soak \
+        bench image deploy-check screenshots clean
 
-$(BIN)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
-	touch $@
+# pip's errors only: setuptools warns on every editable install that a folder
+# named like a package may shadow it (information: ours are mapped under
+# mobvibe), and a machine's pip configuration may add warnings of its own.
+PIP_INSTALL := $(PY) -m pip install --quiet --quiet
+
+# What running needs (the embedded PostgreSQL included), for `make run`.
+$(BIN)/.installed-run: pyproject.toml
+	@echo "Installing mobvibe-supervisor and the embedded PostgreSQL into $(VENV) ..."
+	@$(PYTHON) -m venv $(VENV)
+	@$(PIP_INSTALL) --upgrade pip
+	@$(PIP_INSTALL) -e '.[embedded]'
+	@touch $@
+
+# The test and lint tooling as well, for every other target.
+$(BIN)/.installed: pyproject.toml $(BIN)/.installed-run
+	@echo "Installing the test and lint tooling into $(VENV) ..."
+	@$(PIP_INSTALL) -e '.[dev]'
+	@touch $@
 
 venv: $(BIN)/.installed
 
@@ -39,15 +53,31 @@ pgbouncer:
 	    (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q pgbouncer >/dev/null 2>&1)) ) || \
 	  echo "pgbouncer unavailable: the PgBouncer test will be skipped"
 
-run: venv
+# Headless Chromium, for the browser tests of the status pages: Debian's package,
+# installed as root where the package lists are reachable.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || \
+	  ( [ "$$(id -u)" = 0 ] && (apt-get install -y -q chromium >/dev/null 2>&1 || \
+	    (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1)) ) || \
+	  echo "chromium unavailable: the browser tests of the status pages will be skipped"
+
+# The demo: five jobs, one of which fails on purpose. While the supervisor runs,
+# `stats --until-drained` prints a line every 2 s (the wait for the retry included).
+run: $(BIN)/.installed-run
 	$(BIN)/mobvibe-queue migrate
 	$(BIN)/mobvibe-queue enqueue --priority 5 "Build a todo app with React Native" \
 	    "Add dark mode to the settings screen" "Write unit tests for the login form"
 	$(BIN)/mobvibe-queue enqueue --priority 10 "Fix the crash on startup"
 	$(BIN)/mobvibe-queue enqueue --max-retries 2 "This prompt asks the demo handler to fail"
-	$(BIN)/mobvibe-supervisor --demo --workers $(WORKERS) --drain --log-format text \
-	    --metrics-port 0 --poll-interval 1
+	@echo "Running them on $(WORKERS) workers: the job that asks to fail is retried once, after a"
+	@echo "backoff of about 10 s, then dead-lettered; the supervisor stops once the queue is drained."
+	@$(BIN)/mobvibe-queue stats --until-drained & progress=$$!; \
+	  $(BIN)/mobvibe-supervisor --demo --workers $(WORKERS) --drain --log-format text \
+	    --metrics-port 0 --poll-interval 1; status=$$?; \
+	  [ $$status = 0 ] || kill $$progress 2>/dev/null; wait $$progress; exit $$status
 	$(BIN)/mobvibe-queue stats
+	@echo "Next: $(BIN)/mobvibe-queue jobs list, $(BIN)/mobvibe-queue web (the status pages on"
+	@echo "http://127.0.0.1:9400/), $(BIN)/mobvibe-queue psql; make test runs the tests."
 
 # Style and types: ruff (lint and format) on everything, mypy --strict on the package.
 lint: venv
@@ -59,7 +89,7 @@ format: venv
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: venv $(PROMTOOL) pgbouncer
+test: venv $(PROMTOOL) pgbouncer chromium
 	PATH="$(CURDIR)/$(TOOLS):$$PATH" $(PYTEST) -m "not soak" -q
 
 test-unit: venv
@@ -73,6 +103,16 @@ test-processes: venv $(PROMTOOL) pgbouncer
 
 test-reaper: venv
 	$(PYTEST) tests/reaper -q
+
+test-cli: venv
+	$(PYTEST) tests/cli -q
+
+test-web: venv chromium
+	$(PYTEST) tests/web -q
+
+# The README's pictures of the status pages, taken by the browser tests.
+screenshots: venv chromium
+	MOBVIBE_SCREENSHOTS="$(CURDIR)/docs/screenshots" $(PYTEST) tests/web/test_status_page.py -q
 
 test-stateful: venv
 	$(PYTEST) tests/stateful -q
