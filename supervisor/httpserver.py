@@ -60,8 +60,10 @@ class QueueState:
     def _refresh(self) -> None:
         self._at = clock.monotonic()
         try:
-            # A probe does not wait behind a slow page: it answers from the last reading.
-            with self.database.use(wait=PROBE_WAIT) as conn:
+            # A probe does not wait behind a slow page: it answers from the last reading
+            # (when there is one).
+            wait = None if self._stats is None else PROBE_WAIT
+            with self.database.use(wait=wait) as conn:
                 self._stats = store.stats(conn)
                 self._last_sweep = store.last_reaper_sweep(conn)
         except ConnectionBusyError:

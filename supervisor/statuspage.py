@@ -39,7 +39,7 @@ table{border-collapse:collapse;background:#fff;border:1px solid #d0d7de;width:10
 th,td{text-align:left;padding:5px 9px;border-bottom:1px solid #eaeef2;vertical-align:top}
 th{background:#f6f8fa;font-size:12px;color:#57606a;font-weight:600}
 td.num,th.num{text-align:right}.mono{font-family:ui-monospace,Menlo,monospace;font-size:12px}
-a.mono{white-space:nowrap}
+a.mono,td.t{white-space:nowrap}
 svg{background:#fff;border:1px solid #d0d7de;border-radius:6px;padding:6px}
 pre{background:#fff;border:1px solid #d0d7de;border-radius:6px;padding:10px;white-space:pre-wrap;
 word-break:break-word;max-height:480px;overflow:auto;font-size:12px}
@@ -170,14 +170,17 @@ def _depth(ov: Overview) -> str:
         f'<div class="tile"><span class="n" id="oldest-pending">{_age(age)}</span>'
         '<span class="l">oldest pending</span></div>'
     )
-    next_retry = "" if s.next_run_at is None else f", next {_time(s.next_run_at)}"
+    # get_queue_stats() counts every pending job whose run_at is ahead: retries in
+    # their backoff and jobs scheduled for later alike.
+    next_due = "none" if s.next_run_at is None else f"the next at {_time(s.next_run_at)} UTC"
     tiles.append(
-        f'<div class="tile"><span class="n" id="retries-waiting">{s.waiting_retry_count}</span>'
-        f'<span class="l">retries waiting{_e(next_retry)}</span></div>'
+        f'<div class="tile" title="{_e(next_due)}"><span class="n" id="due-later">'
+        f'{s.waiting_retry_count}</span><span class="l">due later (retries, scheduled)</span></div>'
     )
-    sweep = NONE if ov.last_sweep is None else _time(ov.last_sweep)
+    swept = None if ov.last_sweep is None else (ov.at - ov.last_sweep).total_seconds()
     tiles.append(
-        f'<div class="tile"><span class="n mono">{sweep}</span>'
+        f'<div class="tile" title="{_time(ov.last_sweep)} UTC"><span class="n" id="last-sweep">'
+        f"{_age(swept)}{' ago' if swept is not None else ''}</span>"
         '<span class="l">last reaper sweep</span></div>'
     )
     return f'<section class="tiles" id="depth">{"".join(tiles)}</section>'
@@ -237,7 +240,7 @@ def _running(ov: Overview) -> str:
     rows = [
         f'<tr data-job="{_e(job.job_id)}"><td class="mono">{_e(job.worker_id or NONE)}</td>'
         f"<td>{_job_link(job.job_id)}</td><td class='num'>{job.attempt}</td>"
-        f"<td>{_time(job.started_at)}</td><td>{_heartbeat(ov, job)}</td>"
+        f"<td class='t'>{_time(job.started_at)}</td><td>{_heartbeat(ov, job)}</td>"
         f"<td>{_head(job.prompt_head)}</td></tr>"
         for job in ov.running
     ]
@@ -257,7 +260,7 @@ def _heartbeat(ov: Overview, job: RunningJob) -> str:
 def _ended(jobs: list[JobSummary], section: str, empty: str) -> str:
     rows = [
         f'<tr data-job="{_e(job.id)}"><td>{_job_link(job.id)}</td>'
-        f"<td>{_time(job.completed_at)}</td><td class='num'>{job.attempt}</td>"
+        f"<td class='t'>{_time(job.completed_at)}</td><td class='num'>{job.attempt}</td>"
         f"<td>{_e(job.end_reason or NONE)}</td><td>{_head(job.error_head)}</td>"
         f"<td>{_head(job.prompt_head, 60)}</td></tr>"
         for job in jobs
@@ -297,7 +300,7 @@ def _job_row(job: JobSummary) -> str:
         f"<td>{session}{_e(str(job.session_id)[:8])}</a></td>"
         f"<td class='num'>{job.priority}</td>"
         f"<td class='num'>{job.retry_count}/{job.max_retries}</td>"
-        f"<td>{_time(job.created_at)}</td><td>{_e(_state_note(job))}</td>"
+        f"<td class='t'>{_time(job.created_at)}</td><td>{_e(_state_note(job))}</td>"
         f"<td>{_head(job.prompt_head, 60)}</td></tr>"
     )
 
@@ -364,8 +367,9 @@ def job_page(detail: JobDetail) -> str:
 def _attempts(attempts: list[Attempt]) -> str:
     rows = [
         f'<tr data-attempt="{a.attempt}"><td class="num">{a.attempt}</td>'
-        f'<td class="mono">{_e(a.worker_id or NONE)}</td><td>{_time(a.started_at)}</td>'
-        f"<td>{_time(a.ended_at) if a.ended_at else 'running'}</td>"
+        f'<td class="mono">{_e(a.worker_id or NONE)}</td>'
+        f'<td class="t">{_time(a.started_at)}</td>'
+        f"<td class='t'>{_time(a.ended_at) if a.ended_at else 'running'}</td>"
         f"<td class='num'>{_took(a)}</td><td>{_e(a.end_reason or NONE)}</td>"
         f"<td>{_e(a.error_message or NONE)}</td></tr>"
         for a in attempts
@@ -382,7 +386,8 @@ def _took(attempt: Attempt) -> str:
 
 def _events(events: list[Event]) -> str:
     rows = [
-        f'<tr data-event="{e.id}"><td class="num">{e.attempt}</td><td>{_time(e.created_at)}</td>'
+        f'<tr data-event="{e.id}"><td class="num">{e.attempt}</td>'
+        f'<td class="t">{_time(e.created_at)}</td>'
         f'<td>{_e(e.kind)}</td><td class="mono">'
         f"{_e(json.dumps(e.payload, ensure_ascii=False))}</td></tr>"
         for e in events

@@ -1,0 +1,200 @@
+"""The status pages without a database: user text escaped everywhere, the style allowed by its
+hash alone, bad parameters and outages answered plainly; the command line's text cells."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import re
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from html.parser import HTMLParser
+from typing import Any
+
+import pytest
+
+from mobvibe.cli.stats import progress_line
+from mobvibe.cli.tables import one_line, table
+from mobvibe.errors import DatabaseUnavailableError
+from mobvibe.sql.store import (
+    Attempt,
+    Event,
+    JobDetail,
+    JobRow,
+    JobSummary,
+    MinuteCount,
+    QueueStats,
+    RunningJob,
+)
+from mobvibe.supervisor import statuspage
+from mobvibe.supervisor.statusdata import Overview
+from mobvibe.supervisor.statussite import StatusSite
+
+EVIL = '<script>alert("x")</script><img src=x onerror=alert(1)>'
+NOW = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
+JOB, SESSION = uuid.uuid4(), uuid.uuid4()
+
+
+class Tags(HTMLParser):
+    def __init__(self, markup: str) -> None:
+        super().__init__()
+        self.found: list[str] = []
+        self.feed(markup)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.found.append(tag)
+
+
+def assert_inert(markup: str) -> None:
+    tags = Tags(markup).found
+    assert "script" not in tags and "img" not in tags
+    assert "&lt;script&gt;" in markup
+
+
+def summary(**overrides: Any) -> JobSummary:
+    fields: dict[str, Any] = {
+        "id": JOB,
+        "session_id": SESSION,
+        "status": "failed",
+        "priority": 0,
+        "attempt": 2,
+        "retry_count": 2,
+        "max_retries": 2,
+        "created_at": NOW,
+        "updated_at": NOW,
+        "run_at": NOW,
+        "completed_at": NOW,
+        "worker_id": EVIL,
+        "end_reason": EVIL,
+        "error_head": EVIL,
+        "waiting_for": None,
+        "cancel_requested_at": None,
+        "prompt_head": EVIL,
+    }
+    return JobSummary(**{**fields, **overrides})
+
+
+def overview() -> Overview:
+    running = RunningJob(EVIL, JOB, SESSION, 1, NOW, NOW, 99.0, None, EVIL)
+    minutes = [MinuteCount(NOW + timedelta(minutes=i), i, 1, 0) for i in range(15)]
+    return Overview(
+        at=NOW,
+        stats=QueueStats(1, 1, 105, 15, timedelta(seconds=42), 1, NOW, 3),
+        minutes=minutes,
+        running=[running],
+        heartbeat_timeout=30.0,
+        dead_letters=[summary()],
+        cancellations=[summary(status="cancelled")],
+        last_sweep=NOW,
+    )
+
+
+def detail() -> JobDetail:
+    row = JobRow(
+        id=JOB,
+        session_id=SESSION,
+        prompt=EVIL,
+        priority=0,
+        status="failed",
+        retry_count=1,
+        max_retries=1,
+        error_message=EVIL,
+        created_at=NOW,
+        started_at=NOW,
+        completed_at=NOW,
+        updated_at=NOW,
+        run_at=NOW,
+        heartbeat_at=None,
+        worker_id=EVIL,
+        lease_token=uuid.uuid4(),
+        attempt=1,
+        end_reason=EVIL,
+        idempotency_key=EVIL,
+        output=EVIL,
+    )
+    attempt = Attempt(JOB, 1, EVIL, NOW, NOW + timedelta(seconds=2), EVIL, EVIL)
+    event = Event(7, JOB, SESSION, 1, EVIL, {"text": EVIL}, NOW)
+    return JobDetail(row, [attempt], [event], False)
+
+
+def test_every_page_shows_user_text_as_text() -> None:
+    ov = overview()
+    assert_inert(statuspage.overview_page(ov))
+    assert_inert(statuspage.jobs_page([summary()], "failed", EVIL, 50))
+    page = statuspage.job_page(detail())
+    assert_inert(page)
+    assert str(detail().job.lease_token) not in page  # the attempt's fence is no one's business
+    assert_inert(statuspage.error_page(400, EVIL))
+
+
+def test_the_overview_shows_the_counts_and_flags_a_silent_attempt() -> None:
+    page = statuspage.overview_page(overview())
+    for ident, value in (
+        ("count-pending", "1"),
+        ("count-completed", "105"),
+        ("count-cancelled", "3"),
+        ("oldest-pending", "42 s"),
+        ("window-completed", str(sum(range(15)))),
+        ("window-dead-lettered", "15"),
+        ("running-count", "1"),
+    ):
+        assert re.search(f'id="{ident}">{re.escape(value)}<', page), ident
+    assert "silent, the reaper requeues it" in page  # 99 s without a heartbeat, timeout 30 s
+
+
+def test_the_style_sheet_is_the_only_one_the_policy_allows() -> None:
+    page = statuspage.overview_page(overview())
+    (style,) = re.findall(r"<style>(.*?)</style>", page, re.S)
+    digest = base64.b64encode(hashlib.sha256(style.encode()).digest()).decode()
+    assert f"style-src 'sha256-{digest}'" in statuspage.CSP
+    assert "script-src" not in statuspage.CSP and "default-src 'none'" in statuspage.CSP
+    assert " style=" not in page  # no inline style attribute: the policy would block it
+
+
+class Outage:
+    """A connection that is never reached."""
+
+    @contextlib.contextmanager
+    def use(self, wait: float | None = None) -> Iterator[Any]:
+        raise DatabaseUnavailableError("cannot connect to the database: refused")
+        yield
+
+
+@pytest.mark.parametrize(
+    ("target", "code", "words"),
+    [
+        ("/jobs?status=lost", 400, "status must be one of"),
+        ("/api/jobs?limit=5000", 400, "limit must be a number from 1 to 1000"),
+        ("/api/jobs/12", 400, "a job id must be a UUID"),
+        ("/nothing", 404, "no page at /nothing"),
+        ("/", 503, "the database did not answer: cannot connect to the database: refused"),
+        ("/api/stats", 503, "the database did not answer"),
+    ],
+)
+def test_bad_requests_and_outages_are_answered_plainly(target: str, code: int, words: str) -> None:
+    reply = StatusSite(Outage()).answer(target)  # type: ignore[arg-type]
+    assert reply.code == code
+    if target.startswith("/api/"):
+        assert words in json.loads(reply.body)["error"]
+    else:
+        assert words in reply.body.decode()
+        assert reply.content_type == "text/html; charset=utf-8"
+
+
+def test_a_command_lines_table_aligns_its_columns() -> None:
+    text = table(["ID", "N", "NOTE"], [["a", "1", "x"], ["bbb", "100", "long note"]], numeric=0b10)
+    assert text.splitlines() == ["ID     N  NOTE", "a      1  x", "bbb  100  long note"]
+    assert one_line("two\nlines   here", 8) == "two lin…"
+    assert one_line(None, 5) == "-"
+
+
+def test_the_progress_line_says_when_the_next_retry_is_due() -> None:
+    stats = QueueStats(1, 0, 4, 0, timedelta(seconds=9), 1, NOW + timedelta(seconds=8), 0)
+    line = progress_line(stats, NOW)
+    assert line.endswith(
+        "pending 1 (1 waiting for a retry, the next due in 8 s), processing 0, completed 4, "
+        "failed 0, cancelled 0"
+    )

@@ -1,0 +1,256 @@
+"""The status pages' tests: a headless Chromium, the DOM it rendered, and a queue with jobs in
+every state behind a live supervisor."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from mobvibe.client import JobQueue
+from mobvibe.sql.jobs import NewJob
+from tests.contract.support import QUEUE_CLI
+from tests.helpers import wait_for
+from tests.processes.conftest import FAST, Running, supervisor  # noqa: F401 - a fixture
+
+AGENT = ["--handler", "tests.web.handlers:agent"]
+# Chromium as root, with no sandbox, no network of its own and a profile per run.
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+class Dom(HTMLParser):
+    """What a test reads of a rendered page: the text of each element with an id, and the
+    elements with data-* attributes (table rows), in document order."""
+
+    VOID = frozenset({"meta", "link", "input", "br", "img", "hr", "source", "wbr", "col"})
+
+    def __init__(self, markup: str) -> None:
+        super().__init__()
+        self.markup = markup
+        self.texts: dict[str, str] = {}
+        self.rows: list[dict[str, str]] = []
+        self.tags: list[str] = []
+        self._open: list[tuple[str, str | None, dict[str, str] | None]] = []
+        self.feed(markup)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        if tag in self.VOID:
+            return
+        values = {k: v or "" for k, v in attrs}
+        ident = values.get("id")
+        if ident is not None:
+            self.texts[ident] = ""
+        row = values if any(k.startswith("data-") for k in values) else None
+        if row is not None:
+            row["text"] = ""
+            self.rows.append(row)
+        self._open.append((tag, ident, row))
+
+    def handle_endtag(self, tag: str) -> None:
+        while self._open:
+            if self._open.pop()[0] == tag:
+                break
+
+    def handle_data(self, data: str) -> None:
+        for _, ident, row in self._open:
+            if ident is not None:
+                self.texts[ident] += data
+            if row is not None:
+                row["text"] += data
+
+    def text(self, ident: str) -> str:
+        return self.texts[ident].strip()
+
+    def ids(self, attribute: str = "data-job") -> list[str]:
+        return [row[attribute] for row in self.rows if attribute in row]
+
+
+class Browser:
+    """Headless Chromium: the DOM of a page once loaded, and screenshots."""
+
+    def __init__(self, binary: str, profiles: Path) -> None:
+        self.binary = binary
+        self.profiles = profiles
+
+    def _run(self, *args: str) -> str:
+        profile = tempfile.mkdtemp(dir=self.profiles)  # a new empty profile each time
+        done = subprocess.run(
+            [self.binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
+            capture_output=True,
+            text=True,
+            timeout=90,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout
+
+    def dom(self, url: str) -> Dom:
+        return Dom(self._run("--dump-dom", url))
+
+    def screenshot(self, url: str, path: Path, size: str = "1280,900") -> Path:
+        self._run(f"--screenshot={path}", f"--window-size={size}", url)
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is no PNG"
+        return path
+
+
+@pytest.fixture(scope="session")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Browser:
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    if binary is None:
+        pytest.skip("chromium is not installed: `make chromium` installs Debian's (as root)")
+    return Browser(binary, tmp_path_factory.mktemp("chromium"))
+
+
+@pytest.fixture
+def shots(tmp_path: Path) -> Path:
+    """Where screenshots go: MOBVIBE_SCREENSHOTS (make screenshots: docs/screenshots), else
+    a temporary directory."""
+    target = os.environ.get("MOBVIBE_SCREENSHOTS")
+    directory = Path(target) if target else tmp_path / "screenshots"
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+def get(port: int, path: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+    """An HTTP request to 127.0.0.1:port: status (0: no answer), headers, body."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:  # noqa: S310 - http, ours
+            return reply.status, dict(reply.headers), reply.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+    except OSError:
+        return 0, {}, b""  # nothing listens (yet)
+
+
+def queue_cli(url: str, *args: str) -> str:
+    """mobvibe-queue against `url`; its output (it must succeed)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOBVIBE_")}
+    done = subprocess.run(
+        [QUEUE_CLI, *args],
+        env={**env, "DATABASE_URL": url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def status(conn: psycopg.Connection[Any], job_id: uuid.UUID) -> tuple[str, int]:
+    row = conn.execute("SELECT status, attempt FROM coding_jobs WHERE id = %s", [job_id]).fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
+@dataclass
+class EveryState:
+    """A queue with jobs in every state, behind a live supervisor (`running`)."""
+
+    supervisor: Running
+    session: uuid.UUID
+    completed: list[uuid.UUID]  # three, each with progress events and an output
+    dead: uuid.UUID  # failed, retried by an operator, failed again: two attempts
+    running: uuid.UUID  # processing, until the test ends
+    waiting: uuid.UUID  # pending behind `running`, in its session
+    scheduled: uuid.UUID  # pending, due in an hour
+    retrying: uuid.UUID  # pending, its first attempt failed: a retry waiting
+    cancelled: list[uuid.UUID] = field(default_factory=list)  # one before it ran, one running
+    resubmitted: uuid.UUID | None = None  # cancelled, retried by an operator, completed
+
+    @property
+    def port(self) -> int:
+        return self.supervisor.port
+
+
+@pytest.fixture
+def every_state(
+    queue: JobQueue,
+    conn: psycopg.Connection[Any],
+    db_url: str,
+    supervisor: Callable[..., Running],  # noqa: F811 - the fixture imported above
+) -> EveryState:
+    """Pending (behind its session, scheduled, a retry waiting), processing, completed,
+    failed with two attempts, cancelled before and while running."""
+    # Retries come back an hour later: the retry waiting stays one for the test.
+    conn.execute("UPDATE queue_config SET backoff_base = '1 hour', backoff_cap = '2 hours'")
+    session = queue.create_session()
+    running, waiting = queue.enqueue_many(
+        [
+            NewJob("Port the app to Android tablets (long running)", session_id=session),
+            NewJob("Add a splash screen", session_id=session),
+        ]
+    )
+    completed = queue.enqueue_many(
+        [
+            NewJob("Build a todo app with React Native", priority=5),
+            NewJob("Add dark mode to the settings screen", priority=5),
+            NewJob("Write unit tests for the login form", priority=5),
+        ]
+    )
+    dead = queue.enqueue("Migrate the local storage to Realm (fails)", max_retries=1)
+    retrying = queue.enqueue("Fix the crash on startup (fails)", priority=10)
+    scheduled = queue.enqueue("Upgrade to React Native 0.76", delay=3600)
+    never_ran = queue.enqueue("Rename the app to MobVibe Pro", delay=3600)
+    resubmitted = queue.enqueue("Update the app icon", delay=3600)
+    stopped = queue.enqueue("Refactor the navigation stack (long running)")
+    assert queue.cancel(never_ran) and queue.cancel(resubmitted)
+
+    running_supervisor = supervisor("--workers", "3", *AGENT, *FAST, metrics=True)
+    wait_for(lambda: status(conn, stopped)[0] == "processing", message="a job to cancel running")
+    assert queue.cancel(stopped)
+    wait_for(lambda: status(conn, dead) == ("failed", 1), message="the first dead letter")
+    queue_cli(db_url, "jobs", "retry", str(dead))
+    queue_cli(db_url, "jobs", "retry", str(resubmitted))
+    wait_for(
+        lambda: (
+            status(conn, dead) == ("failed", 2)
+            and status(conn, stopped)[0] == "cancelled"
+            and status(conn, running)[0] == "processing"
+            and status(conn, retrying) == ("pending", 1)
+            and all(status(conn, j)[0] == "completed" for j in [*completed, resubmitted])
+        ),
+        timeout=30,
+        message="every state",
+    )
+    return EveryState(
+        running_supervisor,
+        session,
+        completed,
+        dead,
+        running,
+        waiting,
+        scheduled,
+        retrying,
+        [never_ran, stopped],
+        resubmitted,
+    )
+
+
+def db_counts(conn: psycopg.Connection[Any]) -> dict[str, int]:
+    rows = conn.execute("SELECT status, count(*) FROM coding_jobs GROUP BY status").fetchall()
+    found = dict.fromkeys(("pending", "processing", "completed", "failed", "cancelled"), 0)
+    return {**found, **{s: int(n) for s, n in rows}}

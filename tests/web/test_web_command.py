@@ -1,0 +1,74 @@
+"""mobvibe-queue web: the supervisor's status pages on a host with no supervisor, on one
+connection, stopped by Ctrl-C with exit code 0."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from mobvibe.client import JobQueue
+from tests.contract.support import QUEUE_CLI
+from tests.helpers import wait_for
+from tests.processes.conftest import free_port
+from tests.web.conftest import Browser, db_counts, get
+from tests.web.test_api import connections
+
+
+@pytest.fixture
+def web(db_url: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOBVIBE_")}
+    proc = subprocess.Popen(
+        [QUEUE_CLI, "web", "--port", str(port)],
+        env={**env, "DATABASE_URL": db_url},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(lambda: get(port, "/api/stats")[0] == 200, timeout=20, message="the pages")
+    yield proc, port
+    if proc.poll() is None:
+        proc.kill()
+    proc.communicate(timeout=10)
+
+
+def test_web_serves_the_same_pages_on_one_connection_and_ctrl_c_exits_0(
+    queue: JobQueue,
+    conn: psycopg.Connection[Any],
+    web: tuple[subprocess.Popen[str], int],
+    browser: Browser,
+) -> None:
+    proc, port = web
+    first = queue.enqueue("Build a todo app with React Native")
+    queue.enqueue("Add dark mode")
+    assert queue.cancel(first)
+    page = browser.dom(f"http://127.0.0.1:{port}/")
+    for name, value in db_counts(conn).items():
+        assert page.text(f"count-{name}") == str(value), name
+    assert browser.dom(f"http://127.0.0.1:{port}/jobs/{first}").text("prompt") == (
+        "Build a todo app with React Native"
+    )
+
+    threads = [
+        threading.Thread(target=get, args=(port, path))
+        for path in ["/", "/jobs", f"/api/jobs/{first}", "/api/workers"] * 5
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert connections(conn, "mobvibe-web") == 1
+    assert get(port, "/metrics")[0] == 404  # the supervisor's own: not served here
+
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0
+    assert err.startswith(f"status pages on http://127.0.0.1:{port}/ (Ctrl-C stops)")
+    assert "Traceback" not in err and "Aborted" not in err
