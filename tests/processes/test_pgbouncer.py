@@ -200,7 +200,7 @@ def test_cancel_through_pgbouncer_ends_the_running_command(
     job = queue.enqueue("60")
     running = supervisor(
         "--exec",
-        'echo $$ > "$MARKS/pid"; exec sleep "$(cat)"',
+        'echo $$ > "$MARKS/tmp"; mv "$MARKS/tmp" "$MARKS/pid"; exec sleep "$(cat)"',
         "--exec-env",
         "MARKS",
         "--workers",

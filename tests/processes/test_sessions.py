@@ -19,10 +19,11 @@ from tests.helpers import wait_for
 from tests.processes.conftest import FAST, Running
 
 HANDLERS = "tests.processes.handlers"
-# A command that records its pid, reports progress on descriptor 3, says something on
-# stdout and then sleeps until it is killed (or the prompt's seconds are up).
+# A command that records its pid (renamed into place: a reader never sees it half
+# written), reports progress on descriptor 3, says something on stdout and then sleeps
+# until it is killed (or the prompt's seconds are up).
 AGENT = (
-    'echo $$ > "$MARKS/$JOB_ID.pid"; '
+    'echo $$ > "$MARKS/$JOB_ID.tmp"; mv "$MARKS/$JOB_ID.tmp" "$MARKS/$JOB_ID.pid"; '
     'echo \'{"kind": "step", "text": "thinking"}\' >&3; '
     "echo 'not json, kept as text' >&3; "
     'echo "agent output for $JOB_ID"; '
