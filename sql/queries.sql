@@ -83,6 +83,11 @@ SELECT queue_prune(%(status)s, %(batch_size)s)
 -- name: purge_failed
 SELECT queue_purge_failed(%(older_than)s, %(batch_size)s)
 
+-- Whether any job is still to run or running (--drain): one index entry at most,
+-- where the statistics would count every finished job.
+-- name: has_unfinished_jobs
+SELECT EXISTS (SELECT 1 FROM coding_jobs WHERE status IN ('pending', 'processing'))
+
 -- name: queue_stats
 SELECT pending_count, processing_count, completed_count, failed_count, oldest_pending_age,
        waiting_retry_count, next_run_at, cancelled_count

@@ -461,6 +461,13 @@ def stats(conn: Conn) -> QueueStats:
     return row
 
 
+def has_unfinished_jobs(conn: Conn) -> bool:
+    """Whether a job is pending (due or not) or processing."""
+    row = conn.execute(query("has_unfinished_jobs")).fetchone()
+    assert row is not None
+    return bool(row[0])
+
+
 def waiting_retries(conn: Conn) -> WaitingRetries:
     """Retries waiting for their run_at (read from pending rows only)."""
     row = conn.execute(query("waiting_retries")).fetchone()

@@ -38,6 +38,10 @@ from mobvibe.supervisor.wakeups import Wakeups
 log = logging.getLogger(__name__)
 Sweep = Callable[[psycopg.Connection[Any]], object]
 DRAIN_CHECK = 0.5  # seconds between the --drain checks
+# A lease found not renewed while the slot still shows it may belong to a job whose
+# worker has just ended it and not yet written its slot: it is declared lost only if
+# the slot still shows it this long after.
+LOST_RECHECK = 0.5
 RECONNECT_DELAY_MAX = 5.0
 CHANNELS = ("new_job", "job_cancel")
 
@@ -63,7 +67,9 @@ class Hub:
             "sweep": now,
             "drain": now,
             "next_run": float("inf"),
+            "lost": float("inf"),
         }
+        self.unrenewed: dict[int, tuple[Holding, float]] = {}  # index: (holding, recheck at)
         self._signal_r, self._signal_w = os.pipe()
 
     # -- process life ------------------------------------------------------------------
@@ -144,6 +150,8 @@ class Hub:
         if self.sweep is not None and now >= self.due["sweep"]:
             self.due["sweep"] = now + self.settings.reaper_interval
             self.sweep(conn)
+        if now >= self.due["lost"]:
+            self._recheck_unrenewed(now)
         if self.settings.drain and now >= self.due["drain"]:
             self.due["drain"] = now + DRAIN_CHECK
             self._check_drain(conn)
@@ -190,11 +198,22 @@ class Hub:
                 self.slots.heartbeat_ok(index, sent)
                 if renewal.cancel_requested:
                     self._stop(index, holding, "cancelled")
-            elif self._still_held(index, holding):
-                # Not renewed and still running here: another attempt has the job now.
-                # (A job its worker just ended is no longer processing either: that is
-                # no lost lease, and the worker ignores a stop once its job has ended.)
-                self._stop(index, holding, "lease_lost")
+            elif self._still_held(index, holding) and index not in self.unrenewed:
+                # Not renewed and still shown here: another attempt has the job now, or
+                # its worker has just ended it (no longer processing either) and not
+                # yet written its slot. Looked at again shortly.
+                recheck = clock.monotonic() + LOST_RECHECK
+                self.unrenewed[index] = (holding, recheck)
+                self.due["lost"] = min(self.due["lost"], recheck)
+
+    def _recheck_unrenewed(self, now: float) -> None:
+        """A lease not renewed whose slot still shows it after LOST_RECHECK is lost."""
+        for index, (holding, recheck) in list(self.unrenewed.items()):
+            if now >= recheck:
+                del self.unrenewed[index]
+                if self._still_held(index, holding):
+                    self._stop(index, holding, "lease_lost")
+        self.due["lost"] = min((at for _, at in self.unrenewed.values()), default=float("inf"))
 
     def _still_held(self, index: int, holding: Holding) -> bool:
         now = self.slots.holding(index)
@@ -236,8 +255,7 @@ class Hub:
             self.due["next_run"] = clock.monotonic() + due_in
 
     def _check_drain(self, conn: psycopg.Connection[Any]) -> None:
-        stats = store.stats(conn)
-        if stats.pending_count == 0 and stats.processing_count == 0:
+        if not store.has_unfinished_jobs(conn):
             self.slots.drained()
 
     def wake_one(self) -> bool:
