@@ -54,8 +54,11 @@ def run(ctx: Context) -> dict[str, Any]:
             else:
                 _load(conn, rows, share, sessions)
             load_s = time.monotonic() - started
+        shape = {BLOCKED: "99% behind their session", BACKOFF: "99% backing off"}.get(
+            share, f"{share:.0%} pending"
+        )
         ctx.log(
-            f"claim: {rows} rows ({share:.0%} pending) loaded in {load_s:.1f} s; "
+            f"claim: {rows} rows ({shape}) loaded in {load_s:.1f} s; "
             f"{ctx.sizes.claim_cycles} claims"
         )
         with psycopg.connect(url, autocommit=True, application_name="mobvibe-bench") as conn:

@@ -60,7 +60,8 @@ def run(ctx: Context) -> dict[str, Any]:
         enqueue_jobs(url, count, sessions)
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(query("vacuum_analyze_jobs"))
-        ctx.log(f"drain: {count} jobs, --workers {workers} {' '.join(extra)}")
+        where = f"{sessions} sessions" if sessions else "a session each"
+        ctx.log(f"drain: {count} jobs ({where}), --workers {workers} {' '.join(extra)}".rstrip())
         started = time.monotonic()
         with Supervisor(
             url,
