@@ -24,7 +24,7 @@ BACKOFF_CAP = 30.0
 SLEEP_SLICE = 0.1  # how quickly a stop request is noticed between sweeps
 # No statement of a sweep should take long (every batch is bounded); one that
 # does is stuck behind something, and the next sweep will try again.
-STATEMENT_TIMEOUT_MS = 60_000
+SWEEP_TIMEOUT_MS = 60_000
 
 
 def serve_forever(url: str, settings: ReaperSettings, should_stop: Callable[[], bool]) -> None:
@@ -43,7 +43,7 @@ def serve_forever(url: str, settings: ReaperSettings, should_stop: Callable[[], 
         while not should_stop():
             try:
                 conn = conn if conn is not None and not conn.closed else _connect(url)
-                run_once(conn, settings)
+                run_once(conn, settings, SWEEP_TIMEOUT_MS)
                 failures, delay = 0, settings.interval * random.uniform(1 - JITTER, 1 + JITTER)  # noqa: S311
             except (DatabaseUnavailableError, psycopg.Error) as exc:
                 failures += 1
@@ -71,11 +71,12 @@ def run_daemon(url: str, settings: ReaperSettings) -> int:
 
 
 def _connect(url: str) -> psycopg.Connection[Any]:
-    return db.connect(
-        url,
-        application_name="mobvibe-reaper",
-        options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
-    )
+    """A connection that keeps no session state, so that it may go through PgBouncer in
+    transaction mode: no startup options, no prepared statements (a sweep every few
+    seconds gains nothing from them)."""
+    conn = db.connect(url, application_name="mobvibe-reaper")
+    conn.prepare_threshold = None
+    return conn
 
 
 def _close(conn: psycopg.Connection[Any] | None) -> None:

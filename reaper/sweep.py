@@ -101,19 +101,25 @@ class SweepResult:
         }
 
 
-def run_once(conn: psycopg.Connection[Any], settings: ReaperSettings) -> SweepResult:
+def run_once(
+    conn: psycopg.Connection[Any], settings: ReaperSettings, timeout_ms: int | None = None
+) -> SweepResult:
     """Sweep once on `conn` (autocommit); counts, logs and records the run.
 
     Each call of queue_sweep is one statement doing a bounded batch of every duty:
     an idle sweep costs the database one statement; a busy one calls again while
-    a batch was full.
+    a batch was full. `timeout_ms`: each call is cancelled after that long (a batch
+    is bounded: one that takes long is stuck behind something, and the next sweep
+    tries again).
     """
     started = clock.monotonic()
     requeued = dead_lettered = cancelled = 0
     pruned = {"completed": 0, "failed": 0, "cancelled": 0}
     try:
         while True:
-            batch = store.sweep(conn, settings.name, settings.batch_size, settings.prune_batch)
+            batch = store.sweep(
+                conn, settings.name, settings.batch_size, settings.prune_batch, timeout_ms
+            )
             for reaped in batch.reaped:
                 outcome = _reaped(reaped, settings.name)
                 requeued += outcome == "requeued"

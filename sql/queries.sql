@@ -65,6 +65,10 @@ SELECT job_id, session_id, will_retry, new_status, pruned_completed, pruned_fail
        retain_completed, retain_failed
 FROM queue_sweep(%(reaper)s, %(batch_size)s, %(prune_batch)s)
 
+-- A statement timeout for the rest of this transaction only.
+-- name: local_statement_timeout
+SELECT set_config('statement_timeout', %(ms)s, true)
+
 -- The reaper's report: retries waiting for their run_at. Only pending rows
 -- are read (get_queue_stats would count every completed job each sweep).
 -- name: waiting_retries

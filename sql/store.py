@@ -523,11 +523,22 @@ def reap_expired(conn: Conn, batch_size: int) -> list[Reaped]:
     return [Reaped(*row) for row in rows]
 
 
-def sweep(conn: Conn, reaper: str, batch_size: int, prune_batch: int) -> SweepBatch:
-    """One bounded batch of every sweep duty (reap, prune, record the run) in one statement."""
-    rows = conn.execute(
-        query("sweep"), {"reaper": reaper, "batch_size": batch_size, "prune_batch": prune_batch}
-    ).fetchall()
+def sweep(
+    conn: Conn, reaper: str, batch_size: int, prune_batch: int, timeout_ms: int | None = None
+) -> SweepBatch:
+    """One bounded batch of every sweep duty (reap, prune, record the run) in one statement.
+
+    `timeout_ms`: the statement is cancelled after that long, set in its own
+    transaction (SET LOCAL), not on the session: the connection may go through a
+    transaction pooler, which shares sessions and refuses startup options.
+    """
+    params = {"reaper": reaper, "batch_size": batch_size, "prune_batch": prune_batch}
+    if timeout_ms is None:
+        rows = conn.execute(query("sweep"), params).fetchall()
+    else:
+        with conn.transaction():
+            conn.execute(query("local_statement_timeout"), {"ms": str(timeout_ms)})
+            rows = conn.execute(query("sweep"), params).fetchall()
     *reaped, last = rows
     return SweepBatch(
         [

@@ -25,7 +25,7 @@ from mobvibe.durations import Duration, format_duration
 from mobvibe.errors import ConfigError, MigrationError, QueueError
 from mobvibe.logs import event
 from mobvibe.reaper import sweep
-from mobvibe.reaper.daemon import run_daemon
+from mobvibe.reaper.daemon import SWEEP_TIMEOUT_MS, run_daemon
 from mobvibe.sql import db
 from mobvibe.sql.migrate import schema_is_current
 
@@ -119,7 +119,7 @@ def _sweep_once(url: str, settings: sweep.ReaperSettings) -> dict[str, object]:
     with db.connect(url, application_name="mobvibe-reaper") as conn:
         _require_migrated(conn)
         try:
-            return sweep.run_once(conn, settings).as_dict()
+            return sweep.run_once(conn, settings, SWEEP_TIMEOUT_MS).as_dict()
         except psycopg.Error as exc:
             raise SweepFailedError(f"the sweep failed: {db.first_line(exc)}") from None
 

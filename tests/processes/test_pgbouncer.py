@@ -8,12 +8,14 @@ installs it as root, and the tests skip with a reason where it is missing.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pwd
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +31,8 @@ from mobvibe.client import JobQueue
 from mobvibe.sql.jobs import NewJob
 from tests.helpers import count, wait_for
 from tests.processes.conftest import FAST, Running, free_port
+
+REAPER = str(Path(sys.executable).with_name("mobvibe-reaper"))
 
 CONFIG = """\
 [databases]
@@ -221,3 +225,52 @@ def test_cancel_through_pgbouncer_ends_the_running_command(
         os.kill(pid, 0)
         wait_for(lambda: not Path(f"/proc/{pid}").exists(), timeout=5, message="gone")
     assert running.proc.poll() is None
+
+
+def _expire(conn: psycopg.Connection[Any], job_id: Any) -> None:
+    conn.execute(
+        "UPDATE coding_jobs SET heartbeat_at = now() - interval '5 seconds' WHERE id = %s",
+        [job_id],
+    )
+
+
+def test_the_reaper_sweeps_through_pgbouncer(
+    queue: JobQueue, conn: psycopg.Connection[Any], bouncer: Bouncer, tmp_path: Path
+) -> None:
+    """`--once` (the CronJob) and the daemon: no startup option, no prepared statement (the
+    daemon sweeps more often than psycopg's threshold of five), nothing on the session."""
+    conn.execute("UPDATE queue_config SET heartbeat_timeout = '1 second'")
+    first, second = queue.enqueue("orphaned"), queue.enqueue("orphaned too")
+    assert queue.claim() is not None and queue.claim() is not None
+    env = {**os.environ, "DATABASE_URL": bouncer.url}
+    _expire(conn, first)
+    once = subprocess.run(
+        [REAPER, "--once"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert once.returncode == 0, once.stderr
+    assert json.loads(once.stdout)["requeued"] == 1
+
+    log = tmp_path / "reaper.log"
+    with log.open("wb") as out:
+        daemon = subprocess.Popen(
+            [REAPER, "--interval", "0.1", "--log-format", "json", "--log-level", "debug"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        _expire(conn, second)
+
+        def swept() -> int:
+            return log.read_text(errors="replace").count('"reaper_swept"')
+
+        wait_for(lambda: swept() >= 10, timeout=30, message="ten sweeps through the pooler")
+        assert getattr(queue.get(second), "retry_count", None) == 1
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(10) == 0
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait(10)
+    failures = [line for line in log.read_text().splitlines() if '"level": "ERROR"' in line]
+    assert not failures and '"reaper_sweep_failed"' not in log.read_text(), log.read_text()[-2000:]
