@@ -27,10 +27,13 @@ class JobQueue:
     """Enqueue, claim, heartbeat, complete, fail and inspect jobs.
 
     Each call borrows a connection from a small pool; pass `conn=` to run an
-    enqueue inside the caller's own transaction instead.
+    enqueue inside the caller's own transaction instead. `prepare=False` when `url`
+    is a transaction pooler that keeps no prepared statements (PgBouncer before
+    1.21, or with max_prepared_statements 0): a statement sent often is otherwise
+    prepared on its fifth use, on one server connection of the pooler's.
     """
 
-    def __init__(self, url: str, *, max_size: int = 4) -> None:
+    def __init__(self, url: str, *, max_size: int = 4, prepare: bool = True) -> None:
         self.url = db.validate_url(url)
         self._pool = ConnectionPool(
             self.url,
@@ -42,6 +45,7 @@ class JobQueue:
                 "autocommit": True,
                 "connect_timeout": db.CONNECT_TIMEOUT_DEFAULT,
                 "application_name": "mobvibe-client",
+                **({} if prepare else {"prepare_threshold": None}),
             },
         )
 

@@ -274,3 +274,26 @@ def test_the_reaper_sweeps_through_pgbouncer(
             daemon.wait(10)
     failures = [line for line in log.read_text().splitlines() if '"level": "ERROR"' in line]
     assert not failures and '"reaper_sweep_failed"' not in log.read_text(), log.read_text()[-2000:]
+
+
+def test_a_producer_enqueues_through_pgbouncer_without_preparing(
+    conn: psycopg.Connection[Any], bouncer: Bouncer
+) -> None:
+    """One-by-one enqueues past psycopg's threshold of five, each on whichever server
+    connection the pooler gives: nothing prepared, nothing lost. Another client holds
+    the server connection the producer used last, every other time, so that the
+    producer's statements move between server connections."""
+    ids = []
+    with (
+        JobQueue(bouncer.url, max_size=1, prepare=False) as producer,
+        psycopg.connect(bouncer.url, autocommit=True, prepare_threshold=None) as other,
+    ):
+        session = producer.create_session()
+        for i in range(20):
+            with contextlib.ExitStack() as held:
+                if i % 2:
+                    held.enter_context(other.transaction())
+                    other.execute("SELECT 1")
+                ids.append(producer.enqueue(f"prompt {i}", session_id=session))
+    assert len(set(ids)) == 20
+    assert count(conn, "pending") == 20
