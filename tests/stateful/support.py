@@ -23,7 +23,7 @@ T0 = datetime(2030, 1, 1, tzinfo=UTC)
 LEASE = timedelta(seconds=10)  # the reaper's heartbeat timeout
 BASE = timedelta(seconds=4)  # queue_config.backoff_base for these suites
 CAP = timedelta(seconds=10)  # queue_config.backoff_cap: reached at the third failure
-STATUSES = ("pending", "processing", "completed", "failed")
+STATUSES = ("pending", "processing", "completed", "failed", "cancelled")
 REAPER_MESSAGE = "heartbeat expired: no heartbeat for 00:00:10"  # LEASE as interval text
 
 
@@ -133,18 +133,21 @@ def insert_job(
     max_retries: int = 3,
     run_at: datetime | None = None,
     created_at: datetime | None = None,
+    idempotency_key: str | None = None,
 ) -> tuple[uuid.UUID, datetime, datetime]:
     """A plain INSERT, with run_at given or left to its now() default; created_at, which
-    an INSERT may not give, moved afterwards by the owner in the same transaction.
+    an INSERT may not give, moved afterwards by the owner in the same transaction. A key
+    its session already has: unique_violation.
 
     Returns (id, created_at, run_at) as the database stored them.
     """
     with conn.transaction():
         row = conn.execute(
-            "INSERT INTO coding_jobs (session_id, prompt, priority, max_retries, run_at)"
-            " VALUES (%s, 'stateful test', %s, %s, coalesce(%s, now()))"
+            "INSERT INTO coding_jobs"
+            " (session_id, prompt, priority, max_retries, run_at, idempotency_key)"
+            " VALUES (%s, 'stateful test', %s, %s, coalesce(%s, now()), %s)"
             " RETURNING id, created_at, run_at",
-            [session_id, priority, max_retries, run_at],
+            [session_id, priority, max_retries, run_at, idempotency_key],
         ).fetchone()
         assert row is not None
         if created_at is not None:
@@ -200,12 +203,15 @@ class Row:
     lease_token: uuid.UUID | None
     end_reason: str | None
     error_message: str | None
+    cancel_requested_at: datetime | None
+    idempotency_key: str | None
 
 
 ROW_QUERY = (
     "SELECT id, seq, session_id, priority, status, retry_count, max_retries, attempt,"
     " created_at, run_at, started_at, completed_at, heartbeat_at, worker_id,"
-    " lease_token, end_reason, error_message FROM coding_jobs"
+    " lease_token, end_reason, error_message, cancel_requested_at, idempotency_key"
+    " FROM coding_jobs"
 )
 
 
@@ -225,10 +231,26 @@ def stats(conn: psycopg.Connection[Any]) -> Any:
     return conn.execute("SELECT s.*, queue_next_run_at() FROM get_queue_stats() s").fetchone()
 
 
-def sessions(conn: psycopg.Connection[Any]) -> dict[uuid.UUID, tuple[str, str | None]]:
-    """Every session: (status, error_message)."""
-    rows = conn.execute("SELECT id, status, error_message FROM coding_sessions").fetchall()
-    return {r[0]: (r[1], r[2]) for r in rows}
+def sessions(conn: psycopg.Connection[Any]) -> dict[uuid.UUID, tuple[str, str | None, int]]:
+    """Every session: (status, error_message, max_concurrency)."""
+    rows = conn.execute(
+        "SELECT id, status, error_message, max_concurrency FROM coding_sessions"
+    ).fetchall()
+    return {r[0]: (r[1], r[2], r[3]) for r in rows}
+
+
+AttemptRow = tuple[
+    str | None, datetime, datetime | None, str | None, str | None
+]  # worker_id, started_at, ended_at, end_reason, error_message
+
+
+def attempts(conn: psycopg.Connection[Any]) -> dict[tuple[uuid.UUID, int], AttemptRow]:
+    """Every row of coding_job_attempts, by (job_id, attempt)."""
+    rows = conn.execute(
+        "SELECT job_id, attempt, worker_id, started_at, ended_at, end_reason, error_message"
+        " FROM coding_job_attempts"
+    ).fetchall()
+    return {(r[0], r[1]): (r[2], r[3], r[4], r[5], r[6]) for r in rows}
 
 
 # --- Model-free invariants, for the concurrent scenarios ------------------------------------
@@ -239,21 +261,30 @@ class Observed:
     """One look at the whole queue: every job row, every session, the statistics."""
 
     rows: dict[uuid.UUID, Row]
-    sessions: dict[uuid.UUID, tuple[str, str | None]]
+    sessions: dict[uuid.UUID, tuple[str, str | None, int]]
     stats: tuple[Any, ...]
+    attempts: dict[tuple[uuid.UUID, int], AttemptRow]
 
 
-def check_queue_invariants(conn: psycopg.Connection[Any], expected_ids: set[Any]) -> Observed:
+def check_queue_invariants(
+    conn: psycopg.Connection[Any], expected_ids: set[Any], lowered: Iterable[Any] = ()
+) -> Observed:
     """The invariants that hold whatever the interleaving; returns what it looked at.
 
     - no job lost and none appeared: the ids are exactly the expected ones;
     - every job is in one known status; 0 <= retry_count <= max_retries;
     - `failed` exactly when retry_count = max_retries, and then its session is failed;
     - `processing` exactly when a heartbeat is set, always with a lease; no two
-      processing jobs share a lease;
-    - get_queue_stats() counts equal a direct count.
+      processing jobs share a lease; a cancel is requested only of a job that ran;
+    - no session has more processing jobs than its max_concurrency (`lowered`: the
+      sessions whose max_concurrency was lowered, whose running jobs were not stopped);
+    - one row per (session, idempotency key);
+    - coding_job_attempts: a row per claim (numbered 1 to the job's attempt), open
+      exactly while the job is processing, and then only its latest; a closed row has
+      an end_reason;
+    - get_queue_stats() counts (cancelled_count too) equal a direct count.
     """
-    seen = Observed(snapshot(conn), sessions(conn), tuple(stats(conn)))
+    seen = Observed(snapshot(conn), sessions(conn), tuple(stats(conn)), attempts(conn))
     rows = seen.rows
     assert set(rows) == expected_ids, (
         f"lost: {expected_ids - set(rows)}, appeared unasked: {set(rows) - expected_ids}"
@@ -267,10 +298,29 @@ def check_queue_invariants(conn: psycopg.Connection[Any], expected_ids: set[Any]
         assert (row.status == "processing") == (row.heartbeat_at is not None), row
         if row.status == "processing":
             assert row.lease_token is not None
+        if row.cancel_requested_at is not None:
+            assert row.status in ("processing", "completed", "cancelled"), row
     live = [r.lease_token for r in rows.values() if r.status == "processing"]
     assert len(live) == len(set(live)), "two processing jobs share a lease"
+    running = Counter(r.session_id for r in rows.values() if r.status == "processing")
+    exempt = set(lowered)
+    for session_id, n in running.items():
+        if session_id not in exempt:
+            assert n <= seen.sessions[session_id][2], f"session {session_id}: {n} running"
+    keyed = Counter((r.session_id, r.idempotency_key) for r in rows.values() if r.idempotency_key)
+    assert all(n == 1 for n in keyed.values()), "two rows of one (session, idempotency key)"
+    numbers: dict[Any, list[int]] = {job_id: [] for job_id in rows}
+    for (job_id, number), (_, _, ended_at, end_reason, _) in seen.attempts.items():
+        numbers[job_id].append(number)
+        job = rows[job_id]
+        still_open = job.status == "processing" and number == job.attempt
+        assert (ended_at is None) == still_open, f"attempt {number} of {job}"
+        assert (end_reason is None) == still_open, f"attempt {number} of {job}"
+    for job_id, seen_numbers in numbers.items():
+        assert sorted(seen_numbers) == list(range(1, rows[job_id].attempt + 1)), rows[job_id]
     counts = Counter(r.status for r in rows.values())
-    assert seen.stats[:4] == tuple(counts[s] for s in STATUSES), "stats differ from a count"
+    expected = tuple(counts[s] for s in STATUSES)
+    assert (*seen.stats[:4], seen.stats[7]) == expected, "stats differ from a count"
     return seen
 
 

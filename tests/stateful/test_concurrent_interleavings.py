@@ -40,10 +40,13 @@ import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
 
+from mobvibe.sql import store
+from mobvibe.sql.jobs import NewJob
 from tests.stateful.support import (
     BASE,
     CAP,
     LEASE,
+    REAPER_MESSAGE,
     T0,
     Clocked,
     check_queue_invariants,
@@ -61,6 +64,7 @@ from tests.stateful.support import (
 LATE = T0 + LEASE + timedelta(seconds=1)  # every heartbeat from T0 has expired
 LATER = LATE + CAP + timedelta(seconds=1)  # every retry requeued at LATE is due
 pauses = st.integers(0, 400)  # microseconds before a thread makes its call
+END_REASONS = ["cancelled", "completed", "released", "error", "worker_exited"]
 
 
 def pause(micros: int) -> None:
@@ -78,7 +82,9 @@ class Rig:
         self.operator = Clocked(url, "operator")
         self.listener = psycopg.connect(url, autocommit=True)
         self.changes: list[dict[str, Any]] = []
+        self.cancels: list[dict[str, Any]] = []  # job_cancel: a supervisor told to stop
         self.listener.execute("LISTEN job_status_changed")
+        self.listener.execute("LISTEN job_cancel")
 
     def fresh(self) -> uuid.UUID:
         """Empty queue, no pending notifications; a new session."""
@@ -86,21 +92,30 @@ class Rig:
         reset(conn)
         self.heard()
         self.changes.clear()
+        self.cancels.clear()
         return new_session(conn)
 
     def heard(self) -> list[dict[str, Any]]:
-        """The status changes committed so far."""
+        """The status changes committed so far (and the job_cancel notifications)."""
         self.listener.execute("SELECT 1")  # collects those that arrived into the backlog
-        self.changes.extend(json.loads(n.payload) for n in self.listener.notifies(timeout=0.01))
+        for n in self.listener.notifies(timeout=0.01):
+            heard = self.cancels if n.channel == "job_cancel" else self.changes
+            heard.append(json.loads(n.payload))
         return self.changes
 
     def terminal(self, job_id: Any) -> Counter[str]:
-        """How many times the job entered completed and failed."""
+        """How many times the job entered completed, failed and cancelled."""
         return Counter(
             c["new_status"]
             for c in self.heard()
-            if c["job_id"] == str(job_id) and c["new_status"] in ("completed", "failed")
+            if c["job_id"] == str(job_id)
+            and c["new_status"] in ("completed", "failed", "cancelled")
         )
+
+    def told_to_cancel(self, job_id: Any) -> int:
+        """How many job_cancel notifications named the job."""
+        self.heard()
+        return sum(c["job_id"] == str(job_id) for c in self.cancels)
 
     def close(self) -> None:
         for conn in (*self.workers, *self.reapers, self.operator):
@@ -453,3 +468,241 @@ def test_complete_racing_the_expiry_sweep_has_exactly_one_winner(
             assert row.retry_count == 1
             assert row.status == ("pending" if max_retries > 1 else "failed")
             assert rig.terminal(job_id) == (Counter(failed=1) if max_retries == 1 else Counter())
+
+
+# --- cancel racing the end of an attempt ----------------------------------------------------
+
+
+def attempt_rows(conn: psycopg.Connection[Any], job_id: Any) -> list[tuple[Any, ...]]:
+    """The job's coding_job_attempts rows: (attempt, worker_id, end_reason, error_message)."""
+    return [
+        tuple(r)
+        for r in conn.execute(
+            "SELECT attempt, worker_id, end_reason, error_message FROM coding_job_attempts"
+            " WHERE job_id = %s ORDER BY attempt",
+            [job_id],
+        ).fetchall()
+    ]
+
+
+@interleaving_settings()
+@given(
+    end=st.sampled_from(["complete", "fail"]),
+    max_retries=st.integers(1, 2),
+    waits=st.lists(pauses, min_size=2, max_size=2),
+)
+def test_cancel_racing_complete_or_fail_a_completion_stands_an_accepted_cancel_is_never_retried(
+    rig: Rig, end: str, max_retries: int, waits: list[int]
+) -> None:
+    """The phone cancels a running prompt while its worker ends the attempt. A completion
+    always stands (the work was done; the cancel is true only if it came first and marked
+    the job). A failure: the cancel came first (the attempt ends cancelled, not counted,
+    not retried), or came second and cancelled the pending retry, or found the job dead-
+    lettered (false). Whenever the cancel answered true the job ends cancelled and its
+    session is not failed. Either way one terminal transition, the attempt's row closed
+    with the worker's own end, and the session's next prompt is the next claim's."""
+    session = rig.fresh()
+    op = rig.operator.at(T0)
+    job, _, _ = insert_job(op, session, max_retries=max_retries, run_at=T0, created_at=T0)
+    following, _, _ = insert_job(op, session, run_at=T0, created_at=T0)
+    claimed, token = claimed_by(rig, 0, T0)
+    assert claimed == job
+    holder, phone = rig.workers[0].at(T0), rig.workers[1].at(T0)
+
+    def finish() -> Any:
+        pause(waits[0])
+        if end == "complete":
+            return scalar(holder, "SELECT complete_job(%s, %s)", [job, token])
+        return scalar(holder, "SELECT queue_end_attempt(%s, %s, 'error', 'boom')", [job, token])
+
+    def cancel() -> bool:
+        pause(waits[1])
+        return bool(scalar(phone, "SELECT cancel_job(%s)", [job]))
+
+    ended, cancelled = run_together(finish, cancel)
+    seen = check_queue_invariants(op, {job, following})
+    row = seen.rows[job]
+    marked = row.cancel_requested_at is not None  # the cancel came while it ran
+    event(
+        f"{end}: " + ("cancel first" if marked else "cancel second" if cancelled else "no cancel")
+    )
+    assert cancelled is (marked or (end == "fail" and row.status == "cancelled"))
+    assert rig.told_to_cancel(job) == int(marked)
+    if end == "complete":
+        assert ended is True and row.status == "completed"
+        assert attempt_rows(op, job) == [(1, "w0", "completed", None)]
+    else:
+        assert attempt_rows(op, job) == [(1, "w0", "error", "boom")]
+        if marked:  # the failure of a cancel-requested attempt ends it cancelled
+            assert (ended, row.status, row.retry_count) == ("cancelled", "cancelled", 0)
+        elif cancelled:  # failed first, retry pending: the cancel ended it at once
+            assert (ended, row.status, row.retry_count, max_retries) == (
+                "pending",
+                "cancelled",
+                1,
+                2,
+            )
+        else:  # the last attempt failed first: nothing left to cancel
+            assert (ended, row.status, max_retries) == ("failed", "failed", 1)
+    if cancelled:
+        assert row.status == "cancelled" or (end == "complete" and marked)
+        assert seen.sessions[session][0] == "active", "a cancel failed its session"
+    assert rig.terminal(job) == Counter({row.status: 1})
+    assert claimed_by(rig, 2, T0 + CAP)[0] == following, "the ended job still holds its place"
+
+
+# --- cancel racing the reaper ---------------------------------------------------------------
+
+
+@interleaving_settings()
+@given(max_retries=st.integers(1, 2), waits=st.lists(pauses, min_size=2, max_size=2))
+def test_cancel_racing_the_expiry_sweep_reaps_once_and_an_accepted_cancel_is_never_retried(
+    rig: Rig, max_retries: int, waits: list[int]
+) -> None:
+    """A worker went silent; the phone cancels its prompt as the reaper sweeps it. The sweep
+    ends the attempt exactly once ('heartbeat_expired' on its row). Cancel first: the
+    sweep ends it cancelled (will_retry false, not counted). Sweep first: a retry left is
+    pending and the cancel ends it at once; the last attempt is a dead letter, and the
+    cancel answers false. A true cancel always leaves the job cancelled, its session not
+    failed."""
+    session = rig.fresh()
+    op = rig.operator.at(T0)
+    job, _, _ = insert_job(op, session, max_retries=max_retries, run_at=T0, created_at=T0)
+    assert claimed_by(rig, 0, T0)[0] == job  # then the worker dies
+    reaper, phone = rig.reapers[0].at(LATE), rig.workers[1].at(LATE)
+
+    def sweep() -> list[tuple[Any, ...]]:
+        pause(waits[0])
+        rows = reaper.execute(
+            "SELECT job_id, will_retry, new_status FROM queue_reap_expired(100)"
+        ).fetchall()
+        return [tuple(r) for r in rows]
+
+    def cancel() -> bool:
+        pause(waits[1])
+        return bool(scalar(phone, "SELECT cancel_job(%s)", [job]))
+
+    swept, cancelled = run_together(sweep, cancel)
+    seen = check_queue_invariants(op, {job})
+    row = seen.rows[job]
+    marked = row.cancel_requested_at is not None
+    event("cancel first" if marked else "sweep first")
+    assert len(swept) == 1, f"the attempt was not swept exactly once: {swept}"
+    (_, will_retry, new_status) = swept[0]
+    assert attempt_rows(op, job) == [(1, "w0", "heartbeat_expired", REAPER_MESSAGE)]
+    assert rig.told_to_cancel(job) == int(marked)
+    if marked:
+        assert (will_retry, new_status, cancelled) == (False, "cancelled", True)
+        assert (row.status, row.retry_count, row.end_reason) == ("cancelled", 0, "cancelled")
+    elif max_retries > 1:
+        assert (will_retry, new_status, cancelled) == (True, "pending", True)
+        assert (row.status, row.retry_count) == ("cancelled", 1)
+    else:
+        assert (will_retry, new_status, cancelled) == (False, "failed", False)
+        assert row.status == "failed" and seen.sessions[session][0] == "failed"
+    if cancelled:
+        assert seen.sessions[session][0] == "active", "a cancel failed its session"
+    assert rig.terminal(job) == Counter({row.status: 1})
+
+
+# --- cancel racing a claim ------------------------------------------------------------------
+
+
+@interleaving_settings()
+@given(waits=st.lists(pauses, min_size=2, max_size=2), end=st.sampled_from(END_REASONS))
+def test_cancel_racing_a_claim_never_hands_out_a_cancelled_job_and_a_claimed_one_holds_its_place(
+    rig: Rig, waits: list[int], end: str
+) -> None:
+    """The phone cancels a due prompt as a worker claims. The cancel always answers true.
+    Cancel first: the job is cancelled without an attempt, and the claim gets nothing or
+    the session's next prompt (promoted by the cancel). Claim first: the worker holds the
+    job, marked, told by job_cancel and by its renewal; the next prompt waits until that
+    attempt has ended (however it ends: cancelled unless it completes)."""
+    session = rig.fresh()
+    op = rig.operator.at(T0)
+    job, _, _ = insert_job(op, session, priority=5, run_at=T0, created_at=T0)
+    following, _, _ = insert_job(op, session, run_at=T0, created_at=T0)
+    claimer, phone = rig.workers[0].at(T0), rig.workers[1].at(T0)
+
+    def take() -> Any:
+        pause(waits[0])
+        return claim(claimer, "w0")
+
+    def cancel() -> bool:
+        pause(waits[1])
+        return bool(scalar(phone, "SELECT cancel_job(%s)", [job]))
+
+    got, cancelled = run_together(take, cancel)
+    assert cancelled is True
+    seen = check_queue_invariants(op, {job, following})
+    row = seen.rows[job]
+    taken = None if got is None else got[0]
+    event("claim first" if taken == job else f"cancel first, claimed {taken == following}")
+    if taken != job:
+        assert (row.status, row.attempt, row.cancel_requested_at) == ("cancelled", 0, None)
+        assert attempt_rows(op, job) == []
+        assert rig.told_to_cancel(job) == 0
+        if taken is None:
+            assert claimed_by(rig, 2, T0)[0] == following
+        return
+    token = got[3]
+    assert (row.status, row.lease_token, row.cancel_requested_at) == ("processing", token, T0)
+    assert rig.told_to_cancel(job) == 1
+    renewal = claimer.execute(
+        "SELECT renewed, cancel_requested FROM queue_renew_leases(%s, %s)", [[job], [token]]
+    ).fetchone()
+    assert renewal == (True, True)
+    assert claimed_by(rig, 2, T0) == (None, None), "the next prompt overtook a running one"
+    outcome = scalar(claimer, "SELECT queue_end_attempt(%s, %s, %s)", [job, token, end])
+    assert outcome == ("completed" if end == "completed" else "cancelled")
+    failure = end not in ("cancelled", "completed", "released")
+    assert attempt_rows(op, job) == [(1, "w0", end, end if failure else None)]
+    assert claimed_by(rig, 2, T0)[0] == following
+    assert check_queue_invariants(op, {job, following}).sessions[session][0] == "active"
+
+
+# --- two identical submits ------------------------------------------------------------------
+
+
+@interleaving_settings()
+@given(
+    raw=st.lists(st.booleans(), min_size=2, max_size=4),
+    waits=st.lists(pauses, min_size=4, max_size=4),
+)
+def test_identical_submits_at_once_make_one_row_and_every_client_gets_its_id(
+    rig: Rig, raw: list[bool], waits: list[int]
+) -> None:
+    """Two to four connections submit the same session and idempotency key at the same
+    instant, through the client's enqueue or a raw INSERT. One row is made; every
+    client's enqueue answers with its id; of the raw INSERTs, all but (at most) the one
+    that made the row fail with unique_violation; the row is a plain first prompt."""
+    session = rig.fresh()
+    op = rig.operator.at(T0)
+
+    def submit(index: int) -> tuple[str, Any]:
+        conn = rig.workers[index].at(T0)
+        pause(waits[index])
+        if raw[index]:
+            try:
+                return "inserted", insert_job(conn, session, idempotency_key="tap")[0]
+            except psycopg.errors.UniqueViolation:
+                return "refused", None
+        new = NewJob(prompt="double tap", session_id=session, idempotency_key="tap")
+        return "client", store.enqueue(conn, new.validated())
+
+    results = run_all(submit, len(raw))
+    ids = {job_id for _, job_id in results if job_id is not None}
+    assert len(ids) == 1, f"one key, several jobs: {results}"
+    (job,) = ids
+    outcomes = Counter(kind for kind, _ in results)
+    event(
+        f"{len(raw)} submits, the row made by "
+        + ("a raw INSERT" if outcomes["inserted"] else "the client")
+    )
+    assert outcomes["inserted"] <= 1 and outcomes["inserted"] + outcomes["refused"] == sum(raw)
+    if outcomes["client"] == 0:
+        assert outcomes["inserted"] == 1, "every raw INSERT was refused: no row"
+    seen = check_queue_invariants(op, {job})
+    row = seen.rows[job]
+    assert (row.status, row.idempotency_key, row.session_id) == ("pending", "tap", session)
+    assert claimed_by(rig, 0, T0 + timedelta(seconds=1))[0] == job

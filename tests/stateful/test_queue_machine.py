@@ -2,11 +2,29 @@
 
 Three workers (w1, w2, w3), an operator and a reaper each drive the SQL interface on
 a connection of their own; every connection's queue_now() follows the model's clock,
-and the backoff has no jitter, so every timestamp is compared exactly. Rules: enqueue
-(priority 0..10, max_retries 1..4, run_at past/now/future, some plain INSERTs), claim,
-heartbeat, complete, complete-and-claim, fail, release at shutdown, a worker dies,
-operator complete/fail without a lease, advance the clock, reaper sweep, zombie writes
-with stale leases, requeue from dead letters, prune.
+and the backoff has no jitter, so every timestamp is compared exactly.
+
+Three sessions, each created with a max_concurrency drawn from 1, 1, 2, 3. Rules:
+enqueue (priority 0..10, max_retries 1..4, run_at past/now/future, some plain INSERTs,
+some with an idempotency key: a raw INSERT of a key its session has is refused, the
+client's enqueue answers with the first job's id), a double tap (the same key twice in
+a row), an operator changing a session's max_concurrency (up or down), claim, heartbeat
+(one worker's, or a pod's queue_renew_leases of every held lease, which also says
+whether a cancel was asked), complete, complete-and-claim, fail, release at shutdown,
+queue_end_attempt / queue_end_and_claim with every kind of end, a worker dies, the
+phone's cancel_job of any job (or queue_cancel_session), a cancel of a running job, a
+worker that obeys a cancel (ends the attempt 'cancelled'), operator complete/fail
+without a lease, requeue from dead letters, an operator's retry of a failed or
+cancelled job (queue_retry_job), advance the clock, reaper sweep, zombie writes with
+stale leases (a cancelled attempt's late writes among them), prune (completed, failed,
+cancelled).
+
+The model follows the session order rule exactly (model.py): a job may start only when
+fewer than max_concurrency unfinished jobs of its session were submitted before it; a
+retry keeps its place, an operator's requeue or retry goes to the back; a job being
+cancelled holds its place until its attempt ends. A cancel-requested attempt that
+fails, is released, expires or is failed by an operator ends cancelled (not counted,
+not retried, its session not failed); one that completes ends completed.
 
 Checked after every step (the database against the model):
   I1  the set of job ids equals the model's: none disappears except by prune, none
@@ -14,36 +32,58 @@ Checked after every step (the database against the model):
   I2  every job is in exactly one status, and each row equals the model: status,
       retry_count, attempt, run_at (exact: backoff = min(cap, base * 2^(n-1))),
       created_at, started_at, completed_at, heartbeat_at, lease_token, worker_id,
-      end_reason, error_message, seq (a requeue draws a new one);
-  I3  get_queue_stats() equals the model: the four counts, oldest_pending_age,
-      waiting_retry_count, next_run_at; queue_next_run_at() too (the jobs waiting for
-      their session left out);
+      end_reason, error_message, cancel_requested_at, idempotency_key, seq (a requeue
+      or retry draws a new one, and so does every INSERT, a refused one too);
+  I3  get_queue_stats() equals the model: the five counts (cancelled_count too),
+      oldest_pending_age, waiting_retry_count, next_run_at; queue_next_run_at() too
+      (the jobs waiting for their session left out);
   I4  0 <= retry_count <= max_retries; `failed` exactly when retry_count = max_retries
       (workers, operator or reaper exhausted the attempts), and then its session is
-      failed; sessions' status and error_message equal the model's;
+      failed; sessions' status, error_message and max_concurrency equal the model's;
   I5  `processing` exactly when a lease and heartbeat are set; no two jobs share a
-      live lease; at most one worker holds a live lease on a job.
+      live lease; at most one worker holds a live lease on a job;
+  I9  never more than max_concurrency processing jobs per session; precisely: the k-th
+      running job of a session in submission order was claimed while max_concurrency
+      was at least k (after a lowering, the running jobs are not stopped, and a job
+      that had started before may start again: the rule counts only those ahead);
+  I10 a cancelled job never changes again (never claimed, retried by the queue,
+      completed or failed: its row stays as the cancel left it) until an operator's
+      retry or prune; a step that cancelled a job left its session as it was (unless
+      a job of that session was dead-lettered in the same step);
+  I11 one row per (session, idempotency key), and the key of each row is the model's;
+  I12 coding_job_attempts equals the attempts made: a row per claim (1..attempt), open
+      exactly while the job is processing under its latest attempt, closed with the
+      model's ended_at, end_reason (completed, released, cancelled, error,
+      heartbeat_expired, deadline_exceeded, ...: what happened to the attempt, also
+      when the job ended cancelled) and error_message ('completed by an operator' for
+      an operator's completion).
 Checked by the rules themselves:
-  I6  a claim returns the model's job (due, allowed by the order rule of its session:
-      no earlier unfinished job of it, then highest priority, then seq) with its
-      attempt, retry_count, max_retries, priority, or none when none is due; nothing is
-      claimed before its run_at; lease tokens never repeat;
+  I6  a claim returns the model's job (due, allowed by the order rule of its session,
+      then highest priority, then seq) with its attempt, retry_count, max_retries,
+      priority, or none when none is due; nothing is claimed before its run_at; lease
+      tokens never repeat; an end's answer (complete_job, fail_job, queue_end_attempt,
+      cancel_job, queue_retry_job, ...) is the model's;
   I7  a stale lease changes nothing: heartbeat false, fail NULL, release false,
-      complete false (true only for the lease that completed the job: a retried
-      commit), and the whole row, updated_at included, is byte-for-byte unchanged;
+      queue_end_attempt NULL, complete false (true only for the lease that completed
+      the job: a retried commit), and the whole row, updated_at included, is
+      byte-for-byte unchanged;
   I8  a reaper sweep returns exactly the jobs whose heartbeat is older than the
       timeout (the oldest ones when the batch is smaller), each with the model's
       will_retry; prune deletes exactly the jobs finished before the age, oldest first.
+The summary line counts what the examples exercised (the ends of cancel-requested
+attempts by path, double taps, sessions running several jobs at once, ...).
 A companion test checks the backoff bounds with jitter: base*2^(n-1) .. *(1 + jitter).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections import Counter, defaultdict
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
+import psycopg
 import pytest
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -57,7 +97,9 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from tests.stateful.model import Job, Lease, Model
+from mobvibe.sql import store
+from mobvibe.sql.jobs import NewJob
+from tests.stateful.model import Job, Lease, Model, Session
 from tests.stateful.support import (
     BASE,
     CAP,
@@ -66,6 +108,7 @@ from tests.stateful.support import (
     REAPER_MESSAGE,
     STATUSES,
     T0,
+    AttemptRow,
     Clocked,
     Row,
     backoff,
@@ -82,13 +125,28 @@ from tests.stateful.support import (
 
 WORKERS = ("w1", "w2", "w3")
 SESSIONS = 3
+CONCURRENCY = [1, 1, 2, 3]  # each session's max_concurrency, drawn at the start
 # Clock steps around the heartbeat timeout (10 s) and the backoff values (4, 8, 10 s).
 CLOCK_STEPS = [0.5, 1, 3.999, 4, 6, 8, 9.999, 10, 10.001, 12, 30, 120]
+TAP_KEYS = ["tap-1", "tap-2"]  # a few keys, so that they repeat within a session
+# How a worker ends an attempt with queue_end_attempt: each kind of end, several failures.
+END_REASONS = [
+    "cancelled",
+    "completed",
+    "released",
+    "error",
+    "deadline_exceeded",
+    "worker_exited",
+    "lease_lost",
+]
 
 
 @dataclass(frozen=True)
 class Spec:
-    """A job to enqueue: run_at = clock + delay, created_at = clock - age (or plain INSERT)."""
+    """A job to enqueue: run_at = clock + delay, created_at = clock - age (or plain INSERT).
+
+    With an idempotency key: `plain` is a raw INSERT (a key its session has: unique
+    violation), otherwise the client's enqueue (a key its session has: that job's id)."""
 
     priority: int
     max_retries: int
@@ -96,6 +154,7 @@ class Spec:
     age: float
     session: int
     plain: bool
+    key: str | None
 
 
 specs = st.builds(
@@ -106,16 +165,19 @@ specs = st.builds(
     age=st.sampled_from([0, 0, 0, 5]),
     session=st.integers(0, SESSIONS - 1),
     plain=st.sampled_from([False] * 7 + [True]),
+    key=st.sampled_from([None] * 10 + TAP_KEYS),
 )
 
 
 class Db:
-    """The machine's connections, opened once and kept across examples."""
+    """The machine's connections, opened once and kept across examples, and what the
+    examples exercised (printed with the summary)."""
 
     def __init__(self, url: str) -> None:
         self.conns = {name: Clocked(url, name) for name in (*WORKERS, "operator", "reaper")}
         self.examples = 0
         self.steps = 0
+        self.seen: Counter[str] = Counter()
 
     def close(self) -> None:
         for conn in self.conns.values():
@@ -129,12 +191,15 @@ class QueueMachine(RuleBasedStateMachine):
         super().__init__()
         self.db = db
         db.examples += 1
-        operator = db.conns["operator"].at(T0)
-        reset(operator)
-        self.session_ids = [new_session(operator) for _ in range(SESSIONS)]
-        self.model = Model(SESSIONS)
+        reset(db.conns["operator"].at(T0))
+        self.model = Model()
+        self.session_ids: list[Any] = []  # made by the seed
         self.holding: dict[str, Lease | None] = dict.fromkeys(WORKERS)
         self.issued: list[Lease] = []
+        # I10: each cancelled job's row as the step that cancelled it left it, until an
+        # operator's retry (or prune) takes it out
+        self.frozen: dict[int, Row] = {}
+        self.before: tuple[dict[Any, Any], dict[int, str]] | None = None  # sessions, statuses
 
     def sql(self, who: str) -> Any:
         """`who`'s connection, its queue_now() at the model's clock."""
@@ -152,43 +217,142 @@ class QueueMachine(RuleBasedStateMachine):
         assert lease is not None
         return worker, lease
 
-    def dead_letters(self) -> list[int]:
-        return [j.key for j in self.model.jobs.values() if j.status == "failed"]
+    def with_status(self, *statuses: str) -> list[int]:
+        return [j.key for j in self.model.jobs.values() if j.status in statuses]
 
     def stale_leases(self) -> list[Lease]:
         return [lease for lease in self.issued if not self.model.live(lease)]
 
+    def note_end(self, path: str, lease: Lease | None = None, key: int | None = None) -> None:
+        """Count how a cancel-requested attempt ended (called before the model ends it):
+        `lease` a worker's (counted when live), `key` an operator's call on the job."""
+        target = lease.job if lease is not None else key
+        job = None if target is None else self.model.job(target)
+        if job is None or job.status != "processing" or job.cancel_requested_at is None:
+            return
+        if lease is None or self.model.live(lease):
+            self.db.seen[f"cancel-requested attempt ended by {path}"] += 1
+
     # --- enqueue ---------------------------------------------------------------------------
 
-    def add(self, spec: Spec) -> int:
+    def add(self, spec: Spec) -> int | None:
+        """Submit one job; its model key (the twin's, for a repeated key through the
+        client), or None when a raw INSERT repeated a key and was refused."""
         clock = self.model.clock
         session_id = self.session_ids[spec.session]
         conn = self.sql("operator")
-        if spec.plain:  # the way other MobVibe parts insert: both times are the real now()
+        run_at = clock + timedelta(seconds=spec.delay)
+        created_at = clock - timedelta(seconds=spec.age)
+        if spec.key is None and spec.plain:
+            # the way other MobVibe parts insert: both times are the real now()
             job_id, created_at, run_at = insert_job(
                 conn, session_id, priority=spec.priority, max_retries=spec.max_retries
             )
             assert created_at == run_at < T0
-        else:
+        elif spec.key is None:
             job_id, created_at, run_at = insert_job(
                 conn,
                 session_id,
                 priority=spec.priority,
                 max_retries=spec.max_retries,
-                run_at=clock + timedelta(seconds=spec.delay),
-                created_at=clock - timedelta(seconds=spec.age),
+                run_at=run_at,
+                created_at=created_at,
             )
+        else:
+            twin = self.model.keyed(spec.session, spec.key)
+            if twin is not None:
+                return self.add_twin(spec, twin, run_at, created_at)
+            if spec.plain:
+                job_id, created_at, run_at = insert_job(
+                    conn,
+                    session_id,
+                    priority=spec.priority,
+                    max_retries=spec.max_retries,
+                    run_at=run_at,
+                    created_at=created_at,
+                    idempotency_key=spec.key,
+                )
+            else:
+                job_id = store.enqueue(conn, self.new_job(spec, run_at))
+                row = conn.execute(
+                    "SELECT created_at, run_at FROM coding_jobs WHERE id = %s", [job_id]
+                ).fetchone()
+                assert row is not None and row[1] == run_at
+                created_at = row[0]
         return self.model.enqueue(
-            job_id, spec.session, spec.priority, spec.max_retries, created_at, run_at
+            job_id, spec.session, spec.priority, spec.max_retries, created_at, run_at, spec.key
         )
 
-    @initialize(target=jobs, batch=st.lists(specs, max_size=8))
-    def seed(self, batch: list[Spec]) -> Any:
-        return multiple(*(self.add(spec) for spec in batch))
+    def new_job(self, spec: Spec, run_at: Any) -> NewJob:
+        """The spec as the client's enqueue takes it."""
+        return NewJob(
+            prompt="stateful test",
+            session_id=self.session_ids[spec.session],
+            priority=spec.priority,
+            max_retries=spec.max_retries,
+            run_at=run_at,
+            idempotency_key=spec.key,
+        ).validated()
+
+    def add_twin(self, spec: Spec, twin: Job, run_at: Any, created_at: Any) -> int | None:
+        """A key its session already has: a raw INSERT is refused (unique_violation on
+        coding_jobs_idempotency_idx), the client's enqueue answers with the twin's id. Either
+        way no row is made, and the INSERT drew a seq (nextval is not transactional)."""
+        conn = self.sql("operator")
+        self.model.draw_seq()
+        if spec.plain:
+            with pytest.raises(psycopg.errors.UniqueViolation) as refused:
+                insert_job(
+                    conn,
+                    self.session_ids[spec.session],
+                    priority=spec.priority,
+                    max_retries=spec.max_retries,
+                    run_at=run_at,
+                    created_at=created_at,
+                    idempotency_key=spec.key,
+                )
+            assert refused.value.diag.constraint_name == "coding_jobs_idempotency_idx"
+            self.db.seen["repeated key refused (raw INSERT)"] += 1
+            return None
+        assert store.enqueue(conn, self.new_job(spec, run_at)) == twin.id, "another job's id"
+        self.db.seen["repeated key answered with its job (client)"] += 1
+        return twin.key
+
+    @initialize(
+        target=jobs,
+        concurrency=st.lists(st.sampled_from(CONCURRENCY), min_size=SESSIONS, max_size=SESSIONS),
+        batch=st.lists(specs, max_size=8),
+    )
+    def seed(self, concurrency: list[int], batch: list[Spec]) -> Any:
+        """Sessions created with their max_concurrency (the producer's INSERT), then jobs."""
+        conn = self.sql("operator")
+        self.session_ids = [new_session(conn, value) for value in concurrency]
+        self.model.sessions = [Session(value) for value in concurrency]
+        return multiple(*(k for k in map(self.add, batch) if k is not None))
 
     @rule(target=jobs, batch=st.lists(specs, min_size=1, max_size=4))
     def enqueue(self, batch: list[Spec]) -> Any:
-        return multiple(*(self.add(spec) for spec in batch))
+        return multiple(*(k for k in map(self.add, batch) if k is not None))
+
+    @rule(target=jobs, spec=specs, key=st.sampled_from(TAP_KEYS), first_raw=st.booleans())
+    def double_tap(self, spec: Spec, key: str, first_raw: bool) -> int:
+        """The same session and key twice in a row: one row, and the client's second
+        submit answers with its id."""
+        first = self.add(replace(spec, key=key, plain=first_raw))
+        second = self.add(replace(spec, key=key, plain=False))
+        assert second is not None and first in (None, second)
+        return second
+
+    @rule(session=st.integers(0, SESSIONS - 1), value=st.sampled_from([1, 2, 3]))
+    def set_max_concurrency(self, session: int, value: int) -> None:
+        """An operator changes how many prompts of a session may run at once."""
+        assert store.set_max_concurrency(self.sql("operator"), self.session_ids[session], value)
+        running = sum(
+            j.session == session and j.status == "processing" for j in self.model.jobs.values()
+        )
+        if value < running:
+            self.db.seen["max_concurrency lowered below the running jobs"] += 1
+        self.model.set_max_concurrency(session, value)
 
     # --- workers ---------------------------------------------------------------------------
 
@@ -224,16 +388,39 @@ class QueueMachine(RuleBasedStateMachine):
         self.took(worker, expected, claim(self.sql(worker), worker))
 
     @precondition(lambda self: self.busy_workers())
-    @rule(data=st.data())
-    def heartbeat(self, data: Any) -> None:
+    @rule(data=st.data(), pod=st.booleans())
+    def heartbeat(self, data: Any, pod: bool) -> None:
+        """One worker's queue_heartbeat, or a pod's queue_renew_leases of every attempt its
+        workers hold (renewed; cancel_requested, for a live lease whose cancel was asked)."""
+        if pod:
+            held = [(w, lease) for w, lease in self.holding.items() if lease]
+            ids = [self.model.ids[lease.job] for _, lease in held]
+            rows = (
+                self.sql(held[0][0])
+                .execute(
+                    "SELECT job_id, renewed, cancel_requested FROM queue_renew_leases(%s, %s)",
+                    [ids, [lease.token for _, lease in held]],
+                )
+                .fetchall()
+            )
+            expected = []
+            for (_, lease), job_id in zip(held, ids, strict=True):
+                renewed = self.model.heartbeat(lease)
+                asked = renewed and self.model.jobs[lease.job].cancel_requested_at is not None
+                expected.append((job_id, renewed, asked))
+            assert [tuple(r) for r in rows] == expected
+            for (worker, _), (_, renewed, _) in zip(held, expected, strict=True):
+                if not renewed:
+                    self.holding[worker] = None
+            return
         worker, lease = self.draw_busy(data)
-        expected = self.model.heartbeat(lease)
+        expected_beat = self.model.heartbeat(lease)
         got = scalar(
             self.sql(worker),
             "SELECT queue_heartbeat(%s, %s)",
             [self.model.ids[lease.job], lease.token],
         )
-        assert got is expected
+        assert got is expected_beat
         if not got:  # lease lost: the worker stops the job
             self.holding[worker] = None
 
@@ -241,6 +428,7 @@ class QueueMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def complete(self, data: Any) -> None:
         worker, lease = self.draw_busy(data)
+        self.note_end("complete_job", lease)
         expected = self.model.complete(lease)
         got = scalar(
             self.sql(worker),
@@ -254,6 +442,7 @@ class QueueMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def complete_and_claim(self, data: Any) -> None:
         worker, lease = self.draw_busy(data)
+        self.note_end("complete_job", lease)
         expected = self.model.complete(lease)
         expected_next = self.model.next_due()
         row = (
@@ -272,6 +461,7 @@ class QueueMachine(RuleBasedStateMachine):
     def fail(self, data: Any, reason: str) -> None:
         worker, lease = self.draw_busy(data)
         message = f"{worker}: {reason}"
+        self.note_end("fail_job", lease)
         expected = self.model.fail(lease, message, reason)
         got = scalar(
             self.sql(worker),
@@ -285,6 +475,7 @@ class QueueMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def release_at_shutdown(self, data: Any) -> None:
         worker, lease = self.draw_busy(data)
+        self.note_end("queue_release_job", lease)
         expected = self.model.release(lease, "released at shutdown")
         got = scalar(
             self.sql(worker),
@@ -293,6 +484,66 @@ class QueueMachine(RuleBasedStateMachine):
         )
         assert got is expected
         self.holding[worker] = None
+
+    @precondition(lambda self: self.busy_workers())
+    @rule(
+        data=st.data(),
+        end_reason=st.sampled_from(END_REASONS),
+        error=st.sampled_from([None, "the agent stopped"]),
+        and_claim=st.booleans(),
+    )
+    def end_attempt(self, data: Any, end_reason: str, error: str | None, and_claim: bool) -> None:
+        """The supervisor's end of an attempt (queue_end_attempt, or queue_end_and_claim):
+        'cancelled' after a cancel, or any other end; the job's new status comes back."""
+        worker, lease = self.draw_busy(data)
+        self.end(worker, lease, end_reason, error, and_claim=and_claim)
+
+    def end(
+        self, worker: str, lease: Lease, end_reason: str, error: str | None, *, and_claim: bool
+    ) -> None:
+        self.note_end(f"queue_end_attempt '{end_reason}'", lease)
+        job_id = self.model.ids[lease.job]
+        expected = self.model.end_attempt(lease, end_reason, error)
+        if and_claim:
+            expected_next = self.model.next_due()
+            row = (
+                self.sql(worker)
+                .execute(
+                    "SELECT * FROM queue_end_and_claim(%s, %s, %s, %s, NULL, %s)",
+                    [job_id, lease.token, end_reason, error, worker],
+                )
+                .fetchone()
+            )
+            assert row is not None and row[0] == expected
+            self.took(worker, expected_next, row[1:])
+            return
+        got = scalar(
+            self.sql(worker),
+            "SELECT queue_end_attempt(%s, %s, %s, %s)",
+            [job_id, lease.token, end_reason, error],
+        )
+        assert got == expected
+        self.holding[worker] = None
+
+    def told_to_cancel(self) -> list[str]:
+        """The busy workers whose live attempt has a cancel requested (job_cancel told them)."""
+        return [
+            w
+            for w, lease in self.holding.items()
+            if lease
+            and self.model.live(lease)
+            and self.model.jobs[lease.job].cancel_requested_at is not None
+        ]
+
+    @precondition(lambda self: self.told_to_cancel())
+    @rule(data=st.data(), and_claim=st.booleans())
+    def worker_obeys_cancel(self, data: Any, and_claim: bool) -> None:
+        """The supervisor heard job_cancel: it stops the attempt and records 'cancelled'
+        (queue_end_attempt, or queue_end_and_claim to take the next prompt at once)."""
+        worker = data.draw(st.sampled_from(self.told_to_cancel()), label="worker")
+        lease = self.holding[worker]
+        assert lease is not None
+        self.end(worker, lease, "cancelled", "cancelled from the phone", and_claim=and_claim)
 
     @precondition(lambda self: self.busy_workers())
     @rule(data=st.data())
@@ -305,9 +556,13 @@ class QueueMachine(RuleBasedStateMachine):
         self.model.clock += timedelta(seconds=silence)
 
     @precondition(lambda self: self.stale_leases())
-    @rule(data=st.data(), op=st.sampled_from(["heartbeat", "complete", "fail", "release"]))
+    @rule(
+        data=st.data(),
+        op=st.sampled_from(["heartbeat", "complete", "fail", "release", "end"]),
+    )
     def zombie_write(self, data: Any, op: str) -> None:
-        """A write under a lease that is no longer live changes nothing (I7)."""
+        """A write under a lease that is no longer live changes nothing (I7); a cancelled
+        attempt's late complete or fail among them."""
         lease = data.draw(st.sampled_from(self.stale_leases()), label="stale lease")
         job_id = self.model.ids[lease.job]
         conn = self.sql(lease.worker)
@@ -319,40 +574,97 @@ class QueueMachine(RuleBasedStateMachine):
             assert scalar(conn, "SELECT complete_job(%s, %s)", [job_id, lease.token]) is expected
         elif op == "fail":
             assert scalar(conn, "SELECT fail_job(%s, 'zombie', %s)", [job_id, lease.token]) is None
-        else:
+        elif op == "release":
             assert scalar(conn, "SELECT queue_release_job(%s, %s)", [job_id, lease.token]) is False
+        else:
+            reason = data.draw(st.sampled_from(END_REASONS), label="end reason")
+            got = scalar(
+                conn, "SELECT queue_end_attempt(%s, %s, %s)", [job_id, lease.token, reason]
+            )
+            assert got is None
+        job = self.model.job(lease.job)
+        if job is not None and job.status == "cancelled":
+            self.db.seen[f"late {op} of a cancelled job"] += 1
         assert full_row(self.sql("operator"), job_id) == before
+
+    # --- cancel ----------------------------------------------------------------------------
+
+    @rule(job=jobs, whole_session=st.sampled_from([False] * 5 + [True]))
+    def cancel(self, job: int, whole_session: bool) -> None:
+        """The phone's cancel of any job (pending, running, finished, pruned), or of its
+        whole session (queue_cancel_session)."""
+        conn = self.sql("operator")
+        found = self.model.job(job)
+        if whole_session and found is not None:
+            expected_count = self.model.cancel_session(found.session)
+            got = scalar(conn, "SELECT queue_cancel_session(%s)", [self.session_ids[found.session]])
+            assert got == expected_count
+            return
+        expected = self.model.cancel(job)
+        assert scalar(conn, "SELECT cancel_job(%s)", [self.model.ids[job]]) is expected
+
+    @precondition(lambda self: self.with_status("processing"))
+    @rule(data=st.data(), again=st.sampled_from([False] * 4 + [True]))
+    def cancel_running(self, data: Any, again: bool) -> None:
+        """A cancel of a running job: marked (true), once (again: false); it holds its
+        place until its attempt ends, however it ends."""
+        running = self.with_status("processing")
+        asked = [k for k in running if self.model.jobs[k].cancel_requested_at is not None]
+        candidates = (asked if again else [k for k in running if k not in asked]) or running
+        job = data.draw(st.sampled_from(candidates), label="running job")
+        expected = self.model.cancel(job)
+        got = scalar(self.sql("operator"), "SELECT cancel_job(%s)", [self.model.ids[job]])
+        assert got is expected
+        self.db.seen["cancel of a running job" + ("" if expected else " (again)")] += 1
 
     # --- operator --------------------------------------------------------------------------
 
-    @rule(job=jobs, action=st.sampled_from(["complete", "fail", "fail", "requeue"]))
+    def requeue(self, job: int, action: str) -> bool:
+        """queue_requeue_failed or queue_retry_job; what it answered (the model's answer)."""
+        function, statuses, reason = {
+            "requeue": ("queue_requeue_failed", ("failed",), "requeued from dead letters"),
+            "retry": ("queue_retry_job", ("failed", "cancelled"), "retried by an operator"),
+        }[action]
+        before = self.model.job(job)
+        was = before.status if before else None
+        expected = self.model.requeue(job, statuses, reason)
+        got = scalar(self.sql("operator"), f"SELECT {function}(%s)", [self.model.ids[job]])
+        assert got is expected
+        if expected and was == "cancelled":
+            del self.frozen[job]  # I10: an operator's retry is the one way out of cancelled
+            self.db.seen["operator retried a cancelled job"] += 1
+        return bool(got)
+
+    @rule(job=jobs, action=st.sampled_from(["complete", "fail", "fail", "requeue", "retry"]))
     def operator(self, job: int, action: str) -> None:
         """An operator's call without a lease, on any job: pending, running, finished, pruned."""
         conn, job_id = self.sql("operator"), self.model.ids[job]
+        if action in ("complete", "fail"):
+            self.note_end(f"the operator's {action}", key=job)
         if action == "complete":
             expected = self.model.operator_complete(job)
             assert scalar(conn, "SELECT complete_job(%s)", [job_id]) is expected
         elif action == "fail":
-            message = f"operator: cancelled job {job}"
-            expected = self.model.operator_fail(job, message)
-            assert scalar(conn, "SELECT fail_job(%s, %s)", [job_id, message]) is expected
+            message = f"operator: failed job {job}"
+            failed = self.model.operator_fail(job, message)
+            assert scalar(conn, "SELECT fail_job(%s, %s)", [job_id, message]) is failed
         else:
-            expected = self.model.requeue(job)
-            assert scalar(conn, "SELECT queue_requeue_failed(%s)", [job_id]) is expected
+            self.requeue(job, action)
 
-    @precondition(lambda self: self.dead_letters())
-    @rule(data=st.data())
-    def requeue_from_dead_letters(self, data: Any) -> None:
-        job = data.draw(st.sampled_from(self.dead_letters()), label="dead letter")
-        assert self.model.requeue(job) is True
-        assert (
-            scalar(self.sql("operator"), "SELECT queue_requeue_failed(%s)", [self.model.ids[job]])
-            is True
-        )
+    @precondition(lambda self: self.with_status("failed", "cancelled"))
+    @rule(data=st.data(), retry=st.booleans())
+    def requeue_or_retry(self, data: Any, retry: bool) -> None:
+        """A dead letter requeued (queue_requeue_failed), or a failed or cancelled job
+        retried (queue_retry_job), on purpose: the back of its session."""
+        statuses = ("failed", "cancelled") if retry else ("failed",)
+        candidates = self.with_status(*statuses) or self.with_status("cancelled")
+        job = data.draw(st.sampled_from(candidates), label="finished job")
+        retry = retry or self.model.jobs[job].status == "cancelled"
+        assert self.requeue(job, "retry" if retry else "requeue") is True
 
     @precondition(lambda self: any(j.completed_at for j in self.model.jobs.values()))
     @rule(
-        status=st.sampled_from(["completed", "failed"]),
+        status=st.sampled_from(["completed", "failed", "cancelled"]),
         age=st.sampled_from([1, 5, 60]),
         batch=st.sampled_from([1, 1000]),
     )
@@ -373,6 +685,8 @@ class QueueMachine(RuleBasedStateMachine):
         kept = [j.completed_at for j in candidates if j.id in remaining]
         assert all(j.completed_at <= k for j in gone for k in kept), "not the oldest first"
         self.model.prune(gone)
+        for job in gone:
+            self.frozen.pop(job.key, None)
 
     # --- time and the reaper ---------------------------------------------------------------
 
@@ -380,7 +694,7 @@ class QueueMachine(RuleBasedStateMachine):
     def time_passes(self, seconds: float) -> None:
         self.model.clock += timedelta(seconds=seconds)
 
-    @precondition(lambda self: any(j.status == "processing" for j in self.model.jobs.values()))
+    @precondition(lambda self: self.with_status("processing"))
     @rule(batch=st.sampled_from([1, 100]))
     def reaper_sweep(self, batch: int) -> None:
         candidates = self.model.expired()
@@ -392,6 +706,8 @@ class QueueMachine(RuleBasedStateMachine):
         for job_id, will_retry in got:
             job = self.model.by_id(job_id)
             assert all(job.heartbeat_at <= other for other in left), "not the oldest first"
+            if job.cancel_requested_at is not None:
+                self.db.seen["cancel-requested attempt ended by the reaper"] += 1
             assert will_retry is self.model.reaped(job, REAPER_MESSAGE)
 
     # --- invariants ------------------------------------------------------------------------
@@ -400,16 +716,85 @@ class QueueMachine(RuleBasedStateMachine):
     def database_equals_model(self) -> None:
         self.db.steps += 1
         conn = self.sql("operator")
-        seen = check_queue_invariants(conn, {j.id for j in self.model.jobs.values()})  # I1 I4 I5
-        for job in self.model.jobs.values():  # I2
+        model = self.model
+        lowered = {self.session_ids[i] for i, s in enumerate(model.sessions) if s.lowered}
+        seen = check_queue_invariants(  # I1 I4 I5 I9 I11
+            conn, {j.id for j in model.jobs.values()}, lowered
+        )
+        for job in model.jobs.values():  # I2
             assert seen.rows[job.id] == self.expected_row(job), f"job {job.key} differs"
         assert seen.stats == self.expected_stats()  # I3
         assert seen.sessions == {
-            self.session_ids[i]: (s.status, s.error_message)  # I4
-            for i, s in enumerate(self.model.sessions)
+            self.session_ids[i]: (s.status, s.error_message, s.max_concurrency)  # I4
+            for i, s in enumerate(model.sessions)
         }
-        live = [lease.job for lease in self.holding.values() if lease and self.model.live(lease)]
+        live = [lease.job for lease in self.holding.values() if lease and model.live(lease)]
         assert len(live) == len(set(live)), "two workers hold a live lease on one job"
+        self.check_concurrency(seen.rows)  # I9
+        self.check_cancelled(seen.rows, seen.sessions)  # I10
+        self.check_attempts(seen.attempts)  # I12
+
+    def check_concurrency(self, rows: dict[Any, Row]) -> None:
+        """I9: in each session, the k-th running job in submission order started when its
+        session allowed at least k at once; so at most max_concurrency run, and after a
+        lowering no more than the limit under which the last of them started."""
+        running: dict[Any, list[Row]] = defaultdict(list)
+        for row in rows.values():
+            if row.status == "processing":
+                running[row.session_id].append(row)
+        for session_rows in running.values():
+            if len(session_rows) > 1:
+                self.db.seen[f"steps with {len(session_rows)} jobs of a session running"] += 1
+            for k, row in enumerate(sorted(session_rows, key=lambda r: r.seq), start=1):
+                job = self.model.by_id(row.id)
+                assert k <= job.concurrency_at_claim, (
+                    f"job {job.key} runs as number {k} of its session, started under "
+                    f"max_concurrency {job.concurrency_at_claim}"
+                )
+
+    def check_cancelled(self, rows: dict[Any, Row], sessions: dict[Any, Any]) -> None:
+        """I10: a cancelled job never changes again (never claimed, retried by the queue,
+        completed or failed) until an operator's retry; a step that cancelled a job left
+        its session as it was, unless a job of that session was dead-lettered in it."""
+        statuses = {j.key: j.status for j in self.model.jobs.values()}
+        for job in self.model.jobs.values():
+            row = rows[job.id]
+            if job.key in self.frozen:
+                assert job.status == "cancelled", f"job {job.key} left cancelled in the model"
+                assert row == self.frozen[job.key], f"cancelled job {job.key} changed"
+            elif job.status == "cancelled":
+                self.frozen[job.key] = row
+                if self.before is None:
+                    continue
+                sessions_before, statuses_before = self.before
+                dead_lettered = any(
+                    j.session == job.session and j.status == "failed"
+                    for j in self.model.jobs.values()
+                    if statuses_before.get(j.key) != "failed"
+                )
+                if not dead_lettered and row.session_id in sessions_before:
+                    assert sessions[row.session_id] == sessions_before[row.session_id], (
+                        f"cancelling job {job.key} changed its session"
+                    )
+        self.before = (sessions, statuses)
+
+    def check_attempts(self, rows: dict[tuple[Any, int], AttemptRow]) -> None:
+        """I12: coding_job_attempts equals the attempts the model made: one row per claim
+        (check_queue_invariants: numbered 1..attempt, open exactly while the job is
+        processing under its latest attempt), each with its worker and start, and closed
+        with the model's ended_at, end_reason and error_message however it ended."""
+        expected = {
+            (self.model.ids[key], n): (
+                a.worker,
+                a.started_at,
+                a.ended_at,
+                a.end_reason,
+                a.error_message,
+            )
+            for (key, n), a in self.model.attempts.items()
+        }
+        for pair in set(rows) | set(expected):
+            assert rows.get(pair) == expected.get(pair), f"attempt {pair[1]} of job {pair[0]}"
 
     def expected_row(self, job: Job) -> Row:
         return Row(
@@ -430,21 +815,26 @@ class QueueMachine(RuleBasedStateMachine):
             job.lease_token,
             job.end_reason,
             job.error_message,
+            job.cancel_requested_at,
+            job.idempotency_key,
         )
 
     def expected_stats(self) -> tuple[Any, ...]:
         clock = self.model.clock
         jobs = list(self.model.jobs.values())
-        counts = [sum(j.status == s for j in jobs) for s in STATUSES]
+        counts = {s: sum(j.status == s for j in jobs) for s in STATUSES}
         pending = [j for j in jobs if j.status == "pending"]
         waiting = [j.run_at for j in pending if j.run_at > clock]
         oldest = min((j.created_at for j in pending), default=None)
         return (
-            *counts,
+            counts["pending"],
+            counts["processing"],
+            counts["completed"],
+            counts["failed"],
             None if oldest is None else clock - oldest,
             len(waiting),
             min(waiting, default=None),
-            0,  # cancelled_count: the machine cancels nothing yet
+            counts["cancelled"],
             self.model.next_run_at(),
         )
 
@@ -464,8 +854,9 @@ def test_queue_machine(
     steps = db.steps - db.examples  # the invariant also runs once before the first step
     summary = f"queue machine [{PROFILE}]: {db.examples} examples, {steps} steps, {elapsed:.1f} s"
     record_property("queue_machine", summary)
+    exercised = "".join(f"\n  {n:6d}  {what}" for what, n in sorted(db.seen.items()))
     with capsys.disabled():
-        print(f"\n{summary}")
+        print(f"\n{summary}{exercised}")
 
 
 @pytest.mark.parametrize("lease_ended_by", ["release", "reaper", "operator"])
