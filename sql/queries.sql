@@ -168,6 +168,10 @@ ORDER BY t.status = 'processing', CASE WHEN t.status = 'pending' THEN t.seq END 
 -- name: session_exists
 SELECT EXISTS (SELECT 1 FROM coding_sessions WHERE id = %(session_id)s)
 
+-- When a job whose attempt just failed runs again (its retry's backoff), for the log.
+-- name: job_run_at
+SELECT run_at FROM coding_jobs WHERE id = %(job_id)s AND status = 'pending'
+
 -- name: get_job
 SELECT id, session_id, prompt, priority, status, retry_count, max_retries, error_message,
        created_at, started_at, completed_at, updated_at, run_at, heartbeat_at, worker_id,

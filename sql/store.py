@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -372,6 +372,12 @@ def get_job(conn: Conn, job_id: uuid.UUID) -> JobRow | None:
     """The job's row, or None."""
     with conn.cursor(row_factory=class_row(JobRow)) as cur:
         return cur.execute(query("get_job"), {"job_id": job_id}).fetchone()
+
+
+def retry_at(conn: Conn, job_id: uuid.UUID) -> datetime | None:
+    """When the pending job will run again (its retry's backoff over), or None."""
+    row = conn.execute(query("job_run_at"), {"job_id": job_id}).fetchone()
+    return None if row is None else row[0]
 
 
 def attempts(conn: Conn, job_id: uuid.UUID) -> list[Attempt]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -10,7 +11,7 @@ import psycopg
 
 from mobvibe import clock, metrics
 from mobvibe.errors import DatabaseUnavailableError
-from mobvibe.logs import event
+from mobvibe.logs import event, iso_time
 from mobvibe.sql import db, store
 from mobvibe.sql.jobs import Job
 from mobvibe.supervisor.attempt import Outcome
@@ -86,8 +87,31 @@ def _finish_once(
     else:
         status = store.end_attempt(conn, job.id, job.lease_token, reason, error, outcome.output)
         next_job = None
+    note_retry(conn, status, reason, job.id, fields)
     record_end(status, reason, error, fields)
     return next_job
+
+
+def note_retry(
+    conn: psycopg.Connection[Any],
+    status: str | None,
+    reason: str,
+    job_id: uuid.UUID,
+    fields: dict[str, Any],
+) -> None:
+    """Add when a retried job runs again (`retry_at`) to the fields of its log line.
+
+    One read, on failures that will be retried only; the log line goes out without the
+    time if the read fails (the attempt's end is already committed).
+    """
+    if status != "pending" or reason == "released":
+        return
+    try:
+        at = store.retry_at(conn, job_id)
+    except psycopg.Error:
+        return
+    if at is not None:
+        fields["retry_at"] = iso_time(at.timestamp())
 
 
 def record_end(
@@ -149,7 +173,7 @@ def record_end(
                 log,
                 logging.WARNING,
                 "job_retry_scheduled",
-                f"attempt failed: {error}",
+                f"attempt failed, retry at {fields.get('retry_at', 'its backoff')}: {error}",
                 reason=reason,
                 **fields,
             )

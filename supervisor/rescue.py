@@ -15,7 +15,7 @@ from mobvibe import clock
 from mobvibe.errors import DatabaseUnavailableError
 from mobvibe.logs import event
 from mobvibe.sql import db, store
-from mobvibe.supervisor.finish import record_end
+from mobvibe.supervisor.finish import note_retry, record_end
 from mobvibe.supervisor.settings import Settings
 from mobvibe.supervisor.slots import Holding
 
@@ -66,6 +66,7 @@ class Rescuer:
                 status = store.end_attempt(
                     conn, holding.job_id, holding.lease_token, reason, message
                 )
+                note_retry(conn, status, reason, holding.job_id, fields)
         except (DatabaseUnavailableError, psycopg.Error) as exc:
             event(
                 log,

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +182,21 @@ def test_exec_command_past_job_timeout_is_killed_and_retried(
     )
     job = queue.get(job_id)
     assert job is not None and job.end_reason == "deadline_exceeded"
+
+
+def test_a_retry_is_logged_with_when_it_runs_in_iso_8601_utc(
+    queue: JobQueue, conn: Any, supervisor: Any
+) -> None:
+    job_id = queue.enqueue("anything", max_retries=3)
+    running = supervisor("--workers", "1", "--exec", "exit 3", *FAST)
+    (line,) = running.wait_event("job_retry_scheduled")
+    job = queue.get(job_id)
+    assert job is not None and job.status == "pending" and job.retry_count == 1
+    iso = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$"
+    assert re.match(iso, line["time"]) and re.match(iso, line["retry_at"])
+    due = datetime.strptime(line["retry_at"], "%Y-%m-%dT%H:%M:%S.%f%z")
+    assert abs((due - job.run_at).total_seconds()) < 0.001
+    assert line["retry_at"] in line["message"]
 
 
 def test_sigterm_gives_a_running_exec_command_back_without_counting_it(
