@@ -43,6 +43,7 @@ listen_addr = 127.0.0.1
 listen_port = {port}
 unix_socket_dir =
 auth_type = trust
+admin_users = postgres
 auth_file = {directory}/users.txt
 pool_mode = transaction
 max_client_conn = 200
@@ -80,10 +81,31 @@ def _server_and_user(url: str) -> tuple[str, str]:
 class Bouncer:
     url: str
     log: Path
+    admin_url: str
 
     def logins(self) -> int:
         """Client connections PgBouncer has accepted so far."""
         return self.log.read_text(errors="replace").count("login attempt")
+
+    def server_pids(self) -> set[int]:
+        """The backends PgBouncer holds (SHOW SERVERS; its console speaks the simple
+        protocol only)."""
+        with psycopg.connect(self.admin_url, autocommit=True) as admin:
+            result = admin.pgconn.exec_(b"SHOW SERVERS")
+            names = [result.fname(i) for i in range(result.nfields)]
+            column = names.index(b"remote_pid")
+            return {int(result.get_value(row, column) or 0) for row in range(result.ntuples)}
+
+
+def direct_pod_connections(conn: psycopg.Connection[Any], bouncer: Bouncer) -> list[str]:
+    """The pod's connections to PostgreSQL that do not go through PgBouncer."""
+    rows = conn.execute(
+        "SELECT pid, application_name FROM pg_stat_activity"
+        " WHERE datname = current_database() AND application_name LIKE 'mobvibe-%'"
+        " AND application_name <> 'mobvibe-client'"
+    ).fetchall()
+    pooled = bouncer.server_pids()
+    return sorted(name for pid, name in rows if pid not in pooled)
 
 
 @pytest.fixture
@@ -110,7 +132,8 @@ def bouncer(db_url: str) -> Iterator[Bouncer]:
 
     try:
         wait_for(ready, timeout=10, message="pgbouncer listening")
-        yield Bouncer(url, directory / "pgbouncer.log")
+        admin_url = f"postgresql://postgres@127.0.0.1:{port}/pgbouncer"
+        yield Bouncer(url, directory / "pgbouncer.log", admin_url)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -150,6 +173,8 @@ def test_drain_kill_and_shutdown_through_pgbouncer_in_transaction_mode(
         *FAST,
     )
     wait_for(lambda: count(conn, "completed") >= 50, timeout=30, message="50 jobs done")
+    # One connection of the pod goes around the pooler: the hub's, which LISTENs.
+    assert direct_pod_connections(conn, bouncer) == ["mobvibe-hub"]
     victim = sorted(running.worker_pids())[0]
     os.kill(victim, signal.SIGKILL)  # through the pooler too, the fast path ends its attempt
     assert running.wait_exit(60) == 0, running.log()[-3000:]
