@@ -218,7 +218,8 @@ def main(
     if listen_url is not None and (async_completions or not status_notifications):
         raise ConfigError(
             "--async-completions and --no-status-notifications are session settings, which a "
-            "transaction pooler does not keep: use them without --listen-url"
+            "transaction pooler does not keep: set them on the supervisors' login role instead "
+            "(ALTER ROLE name SET synchronous_commit = off, or SET mobvibe.status_notify = off)"
         )
     config = Settings(
         database_url="",

@@ -25,7 +25,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg import conninfo
+from psycopg import conninfo, sql
 
 from mobvibe.client import JobQueue
 from mobvibe.sql.jobs import NewJob
@@ -322,3 +322,46 @@ def test_a_producer_enqueues_through_pgbouncer_without_preparing(
                 ids.append(producer.enqueue(f"prompt {i}", session_id=session))
     assert len(set(ids)) == 20
     assert count(conn, "pending") == 20
+
+
+@contextlib.contextmanager
+def quiet_role(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """The connecting role sends no job_status_changed in this database, meanwhile."""
+    role_in_db = sql.SQL("ALTER ROLE {} IN DATABASE {} ").format(
+        sql.Identifier(conn.info.user), sql.Identifier(conn.info.dbname)
+    )
+    conn.execute(role_in_db + sql.SQL("SET mobvibe.status_notify = off"))
+    try:
+        yield
+    finally:
+        conn.execute(role_in_db + sql.SQL("RESET mobvibe.status_notify"))
+
+
+def test_status_notifications_are_turned_off_behind_pgbouncer_by_the_login_roles_setting(
+    queue: JobQueue,
+    conn: psycopg.Connection[Any],
+    supervisor: Callable[..., Running],
+    bouncer: Bouncer,
+    db_url: str,
+) -> None:
+    """--no-status-notifications is a session setting, which a transaction pooler does not
+    keep; the same setting on the supervisors' login role does reach PgBouncer's server
+    connections (here for this database only)."""
+    with (
+        quiet_role(conn),
+        psycopg.connect(db_url, autocommit=True) as listener,
+    ):
+        listener.execute("LISTEN job_status_changed")
+        ids = queue.enqueue_many([NewJob("mark:/dev/null") for _ in range(20)])
+        running = supervisor_behind(
+            supervisor, bouncer, db_url, "--handler", "tests.processes.handlers:by_prompt",
+            "--workers", "2", "--drain", *FAST,
+        )  # fmt: skip
+        assert running.wait_exit(30) == 0, running.log()[-3000:]
+        assert count(conn, "completed") == len(ids)
+        # The listener works: a transition by a session that turns the setting back on.
+        conn.execute("SET mobvibe.status_notify = on")
+        control = queue.enqueue("mark:/dev/null")
+        conn.execute("SELECT cancel_job(%s)", [control])
+        heard = [json.loads(n.payload) for n in listener.notifies(timeout=2, stop_after=1)]
+    assert [(n["job_id"], n["new_status"]) for n in heard] == [(str(control), "cancelled")]
