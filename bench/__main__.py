@@ -26,7 +26,18 @@ from bench import report
 from bench.context import Context, Sizes
 from bench.server import machine, server
 
-PARTS = ("floors", "enqueue", "drain", "latency", "claim", "cancel", "pod", "recovery", "rss")
+PARTS = (
+    "floors",
+    "enqueue",
+    "drain",
+    "listeners",
+    "latency",
+    "claim",
+    "cancel",
+    "pod",
+    "recovery",
+    "rss",
+)
 MODULES = {"claim": "claim_cost"}
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -27,6 +27,7 @@ class Sizes:
     claim_cycles: int = 300
     rss_jobs: int = 20_000
     cancel_probes: int = 50
+    listeners_drain_jobs: int = 10_000
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -43,6 +44,7 @@ class Sizes:
             claim_cycles=50,
             rss_jobs=2000,
             cancel_probes=10,
+            listeners_drain_jobs=2000,
         )
 
 

@@ -73,7 +73,7 @@ def run(ctx: Context) -> dict[str, Any]:
                 *extra,
             ),
         ) as sup:
-            cpu_use = _watch(url, sup, count, ctx.postmaster)
+            cpu_use = watch_cpu(url, sup, count, ctx.postmaster)
             code = sup.wait(TIMEOUT)
             if code != 0:
                 raise RuntimeError(f"the supervisor exited {code}: {sup.log_tail()}")
@@ -100,7 +100,7 @@ def run(ctx: Context) -> dict[str, Any]:
     }
 
 
-def _watch(url: str, sup: Supervisor, count: int, postmaster: int | None) -> dict[str, float]:
+def watch_cpu(url: str, sup: Supervisor, count: int, postmaster: int | None) -> dict[str, float]:
     """CPU per job of the workers, the supervisor and the server, from 25 % to 75 % of the drain."""
     marks = [count // 4, 3 * count // 4]
     snaps: list[cpu.Snapshot] = []

@@ -244,6 +244,16 @@ def _costs(r: dict[str, Any]) -> list[Check]:
     for key, value in (_get(r, "pod", "idle_statements_per_s") or {}).items():
         if key != "empty":
             rows.append(Check(f"idle_statements_per_s[{key}]", value, "/s", "info"))
+    for key, value in (_get(r, "server_cpu_us_per_job_per_listener") or {}).items():
+        notifications = "--no-status-notifications" if key == "quiet" else "defaults"
+        rows.append(
+            Check(
+                f"server_cpu_us_per_job_per_listener[{key}]",
+                value,
+                "us",
+                f"info: each further pod, {notifications}",
+            )
+        )
     return rows
 
 

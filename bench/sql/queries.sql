@@ -192,3 +192,7 @@ SELECT count(*) FROM jobs, config
 
 -- name: claim_one
 SELECT job_id FROM claim_next_job('bench:elsewhere')
+
+-- Another pod's hub, as far as the server's notification signals go.
+-- name: listen_like_a_hub
+LISTEN job_cancel
