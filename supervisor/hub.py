@@ -149,7 +149,7 @@ class Hub:
             self._poll(conn)
         if self.sweep is not None and now >= self.due["sweep"]:
             self.due["sweep"] = now + self.settings.reaper_interval
-            self.sweep(conn)
+            self._sweep(conn)
         if now >= self.due["lost"]:
             self._recheck_unrenewed(now)
         if self.settings.drain and now >= self.due["drain"]:
@@ -234,6 +234,23 @@ class Hub:
         )
         with contextlib.suppress(ProcessLookupError):  # gone: the parent ends its attempt
             os.kill(holding.pid, signal.SIGUSR2)
+
+    def _sweep(self, conn: psycopg.Connection[Any]) -> None:
+        """The embedded reaper's sweep, which the caller bounds by a statement timeout: a
+        sweep that waits (for a session another transaction holds locked) is given up
+        and tried again next time, so the pod's leases are still renewed meanwhile."""
+        assert self.sweep is not None
+        try:
+            self.sweep(conn)
+        except psycopg.errors.QueryCanceled as exc:
+            event(
+                log,
+                logging.WARNING,
+                "reaper_sweep_cancelled",
+                "the embedded reaper's sweep took too long and was cancelled; it runs again "
+                "at the next interval",
+                error=db.first_line(exc),
+            )
 
     def _poll(self, conn: psycopg.Connection[Any]) -> None:
         """The backstop: wake the idle workers when a job is due, plan the next due time.

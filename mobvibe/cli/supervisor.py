@@ -289,8 +289,12 @@ def _run(config: Settings) -> int:
 
     def hub_main(shared: Shared) -> int:
         # The embedded reaper sweeps on the hub's connection: no connection of its own.
+        # A sweep may wait for a session's lock; the hub renews the pod's leases on the
+        # same connection, so a sweep is cancelled after one heartbeat interval (leases
+        # then age by two intervals at most, well before the workers fence themselves).
         reaper = ReaperSettings(interval=config.reaper_interval) if config.reaper else None
-        sweep = None if reaper is None else (lambda conn: run_once(conn, reaper))
+        bound_ms = max(1, int(config.heartbeat_interval * 1000))
+        sweep = None if reaper is None else (lambda conn: run_once(conn, reaper, bound_ms))
         return run_hub(config, shared.slots, shared.wakeups, sweep)
 
     aux: dict[str, Callable[[Shared], int]] = {"hub": hub_main}

@@ -11,6 +11,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 from mobvibe.client import JobQueue
 from mobvibe.sql.jobs import NewJob
 from tests.helpers import count, wait_for
@@ -197,6 +199,43 @@ def test_a_retry_is_logged_with_when_it_runs_in_iso_8601_utc(
     due = datetime.strptime(line["retry_at"], "%Y-%m-%dT%H:%M:%S.%f%z")
     assert abs((due - job.run_at).total_seconds()) < 0.001
     assert line["retry_at"] in line["message"]
+
+
+def test_a_sweep_held_up_by_a_locked_session_does_not_stop_the_pods_lease_renewals(
+    queue: JobQueue, conn: Any, supervisor: Any, db_url: str
+) -> None:
+    """The embedded reaper waits for the first session of its batch, on the connection
+    where the hub renews the pod's leases. A transaction that holds that session's lock
+    (a producer's open INSERT, an operator's) must not make the pod's workers fence."""
+    stuck = queue.create_session()
+    orphan = queue.enqueue("orphaned", session_id=stuck)
+    assert queue.claim("gone:0:1") is not None  # its worker is gone: the reaper's job
+    conn.execute(
+        "UPDATE coding_jobs SET heartbeat_at = now() - interval '1 hour' WHERE id = %s", [orphan]
+    )
+    job_id = queue.enqueue("sleep:30")
+    with psycopg.connect(db_url) as holder:  # not autocommit: its transaction stays open
+        holder.execute("SELECT 1 FROM coding_sessions WHERE id = %s FOR NO KEY UPDATE", [stuck])
+        running = supervisor("--workers", "1", *HANDLER, *FAST)
+        wait_for(
+            lambda: getattr(queue.get(job_id), "status", None) == "processing",
+            timeout=15,
+            message="the long job running",
+        )
+        lease = getattr(queue.get(job_id), "lease_token", None)
+        # Ten sweeps given up: about 4 s, several times the 1.1 s after which an
+        # unrenewed worker fences itself.
+        running.wait_event("reaper_sweep_cancelled", count=10, timeout=20)
+        job = queue.get(job_id)
+        assert job is not None and (job.status, job.attempt) == ("processing", 1)
+        assert job.lease_token == lease and not running.events("lease_lost")
+        holder.rollback()
+    wait_for(
+        lambda: getattr(queue.get(orphan), "retry_count", None) == 1,
+        timeout=15,
+        message="the orphan requeued once the session's lock is gone",
+    )
+    assert getattr(queue.get(orphan), "end_reason", None) == "heartbeat_expired"
 
 
 def test_sigterm_gives_a_running_exec_command_back_without_counting_it(
