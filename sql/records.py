@@ -41,11 +41,12 @@ class Lease:
 
 @dataclass(frozen=True, slots=True)
 class Renewal:
-    """One lease of a pod's heartbeat: renewed False means it is lost (stop the attempt);
-    cancel_requested True means stop it and end it 'cancelled'."""
+    """One lease of a pod's heartbeat: renewed False means it is lost (stop the attempt),
+    None that another transaction holds the job's row locked (not renewed this time, not
+    lost either); cancel_requested True means stop it and end it 'cancelled'."""
 
     job_id: uuid.UUID
-    renewed: bool
+    renewed: bool | None
     cancel_requested: bool
 
 

@@ -189,7 +189,7 @@ def renew_leases(conn: Conn, leases: Sequence[Lease]) -> list[Renewal]:
             "lease_tokens": [lease.lease_token for lease in leases],
         },
     ).fetchall()
-    return [Renewal(job_id, bool(renewed), bool(cancel)) for job_id, renewed, cancel in rows]
+    return [Renewal(job_id, renewed, bool(cancel)) for job_id, renewed, cancel in rows]
 
 
 def add_events(

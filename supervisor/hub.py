@@ -198,6 +198,8 @@ class Hub:
                 self.slots.heartbeat_ok(index, sent)
                 if renewal.cancel_requested:
                     self._stop(index, holding, "cancelled")
+            elif renewal is not None and renewal.renewed is None:
+                pass  # its row is locked by another transaction: tried again next time
             elif self._still_held(index, holding) and index not in self.unrenewed:
                 # Not renewed and still shown here: another attempt has the job now, or
                 # its worker has just ended it (no longer processing either) and not

@@ -330,6 +330,22 @@ def test_renew_leases_renews_the_live_ones_and_reports_lost_and_cancelled(conn: 
     assert store.renew_leases(conn, []) == []
 
 
+def test_renew_leases_pass_over_a_locked_row_without_waiting(conn: Any, db_url: str) -> None:
+    """A cancel left open in a producer's transaction locks its job's row: the pod's
+    heartbeat reports that lease busy (renewed NULL) and renews the others at once."""
+    free, free_lease = started(conn)
+    locked, locked_lease = started(conn)
+    with psycopg.connect(db_url) as phone:  # its transaction stays open
+        assert phone.execute("SELECT cancel_job(%s)", [locked]).fetchone() == (True,)
+        set_clock(conn, LATER)
+        conn.execute("SET lock_timeout = '100ms'")  # a wait for the lock would fail
+        renewals = store.renew_leases(conn, [Lease(locked, locked_lease), Lease(free, free_lease)])
+        assert renewals == [Renewal(locked, None, False), Renewal(free, True, False)]
+        assert job_row(conn, free)["heartbeat_at"] == LATER
+        phone.commit()
+    assert store.renew_leases(conn, [Lease(locked, locked_lease)]) == [Renewal(locked, True, True)]
+
+
 def test_renew_leases_refuses_arrays_of_different_lengths(conn: Any) -> None:
     with pytest.raises(psycopg.errors.InvalidParameterValue):
         conn.execute(

@@ -238,6 +238,39 @@ def test_a_sweep_held_up_by_a_locked_session_does_not_stop_the_pods_lease_renewa
     assert getattr(queue.get(orphan), "end_reason", None) == "heartbeat_expired"
 
 
+def test_a_cancel_left_open_in_a_transaction_stops_only_its_own_job(
+    queue: JobQueue, conn: Any, supervisor: Any, db_url: str
+) -> None:
+    """A producer cancels a running prompt inside a transaction it leaves open: the job's
+    row stays locked. The pod's heartbeat passes over that row, so its other job keeps its
+    lease; the cancelled one ends `cancelled` once the transaction commits."""
+    first, second = queue.enqueue("sleep:30"), queue.enqueue("sleep:30")
+    running = supervisor("--workers", "2", *HANDLER, *FAST)
+    wait_for(lambda: count(conn, "processing") == 2, timeout=15, message="2 jobs running")
+    with psycopg.connect(db_url) as phone:  # not autocommit: its transaction stays open
+        assert phone.execute("SELECT cancel_job(%s)", [first]).fetchone() == (True,)
+        since = conn.execute("SELECT now()").fetchone()[0]
+        # Renewed 2 s past the lock: well past the 1.1 s after which an unrenewed
+        # worker stops its job.
+        wait_for(
+            lambda: conn.execute(
+                "SELECT heartbeat_at > %s + interval '2 seconds' FROM coding_jobs WHERE id = %s",
+                [since, second],
+            ).fetchone()[0],
+            timeout=15,
+            message="the other job's lease renewed while the row is locked",
+        )
+        phone.commit()
+    wait_for(
+        lambda: getattr(queue.get(first), "status", None) == "cancelled",
+        timeout=15,
+        message="the cancelled job ended",
+    )
+    job = queue.get(second)
+    assert job is not None and (job.status, job.attempt) == ("processing", 1)
+    assert not [e for e in running.events("job_stop_requested") if e["job_id"] == str(second)]
+
+
 def test_sigterm_gives_a_running_exec_command_back_without_counting_it(
     queue: JobQueue, conn: Any, supervisor: Any
 ) -> None:
