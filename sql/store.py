@@ -529,6 +529,12 @@ def reap_expired(conn: Conn, batch_size: int) -> list[Reaped]:
     return [Reaped(*row) for row in rows]
 
 
+def local_statement_timeout(conn: Conn, timeout_ms: int) -> None:
+    """Cancel each further statement of the current transaction after `timeout_ms` (SET
+    LOCAL: nothing stays on the session, which a transaction pooler may share)."""
+    conn.execute(query("local_statement_timeout"), {"ms": str(timeout_ms)})
+
+
 def sweep(
     conn: Conn, reaper: str, batch_size: int, prune_batch: int, timeout_ms: int | None = None
 ) -> SweepBatch:
@@ -543,7 +549,7 @@ def sweep(
         rows = conn.execute(query("sweep"), params).fetchall()
     else:
         with conn.transaction():
-            conn.execute(query("local_statement_timeout"), {"ms": str(timeout_ms)})
+            local_statement_timeout(conn, timeout_ms)
             rows = conn.execute(query("sweep"), params).fetchall()
     *reaped, last = rows
     return SweepBatch(

@@ -7,7 +7,9 @@ worker it forks later.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 
 import psycopg
 
@@ -21,6 +23,10 @@ from mobvibe.supervisor.slots import Holding
 
 log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 2
+# The parent's loop waits for a rescue: a statement that waits for a row another
+# transaction holds locked (a cancel left open) is given up, and the reaper ends
+# the attempt once its lease has expired.
+STATEMENT_TIMEOUT_MS = 2000
 UNSTARTED = "worker exited before starting the job"
 
 
@@ -30,7 +36,9 @@ class Rescuer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
-    def _connect(self) -> psycopg.Connection[object]:
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[psycopg.Connection[object]]:
+        """A connection in a transaction whose statements give up after a while."""
         conn = db.connect(
             self.settings.database_url,
             application_name="mobvibe-supervisor",
@@ -38,7 +46,9 @@ class Rescuer:
         )
         if self.settings.pooled:
             conn.prepare_threshold = None
-        return conn
+        with conn, conn.transaction():
+            store.local_statement_timeout(conn, STATEMENT_TIMEOUT_MS)
+            yield conn
 
     def rescue(self, holding: Holding, reason: str, message: str) -> None:
         """Record the end of `holding`'s attempt now, instead of after the heartbeat timeout.
@@ -62,7 +72,7 @@ class Rescuer:
                 **fields,
             )
         try:
-            with self._connect() as conn:
+            with self._transaction() as conn:
                 status = store.end_attempt(
                     conn, holding.job_id, holding.lease_token, reason, message
                 )
@@ -72,7 +82,7 @@ class Rescuer:
                 log,
                 logging.ERROR,
                 "rescue_failed",
-                "cannot reach the database; the reaper will requeue the job",
+                "cannot end the attempt here; the reaper will requeue the job",
                 error=db.first_line(exc),
                 **fields,
             )
@@ -91,7 +101,7 @@ class Rescuer:
         """
         started = holding.job_id if holding is not None else None
         try:
-            with self._connect() as conn:
+            with self._transaction() as conn:
                 for claim in store.claims_of_worker(conn, worker_id):
                     if claim.job_id == started:
                         continue
@@ -112,7 +122,7 @@ class Rescuer:
                 log,
                 logging.ERROR,
                 "rescue_failed",
-                "cannot reach the database; the reaper will requeue the worker's claims",
+                "cannot give the claims back here; the reaper will requeue them",
                 error=db.first_line(exc),
                 worker=worker_id,
             )

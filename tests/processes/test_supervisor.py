@@ -76,6 +76,32 @@ def test_kill_9_of_a_busy_worker_fails_its_attempt_within_1s(
     print(f"fast-path recovery: {recovery * 1000:.0f} ms")
 
 
+def test_a_dead_workers_job_locked_by_an_open_cancel_does_not_hold_up_the_supervisor(
+    queue: JobQueue, conn: Any, supervisor: Any, db_url: str
+) -> None:
+    """The parent ends a dead worker's attempt itself, in its own loop. When a producer's
+    open transaction holds that job's row (a cancel not yet committed), the parent gives
+    up after a while and goes on (the worker is replaced, the other job keeps running);
+    the reaper ends the attempt, `cancelled`, once the transaction commits."""
+    doomed, other = queue.enqueue("sleep:30"), queue.enqueue("sleep:30")
+    running = supervisor("--workers", "2", *HANDLER, *FAST)
+    running.wait_event("job_claimed", count=2)
+    holder = {e["job_id"]: e["pid"] for e in running.events("job_claimed")}[str(doomed)]
+    with psycopg.connect(db_url) as phone:  # not autocommit: its transaction stays open
+        assert phone.execute("SELECT cancel_job(%s)", [doomed]).fetchone() == (True,)
+        os.kill(holder, signal.SIGKILL)
+        running.wait_event("rescue_failed", timeout=15)
+        running.wait_event("worker_spawned", count=3, timeout=15)  # replaced meanwhile
+        phone.commit()
+    wait_for(
+        lambda: getattr(queue.get(doomed), "status", None) == "cancelled",
+        timeout=15,
+        message="the dead worker's attempt ended cancelled",
+    )
+    job = queue.get(other)
+    assert job is not None and (job.status, job.attempt) == ("processing", 1)
+
+
 def test_kill_9_of_two_workers_mid_job_loses_nothing(
     queue: JobQueue, conn: Any, supervisor: Any
 ) -> None:
