@@ -55,29 +55,9 @@ def run(ctx: Context) -> dict[str, Any]:
     runs.append((f"{most}-quiet", most, ("--no-status-notifications",), None))
     runs.append((f"{most}-sessions", most, (), SHARED_SESSIONS))
     for key, workers, extra, sessions in runs:
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(query("truncate_jobs"))
-        enqueue_jobs(url, count, sessions)
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(query("vacuum_analyze_jobs"))
         where = f"{sessions} sessions" if sessions else "a session each"
         ctx.log(f"drain: {count} jobs ({where}), --workers {workers} {' '.join(extra)}".rstrip())
-        started = time.monotonic()
-        with Supervisor(
-            url,
-            *supervisor_args(
-                workers,
-                "mobvibe.supervisor.handlers:noop_handler",
-                "--drain",
-                "--no-reaper",
-                *extra,
-            ),
-        ) as sup:
-            cpu_use = watch_cpu(url, sup, count, ctx.postmaster)
-            code = sup.wait(TIMEOUT)
-            if code != 0:
-                raise RuntimeError(f"the supervisor exited {code}: {sup.log_tail()}")
-        wall = time.monotonic() - started
+        cpu_use, wall = drain_once(ctx, url, count, workers, extra, sessions)
         with psycopg.connect(url, autocommit=True) as conn:
             completed, total, span = conn.execute(query("drain_span")).fetchone()  # type: ignore[misc]
         if completed != count or total != count:
@@ -100,7 +80,34 @@ def run(ctx: Context) -> dict[str, Any]:
     }
 
 
-def watch_cpu(url: str, sup: Supervisor, count: int, postmaster: int | None) -> dict[str, float]:
+def drain_once(
+    ctx: Context,
+    url: str,
+    count: int,
+    workers: int,
+    extra: tuple[str, ...] = (),
+    sessions: int | None = None,
+) -> tuple[dict[str, float], float]:
+    """Enqueue `count` jobs on an empty queue and drain them with `workers` no-op workers:
+    the CPU per job of the drain's middle half, and the wall time from start to exit."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(query("truncate_jobs"))
+    enqueue_jobs(url, count, sessions)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(query("vacuum_analyze_jobs"))
+    started = time.monotonic()
+    args = supervisor_args(
+        workers, "mobvibe.supervisor.handlers:noop_handler", "--drain", "--no-reaper", *extra
+    )
+    with Supervisor(url, *args) as sup:
+        cpu_use = _watch(url, sup, count, ctx.postmaster)
+        code = sup.wait(TIMEOUT)
+        if code != 0:
+            raise RuntimeError(f"the supervisor exited {code}: {sup.log_tail()}")
+    return cpu_use, time.monotonic() - started
+
+
+def _watch(url: str, sup: Supervisor, count: int, postmaster: int | None) -> dict[str, float]:
     """CPU per job of the workers, the supervisor and the server, from 25 % to 75 % of the drain."""
     marks = [count // 4, 3 * count // 4]
     snaps: list[cpu.Snapshot] = []

@@ -16,8 +16,7 @@ from typing import Any
 import psycopg
 
 from bench.context import Context
-from bench.drain import TIMEOUT, enqueue_jobs, watch_cpu
-from bench.procs import Supervisor, supervisor_args
+from bench.drain import drain_once
 from bench.queries import query
 
 WORKERS = 8
@@ -45,23 +44,11 @@ def run(ctx: Context) -> dict[str, Any]:
 
 
 def _drain(ctx: Context, url: str, count: int, listeners: int, extra: tuple[str, ...]) -> float:
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(query("truncate_jobs"))
-    enqueue_jobs(url, count)
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(query("vacuum_analyze_jobs"))
     with contextlib.ExitStack() as others:
         for _ in range(listeners):
             other = others.enter_context(psycopg.connect(url, autocommit=True))
             other.execute(query("listen_like_a_hub"))
-        args = supervisor_args(
-            WORKERS, "mobvibe.supervisor.handlers:noop_handler", "--drain", "--no-reaper", *extra
-        )
-        with Supervisor(url, *args) as sup:
-            used = watch_cpu(url, sup, count, ctx.postmaster)
-            code = sup.wait(TIMEOUT)
-            if code != 0:
-                raise RuntimeError(f"the supervisor exited {code}: {sup.log_tail()}")
+        used, _ = drain_once(ctx, url, count, WORKERS, extra)
     if "postgres" not in used:
         raise RuntimeError("the server's CPU cannot be read: it does not run on this machine")
     return float(used["postgres"])

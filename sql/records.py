@@ -7,6 +7,7 @@ re-exports every name, so callers import them from the store.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -73,6 +74,11 @@ class Attempt:
     ended_at: datetime | None
     end_reason: str | None
     error_message: str | None
+
+    @property
+    def seconds(self) -> float | None:
+        """How long the attempt took; None while it runs."""
+        return None if self.ended_at is None else (self.ended_at - self.started_at).total_seconds()
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +241,17 @@ class JobSummary:
 
     def as_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+    def state_note(self, when: Callable[[datetime], str], none: str = "-") -> str:
+        """What the job is doing or waiting for, or how it ended; `when` writes a time."""
+        if self.status == "processing":
+            cancel = ", cancel requested" if self.cancel_requested_at else ""
+            return f"attempt {self.attempt} on {self.worker_id or none}{cancel}"
+        if self.status == "pending":
+            if self.waiting_for == "session":
+                return "waits for its session"
+            return f"due at {when(self.run_at)}" if self.waiting_for == "run_at" else "ready"
+        return self.end_reason or none
 
 
 @dataclass(frozen=True)

@@ -300,20 +300,9 @@ def _job_row(job: JobSummary) -> str:
         f"<td>{session}{_e(str(job.session_id)[:8])}</a></td>"
         f"<td class='num'>{job.priority}</td>"
         f"<td class='num'>{job.retry_count}/{job.max_retries}</td>"
-        f"<td class='t'>{_time(job.created_at)}</td><td>{_e(_state_note(job))}</td>"
+        f"<td class='t'>{_time(job.created_at)}</td><td>{_e(job.state_note(_time, NONE))}</td>"
         f"<td>{_head(job.prompt_head, 60)}</td></tr>"
     )
-
-
-def _state_note(job: JobSummary) -> str:
-    if job.status == "processing":
-        cancel = ", cancel requested" if job.cancel_requested_at else ""
-        return f"attempt {job.attempt} on {job.worker_id or NONE}{cancel}"
-    if job.status == "pending":
-        if job.waiting_for == "session":
-            return "waits for its session"
-        return f"due {_time(job.run_at)}" if job.waiting_for == "run_at" else "ready"
-    return job.end_reason or NONE
 
 
 # -- a job ---------------------------------------------------------------------------------
@@ -379,9 +368,7 @@ def _attempts(attempts: list[Attempt]) -> str:
 
 
 def _took(attempt: Attempt) -> str:
-    if attempt.ended_at is None:
-        return NONE
-    return f"{(attempt.ended_at - attempt.started_at).total_seconds():.1f} s"
+    return NONE if attempt.seconds is None else f"{attempt.seconds:.1f} s"
 
 
 def _events(events: list[Event]) -> str:

@@ -64,27 +64,13 @@ def _job_table(found: list[JobSummary]) -> str:
             str(job.priority),
             f"{job.retry_count}/{job.max_retries}",
             when(job.created_at),
-            _state_note(job),
+            job.state_note(when, NONE),
             one_line(job.prompt_head, PROMPT_WIDTH),
         ]
         for job in found
     ]
     headers = ["JOB ID", "SESSION", "STATUS", "PRI", "FAILED", "SUBMITTED", "NOW", "PROMPT"]
     return table(headers, rows, numeric=_LIST_NUMERIC)
-
-
-def _state_note(job: JobSummary) -> str:
-    """What the job is doing or waiting for, or how it ended."""
-    if job.status == "processing":
-        cancel = ", cancel requested" if job.cancel_requested_at else ""
-        return f"attempt {job.attempt} on {job.worker_id or NONE}{cancel}"
-    if job.status == "pending":
-        if job.waiting_for == "session":
-            return "waits for its session"
-        if job.waiting_for == "run_at":
-            return f"due at {when(job.run_at)}"
-        return "ready"
-    return job.end_reason or NONE
 
 
 @jobs.command()
@@ -144,7 +130,7 @@ def _attempt_table(attempts: list[Attempt]) -> str:
             a.worker_id or NONE,
             when(a.started_at),
             when(a.ended_at) if a.ended_at else "running",
-            seconds((a.ended_at - a.started_at).total_seconds() if a.ended_at else None),
+            seconds(a.seconds),
             a.end_reason or NONE,
             one_line(a.error_message, ERROR_WIDTH),
         ]
@@ -189,14 +175,12 @@ def retry(ctx: click.Context, job_id: str, as_json: bool) -> None:
 
 def _retry(conn: psycopg.Connection[Any], job_id: uuid.UUID) -> str | None:
     """Retry one job; None on success, else why not."""
-    job = store.get_job(conn, job_id)
-    if job is None:
-        return f"job {job_id} not found"
     if not store.retry_job(conn, job_id):
-        current = store.get_job(conn, job_id)
-        status = job.status if current is None else current.status
+        job = store.get_job(conn, job_id)
+        if job is None:
+            return f"job {job_id} not found"
         return (
-            f"job {job_id} is {status}: only a failed or cancelled job can be retried "
+            f"job {job_id} is {job.status}: only a failed or cancelled job can be retried "
             "(`mobvibe-queue cancel` stops an unfinished one)"
         )
     return None

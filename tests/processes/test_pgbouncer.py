@@ -144,10 +144,16 @@ def bouncer(db_url: str) -> Iterator[Bouncer]:
 
 
 def supervisor_behind(
-    supervisor: Callable[..., Running], bouncer: Bouncer, db_url: str, *args: str
+    supervisor: Callable[..., Running],
+    bouncer: Bouncer,
+    db_url: str,
+    *args: str,
+    env: dict[str, str] | None = None,
 ) -> Running:
     return supervisor(
-        *args, env={"DATABASE_URL": bouncer.url, "MOBVIBE_LISTEN_URL": db_url}, url=db_url
+        *args,
+        env={"DATABASE_URL": bouncer.url, "MOBVIBE_LISTEN_URL": db_url, **(env or {})},
+        url=db_url,
     )
 
 
@@ -227,7 +233,10 @@ def test_cancel_through_pgbouncer_ends_the_running_command(
     tmp_path: Path,
 ) -> None:
     job = queue.enqueue("60")
-    running = supervisor(
+    running = supervisor_behind(
+        supervisor,
+        bouncer,
+        db_url,
         "--exec",
         'echo $$ > "$MARKS/tmp"; mv "$MARKS/tmp" "$MARKS/pid"; exec sleep "$(cat)"',
         "--exec-env",
@@ -235,8 +244,7 @@ def test_cancel_through_pgbouncer_ends_the_running_command(
         "--workers",
         "1",
         *FAST,
-        env={"DATABASE_URL": bouncer.url, "MOBVIBE_LISTEN_URL": db_url, "MARKS": str(tmp_path)},
-        url=db_url,
+        env={"MARKS": str(tmp_path)},
     )
     wait_for((tmp_path / "pid").exists, timeout=20, message="the job running")
     pid = int((tmp_path / "pid").read_text())
