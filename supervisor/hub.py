@@ -64,8 +64,8 @@ class Hub:
         self.due = {
             "heartbeat": now,
             "poll": now,
-            "sweep": now,
-            "drain": now,
+            "sweep": now if sweep is not None else float("inf"),
+            "drain": now if settings.drain else float("inf"),
             "next_run": float("inf"),
             "lost": float("inf"),
         }
@@ -147,18 +147,14 @@ class Hub:
         if now >= min(self.due["poll"], self.due["next_run"]):
             self.due["poll"] = now + self.settings.poll_interval
             self._poll(conn)
-        if self.sweep is not None and now >= self.due["sweep"]:
+        if now >= self.due["sweep"]:  # never without an embedded reaper
             self.due["sweep"] = now + self.settings.reaper_interval
             self._sweep(conn)
         if now >= self.due["lost"]:
             self._recheck_unrenewed(now)
-        if self.settings.drain and now >= self.due["drain"]:
+        if now >= self.due["drain"]:  # never without --drain
             self.due["drain"] = now + DRAIN_CHECK
             self._check_drain(conn)
-        if self.sweep is None:
-            self.due["sweep"] = float("inf")
-        if not self.settings.drain:
-            self.due["drain"] = float("inf")
 
     def _notified(self, conn: psycopg.Connection[Any], channel: str, payload: str) -> None:
         # A payload is never trusted: anyone may NOTIFY. new_job only makes a worker
