@@ -1,5 +1,5 @@
 """The supervisor's HTTP child: /metrics (all processes), /healthz, /readyz, and the status
-pages with their JSON API (supervisor/statussite.py).
+pages with their JSON API (mobvibe.web).
 
 It runs in a child process of its own so that the parent stays single-threaded
 (forking a multi-threaded process can deadlock the child). Every read, the
@@ -25,13 +25,9 @@ from mobvibe.sql import store
 from mobvibe.sql.store import QueueStats
 from mobvibe.supervisor.settings import Settings
 from mobvibe.supervisor.slots import Slots
-from mobvibe.supervisor.statussite import (
-    ConnectionBusyError,
-    OneConnection,
-    Reply,
-    SiteHandler,
-    StatusSite,
-)
+from mobvibe.web.connection import ConnectionBusyError, OneConnection
+from mobvibe.web.handler import SiteHandler
+from mobvibe.web.site import Reply, StatusSite
 
 log = logging.getLogger(__name__)
 HEALTHY_TICK_AGE = 10.0  # the parent's loop turns every 0.25 s

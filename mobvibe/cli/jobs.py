@@ -9,20 +9,15 @@ from typing import Any
 import click
 import psycopg
 
+from mobvibe import columns
 from mobvibe.cli.options import connect, echo_json, friendly_errors, jsonable
-from mobvibe.cli.tables import NONE, one_line, seconds, table, when
+from mobvibe.cli.tables import fields, table
 from mobvibe.sql import store
 from mobvibe.sql.jobs import parse_uuid
-from mobvibe.sql.store import Attempt, Event, JobDetail, JobSummary, RunningJob
-from mobvibe.supervisor.statusdata import is_silent, running_json
+from mobvibe.sql.store import JobDetail
 
 STATUSES = ("pending", "processing", "completed", "failed", "cancelled")
 EVENTS_SHOWN = 1000
-PROMPT_WIDTH = 50
-ERROR_WIDTH = 60
-# Columns aligned right, a bit per column (see tables.table).
-_LIST_NUMERIC = 0b0011000
-_ATTEMPT_NUMERIC = 0b0000001
 
 
 @click.group()
@@ -50,27 +45,9 @@ def list_(
     elif not found:
         click.echo("no job" if status is None else f"no {status} job")
     else:
-        click.echo(_job_table(found))
+        click.echo(table(columns.JOBS, found))
         if len(found) == limit:
             click.echo(f"showing the newest {limit}: --limit shows more")
-
-
-def _job_table(found: list[JobSummary]) -> str:
-    rows = [
-        [
-            str(job.id),
-            str(job.session_id)[:8],
-            job.status,
-            str(job.priority),
-            f"{job.retry_count}/{job.max_retries}",
-            when(job.created_at),
-            job.state_note(when, NONE),
-            one_line(job.prompt_head, PROMPT_WIDTH),
-        ]
-        for job in found
-    ]
-    headers = ["JOB ID", "SESSION", "STATUS", "PRI", "FAILED", "SUBMITTED", "NOW", "PROMPT"]
-    return table(headers, rows, numeric=_LIST_NUMERIC)
 
 
 @jobs.command()
@@ -94,58 +71,16 @@ def show(ctx: click.Context, job_id: str, as_json: bool) -> None:
 
 def _job_text(detail: JobDetail) -> str:
     job = detail.job
-    fields = [
-        ("session", str(job.session_id)),
-        ("status", job.status + (" (cancel requested)" if job.cancel_requested_at else "")),
-        ("priority", str(job.priority)),
-        ("failed attempts", f"{job.retry_count} of at most {job.max_retries}"),
-        ("submitted", when(job.created_at)),
-        ("due", when(job.run_at)),
-        ("started", when(job.started_at)),
-        ("last heartbeat", when(job.heartbeat_at)),
-        ("ended", when(job.completed_at)),
-        ("worker", job.worker_id or NONE),
-        ("end reason", job.end_reason or NONE),
-        ("error", job.error_message or NONE),
-        ("waiting for", job.waiting_for or NONE),
-        ("idempotency key", job.idempotency_key or NONE),
-    ]
-    lines = [f"Job {job.id}"]
-    lines += [f"  {name + ':':<17} {value}" for name, value in fields]
+    lines = [f"Job {job.id}", fields(columns.FIELDS, job)]
     lines += ["Prompt:", _indented(job.prompt)]
-    attempts = _attempt_table(detail.attempts) if detail.attempts else "none yet"
+    attempts = table(columns.ATTEMPTS, detail.attempts) if detail.attempts else "none yet"
     lines += ["Attempts:", _indented(attempts)]
     if job.output:
         lines += ["Output (its end):", _indented(job.output)]
     if detail.events:
         more = f" (the first {len(detail.events)})" if detail.events_truncated else ""
-        lines += [f"Progress events{more}:", _indented(_event_table(detail.events))]
+        lines += [f"Progress events{more}:", _indented(table(columns.EVENTS, detail.events))]
     return "\n".join(lines)
-
-
-def _attempt_table(attempts: list[Attempt]) -> str:
-    rows = [
-        [
-            str(a.attempt),
-            a.worker_id or NONE,
-            when(a.started_at),
-            when(a.ended_at) if a.ended_at else "running",
-            seconds(a.seconds),
-            a.end_reason or NONE,
-            one_line(a.error_message, ERROR_WIDTH),
-        ]
-        for a in attempts
-    ]
-    headers = ["#", "WORKER", "STARTED", "ENDED", "TOOK", "END REASON", "ERROR"]
-    return table(headers, rows, numeric=_ATTEMPT_NUMERIC)
-
-
-def _event_table(events: list[Event]) -> str:
-    rows = [
-        [str(e.attempt), when(e.created_at), e.kind, json.dumps(e.payload, ensure_ascii=False)]
-        for e in events
-    ]
-    return table(["ATTEMPT", "AT", "KIND", "PAYLOAD"], rows, numeric=1)
 
 
 def _indented(text: str) -> str:
@@ -194,30 +129,12 @@ def workers(ctx: click.Context, as_json: bool) -> None:
     """Show what each worker runs now and since when, from the database (an idle worker
     holds no job and is not seen there)."""
     with connect(ctx.obj) as conn:
-        running = store.running_jobs(conn)
         timeout = store.queue_settings(conn).heartbeat_timeout.total_seconds()
+        running = columns.holders(store.running_jobs(conn), timeout)
     if as_json:
-        for job in running:
-            echo_json(running_json(job, timeout))
+        for holder in running:
+            echo_json(holder.as_dict())
     elif not running:
         click.echo("no job is running (an idle worker holds none)")
     else:
-        click.echo(_worker_table(running, timeout))
-
-
-def _worker_table(running: list[RunningJob], timeout: float) -> str:
-    rows = [
-        [
-            job.worker_id or NONE,
-            str(job.job_id),
-            str(job.attempt),
-            when(job.started_at),
-            seconds(job.heartbeat_age_seconds) + " ago",
-            ("silent: the reaper requeues it" if is_silent(job, timeout) else "alive")
-            + (", cancel requested" if job.cancel_requested_at else ""),
-            one_line(job.prompt_head, PROMPT_WIDTH),
-        ]
-        for job in running
-    ]
-    headers = ["WORKER", "JOB ID", "ATTEMPT", "SINCE", "HEARTBEAT", "STATE", "PROMPT"]
-    return table(headers, rows, numeric=0b0000100)
+        click.echo(table(columns.RUNNING, running))

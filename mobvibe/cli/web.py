@@ -9,7 +9,9 @@ import click
 from mobvibe.cli.options import check_schema, friendly_errors, resolve_database
 from mobvibe.errors import ConfigError
 from mobvibe.sql import db
-from mobvibe.supervisor.statussite import OneConnection, SiteHandler, StatusSite
+from mobvibe.web.connection import OneConnection
+from mobvibe.web.handler import SiteHandler
+from mobvibe.web.site import StatusSite
 
 PORT_DEFAULT = 9400  # the supervisor's: one address to remember for the same pages
 

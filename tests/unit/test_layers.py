@@ -1,5 +1,6 @@
-"""The arrows of the code point one way: shared helpers and the data layer, then the
-supervisor and the reaper, then the command lines (README, "Map of the code")."""
+"""The arrows of the code point one way: shared helpers and the data layer, the columns that
+show its records, the status website, then the supervisor and the reaper (whose HTTP child
+serves the website), then the command lines (README, "Map of the code")."""
 
 from __future__ import annotations
 
@@ -20,11 +21,14 @@ FOLDERS = {
 LAYERS = {
     "helpers": 0,  # mobvibe.errors, logs, clock, durations, metrics
     "sql": 1,  # the data layer
-    "supervisor": 2,
-    "reaper": 2,
-    "client": 2,
-    "cli": 3,
+    "columns": 2,  # the tables of records, for the pages and the terminal alike
+    "web": 3,  # the status website
+    "supervisor": 4,
+    "reaper": 4,
+    "client": 4,
+    "cli": 5,
 }
+PROCESSES = 4  # the peers of this layer import none of each other
 # Optional dependencies imported where they are needed, with the reason beside them.
 LOCAL_IMPORTS_ALLOWED = {("mobvibe.sql.db", "pgserver")}
 
@@ -43,7 +47,7 @@ def layer_of(module: str) -> str:
     parts = module.split(".")
     if len(parts) == 1:
         return "helpers"
-    if parts[1] in ("supervisor", "reaper", "sql", "cli", "client"):
+    if parts[1] in LAYERS:
         return parts[1]
     return "helpers"
 
@@ -76,7 +80,7 @@ def test_imports_point_down_the_layers(module: str) -> None:
             continue
         theirs = layer_of(imported)
         assert LAYERS[theirs] <= LAYERS[mine], f"{module} ({mine}) imports {imported} ({theirs})"
-        if LAYERS[theirs] == LAYERS[mine] == 2:
+        if LAYERS[theirs] == LAYERS[mine] == PROCESSES:
             assert theirs == mine, f"{module} ({mine}) imports its peer {imported} ({theirs})"
 
 

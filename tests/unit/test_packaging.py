@@ -60,6 +60,14 @@ def test_every_sql_file_is_in_the_wheel_under_mobvibe_sql(wheel: zipfile.ZipFile
         assert wheel.read(name) == (ROOT / "sql" / name.removeprefix("mobvibe/sql/")).read_bytes()
 
 
+def test_the_pages_templates_and_style_sheet_are_in_the_wheel(wheel: zipfile.ZipFile) -> None:
+    web = ROOT / "mobvibe" / "web"
+    shipped = {f"mobvibe/web/{p.relative_to(web).as_posix()}" for p in web.rglob("*.*")}
+    shipped = {name for name in shipped if "__pycache__" not in name}
+    assert {"mobvibe/web/style.css", "mobvibe/web/templates/layout.html"} <= shipped
+    assert shipped <= set(wheel.namelist()), sorted(shipped - set(wheel.namelist()))
+
+
 def test_the_wheel_installs_one_top_level_name(wheel: zipfile.ZipFile) -> None:
     tops = {name.split("/")[0] for name in wheel.namelist() if ".dist-info/" not in name}
     assert tops == {"mobvibe"}

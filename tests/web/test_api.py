@@ -86,7 +86,13 @@ def test_refusals_are_clear_and_the_pages_are_read_only(every_state: EveryState)
     assert "default-src 'none'" in headers["Content-Security-Policy"]
     assert headers["X-Content-Type-Options"] == "nosniff"
     for method in ("POST", "PUT", "DELETE"):
-        assert get(every_state.port, "/", method)[0] == 501
+        for path in ("/", "/api/stats", "/metrics"):
+            code, headers, _ = get(every_state.port, path, method)
+            assert (code, headers["Allow"]) == (405, "GET, HEAD"), (method, path)
+    for path in ("/", "/jobs", "/api/stats", "/metrics", "/readyz"):
+        code, headers, body = get(every_state.port, path, "HEAD")
+        assert (code, body) == (200, b""), path
+        assert int(headers["Content-Length"]) > 0, path
 
 
 def test_every_page_and_scrape_shares_the_http_childs_one_connection(

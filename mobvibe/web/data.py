@@ -8,12 +8,16 @@ from typing import Any
 
 import psycopg
 
+from mobvibe import clock
+from mobvibe.columns import Holder, holders
 from mobvibe.sql import store
-from mobvibe.sql.store import JobSummary, MinuteCount, QueueStats, RunningJob
+from mobvibe.sql.store import JobSummary, MinuteCount, QueueStats
 
 MINUTES = 15  # the throughput window
 RECENT = 10  # dead letters and cancellations on the front page
 RUNNING_SHOWN = 200
+STATUSES = ("pending", "processing", "completed", "failed", "cancelled")
+ENDINGS = ("completed", "dead_lettered", "cancelled")  # the fields of a MinuteCount
 
 
 @dataclass(frozen=True)
@@ -23,7 +27,7 @@ class Overview:
     at: datetime
     stats: QueueStats
     minutes: list[MinuteCount]
-    running: list[RunningJob]
+    running: list[Holder]
     heartbeat_timeout: float
     dead_letters: list[JobSummary]
     cancellations: list[JobSummary]
@@ -33,25 +37,37 @@ class Overview:
         """Jobs completed, dead_lettered or cancelled over the whole window."""
         return sum(int(getattr(minute, field)) for minute in self.minutes)
 
-    def silent(self, job: RunningJob) -> bool:
-        return is_silent(job, self.heartbeat_timeout)
+    def depth(self) -> dict[str, int]:
+        """The jobs in each status, now."""
+        s = self.stats
+        return {
+            "pending": s.pending_count,
+            "processing": s.processing_count,
+            "completed": s.completed_count,
+            "failed": s.failed_count,
+            "cancelled": s.cancelled_count,
+        }
+
+    def swept_ago(self) -> float | None:
+        """Seconds since the last reaper sweep (None: never)."""
+        return None if self.last_sweep is None else (self.at - self.last_sweep).total_seconds()
 
 
-def is_silent(job: RunningJob, heartbeat_timeout: float) -> bool:
-    """The attempt's heartbeat is older than the timeout: the reaper requeues it."""
-    age = job.heartbeat_age_seconds
-    return age is None or age > heartbeat_timeout
+def now() -> datetime:
+    """The time a page is read, from the one clock."""
+    return datetime.fromtimestamp(clock.wall(), UTC)
 
 
 def read_overview(conn: psycopg.Connection[Any]) -> Overview:
     """Every number of the front page, read now."""
     sweep = store.last_reaper_sweep(conn)
+    timeout = store.queue_settings(conn).heartbeat_timeout.total_seconds()
     return Overview(
-        at=datetime.now(UTC),
+        at=now(),
         stats=store.stats(conn),
         minutes=store.ended_per_minute(conn, MINUTES),
-        running=store.running_jobs(conn, RUNNING_SHOWN),
-        heartbeat_timeout=store.queue_settings(conn).heartbeat_timeout.total_seconds(),
+        running=holders(store.running_jobs(conn, RUNNING_SHOWN), timeout),
+        heartbeat_timeout=timeout,
         dead_letters=store.recently_ended(conn, "failed", RECENT),
         cancellations=store.recently_ended(conn, "cancelled", RECENT),
         last_sweep=None if sweep is None else datetime.fromtimestamp(sweep, UTC),
@@ -64,25 +80,12 @@ def overview_json(overview: Overview) -> dict[str, Any]:
         "time": overview.at,
         **overview.stats.as_dict(),
         "window_minutes": len(overview.minutes),
-        "completed_in_window": overview.ended("completed"),
-        "dead_lettered_in_window": overview.ended("dead_lettered"),
-        "cancelled_in_window": overview.ended("cancelled"),
+        **{f"{field}_in_window": overview.ended(field) for field in ENDINGS},
         "per_minute": [
-            {
-                "minute": m.minute,
-                "completed": m.completed,
-                "dead_lettered": m.dead_lettered,
-                "cancelled": m.cancelled,
-            }
+            {"minute": m.minute, **{field: getattr(m, field) for field in ENDINGS}}
             for m in overview.minutes
         ],
         "running_count": len(overview.running),
         "heartbeat_timeout_seconds": overview.heartbeat_timeout,
         "last_reaper_sweep": overview.last_sweep,
     }
-
-
-def running_json(job: RunningJob, heartbeat_timeout: float) -> dict[str, Any]:
-    """/api/workers, `mobvibe-queue workers --json`: a running job, and whether its heartbeat
-    is overdue."""
-    return {**job.as_dict(), "silent": is_silent(job, heartbeat_timeout)}
