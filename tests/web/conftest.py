@@ -3,14 +3,17 @@ every state behind a live supervisor."""
 
 from __future__ import annotations
 
+import json
 import os
+import select
 import shutil
 import subprocess
 import tempfile
+import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
@@ -23,7 +26,7 @@ from mobvibe.client import JobQueue
 from mobvibe.sql.jobs import NewJob
 from tests.contract.support import QUEUE_CLI
 from tests.helpers import wait_for
-from tests.processes.conftest import FAST, Running, supervisor  # noqa: F401 - a fixture
+from tests.processes.conftest import FAST, Running, free_port, supervisor  # noqa: F401
 
 AGENT = ["--handler", "tests.web.handlers:agent"]
 # Chromium as root, with no sandbox, no network of its own and a profile per run.
@@ -87,8 +90,82 @@ class Dom(HTMLParser):
         return [row[attribute] for row in self.rows if attribute in row]
 
 
+class DevTools:
+    """Chromium driven through its DevTools protocol over --remote-debugging-pipe: commands
+    go to its fd 3 and answers and events come from its fd 4, as JSON ended by a NUL byte
+    (no WebSocket client needed). The page's policy forbids scripts; the protocol's
+    evaluation is not the page's script, so it may measure the page."""
+
+    def __init__(self, binary: str, profile: str) -> None:
+        # The shell gives Chromium our pipes as its fds 3 and 4.
+        self.proc = subprocess.Popen(
+            [
+                "bash",
+                "-c",
+                'exec "$0" "$@" 3<&0 4>&1 0</dev/null 1>/dev/null',
+                binary,
+                *CHROMIUM_FLAGS,
+                "--remote-debugging-pipe",
+                f"--user-data-dir={profile}",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        self._last_id = 0
+        self._buffer = b""
+        self._unread: list[dict[str, Any]] = []
+
+    def call(self, method: str, session: str | None = None, **params: Any) -> dict[str, Any]:
+        """Run one command (in a page's session); its result."""
+        self._last_id += 1
+        message: dict[str, Any] = {"id": self._last_id, "method": method, "params": params}
+        if session is not None:
+            message["sessionId"] = session
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(message).encode() + b"\0")
+        self.proc.stdin.flush()
+        answer = self.wait(lambda m, n=self._last_id: m.get("id") == n)
+        assert "error" not in answer, answer
+        return answer["result"]  # type: ignore[no-any-return]
+
+    def wait(self, wanted: Callable[[dict[str, Any]], bool], timeout: float = 30) -> dict[str, Any]:
+        """The first message that is `wanted`; the others are kept for a later wait."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for message in self._unread:
+                if wanted(message):
+                    self._unread.remove(message)
+                    return message
+            self._unread.append(self._read(deadline))
+
+    def _read(self, deadline: float) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        while b"\0" not in self._buffer:
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([self.proc.stdout], [], [], max(left, 0))
+            assert ready, "Chromium did not answer in time"
+            chunk = os.read(self.proc.stdout.fileno(), 65536)
+            assert chunk, "Chromium closed its pipe"
+            self._buffer += chunk
+        raw, self._buffer = self._buffer.split(b"\0", 1)
+        return json.loads(raw)  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        try:
+            self.call("Browser.close")
+            self.proc.wait(timeout=20)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait(timeout=20)
+            for pipe in (self.proc.stdin, self.proc.stdout):
+                if pipe is not None:
+                    pipe.close()
+
+
 class Browser:
-    """Headless Chromium: the DOM of a page once loaded, and screenshots."""
+    """Headless Chromium: the DOM of a page once loaded, measures of it, and screenshots."""
 
     def __init__(self, binary: str, profiles: Path) -> None:
         self.binary = binary
@@ -108,6 +185,33 @@ class Browser:
 
     def dom(self, url: str) -> Dom:
         return Dom(self._run("--dump-dom", url))
+
+    def evaluate(self, url: str, expression: str, width: int = 1280, height: int = 900) -> Any:
+        """The value of a JavaScript `expression` in the page at `url` once loaded, in a
+        viewport `width` x `height` pixels."""
+        tools = DevTools(self.binary, tempfile.mkdtemp(dir=self.profiles))
+        try:
+            target = tools.call("Target.createTarget", url="about:blank")["targetId"]
+            session = tools.call("Target.attachToTarget", targetId=target, flatten=True)
+            page = session["sessionId"]
+            tools.call(
+                "Emulation.setDeviceMetricsOverride",
+                page,
+                width=width,
+                height=height,
+                deviceScaleFactor=1,
+                mobile=False,
+            )
+            tools.call("Page.enable", page)
+            tools.call("Page.navigate", page, url=url)
+            tools.wait(
+                lambda m: m.get("method") == "Page.loadEventFired" and m.get("sessionId") == page
+            )
+            found = tools.call("Runtime.evaluate", page, expression=expression, returnByValue=True)
+            assert "exceptionDetails" not in found, found
+            return found["result"]["value"]
+        finally:
+            tools.close()
 
     def screenshot(self, url: str, path: Path, size: str = "1280,900") -> Path:
         self._run(f"--screenshot={path}", f"--window-size={size}", url)
@@ -143,6 +247,25 @@ def get(port: int, path: str, method: str = "GET") -> tuple[int, dict[str, str],
         return exc.code, dict(exc.headers), exc.read()
     except OSError:
         return 0, {}, b""  # nothing listens (yet)
+
+
+@pytest.fixture
+def web(db_url: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """`mobvibe-queue web` on a free port: the process, and its port once it answers."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOBVIBE_")}
+    proc = subprocess.Popen(
+        [QUEUE_CLI, "web", "--port", str(port)],
+        env={**env, "DATABASE_URL": db_url},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(lambda: get(port, "/api/stats")[0] == 200, timeout=20, message="the pages")
+    yield proc, port
+    if proc.poll() is None:
+        proc.kill()
+    proc.communicate(timeout=10)
 
 
 def queue_cli(url: str, *args: str) -> str:

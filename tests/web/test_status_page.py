@@ -157,3 +157,26 @@ def test_prompts_outputs_and_errors_are_shown_as_text_and_never_run(
         assert "&lt;script&gt;" in page.markup, path
     shown = browser.dom(f"http://127.0.0.1:{running.port}/jobs/{worked}")
     assert shown.text("prompt") == f"{INJECTED} (worked)"
+
+
+# A prompt of one long word (a URL, a stack trace's path, base64): nowhere to break a line.
+LONG_WORD = "https://github.com/mobvibe/app/blob/main/" + "WideWordsWithoutSpaces" * 40
+# How far the page and its widest table reach, against the viewport's width.
+REACH = """({
+  viewport: window.innerWidth,
+  page: document.documentElement.scrollWidth,
+  tables: Math.max(...[...document.querySelectorAll("table, pre, dl")]
+    .map(e => Math.ceil(e.getBoundingClientRect().right))),
+})"""
+
+
+def test_a_prompt_without_spaces_wraps_inside_the_page(
+    queue: JobQueue, web: tuple[Any, int], browser: Browser
+) -> None:
+    _, port = web
+    job = queue.enqueue(LONG_WORD, idempotency_key=LONG_WORD[-200:])
+    queue.enqueue("Add dark mode to the settings screen", delay=3600)
+    for path in ("/jobs", f"/jobs/{job}"):
+        reach = browser.evaluate(f"http://127.0.0.1:{port}{path}", REACH, width=1024)
+        assert reach["page"] <= reach["viewport"], (path, reach)
+        assert reach["tables"] <= reach["viewport"], (path, reach)

@@ -3,40 +3,16 @@ connection, stopped by Ctrl-C with exit code 0."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
-import pytest
 
 from mobvibe.client import JobQueue
-from tests.contract.support import QUEUE_CLI
-from tests.helpers import wait_for
-from tests.processes.conftest import free_port
 from tests.web.conftest import Browser, db_counts, get
 from tests.web.test_api import connections
-
-
-@pytest.fixture
-def web(db_url: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MOBVIBE_")}
-    proc = subprocess.Popen(
-        [QUEUE_CLI, "web", "--port", str(port)],
-        env={**env, "DATABASE_URL": db_url},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    wait_for(lambda: get(port, "/api/stats")[0] == 200, timeout=20, message="the pages")
-    yield proc, port
-    if proc.poll() is None:
-        proc.kill()
-    proc.communicate(timeout=10)
 
 
 def test_web_serves_the_same_pages_on_one_connection_and_ctrl_c_exits_0(
