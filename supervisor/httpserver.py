@@ -85,17 +85,7 @@ class QueueCollector(Collector):
         yield up
         if stats is None:
             return
-        depth = GaugeMetricFamily(
-            "mobvibe_queue_jobs", "Jobs in the queue, by status.", labels=["status"]
-        )
-        for status, value in (
-            ("pending", stats.pending_count),
-            ("processing", stats.processing_count),
-            ("completed", stats.completed_count),
-            ("failed", stats.failed_count),
-        ):
-            depth.add_metric([status], value)
-        yield depth
+        yield _depth(stats)
         age = stats.oldest_pending_age
         age_seconds = age.total_seconds() if age is not None else 0.0
         yield GaugeMetricFamily(
@@ -114,6 +104,22 @@ class QueueCollector(Collector):
                 "Unix time of the last sweep of any reaper (daemon or cron).",
                 value=last_sweep,
             )
+
+
+def _depth(stats: QueueStats) -> GaugeMetricFamily:
+    """Jobs in the queue by status, a series for every status."""
+    depth = GaugeMetricFamily(
+        "mobvibe_queue_jobs", "Jobs in the queue, by status.", labels=["status"]
+    )
+    for status, value in (
+        ("pending", stats.pending_count),
+        ("processing", stats.processing_count),
+        ("completed", stats.completed_count),
+        ("failed", stats.failed_count),
+        ("cancelled", stats.cancelled_count),
+    ):
+        depth.add_metric([status], value)
+    return depth
 
 
 def serve(settings: Settings, slots: Slots) -> int:

@@ -38,7 +38,7 @@ GRAFANA_INTERVALS = {
     "$__range": "1h",
 }
 # The statuses QueueCollector reports in mobvibe_queue_jobs (supervisor/httpserver.py).
-QUEUE_STATUSES = ("pending", "processing", "completed", "failed")
+QUEUE_STATUSES = ("pending", "processing", "completed", "failed", "cancelled")
 METRIC = re.compile(r"\bmobvibe_[a-z0-9_]*[a-z0-9]\b")
 
 

@@ -52,6 +52,7 @@ def test_metrics_match_the_database_and_never_go_down(
     queue: JobQueue, conn: Any, supervisor: Any
 ) -> None:
     queue.enqueue_many([NewJob("ok")] * 50 + [NewJob("fail", max_retries=1)] * 2)
+    assert queue.cancel(queue.enqueue("never runs", delay=3600))
     running = supervisor("--workers", "2", *HANDLER, *FAST, metrics=True)
     wait_for(lambda: get(running.port, "/metrics")[0] == 200, message="the metrics endpoint")
     wait_for(
@@ -69,6 +70,8 @@ def test_metrics_match_the_database_and_never_go_down(
     )
     assert value(text, "mobvibe_queue_jobs", status="completed") == 50
     assert value(text, "mobvibe_queue_jobs", status="failed") == 2
+    assert value(text, "mobvibe_queue_jobs", status="cancelled") == 1
+    assert value(text, "mobvibe_queue_jobs", status="pending") == 0
     assert value(text, "mobvibe_jobs_dead_lettered_total") == 2
     assert value(text, "mobvibe_attempts_ended_total", reason="error") == 2
     assert value(text, "mobvibe_jobs_claimed_total") == 52
