@@ -11,6 +11,7 @@ from mobvibe.web import pages
 from mobvibe.web.site import Reply, StatusSite, error, is_api
 
 ALLOW = "GET, HEAD"
+MAX_SKIPPED = 65536  # bytes of a refused request's body read before answering
 
 
 class SiteHandler(BaseHTTPRequestHandler):
@@ -31,12 +32,21 @@ class SiteHandler(BaseHTTPRequestHandler):
 
     def refuse(self) -> None:
         """405 Method Not Allowed: every address is read-only."""
+        self._skip_body()
         api = is_api(urlsplit(self.path).path)
         reply = error(api, 405, f"{self.command} is not allowed here: the pages are read-only")
         self.send(dataclasses.replace(reply, headers=(("Allow", ALLOW),)))
 
-    # http.server answers a method by its do_<METHOD>; the others stay 501.
-    do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_TRACE = do_CONNECT = refuse  # noqa: N815
+    # http.server answers a method by its do_<METHOD>; a method not named here stays 501.
+    do_POST = do_PUT = do_PATCH = do_DELETE = refuse  # noqa: N815
+    do_OPTIONS = do_TRACE = do_CONNECT = refuse  # noqa: N815
+
+    def _skip_body(self) -> None:
+        # A request body left unread when the connection closes can reset it before the
+        # client reads the answer; a large one is not worth reading: the answer is no.
+        length = self.headers.get("Content-Length", "0")
+        if length.isdigit() and 0 < int(length) <= MAX_SKIPPED:
+            self.rfile.read(int(length))
 
     def answer(self, target: str) -> Reply:
         return self.site.answer(target)

@@ -209,7 +209,7 @@ def outage_site() -> Iterator[int]:
 def request(port: int, method: str, path: str) -> tuple[int, dict[str, str], bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
-        conn.request(method, path)
+        conn.request(method, path, body=b"x" * 20000 if method == "POST" else None)
         reply = conn.getresponse()
         return reply.status, dict(reply.getheaders()), reply.read()
     finally:
