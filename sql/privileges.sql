@@ -41,6 +41,9 @@ BEGIN
         IF pg_catalog.to_regclass('public.queue_migrations') IS NOT NULL THEN
             EXECUTE pg_catalog.format('REVOKE ALL ON public.queue_migrations FROM %I', grantee);
         END IF;
+        IF pg_catalog.to_regclass('public.queue_repeatables') IS NOT NULL THEN
+            EXECUTE pg_catalog.format('REVOKE ALL ON public.queue_repeatables FROM %I', grantee);
+        END IF;
         IF grantee LIKE 'mobvibe\_%' THEN
             EXECUTE pg_catalog.format('REVOKE ALL ON public.coding_sessions FROM %I', grantee);
         END IF;
@@ -96,7 +99,7 @@ BEGIN
 
     -- mobvibe_operator: the plan's token-less calls, requeue and retry, purge,
     -- a session's concurrency, the configuration (not the test clock, which is
-    -- the owner's), the migrations.
+    -- the owner's), the record of the migrations and function files (doctor).
     GRANT EXECUTE ON FUNCTION
         public.complete_job(uuid), public.fail_job(uuid, text),
         public.queue_requeue_failed(uuid), public.queue_retry_job(uuid),
@@ -109,6 +112,9 @@ BEGIN
         ON public.queue_config TO mobvibe_operator;
     IF pg_catalog.to_regclass('public.queue_migrations') IS NOT NULL THEN
         GRANT SELECT ON public.queue_migrations TO mobvibe_operator;
+    END IF;
+    IF pg_catalog.to_regclass('public.queue_repeatables') IS NOT NULL THEN
+        GRANT SELECT ON public.queue_repeatables TO mobvibe_operator;
     END IF;
 
     -- Supabase: the edge functions' service_role keeps the plan's calls as an

@@ -55,6 +55,8 @@ def test_every_sql_file_is_in_the_wheel_under_mobvibe_sql(wheel: zipfile.ZipFile
     }
     assert "mobvibe/sql/queries.sql" in shipped
     assert "mobvibe/sql/migrations/0001_tables.sql" in shipped
+    assert "mobvibe/sql/functions/claim_next_job.sql" in shipped
+    assert "mobvibe/sql/privileges.sql" in shipped
     assert shipped <= set(wheel.namelist()), sorted(shipped - set(wheel.namelist()))
     for name in shipped:
         assert wheel.read(name) == (ROOT / "sql" / name.removeprefix("mobvibe/sql/")).read_bytes()
@@ -132,6 +134,33 @@ def test_the_wheel_installs_beside_supervisord(wheel_path: Path, tmp_path: Path)
         check=False,
     )
     assert owners.stdout.split("\n")[0] == "['supervisor'] ['mobvibe-supervisor']", owners.stderr
+    # the installed package finds every SQL file it applies: the numbered migrations,
+    # the function files and the privileges
+    shipped = subprocess.run(
+        [
+            str(python),
+            "-I",
+            "-c",
+            (
+                "from mobvibe.sql.files import migrations, repeatables;"
+                " print(*[f'migrations/{m.version:04d}_{m.name}.sql' for m in migrations()],"
+                " *[r.name for r in repeatables()], sep='\\n')"
+            ),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert shipped.returncode == 0, shipped.stderr
+    in_source = {
+        p.relative_to(ROOT / "sql").as_posix()
+        for folder in ("migrations", "functions")
+        for p in (ROOT / "sql" / folder).glob("*.sql")
+    } | {"privileges.sql"}
+    assert set(shipped.stdout.split()) == in_source
+    assert "functions/claim_next_job.sql" in in_source
 
 
 def test_in_this_process_mobvibe_belongs_to_mobvibe_supervisor_alone() -> None:
