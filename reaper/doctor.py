@@ -13,7 +13,13 @@ from mobvibe.durations import format_duration
 from mobvibe.errors import MigrationError
 from mobvibe.sql import db, store
 from mobvibe.sql.files import migrations
-from mobvibe.sql.migrate import applied_migrations, check_drift, schema_version
+from mobvibe.sql.migrate import (
+    applied_migrations,
+    changed_repeatables,
+    check_drift,
+    functions_current,
+    schema_version,
+)
 from mobvibe.sql.store import DoctorRow
 
 # The database's default, for a schema older than queue_settings() (0005).
@@ -74,7 +80,7 @@ DATA_CHECKS: dict[str, Callable[[DoctorRow, str], str]] = {
         f"{row.function} FROM PUBLIC (or run `mobvibe-queue migrate`)"
     ),
 }
-CHECK_COUNT = len(DATA_CHECKS) + 2  # and the two migration checks
+CHECK_COUNT = len(DATA_CHECKS) + 3  # and the three schema checks
 
 
 def diagnose(conn: psycopg.Connection[Any], limit: int) -> Report:
@@ -86,6 +92,7 @@ def diagnose(conn: psycopg.Connection[Any], limit: int) -> Report:
     schema_present = _check_migrations(conn, report)
     if not schema_present:
         return report  # nothing else can be read
+    _check_repeatables(conn, report)
     timeout = (
         store.queue_settings(conn).heartbeat_timeout
         if store.queue_settings_exist(conn)
@@ -141,6 +148,27 @@ def _check_migrations(conn: psycopg.Connection[Any], report: Report) -> bool:
             )
         )
     return bool(applied)
+
+
+def _check_repeatables(conn: psycopg.Connection[Any], report: Report) -> None:
+    """Report the function files (and privileges) not applied as shipped here.
+
+    Where this role may read queue_repeatables, file by file; elsewhere from the one
+    checksum of queue_settings().
+    """
+    if store.repeatables_readable(conn):
+        stale = [r.name for r in changed_repeatables(store.applied_repeatables(conn))]
+    elif store.queue_settings_exist(conn) and not functions_current(store.queue_settings(conn)):
+        stale = ["sql/functions and sql/privileges.sql"]
+    else:
+        stale = []  # a schema older than queue_settings(): its migrations are reported
+    for name in stale:
+        report.findings.append(
+            Finding(
+                "function_file_not_applied",
+                f"{name}: not applied as this version ships it: run `mobvibe-queue migrate`",
+            )
+        )
 
 
 def _check_drift(conn: psycopg.Connection[Any], report: Report) -> list[int]:

@@ -1,4 +1,4 @@
-"""The SQL shipped with the package: migrations and the named queries Python runs."""
+"""The SQL shipped with the package: migrations, function files and the named queries."""
 
 from __future__ import annotations
 
@@ -11,6 +11,15 @@ from typing import LiteralString, cast
 
 _QUERY_HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 _MIGRATION_NAME = re.compile(r"^(\d{4})_(\w+)\.sql$")
+_FUNCTION_FILE = re.compile(r"^\w+\.sql$")
+
+# Applied after every function file, whenever one was applied: it grants what a
+# function dropped and created again lost.
+PRIVILEGES = "privileges.sql"
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -23,7 +32,20 @@ class Migration:
 
     @property
     def checksum(self) -> str:
-        return hashlib.sha256(self.sql.encode()).hexdigest()
+        return _sha256(self.sql)
+
+
+@dataclass(frozen=True)
+class Repeatable:
+    """A file applied again whenever its text changes: sql/functions/<function>.sql, or
+    sql/privileges.sql. `name` is its path under sql/, as queue_repeatables records it."""
+
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return _sha256(self.sql)
 
 
 @functools.cache
@@ -52,3 +74,26 @@ def migrations() -> tuple[Migration, ...]:
             sql = entry.read_text(encoding="utf-8")
             found.append(Migration(int(match.group(1)), match.group(2), sql))
     return tuple(sorted(found, key=lambda m: m.version))
+
+
+@functools.cache
+def repeatables() -> tuple[Repeatable, ...]:
+    """The function files of sql/functions in name order, then sql/privileges.sql."""
+    root = files("mobvibe.sql")
+    found = sorted(
+        (
+            Repeatable(f"functions/{entry.name}", entry.read_text(encoding="utf-8"))
+            for entry in (root / "functions").iterdir()
+            if _FUNCTION_FILE.match(entry.name)
+        ),
+        key=lambda r: r.name,
+    )
+    privileges = Repeatable(PRIVILEGES, (root / PRIVILEGES).read_text(encoding="utf-8"))
+    return (*found, privileges)
+
+
+def repeatables_checksum(checksums: dict[str, str]) -> str:
+    """One checksum of a set of repeatable files (name -> checksum), as queue_settings()
+    computes it from queue_repeatables: SHA-256 of "name checksum\n" lines in name order."""
+    lines = "".join(f"{name} {checksums[name]}\n" for name in sorted(checksums))
+    return _sha256(lines)

@@ -273,11 +273,12 @@ SELECT queue_record_reaper_run(%(reaper)s, %(requeued)s, %(dead_lettered)s, %(pr
 SELECT extract(epoch FROM max(last_sweep_at)) FROM queue_reaper_runs
 
 -- The configuration every role may read, and the schema version (no tool but
--- the migration runner reads queue_migrations).
+-- the migration runner reads queue_migrations and queue_repeatables). A schema
+-- whose queue_settings() predates functions_checksum reads NULL for it: not current.
 -- name: queue_settings
 SELECT schema_version, heartbeat_timeout, retain_completed, retain_failed, backoff_base,
-       backoff_cap, backoff_jitter
-FROM queue_settings()
+       backoff_cap, backoff_jitter, to_jsonb(s) ->> 'functions_checksum' AS functions_checksum
+FROM queue_settings() s
 
 -- name: queue_settings_exists
 SELECT to_regprocedure('queue_settings()') IS NOT NULL
@@ -286,6 +287,10 @@ SELECT to_regprocedure('queue_settings()') IS NOT NULL
 -- name: migrations_readable
 SELECT to_regclass('queue_migrations') IS NOT NULL
        AND has_table_privilege('queue_migrations', 'SELECT')
+
+-- name: repeatables_readable
+SELECT to_regclass('queue_repeatables') IS NOT NULL
+       AND has_table_privilege('queue_repeatables', 'SELECT')
 
 -- Seconds; NULL leaves a setting unchanged, and a retention of 0 keeps forever.
 -- name: set_queue_config
@@ -331,6 +336,51 @@ VALUES (%(version)s, %(name)s, %(checksum)s)
 
 -- name: migrations_table_exists
 SELECT to_regclass('queue_migrations') IS NOT NULL
+
+-- The function files and sql/privileges.sql as last applied: a file whose text
+-- differs from its checksum here is applied again.
+-- name: create_repeatables_table
+CREATE TABLE IF NOT EXISTS queue_repeatables (
+    name       text PRIMARY KEY,
+    checksum   text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+
+-- name: applied_repeatables
+SELECT name, checksum FROM queue_repeatables ORDER BY name
+
+-- The function files are applied with their bodies unchecked, so that their
+-- order does not matter (as pg_dump does): a SQL function may call one whose
+-- file comes later. Each body is checked once all are there (check_function).
+-- name: defer_body_checks
+SET LOCAL check_function_bodies = off
+
+-- name: record_repeatable
+INSERT INTO queue_repeatables (name, checksum) VALUES (%(name)s, %(checksum)s)
+ON CONFLICT (name) DO UPDATE SET checksum = excluded.checksum, applied_at = now()
+
+-- A file this version does not ship is forgotten: its function is dropped by a
+-- numbered migration, and its record would make the schema look stale forever.
+-- name: forget_repeatables
+DELETE FROM queue_repeatables WHERE name <> ALL (%(shipped)s::text[])
+
+-- name: check_bodies
+SET LOCAL check_function_bodies = on
+
+-- The functions of the given names, each with its language's validator to run.
+-- name: functions_named
+SELECT p.oid, p.oid::regprocedure::text AS signature
+FROM pg_catalog.pg_proc p
+WHERE p.pronamespace = 'public'::regnamespace AND p.proname = ANY (%(names)s::text[])
+ORDER BY 2
+
+-- What CREATE FUNCTION checks when check_function_bodies is on: the body's syntax
+-- (PL/pgSQL), or its parse and analysis against the tables and functions (SQL).
+-- name: check_function
+SELECT CASE l.lanname WHEN 'plpgsql' THEN pg_catalog.plpgsql_validator(p.oid)
+                      WHEN 'sql' THEN pg_catalog.fmgr_sql_validator(p.oid) END
+FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+WHERE p.oid = %(oid)s
 
 -- The checks of `mobvibe-queue doctor`: each returns the offending rows (up to
 -- the limit) with, last, how many there are in all.

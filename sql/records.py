@@ -296,6 +296,8 @@ class QueueSettings:
     backoff_base: timedelta
     backoff_cap: timedelta
     backoff_jitter: float
+    # of the repeatable files applied (files.repeatables_checksum); None before they were
+    functions_checksum: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,6 +326,14 @@ class AppliedMigration:
     version: int
     name: str
     checksum: str
+
+
+@dataclass(frozen=True)
+class SqlFunction:
+    """A function of the queue's schema, as the catalog names it."""
+
+    oid: int
+    signature: str
 
 
 @dataclass(frozen=True)

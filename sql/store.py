@@ -41,6 +41,7 @@ from mobvibe.sql.records import (
     Reaped,
     Renewal,
     RunningJob,
+    SqlFunction,
     SweepBatch,
     WaitingRetries,
 )
@@ -66,6 +67,7 @@ __all__ = [
     "Reaped",
     "Renewal",
     "RunningJob",
+    "SqlFunction",
     "SweepBatch",
     "WaitingRetries",
 ]
@@ -647,11 +649,63 @@ def applied_migrations(conn: Conn) -> list[AppliedMigration]:
         return cur.execute(query("applied_migrations")).fetchall()
 
 
+def limit_lock_waits(conn: Conn) -> None:
+    """For the rest of this transaction, a lock the migration waits for fails after 10 s."""
+    conn.execute(query("migration_lock_timeout"))
+
+
 def apply_migration(conn: Conn, version: int, name: str, checksum: str, script: str) -> None:
-    """Run a migration file and record it, in one transaction."""
-    with conn.transaction():
-        conn.execute(query("migration_lock_timeout"))
-        conn.execute(script.encode())  # a file of several statements, shipped with the package
-        conn.execute(
-            query("record_migration"), {"version": version, "name": name, "checksum": checksum}
-        )
+    """Run a migration file and record it, in the caller's transaction."""
+    conn.execute(script.encode())  # a file of several statements, shipped with the package
+    conn.execute(
+        query("record_migration"), {"version": version, "name": name, "checksum": checksum}
+    )
+
+
+def create_repeatables_table(conn: Conn) -> None:
+    conn.execute(query("create_repeatables_table"))
+
+
+def applied_repeatables(conn: Conn) -> dict[str, str]:
+    """name -> checksum of the repeatable files as last applied."""
+    rows = conn.execute(query("applied_repeatables")).fetchall()
+    return dict(rows)
+
+
+def repeatables_readable(conn: Conn) -> bool:
+    """Whether this role may read queue_repeatables (the owner and operators)."""
+    row = conn.execute(query("repeatables_readable")).fetchone()
+    return bool(row and row[0])
+
+
+def defer_body_checks(conn: Conn) -> None:
+    """Until check_bodies(), this transaction's CREATE FUNCTIONs leave their bodies unchecked."""
+    conn.execute(query("defer_body_checks"))
+
+
+def apply_repeatable(conn: Conn, name: str, checksum: str, script: str) -> None:
+    """Run a function file (or the privileges) and record its checksum, in the caller's
+    transaction."""
+    conn.execute(script.encode())  # a file of several statements, shipped with the package
+    conn.execute(query("record_repeatable"), {"name": name, "checksum": checksum})
+
+
+def forget_repeatables(conn: Conn, shipped: Sequence[str]) -> None:
+    """Drop the records of repeatable files other than `shipped`."""
+    conn.execute(query("forget_repeatables"), {"shipped": list(shipped)})
+
+
+def check_bodies(conn: Conn) -> None:
+    """From here on in this transaction, CREATE FUNCTION checks bodies again."""
+    conn.execute(query("check_bodies"))
+
+
+def functions_named(conn: Conn, names: Sequence[str]) -> list[SqlFunction]:
+    """Every function of the queue's schema with one of these names."""
+    with conn.cursor(row_factory=class_row(SqlFunction)) as cur:
+        return cur.execute(query("functions_named"), {"names": list(names)}).fetchall()
+
+
+def check_function(conn: Conn, oid: int) -> None:
+    """Run the function's language validator: raises the error CREATE FUNCTION would have."""
+    conn.execute(query("check_function"), {"oid": oid})

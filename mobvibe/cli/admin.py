@@ -36,6 +36,7 @@ from mobvibe.durations import Duration, format_duration
 from mobvibe.errors import ConfigError
 from mobvibe.sql import db, store
 from mobvibe.sql.jobs import MAX_RETRIES_DEFAULT, PRIORITY_MAX, PRIORITY_MIN, NewJob
+from mobvibe.sql.migrate import MigrationReport
 from mobvibe.sql.migrate import migrate as run_migrations
 from mobvibe.sql.notify import CHANNELS, Listener
 from mobvibe.sql.store import ConfigChange, QueueSettings
@@ -62,15 +63,33 @@ def migrate(ctx: click.Context) -> None:
     """Apply the schema migrations (safe to run from several pods at once)."""
     with db.connect(_url(ctx), application_name="mobvibe-migrate") as conn:
         report = run_migrations(conn)
-    if report.applied:
-        click.echo(f"applied {len(report.applied)} migration(s): {', '.join(report.applied)}")
-    else:
-        click.echo(f"schema up to date ({report.already} migrations applied)")
+    for line in _migrate_lines(report):
+        click.echo(line)
     if not ctx.obj:
         click.echo(
             f"the embedded PostgreSQL keeps its data in {db.embedded_dir()}; "
             "`mobvibe-queue psql` opens psql on it (set DATABASE_URL for another server)"
         )
+
+
+def _migrate_lines(report: MigrationReport) -> list[str]:
+    """What `migrate` did: a line for the numbered migrations, one for the repeatable files."""
+    lines = []
+    if report.applied:
+        lines.append(f"applied {len(report.applied)} migration(s): {', '.join(report.applied)}")
+    if len(report.files) == report.files_shipped:
+        lines.append(
+            f"applied all {report.files_shipped} repeatable files "
+            "(sql/functions, sql/privileges.sql)"
+        )
+    elif report.files:
+        lines.append(f"applied {len(report.files)} repeatable file(s): {', '.join(report.files)}")
+    if not lines:
+        lines.append(
+            f"schema up to date ({report.already} migrations, "
+            f"{report.files_shipped} repeatable files)"
+        )
+    return lines
 
 
 @main.command()

@@ -15,11 +15,17 @@ import psycopg
 from psycopg import conninfo, sql
 from psycopg.rows import dict_row
 
+from mobvibe.sql import store
+from mobvibe.sql.files import migrations
+
 # A fixed instant in the future of every test run: jobs inserted with the
 # default run_at (the real now()) are due when the SQL clock is set to it.
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 
 QUEUE_CLI = str(Path(sys.executable).with_name("mobvibe-queue"))
+
+# The migrations that also defined functions, before the function files of sql/functions.
+FROZEN = 9
 
 
 def insert_job(
@@ -147,3 +153,16 @@ def assert_one_error_line(result: subprocess.CompletedProcess[str], exit_code: i
     errors = [line for line in output.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1, output
     return errors[0]
+
+
+def migrate_as_before(conn: psycopg.Connection[Any], up_to: int = FROZEN) -> None:
+    """Migrations 0001 to `up_to` as the runner did before the function files: each in a
+    transaction of its own, recorded in queue_migrations, and nothing else."""
+    store.create_migrations_table(conn)
+    for migration in migrations():
+        if migration.version <= up_to:
+            with conn.transaction():
+                store.limit_lock_waits(conn)
+                store.apply_migration(
+                    conn, migration.version, migration.name, migration.checksum, migration.sql
+                )

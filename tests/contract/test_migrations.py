@@ -12,18 +12,23 @@ import psycopg
 import pytest
 
 from mobvibe.errors import MigrationError
-from mobvibe.sql.files import migrations
-from mobvibe.sql.migrate import migrate
+from mobvibe.sql import migrate as migrate_module
+from mobvibe.sql.files import PRIVILEGES, Repeatable, migrations, repeatables
+from mobvibe.sql.migrate import migrate, schema_is_current
 from tests.contract.support import (
+    FROZEN,
     QUEUE_CLI,
     assert_one_error_line,
     claim,
     insert_job,
+    migrate_as_before,
     run_queue_cli,
     scalar,
 )
 
 SHIPPED = tuple(f"{m.version:04d}_{m.name}" for m in migrations())
+REAPER_CLI = QUEUE_CLI.removesuffix("mobvibe-queue") + "mobvibe-reaper"
+FILES = tuple(r.name for r in repeatables())
 
 
 def connect(url: str) -> psycopg.Connection[Any]:
@@ -34,6 +39,10 @@ def recorded(conn: Any) -> list[tuple[int, str, str]]:
     return conn.execute(
         "SELECT version, name, checksum FROM queue_migrations ORDER BY version"
     ).fetchall()
+
+
+def files_recorded(conn: Any) -> dict[str, str]:
+    return dict(conn.execute("SELECT name, checksum FROM queue_repeatables").fetchall())
 
 
 def test_the_package_ships_0001_to_0005() -> None:
@@ -52,9 +61,11 @@ def test_migrate_applies_every_migration_once_and_records_it(
     with connect(new_database()) as conn:
         first = migrate(conn)
         assert (first.applied, first.already) == (SHIPPED, 0)
+        assert first.files == FILES and first.files_shipped == len(FILES)
         assert recorded(conn) == [(m.version, m.name, m.checksum) for m in migrations()]
+        assert files_recorded(conn) == {r.name: r.checksum for r in repeatables()}
         second = migrate(conn)
-        assert (second.applied, second.already) == ((), len(SHIPPED))
+        assert (second.applied, second.already, second.files) == ((), len(SHIPPED), ())
         assert scalar(conn, "SELECT count(*) FROM queue_migrations") == len(SHIPPED)
 
 
@@ -79,8 +90,13 @@ def test_four_processes_migrating_one_database_at_once_all_succeed(
     # the advisory lock lets exactly one of them do the work
     assert (
         said
-        == [f"applied {len(SHIPPED)} migration(s): {', '.join(SHIPPED)}"]
-        + [f"schema up to date ({len(SHIPPED)} migrations applied)"] * 3
+        == [
+            (
+                f"applied {len(SHIPPED)} migration(s): {', '.join(SHIPPED)}\n"
+                f"applied all {len(FILES)} repeatable files (sql/functions, sql/privileges.sql)"
+            )
+        ]
+        + [f"schema up to date ({len(SHIPPED)} migrations, {len(FILES)} repeatable files)"] * 3
     )
     with connect(url) as conn:
         assert [version for version, _, _ in recorded(conn)] == [m.version for m in migrations()]
@@ -296,3 +312,149 @@ def test_a_database_with_the_plans_schema_migrates_and_keeps_working(
         assert [json.loads(n.payload) for n in notes] == [
             {"job_id": str(job), "session_id": str(session), "priority": 2}
         ]
+
+
+# -- the repeatable files: sql/functions and sql/privileges.sql --------------------------------
+
+CLAIM = "functions/claim_next_job.sql"
+ECHO = "functions/queue_test_echo.sql"
+NOT_CURRENT = "Error: the database schema is not up to date: run `mobvibe-queue migrate`"
+
+
+def ship(monkeypatch: pytest.MonkeyPatch, changes: dict[str, str | None]) -> None:
+    """Make the runner see the shipped repeatable files with `changes` (name -> its new
+    text; None: the file removed), as a version of the package that changed them would."""
+    texts = {r.name: r.sql for r in repeatables()}
+    texts.update(changes)
+    functions = sorted(name for name, text in texts.items() if text and name != PRIVILEGES)
+    shipped = tuple(Repeatable(name, texts[name] or "") for name in [*functions, PRIVILEGES])
+    monkeypatch.setattr(migrate_module, "repeatables", lambda: shipped)
+
+
+def applied_at(conn: Any) -> dict[str, Any]:
+    return dict(conn.execute("SELECT name, applied_at FROM queue_repeatables").fetchall())
+
+
+def signatures(conn: Any, name: str) -> list[str]:
+    rows = conn.execute(
+        "SELECT oid::regprocedure::text FROM pg_proc WHERE proname = %s ORDER BY 1", [name]
+    ).fetchall()
+    return [signature for (signature,) in rows]
+
+
+def executable_by_public(conn: Any, signature: str) -> bool:
+    return bool(
+        scalar(
+            conn,
+            "SELECT EXISTS (SELECT 1 FROM pg_proc p, "
+            "aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a "
+            "WHERE p.oid = %s::regprocedure AND a.grantee = 0)",
+            [signature],
+        )
+    )
+
+
+def test_a_changed_function_file_is_applied_again_with_the_privileges_and_no_other(
+    new_database: Callable[[], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with connect(new_database()) as conn:
+        migrate(conn)
+        before = applied_at(conn)
+        text = next(r.sql for r in repeatables() if r.name == CLAIM)
+        ship(monkeypatch, {CLAIM: text.replace("-- The casts:", "-- The casts (changed):")})
+        assert not schema_is_current(conn)
+
+        report = migrate(conn)
+        assert (report.applied, report.files) == ((), (CLAIM, PRIVILEGES))
+        body = scalar(conn, "SELECT prosrc FROM pg_proc WHERE proname = 'claim_next_job'")
+        assert "-- The casts (changed):" in body
+        after = applied_at(conn)
+        assert {name for name in after if after[name] != before[name]} == {CLAIM, PRIVILEGES}
+        assert scalar(
+            conn,
+            "SELECT has_function_privilege('mobvibe_worker', 'claim_next_job(text)', 'EXECUTE')",
+        )
+        assert schema_is_current(conn)
+        # unchanged since: applied no more
+        assert migrate(conn).files == ()
+        assert applied_at(conn) == after
+
+
+ECHO_V1 = """
+CREATE OR REPLACE FUNCTION public.queue_test_echo(value text) RETURNS text
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$ SELECT value $$;
+"""
+ECHO_V2 = """
+DROP FUNCTION IF EXISTS public.queue_test_echo(text);
+
+CREATE OR REPLACE FUNCTION public.queue_test_echo(value text, times integer) RETURNS text
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$ SELECT repeat(value, times) $$;
+"""
+
+
+def test_a_new_file_a_changed_signature_and_a_removed_file_follow_the_rules(
+    new_database: Callable[[], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with connect(new_database()) as conn:
+        migrate(conn)
+        ship(monkeypatch, {ECHO: ECHO_V1})
+        assert migrate(conn).files == (ECHO, PRIVILEGES)
+        assert signatures(conn, "queue_test_echo") == ["queue_test_echo(text)"]
+        # a new function is executable by PUBLIC; the privileges, applied after it, revoke it
+        assert not executable_by_public(conn, "queue_test_echo(text)")
+
+        # the file starts with a DROP of the old signature: one function, still revoked
+        ship(monkeypatch, {ECHO: ECHO_V2})
+        assert migrate(conn).files == (ECHO, PRIVILEGES)
+        assert signatures(conn, "queue_test_echo") == ["queue_test_echo(text,integer)"]
+        assert not executable_by_public(conn, "queue_test_echo(text,integer)")
+        assert schema_is_current(conn)
+
+        # the file removed, its function dropped (by a numbered migration): forgotten
+        monkeypatch.undo()
+        conn.execute("DROP FUNCTION public.queue_test_echo(text, integer)")
+        assert not schema_is_current(conn)
+        assert migrate(conn).files == ()
+        assert ECHO not in applied_at(conn)
+        assert schema_is_current(conn)
+
+
+def test_a_function_that_does_not_compile_changes_nothing(
+    new_database: Callable[[], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with connect(new_database()) as conn:
+        migrate_as_before(conn, up_to=FROZEN - 1)
+        text = next(r.sql for r in repeatables() if r.name == CLAIM)
+        ship(monkeypatch, {CLAIM: text.replace("BEGIN\n", "BEGIN\n    NOT PL/pgSQL;\n", 1)})
+        with pytest.raises(MigrationError, match=r"^function claim_next_job\(text\) does not "):
+            migrate(conn)
+        # one transaction: neither the pending migration nor any file was applied
+        assert scalar(conn, "SELECT max(version) FROM queue_migrations") == FROZEN - 1
+        assert applied_at(conn) == {}
+        body = scalar(conn, "SELECT prosrc FROM pg_proc WHERE proname = 'claim_next_job'")
+        assert "NOT PL/pgSQL" not in body
+        monkeypatch.undo()
+        assert migrate(conn).applied == SHIPPED[FROZEN - 1 :]
+
+
+def test_functions_other_than_the_shipped_files_are_not_current(
+    new_database: Callable[[], str],
+) -> None:
+    url = new_database()
+    with connect(url) as conn:
+        migrate(conn)
+        conn.execute("UPDATE queue_repeatables SET checksum = 'older' WHERE name = %s", [CLAIM])
+        assert not schema_is_current(conn)
+    for command in ([QUEUE_CLI, "stats"], [REAPER_CLI, "--once"]):
+        refused = subprocess.run(
+            command,
+            env={"DATABASE_URL": url, "PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert (refused.returncode, refused.stderr.strip()) == (2, NOT_CURRENT), command
+    result = run_queue_cli("migrate", database_url=url)
+    assert result.stdout.strip() == f"applied 2 repeatable file(s): {CLAIM}, {PRIVILEGES}"
+    assert run_queue_cli("stats", database_url=url).returncode == 0

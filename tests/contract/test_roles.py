@@ -636,6 +636,7 @@ def test_supabase_service_role_becomes_an_operator_and_the_api_roles_keep_nothin
                         "SELECT * FROM queue_settings()",
                         "SELECT count(*) FROM coding_jobs",
                         "SELECT count(*) FROM queue_config",
+                        "SELECT count(*) FROM queue_repeatables",
                         "SELECT count(*) FROM coding_job_attempts",
                         "SELECT count(*) FROM coding_job_events",
                         "SELECT cancel_job(gen_random_uuid())",

@@ -11,6 +11,7 @@ from click.testing import Result
 
 from mobvibe.client import JobQueue
 from mobvibe.sql.files import migrations
+from tests.contract.support import LoginRoles
 
 Cli = Callable[..., Result]
 
@@ -23,7 +24,7 @@ def test_a_clean_database_passes(queue: JobQueue, cli: Cli) -> None:
     queue.enqueue("pending is fine")
     result = cli("doctor")
     assert result.exit_code == 0, result.output
-    assert result.stdout.strip() == "ok: 7 checks, nothing found"
+    assert result.stdout.strip() == "ok: 8 checks, nothing found"
     assert json.loads(cli("doctor", "--json").stdout) == {
         "ok": True,
         "findings": [],
@@ -126,6 +127,29 @@ def test_finds_changed_and_unapplied_migrations(fresh_url: str, cli: Cli) -> Non
             "migration_not_applied: migration 0004_privileges is not applied: run "
             "`mobvibe-queue migrate`"
         )
+    ]
+
+
+def test_finds_function_files_not_applied_as_shipped(fresh_url: str, cli: Cli) -> None:
+    with psycopg.connect(fresh_url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE queue_repeatables SET checksum = 'older' "
+            "WHERE name = 'functions/queue_sweep.sql'"
+        )
+        roles = LoginRoles(conn, fresh_url)
+        try:
+            owner = cli("doctor", url=fresh_url)
+            # a role that may not read queue_repeatables learns it from queue_settings()
+            worker = cli("doctor", url=roles.make("mobvibe_worker"))
+        finally:
+            roles.drop()
+    assert (owner.exit_code, worker.exit_code) == (1, 1)
+    fix = "not applied as this version ships it: run `mobvibe-queue migrate`"
+    assert findings(owner, "function_file_not_applied") == [
+        f"function_file_not_applied: functions/queue_sweep.sql: {fix}"
+    ]
+    assert findings(worker, "function_file_not_applied") == [
+        f"function_file_not_applied: sql/functions and sql/privileges.sql: {fix}"
     ]
 
 

@@ -55,6 +55,8 @@ def test_every_sql_file_is_in_the_wheel_under_mobvibe_sql(wheel: zipfile.ZipFile
     }
     assert "mobvibe/sql/queries.sql" in shipped
     assert "mobvibe/sql/migrations/0001_tables.sql" in shipped
+    assert "mobvibe/sql/functions/claim_next_job.sql" in shipped
+    assert "mobvibe/sql/privileges.sql" in shipped
     assert shipped <= set(wheel.namelist()), sorted(shipped - set(wheel.namelist()))
     for name in shipped:
         assert wheel.read(name) == (ROOT / "sql" / name.removeprefix("mobvibe/sql/")).read_bytes()
@@ -87,15 +89,14 @@ def test_the_wheel_declares_the_three_commands(wheel: zipfile.ZipFile) -> None:
         assert f"{command} = mobvibe.cli.{module}:main" in text
 
 
-def test_the_wheel_installs_beside_supervisord(wheel_path: Path, tmp_path: Path) -> None:
-    # supervisord's distribution owns the top-level name `supervisor`: both must
-    # install into one environment without either overwriting the other's files.
-    env_dir = tmp_path / "venv"
+@pytest.fixture(scope="module")
+def installed(wheel_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh virtualenv with the wheel and supervisord's distribution installed; its bin/."""
+    env_dir = tmp_path_factory.mktemp("installed") / "venv"
     venv.create(env_dir, with_pip=True)
-    python = env_dir / "bin" / "python"
-    installed = subprocess.run(
+    result = subprocess.run(
         [
-            str(python),
+            str(env_dir / "bin" / "python"),
             "-m",
             "pip",
             "install",
@@ -109,37 +110,68 @@ def test_the_wheel_installs_beside_supervisord(wheel_path: Path, tmp_path: Path)
         timeout=600,
         check=False,
     )
-    if installed.returncode and "No matching distribution" in installed.stderr + installed.stdout:
+    if result.returncode and "No matching distribution" in result.stderr + result.stdout:
         pytest.skip("PyPI is not reachable: supervisor (supervisord) cannot be installed")
-    assert installed.returncode == 0, installed.stdout + installed.stderr
-    for command in ("mobvibe-supervisor", "supervisord"):
-        result = subprocess.run(
-            [str(env_dir / "bin" / command), "--version"],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert result.returncode == 0, result.stdout + result.stderr
-        assert result.stdout.strip()
-    owners = subprocess.run(
-        [
-            str(python),
-            "-I",
-            "-c",
-            (
-                "import importlib.metadata as m; d = m.packages_distributions();"
-                " print(d.get('supervisor'), d.get('mobvibe'))"
-            ),
-        ],
-        cwd=tmp_path,
+    assert result.returncode == 0, result.stdout + result.stderr
+    return env_dir / "bin"
+
+
+def run_in(bin_dir: Path, *command: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """A command of the virtualenv, run outside the source tree."""
+    return subprocess.run(
+        [str(bin_dir / command[0]), *command[1:]],
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+def test_the_wheel_installs_beside_supervisord(installed: Path, tmp_path: Path) -> None:
+    # supervisord's distribution owns the top-level name `supervisor`: both must
+    # install into one environment without either overwriting the other's files.
+    for command in ("mobvibe-supervisor", "supervisord"):
+        result = run_in(installed, command, "--version", cwd=tmp_path)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.stdout.strip()
+    owners = run_in(
+        installed,
+        "python",
+        "-I",
+        "-c",
+        (
+            "import importlib.metadata as m; d = m.packages_distributions();"
+            " print(d.get('supervisor'), d.get('mobvibe'))"
+        ),
+        cwd=tmp_path,
+    )
     assert owners.stdout.split("\n")[0] == "['supervisor'] ['mobvibe-supervisor']", owners.stderr
+
+
+def test_the_installed_package_finds_every_sql_file_it_applies(
+    installed: Path, tmp_path: Path
+) -> None:
+    shipped = run_in(
+        installed,
+        "python",
+        "-I",
+        "-c",
+        (
+            "from mobvibe.sql.files import migrations, repeatables;"
+            " print(*[f'migrations/{m.version:04d}_{m.name}.sql' for m in migrations()],"
+            " *[r.name for r in repeatables()], sep='\\n')"
+        ),
+        cwd=tmp_path,
+    )
+    assert shipped.returncode == 0, shipped.stderr
+    in_source = {
+        p.relative_to(ROOT / "sql").as_posix()
+        for folder in ("migrations", "functions")
+        for p in (ROOT / "sql" / folder).glob("*.sql")
+    } | {"privileges.sql"}
+    assert "functions/claim_next_job.sql" in in_source
+    assert set(shipped.stdout.split()) == in_source
 
 
 def test_in_this_process_mobvibe_belongs_to_mobvibe_supervisor_alone() -> None:

@@ -1,0 +1,49 @@
+-- Submit a finished job again, deliberately: pending, due now, retry count
+-- reset, any cancel forgotten, a new seq (the back of its session), placed.
+-- The session is active again once none of its jobs is failed. The session's
+-- row is locked first (the lock order: queue_finish.sql). Executable by the
+-- owner alone: queue_requeue_failed and queue_retry_job say which jobs.
+CREATE OR REPLACE FUNCTION public.queue_requeue(job_id_param uuid, statuses text[],
+                                                reason_param text)
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    ts timestamptz := public.queue_now();
+    sid uuid;
+    mc integer;
+    ahead bigint;
+    requeued record;
+BEGIN
+    SELECT j.session_id INTO sid FROM public.coding_jobs j WHERE j.id = job_id_param;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    SELECT s.max_concurrency INTO mc
+    FROM public.coding_sessions s WHERE s.id = sid FOR NO KEY UPDATE;
+    -- Every unfinished job of the session is ahead of it now.
+    SELECT count(*) INTO ahead
+    FROM (SELECT 1 FROM public.coding_jobs o
+          WHERE o.session_id = sid AND o.status IN ('pending', 'processing')
+          LIMIT mc) a;
+    UPDATE public.coding_jobs j
+    SET status = 'pending', retry_count = 0, run_at = ts, completed_at = NULL,
+        cancel_requested_at = NULL, heartbeat_at = NULL, seq = DEFAULT,
+        waiting_for = CASE WHEN ahead >= mc THEN 'session' END,
+        end_reason = reason_param, updated_at = ts
+    WHERE j.id = job_id_param AND j.status = ANY (statuses)
+    RETURNING j.id, j.session_id, j.priority, j.waiting_for INTO requeued;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    UPDATE public.coding_sessions s
+    SET status = 'active', error_message = NULL, updated_at = ts
+    WHERE s.id = sid AND s.status = 'failed'
+      AND NOT EXISTS (SELECT 1 FROM public.coding_jobs j
+                      WHERE j.session_id = s.id AND j.status = 'failed');
+    IF requeued.waiting_for IS NULL THEN
+        PERFORM pg_notify('new_job', json_build_object('job_id', requeued.id,
+            'session_id', requeued.session_id, 'priority', requeued.priority)::text);
+    END IF;
+    RETURN true;
+END
+$$;
