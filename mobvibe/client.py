@@ -78,6 +78,8 @@ class JobQueue:
             ) from None
         except pgerrors.CheckViolation as exc:
             name = exc.diag.constraint_name or "a check"
+            if name == "coding_jobs_run_at_check":  # the message says which window
+                raise InvalidJobError(db.first_line(exc)) from None
             raise InvalidJobError(f"the database refused the job ({name})") from None
         except (psycopg.OperationalError, psycopg.errors.ConnectionTimeout) as exc:
             raise DatabaseUnavailableError(f"database unavailable: {db.first_line(exc)}") from None

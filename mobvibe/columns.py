@@ -140,6 +140,13 @@ RUNNING: tuple[Column[Holder], ...] = (
     Column("prompt", "prompt", lambda h, _: h.job.prompt_head, width=PROMPT_WIDTH),
 )
 
+
+def _events(attempt: Attempt) -> str:
+    """The progress events an attempt recorded, and those its caps dropped."""
+    dropped = f" (+{attempt.events_dropped} dropped)" if attempt.events_dropped else ""
+    return f"{attempt.events}{dropped}"
+
+
 # A job's attempts: `mobvibe-queue jobs show` and /jobs/ID.
 ATTEMPTS: tuple[Column[Attempt], ...] = (
     Column("attempt", "#", lambda a, _: str(a.attempt), "number"),
@@ -148,8 +155,10 @@ ATTEMPTS: tuple[Column[Attempt], ...] = (
     Column("ended", "ended", lambda a, when: when(a.ended_at) if a.ended_at else "running", "time"),
     Column("took", "took", lambda a, _: took(a.seconds), "number"),
     Column("end_reason", "end reason", lambda a, _: a.end_reason),
+    Column("events", "events", lambda a, _: _events(a)),
     Column("error", "error", lambda a, _: a.error_message, width=ERROR_WIDTH),
 )
+
 
 # A job's progress events: `mobvibe-queue jobs show` and /jobs/ID.
 EVENTS: tuple[Column[Event], ...] = (

@@ -18,6 +18,9 @@ MAX_RETRIES_MIN, MAX_RETRIES_MAX = 1, 100
 MAX_RETRIES_DEFAULT = 3
 PROMPT_MAX_BYTES = 1024 * 1024
 IDEMPOTENCY_KEY_MAX = 200  # characters
+# The database refuses a run_at more than a year ahead of its clock (0010); a longer
+# delay is refused here, before a number too large for an interval reaches it.
+DELAY_MAX = 365 * 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,4 +144,9 @@ def _aware(run_at: datetime | None) -> datetime | None:
 def _delay(delay: object) -> float:
     if isinstance(delay, bool) or not isinstance(delay, int | float) or not delay >= 0:
         raise InvalidJobError(f"delay must be a number of seconds >= 0, got {delay!r}")
+    if not delay <= DELAY_MAX:  # not: inf too
+        raise InvalidJobError(
+            f"delay must be at most a year ({DELAY_MAX:g} s): the queue schedules a job at "
+            f"most a year ahead, got {delay!r}"
+        )
     return float(delay)

@@ -1,10 +1,17 @@
-"""Bring the schema up to date, under an advisory lock: the numbered migrations of
-sql/migrations (tables, indexes, data), once each, then the repeatable files (one per
-function in sql/functions, then sql/privileges.sql) whose text changed since they were
-last applied.
+"""Bring the schema up to date: the numbered migrations of sql/migrations (tables,
+indexes, data), once each, then the repeatable files (one per function in sql/functions,
+then sql/privileges.sql) whose text changed since they were last applied.
 
 Everything a run applies is one transaction: the database moves from one schema to the
 next at once, never to new tables with old functions, and a failure changes nothing.
+The transaction holds a lock on queue_migrations that only its owner may take (an
+advisory lock is any login's to take and hold). The runner's own statements, the
+migrations from 0010 on and the repeatable files run with search_path = pg_catalog,
+pg_temp: they name every object of the queue public.*. The migrations 0001 to 0009 name
+them unqualified and need public in their search_path: they run with public, pg_temp,
+and only while no role that could not act as the migrating role anyway may create
+objects in public or owns a function, an operator or a queue table there (what such a
+role planted would run as the migrating role, usually a superuser).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from typing import Any
 
 import psycopg
 
+from mobvibe.durations import format_duration
 from mobvibe.errors import ConfigError, MigrationError
 from mobvibe.sql import store
 from mobvibe.sql.db import first_line
@@ -26,9 +34,20 @@ from mobvibe.sql.files import (
     repeatables,
     repeatables_checksum,
 )
-from mobvibe.sql.records import QueueSettings
+from mobvibe.sql.records import LockHolder, PlantedObject, QueueSettings
 
 log = logging.getLogger(__name__)
+
+LOCK_WAIT_DEFAULT = 60.0  # seconds a run waits for another run's lock, then gives up
+# A migration's statement waits this long for a busy table, then the run fails and can
+# be run again, rather than queueing every query behind it.
+STATEMENT_LOCK_TIMEOUT = "10s"
+PINNED = "pg_catalog, pg_temp"
+# The last migration written with unqualified names, before the runner pinned the
+# search_path; the files are frozen (their checksums are on record): they keep needing
+# public, and nothing else.
+LAST_UNPINNED = 9
+UNPINNED = "public, pg_temp"
 
 
 @dataclass(frozen=True)
@@ -41,32 +60,108 @@ class MigrationReport:
     files_shipped: int  # repeatable files this version ships
 
 
-def migrate(conn: psycopg.Connection[Any]) -> MigrationReport:
-    """Bring the schema up to date; safe when several processes run it at once.
+def migrate(conn: psycopg.Connection[Any], lock_wait: float = LOCK_WAIT_DEFAULT) -> MigrationReport:
+    """Bring the schema up to date, on an autocommit connection; safe when several processes
+    run it at once (one applies, the others wait at most `lock_wait` seconds for it, then
+    find nothing to do).
 
-    Raises MigrationError when an applied migration's file changed since, or a file
-    does not apply.
+    Raises MigrationError when an applied migration's file changed since, a file does not
+    apply, another run holds the lock too long, or roles that cannot act as this one may
+    plant in public while migrations that search it are pending.
     """
-    store.lock_migrations(conn)  # serialises concurrent pods
-    try:
-        store.create_migrations_table(conn)
-        store.create_repeatables_table(conn)
+    _create_tables(conn)
+    with conn.transaction():
+        store.set_local(conn, "search_path", PINNED)
+        _lock(conn, lock_wait)
         applied = _applied(conn)
         check_drift(applied)
         pending = [m for m in migrations() if m.version not in applied]
         recorded = store.applied_repeatables(conn)
         stale = stale_repeatables(recorded)
+        if any(m.version <= LAST_UNPINNED for m in pending):
+            check_public_is_closed(conn)
         if pending or stale or recorded.keys() - _shipped_names():
+            for migration in pending:
+                _apply(conn, migration)
+            _apply_repeatables(conn, stale)
+    done = tuple(f"{m.version:04d}_{m.name}" for m in pending)
+    files = tuple(r.name for r in stale)
+    return MigrationReport(done, len(applied), files, len(repeatables()))
+
+
+def _create_tables(conn: psycopg.Connection[Any]) -> None:
+    """Create queue_migrations and queue_repeatables if missing; two runs racing on a new
+    database both go on."""
+    for create in (store.create_migrations_table, store.create_repeatables_table):
+        try:
             with conn.transaction():
-                store.limit_lock_waits(conn)
-                for migration in pending:
-                    _apply(conn, migration)
-                _apply_repeatables(conn, stale)
-        done = tuple(f"{m.version:04d}_{m.name}" for m in pending)
-        files = tuple(r.name for r in stale)
-        return MigrationReport(done, len(applied), files, len(repeatables()))
-    finally:
-        store.unlock_migrations(conn)
+                store.set_local(conn, "search_path", PINNED)
+                create(conn)
+        except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable):
+            pass  # created by the other run an instant ago: IF NOT EXISTS saw it missing
+
+
+def _lock(conn: psycopg.Connection[Any], wait: float) -> None:
+    """Hold the runs' lock until the transaction ends; MigrationError after `wait` s."""
+    try:
+        with conn.transaction():  # a savepoint: the transaction outlives a timeout
+            store.set_local(conn, "lock_timeout", f"{max(1, round(wait * 1000))}ms")
+            store.lock_migrations(conn)
+    except psycopg.errors.LockNotAvailable:
+        holder = store.migrations_lock_holder(conn)
+        raise MigrationError(_held_message(holder, wait)) from None
+    store.set_local(conn, "lock_timeout", STATEMENT_LOCK_TIMEOUT)
+
+
+def _held_message(holder: LockHolder | None, wait: float) -> str:
+    who = (
+        "another session"
+        if holder is None
+        else f"pid {holder.pid} (user {holder.user_name or '?'}, application "
+        f"{holder.application_name or '-'})"
+    )
+    end = "" if holder is None else f" (SELECT pg_terminate_backend({holder.pid}))"
+    return (
+        f"{who} holds a lock on public.queue_migrations: waited {format_duration(wait)} for it; "
+        f"run migrate again once that session is done, or end it{end}"
+    )
+
+
+def check_public_is_closed(conn: psycopg.Connection[Any]) -> None:
+    """Raise MigrationError when a role that cannot act as the current one may plant in
+    public, or has: the migrations 0001-0009 would run what it planted as this role."""
+    role = store.current_role(conn)
+    writers = store.public_schema_writers(conn)
+    if writers:
+        raise MigrationError(_open_schema_message(writers, role))
+    planted = store.planted_objects(conn)
+    if planted:
+        raise MigrationError(_planted_message(planted, role))
+
+
+def _open_schema_message(writers: list[str], role: str) -> str:
+    if "PUBLIC" in writers:
+        return (
+            "every role may create objects in schema public, where the migrations would run "
+            f"what one planted as {role}: close it with REVOKE CREATE ON SCHEMA public FROM "
+            "PUBLIC (the default since PostgreSQL 15), then run migrate again"
+        )
+    names = ", ".join(writers[:5]) + (f" and {len(writers) - 5} more" if len(writers) > 5 else "")
+    return (
+        f"role(s) {names} may create objects in schema public, where the migrations would run "
+        f"what one planted as {role}: REVOKE CREATE ON SCHEMA public FROM {names} (or migrate "
+        "as a role they may act as), then run migrate again"
+    )
+
+
+def _planted_message(planted: list[PlantedObject], role: str) -> str:
+    first = planted[0]
+    more = f" and {len(planted) - 1} more" if len(planted) > 1 else ""
+    return (
+        f"schema public holds {first.kind} {first.name} of role {first.owner}{more}, owned by "
+        f"roles that cannot act as {role}: the migrations would run such objects as {role}; "
+        f"drop them, or make {role} their owner once checked, then run migrate again"
+    )
 
 
 def changed_repeatables(recorded: dict[str, str]) -> list[Repeatable]:
@@ -180,9 +275,13 @@ def schema_is_current(conn: psycopg.Connection[Any]) -> bool:
 
 
 def _apply(conn: psycopg.Connection[Any], migration: Migration) -> None:
+    """Run one numbered migration and record it, in the run's transaction."""
+    unpinned = migration.version <= LAST_UNPINNED
+    store.set_local(conn, "search_path", UNPINNED if unpinned else PINNED)
     store.apply_migration(
         conn, migration.version, migration.name, migration.checksum, migration.sql
     )
+    store.set_local(conn, "search_path", PINNED)
     log.info(
         "migration applied",
         extra={

@@ -12,6 +12,12 @@
 -- A new function is revoked from PUBLIC here without a word (the loop below
 -- finds it by name); grant it below to the role that calls it.
 
+-- The lock that serialises migration runs is a lock on queue_migrations (LOCK
+-- TABLE needs UPDATE, DELETE, TRUNCATE or INSERT on it): its owner's alone,
+-- whatever default privileges gave PUBLIC. The caps' totals are read through
+-- get_queue_stats().
+REVOKE ALL ON public.queue_migrations, public.queue_counters FROM PUBLIC;
+
 DO $$
 DECLARE
     fn regprocedure;
@@ -44,6 +50,8 @@ BEGIN
         IF pg_catalog.to_regclass('public.queue_repeatables') IS NOT NULL THEN
             EXECUTE pg_catalog.format('REVOKE ALL ON public.queue_repeatables FROM %I', grantee);
         END IF;
+        -- the owner's alone: read through get_queue_stats()
+        EXECUTE pg_catalog.format('REVOKE ALL ON public.queue_counters FROM %I', grantee);
         IF grantee LIKE 'mobvibe\_%' THEN
             EXECUTE pg_catalog.format('REVOKE ALL ON public.coding_sessions FROM %I', grantee);
         END IF;
@@ -108,7 +116,8 @@ BEGIN
     GRANT UPDATE (max_concurrency) ON public.coding_sessions TO mobvibe_operator;
     GRANT SELECT ON public.queue_config TO mobvibe_operator;
     GRANT UPDATE (backoff_base, backoff_cap, backoff_jitter, heartbeat_timeout,
-                  retain_completed, retain_failed)
+                  retain_completed, retain_failed, max_events_per_attempt,
+                  max_event_bytes_per_attempt, max_releases_per_job)
         ON public.queue_config TO mobvibe_operator;
     IF pg_catalog.to_regclass('public.queue_migrations') IS NOT NULL THEN
         GRANT SELECT ON public.queue_migrations TO mobvibe_operator;

@@ -94,7 +94,8 @@ SELECT EXISTS (SELECT 1 FROM coding_jobs WHERE status IN ('pending', 'processing
 
 -- name: queue_stats
 SELECT pending_count, processing_count, completed_count, failed_count, oldest_pending_age,
-       waiting_retry_count, next_run_at, cancelled_count
+       waiting_retry_count, next_run_at, cancelled_count, events_dropped, event_bytes_dropped,
+       releases_counted
 FROM get_queue_stats()
 
 -- name: next_run_at
@@ -180,7 +181,8 @@ SELECT id, session_id, prompt, priority, status, retry_count, max_retries, error
 FROM coding_jobs WHERE id = %(job_id)s
 
 -- name: job_attempts
-SELECT job_id, attempt, worker_id, started_at, ended_at, end_reason, error_message
+SELECT job_id, attempt, worker_id, started_at, ended_at, end_reason, error_message, events,
+       events_dropped
 FROM coding_job_attempts WHERE job_id = %(job_id)s ORDER BY attempt
 
 -- name: job_events
@@ -277,7 +279,10 @@ SELECT extract(epoch FROM max(last_sweep_at)) FROM queue_reaper_runs
 -- whose queue_settings() predates functions_checksum reads NULL for it: not current.
 -- name: queue_settings
 SELECT schema_version, heartbeat_timeout, retain_completed, retain_failed, backoff_base,
-       backoff_cap, backoff_jitter, to_jsonb(s) ->> 'functions_checksum' AS functions_checksum
+       backoff_cap, backoff_jitter, to_jsonb(s) ->> 'functions_checksum' AS functions_checksum,
+       (to_jsonb(s) ->> 'max_events_per_attempt')::integer AS max_events_per_attempt,
+       (to_jsonb(s) ->> 'max_event_bytes_per_attempt')::bigint AS max_event_bytes_per_attempt,
+       (to_jsonb(s) ->> 'max_releases_per_job')::integer AS max_releases_per_job
 FROM queue_settings() s
 
 -- name: queue_settings_exists
@@ -285,12 +290,12 @@ SELECT to_regprocedure('queue_settings()') IS NOT NULL
 
 -- Whether this role may read queue_migrations (operators and the owner).
 -- name: migrations_readable
-SELECT to_regclass('queue_migrations') IS NOT NULL
-       AND has_table_privilege('queue_migrations', 'SELECT')
+SELECT pg_catalog.to_regclass('public.queue_migrations') IS NOT NULL
+       AND pg_catalog.has_table_privilege('public.queue_migrations', 'SELECT')
 
 -- name: repeatables_readable
-SELECT to_regclass('queue_repeatables') IS NOT NULL
-       AND has_table_privilege('queue_repeatables', 'SELECT')
+SELECT pg_catalog.to_regclass('public.queue_repeatables') IS NOT NULL
+       AND pg_catalog.has_table_privilege('public.queue_repeatables', 'SELECT')
 
 -- Seconds; NULL leaves a setting unchanged, and a retention of 0 keeps forever.
 -- name: set_queue_config
@@ -303,51 +308,69 @@ SET backoff_base = coalesce(%(backoff_base)s::float8 * interval '1 second', back
     retain_completed = CASE WHEN %(retain_completed)s::float8 IS NULL THEN retain_completed
                             ELSE nullif(%(retain_completed)s::float8, 0) * interval '1 second' END,
     retain_failed = CASE WHEN %(retain_failed)s::float8 IS NULL THEN retain_failed
-                         ELSE nullif(%(retain_failed)s::float8, 0) * interval '1 second' END
+                         ELSE nullif(%(retain_failed)s::float8, 0) * interval '1 second' END,
+    max_events_per_attempt = coalesce(%(max_events_per_attempt)s::integer,
+                                      max_events_per_attempt),
+    max_event_bytes_per_attempt = coalesce(%(max_event_bytes_per_attempt)s::bigint,
+                                           max_event_bytes_per_attempt),
+    max_releases_per_job = coalesce(%(max_releases_per_job)s::integer, max_releases_per_job)
 
--- The migration runner runs as the owner: a pg_advisory_lock(integer) planted in
--- public would match hashtext()'s integer better than pg_catalog's bigint one,
--- hence the schema on every call (and on the doctor's implicit casts below).
--- name: migration_lock
-SELECT pg_catalog.pg_advisory_lock(pg_catalog.hashtext('mobvibe-queue migrate'))
+-- The migration runner. It runs as the owner, usually a superuser, so every
+-- statement of its own runs with search_path pinned (set_local) and names the
+-- queue's objects public.*: nothing a role planted runs as the owner.
 
--- name: migration_unlock
-SELECT pg_catalog.pg_advisory_unlock(pg_catalog.hashtext('mobvibe-queue migrate'))
+-- A setting for the rest of this transaction only.
+-- name: set_local
+SELECT pg_catalog.set_config(%(name)s, %(value)s, true)
 
 -- name: create_migrations_table
-CREATE TABLE IF NOT EXISTS queue_migrations (
+CREATE TABLE IF NOT EXISTS public.queue_migrations (
     version    integer PRIMARY KEY,
     name       text NOT NULL,
     checksum   text NOT NULL,
     applied_at timestamptz NOT NULL DEFAULT now()
 )
 
--- name: applied_migrations
-SELECT version, name, checksum FROM queue_migrations ORDER BY version
+-- One migration run at a time, per database. A table lock rather than an
+-- advisory lock: any login may take any advisory lock, while this mode needs
+-- UPDATE, DELETE or TRUNCATE on queue_migrations (its owner's alone, see
+-- privileges.sql), and it lets operators read the table meanwhile.
+-- name: lock_migrations
+LOCK TABLE public.queue_migrations IN SHARE ROW EXCLUSIVE MODE
 
--- A migration waits at most this long for a lock (a busy table), then fails
--- and can be run again, rather than queueing every query behind it.
--- name: migration_lock_timeout
-SET LOCAL lock_timeout = '10s'
+-- Who holds a lock on queue_migrations that the runner waits for.
+-- name: migrations_lock_holder
+SELECT a.pid, a.usename::text AS user_name, a.application_name
+FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.locktype = 'relation' AND l.relation = 'public.queue_migrations'::regclass
+  AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
+  AND l.granted AND l.pid <> pg_backend_pid()
+  AND l.mode IN ('RowExclusiveLock', 'ShareUpdateExclusiveLock', 'ShareLock',
+                 'ShareRowExclusiveLock', 'ExclusiveLock', 'AccessExclusiveLock')
+ORDER BY a.backend_start
+LIMIT 1
+
+-- name: applied_migrations
+SELECT version, name, checksum FROM public.queue_migrations ORDER BY version
 
 -- name: record_migration
-INSERT INTO queue_migrations (version, name, checksum)
+INSERT INTO public.queue_migrations (version, name, checksum)
 VALUES (%(version)s, %(name)s, %(checksum)s)
 
 -- name: migrations_table_exists
-SELECT to_regclass('queue_migrations') IS NOT NULL
+SELECT pg_catalog.to_regclass('public.queue_migrations') IS NOT NULL
 
 -- The function files and sql/privileges.sql as last applied: a file whose text
 -- differs from its checksum here is applied again.
 -- name: create_repeatables_table
-CREATE TABLE IF NOT EXISTS queue_repeatables (
+CREATE TABLE IF NOT EXISTS public.queue_repeatables (
     name       text PRIMARY KEY,
     checksum   text NOT NULL,
     applied_at timestamptz NOT NULL DEFAULT now()
 )
 
 -- name: applied_repeatables
-SELECT name, checksum FROM queue_repeatables ORDER BY name
+SELECT name, checksum FROM public.queue_repeatables ORDER BY name
 
 -- The function files are applied with their bodies unchecked, so that their
 -- order does not matter (as pg_dump does): a SQL function may call one whose
@@ -356,20 +379,22 @@ SELECT name, checksum FROM queue_repeatables ORDER BY name
 SET LOCAL check_function_bodies = off
 
 -- name: record_repeatable
-INSERT INTO queue_repeatables (name, checksum) VALUES (%(name)s, %(checksum)s)
+INSERT INTO public.queue_repeatables (name, checksum) VALUES (%(name)s, %(checksum)s)
 ON CONFLICT (name) DO UPDATE SET checksum = excluded.checksum, applied_at = now()
 
 -- A file this version does not ship is forgotten: its function is dropped by a
 -- numbered migration, and its record would make the schema look stale forever.
 -- name: forget_repeatables
-DELETE FROM queue_repeatables WHERE name <> ALL (%(shipped)s::text[])
+DELETE FROM public.queue_repeatables WHERE name <> ALL (%(shipped)s::text[])
 
 -- name: check_bodies
 SET LOCAL check_function_bodies = on
 
--- The functions of the given names, each with its language's validator to run.
+-- The functions of the given names, each with its language's validator to run
+-- (their signatures without the schema: it is the queue's).
 -- name: functions_named
-SELECT p.oid, p.oid::regprocedure::text AS signature
+SELECT p.oid, p.proname::text || '(' || pg_catalog.oidvectortypes(p.proargtypes) || ')'
+       AS signature
 FROM pg_catalog.pg_proc p
 WHERE p.pronamespace = 'public'::regnamespace AND p.proname = ANY (%(names)s::text[])
 ORDER BY 2
@@ -381,6 +406,43 @@ SELECT CASE l.lanname WHEN 'plpgsql' THEN pg_catalog.plpgsql_validator(p.oid)
                       WHEN 'sql' THEN pg_catalog.fmgr_sql_validator(p.oid) END
 FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_language l ON l.oid = p.prolang
 WHERE p.oid = %(oid)s
+
+-- The roles that may create objects in public, other than superusers and the
+-- roles that can act as the migrating role anyway ('PUBLIC': every role may).
+-- pg_database_owner is its one member, the database's owner, listed itself.
+-- name: public_schema_writers
+SELECT 'PUBLIC' WHERE has_schema_privilege('public', 'public', 'CREATE')
+UNION ALL
+(SELECT r.rolname::text FROM pg_roles r
+ WHERE NOT r.rolsuper AND r.rolname <> 'pg_database_owner'
+   AND NOT pg_has_role(r.oid, current_user, 'MEMBER')
+   AND has_schema_privilege(r.oid, 'public', 'CREATE')
+ ORDER BY 1)
+
+-- What such a role may have planted in public, which a migration would run as
+-- its caller: functions (aggregates too) and operators, whatever their name (an
+-- overload that matches better wins over pg_catalog's), and tables under the
+-- queue's own names (their triggers, defaults and policies would run).
+-- name: planted_objects
+SELECT o.kind, o.name, r.rolname::text AS owner
+FROM (SELECT 'function' AS kind, p.oid::regprocedure::text AS name, p.proowner AS owner
+      FROM pg_proc p WHERE p.pronamespace = 'public'::regnamespace
+      UNION ALL
+      SELECT 'operator', o.oid::regoperator::text, o.oprowner
+      FROM pg_operator o WHERE o.oprnamespace = 'public'::regnamespace
+      UNION ALL
+      SELECT 'table', c.oid::regclass::text, c.relowner
+      FROM pg_class c
+      WHERE c.relnamespace = 'public'::regnamespace
+        AND c.relname IN ('coding_sessions', 'coding_jobs', 'coding_job_attempts',
+                          'coding_job_events', 'queue_config', 'queue_reaper_runs',
+                          'queue_migrations', 'queue_repeatables', 'queue_counters')) o
+JOIN pg_roles r ON r.oid = o.owner
+WHERE NOT r.rolsuper AND NOT pg_has_role(r.oid, current_user, 'MEMBER')
+ORDER BY o.kind, o.name
+
+-- name: current_role
+SELECT current_user::text
 
 -- The checks of `mobvibe-queue doctor`: each returns the offending rows (up to
 -- the limit) with, last, how many there are in all.

@@ -74,6 +74,8 @@ class Attempt:
     ended_at: datetime | None
     end_reason: str | None
     error_message: str | None
+    events: int = 0  # progress events recorded
+    events_dropped: int = 0  # past the attempt's caps (queue_config)
 
     @property
     def seconds(self) -> float | None:
@@ -127,6 +129,10 @@ class QueueStats:
     waiting_retry_count: int = 0
     next_run_at: datetime | None = None
     cancelled_count: int = 0
+    # What the database's caps turned away since the queue was made.
+    events_dropped: int = 0
+    event_bytes_dropped: int = 0
+    releases_counted: int = 0  # releases past max_releases_per_job, counted as failures
 
     def as_dict(self) -> dict[str, Any]:
         age = self.oldest_pending_age
@@ -139,6 +145,9 @@ class QueueStats:
             "waiting_retry_count": self.waiting_retry_count,
             "next_run_at": None if self.next_run_at is None else self.next_run_at.isoformat(),
             "cancelled_count": self.cancelled_count,
+            "events_dropped": self.events_dropped,
+            "event_bytes_dropped": self.event_bytes_dropped,
+            "releases_counted": self.releases_counted,
         }
 
 
@@ -298,6 +307,10 @@ class QueueSettings:
     backoff_jitter: float
     # of the repeatable files applied (files.repeatables_checksum); None before they were
     functions_checksum: str | None
+    # the caps (None before migration 0010)
+    max_events_per_attempt: int | None = None
+    max_event_bytes_per_attempt: int | None = None
+    max_releases_per_job: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,10 +326,32 @@ class ConfigChange:
     heartbeat_timeout: float | None = None
     retain_completed: float | None = None
     retain_failed: float | None = None
+    max_events_per_attempt: int | None = None
+    max_event_bytes_per_attempt: int | None = None
+    max_releases_per_job: int | None = None
 
     @property
     def empty(self) -> bool:
         return all(getattr(self, name) is None for name in self.__dataclass_fields__)
+
+
+@dataclass(frozen=True, slots=True)
+class LockHolder:
+    """A session holding a lock that another waits for."""
+
+    pid: int
+    user_name: str | None
+    application_name: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PlantedObject:
+    """An object of schema public that a role other than the migrating one could have
+    planted: its kind (function, operator, table), its name and its owner."""
+
+    kind: str
+    name: str
+    owner: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,8 +34,10 @@ from mobvibe.sql.records import (
     JobRow,
     JobSummary,
     Lease,
+    LockHolder,
     MinuteCount,
     NextRun,
+    PlantedObject,
     QueueSettings,
     QueueStats,
     Reaped,
@@ -60,8 +62,10 @@ __all__ = [
     "JobRow",
     "JobSummary",
     "Lease",
+    "LockHolder",
     "MinuteCount",
     "NextRun",
+    "PlantedObject",
     "QueueSettings",
     "QueueStats",
     "Reaped",
@@ -625,17 +629,24 @@ def doctor_check(conn: Conn, name: str, timeout: timedelta, limit: int) -> list[
 # -- migrations ---------------------------------------------------------------------------
 
 
-def lock_migrations(conn: Conn) -> None:
-    """Wait for, then hold, the session lock that serialises migration runs."""
-    conn.execute(query("migration_lock"))
-
-
-def unlock_migrations(conn: Conn) -> None:
-    conn.execute(query("migration_unlock"))
+def set_local(conn: Conn, name: str, value: str) -> None:
+    """Set a setting for the rest of the current transaction (SET LOCAL)."""
+    conn.execute(query("set_local"), {"name": name, "value": value})
 
 
 def create_migrations_table(conn: Conn) -> None:
     conn.execute(query("create_migrations_table"))
+
+
+def lock_migrations(conn: Conn) -> None:
+    """Take the lock that one migration run holds until its transaction ends."""
+    conn.execute(query("lock_migrations"))
+
+
+def migrations_lock_holder(conn: Conn) -> LockHolder | None:
+    """The session that holds a lock on queue_migrations in the runner's way, if any."""
+    with conn.cursor(row_factory=class_row(LockHolder)) as cur:
+        return cur.execute(query("migrations_lock_holder")).fetchone()
 
 
 def migrations_table_exists(conn: Conn) -> bool:
@@ -649,17 +660,31 @@ def applied_migrations(conn: Conn) -> list[AppliedMigration]:
         return cur.execute(query("applied_migrations")).fetchall()
 
 
-def limit_lock_waits(conn: Conn) -> None:
-    """For the rest of this transaction, a lock the migration waits for fails after 10 s."""
-    conn.execute(query("migration_lock_timeout"))
-
-
 def apply_migration(conn: Conn, version: int, name: str, checksum: str, script: str) -> None:
     """Run a migration file and record it, in the caller's transaction."""
     conn.execute(script.encode())  # a file of several statements, shipped with the package
     conn.execute(
         query("record_migration"), {"version": version, "name": name, "checksum": checksum}
     )
+
+
+def public_schema_writers(conn: Conn) -> list[str]:
+    """Roles but superusers and the current role's own that may create objects in public
+    ("PUBLIC": every role may)."""
+    return [name for (name,) in conn.execute(query("public_schema_writers")).fetchall()]
+
+
+def planted_objects(conn: Conn) -> list[PlantedObject]:
+    """Functions, operators and the queue's tables in public that a role owns which is
+    neither a superuser nor able to act as the current role."""
+    with conn.cursor(row_factory=class_row(PlantedObject)) as cur:
+        return cur.execute(query("planted_objects")).fetchall()
+
+
+def current_role(conn: Conn) -> str:
+    row = conn.execute(query("current_role")).fetchone()
+    assert row is not None
+    return str(row[0])
 
 
 def create_repeatables_table(conn: Conn) -> None:

@@ -16,7 +16,7 @@ from http.server import ThreadingHTTPServer
 
 import psycopg
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from mobvibe import clock, metrics
@@ -76,7 +76,7 @@ class QueueCollector(Collector):
         self.state = state
         self.slots = slots
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         held = sum(self.slots.holding(i) is not None for i in range(self.slots.count))
         yield GaugeMetricFamily("mobvibe_jobs_in_progress", "Jobs running now.", value=held)
         stats, last_sweep = self.state.read()
@@ -104,6 +104,7 @@ class QueueCollector(Collector):
                 "Unix time of the last sweep of any reaper (daemon or cron).",
                 value=last_sweep,
             )
+        yield from _caps(stats)
 
 
 def _depth(stats: QueueStats) -> GaugeMetricFamily:
@@ -120,6 +121,26 @@ def _depth(stats: QueueStats) -> GaugeMetricFamily:
     ):
         depth.add_metric([status], value)
     return depth
+
+
+def _caps(stats: QueueStats) -> Iterator[CounterMetricFamily]:
+    """What the database's caps turned away, whoever wrote it (queue_counters)."""
+    yield CounterMetricFamily(
+        "mobvibe_queue_events_dropped",
+        "Progress events dropped past an attempt's caps (max_events_per_attempt, "
+        "max_event_bytes_per_attempt).",
+        value=stats.events_dropped,
+    )
+    yield CounterMetricFamily(
+        "mobvibe_queue_event_bytes_dropped",
+        "Bytes of the progress events dropped past an attempt's caps.",
+        value=stats.event_bytes_dropped,
+    )
+    yield CounterMetricFamily(
+        "mobvibe_queue_releases_counted",
+        "Releases past max_releases_per_job, counted as failed attempts.",
+        value=stats.releases_counted,
+    )
 
 
 def serve(settings: Settings, slots: Slots) -> int:

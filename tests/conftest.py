@@ -22,7 +22,10 @@ from tests.helpers import migrate_with_test_clock
 RESET = """
 TRUNCATE coding_jobs, coding_job_attempts, coding_job_events, coding_sessions, queue_reaper_runs;
 UPDATE queue_config SET backoff_base = DEFAULT, backoff_cap = DEFAULT, backoff_jitter = DEFAULT,
-    heartbeat_timeout = DEFAULT, retain_completed = DEFAULT, retain_failed = DEFAULT;
+    heartbeat_timeout = DEFAULT, retain_completed = DEFAULT, retain_failed = DEFAULT,
+    max_events_per_attempt = DEFAULT, max_event_bytes_per_attempt = DEFAULT,
+    max_releases_per_job = DEFAULT;
+UPDATE queue_counters SET events_dropped = 0, event_bytes_dropped = 0, releases_counted = 0;
 """
 
 

@@ -34,12 +34,15 @@ from mobvibe.cli.web import web
 from mobvibe.client import JobQueue
 from mobvibe.durations import Duration, format_duration
 from mobvibe.errors import ConfigError
+from mobvibe.sizes import ByteSize
 from mobvibe.sql import db, store
 from mobvibe.sql.jobs import MAX_RETRIES_DEFAULT, PRIORITY_MAX, PRIORITY_MIN, NewJob
-from mobvibe.sql.migrate import MigrationReport
+from mobvibe.sql.migrate import LOCK_WAIT_DEFAULT, MigrationReport
 from mobvibe.sql.migrate import migrate as run_migrations
 from mobvibe.sql.notify import CHANNELS, Listener
 from mobvibe.sql.store import ConfigChange, QueueSettings
+
+DAY = 86400.0
 
 
 @click.group(cls=Group, context_settings=CONTEXT)
@@ -57,12 +60,18 @@ def _url(ctx: click.Context) -> str:
 
 
 @main.command()
+@click.option(
+    "--lock-wait",
+    type=Duration(minimum=0.001, maximum=DAY),
+    default=format_duration(LOCK_WAIT_DEFAULT),
+    help="How long to wait for another run's lock, then give up naming its session.",
+)
 @click.pass_context
 @friendly_errors
-def migrate(ctx: click.Context) -> None:
+def migrate(ctx: click.Context, lock_wait: float) -> None:
     """Apply the schema migrations (safe to run from several pods at once)."""
     with db.connect(_url(ctx), application_name="mobvibe-migrate") as conn:
-        report = run_migrations(conn)
+        report = run_migrations(conn, lock_wait)
     for line in _migrate_lines(report):
         click.echo(line)
     if not ctx.obj:
@@ -183,13 +192,16 @@ def watch(ctx: click.Context, channels: tuple[str, ...]) -> None:
         click.echo("", err=True)  # Ctrl-C is how one stops watching: not an error
 
 
-DAY = 86400.0
 # The ranges of `config`: what the database accepts, and sane. An interval
 # holds about 292,000 years, so larger values are refused here, in one line,
 # rather than overflow in the database.
 BACKOFF_MIN, BACKOFF_MAX = 0.001, 30 * DAY
 HEARTBEAT_TIMEOUT_MIN, HEARTBEAT_TIMEOUT_MAX = 1.0, DAY  # CHECK >= 1 s in the database
 RETAIN_MIN, RETAIN_MAX = 1.0, 3650 * DAY
+# The caps' ranges, the database's CHECKs (migration 0010).
+EVENTS_MAX = 1_000_000
+EVENT_BYTES_MIN, EVENT_BYTES_MAX = 64 * 1024, 1024**3
+RELEASES_MAX = 1000
 
 
 def _finite_jitter(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
@@ -237,26 +249,32 @@ def _finite_jitter(ctx: click.Context, param: click.Parameter, value: float | No
     default=None,
     help="The reaper deletes dead-lettered jobs older than this (0: keep forever).",
 )
+@click.option(
+    "--max-events-per-attempt",
+    type=click.IntRange(1, EVENTS_MAX),
+    default=None,
+    help="Progress events an attempt keeps; the database drops (and counts) the rest.",
+)
+@click.option(
+    "--max-event-bytes-per-attempt",
+    type=ByteSize(EVENT_BYTES_MIN, EVENT_BYTES_MAX),
+    default=None,
+    help="Bytes of progress events an attempt keeps (bytes, or 64KiB, 10MiB, 1GiB).",
+)
+@click.option(
+    "--max-releases-per-job",
+    type=click.IntRange(1, RELEASES_MAX),
+    default=None,
+    help="Releases (attempts given back, not failed) a job may have; the next one counts "
+    "as a failed attempt.",
+)
 @click.pass_context
 @friendly_errors
-def config(
-    ctx: click.Context,
-    backoff_base: float | None,
-    backoff_cap: float | None,
-    backoff_jitter: float | None,
-    heartbeat_timeout: float | None,
-    retain_completed: float | None,
-    retain_failed: float | None,
-) -> None:
-    """Show the queue's settings (JSON, seconds), or change those given (an operator's act)."""
-    change = ConfigChange(
-        backoff_base=backoff_base,
-        backoff_cap=backoff_cap,
-        backoff_jitter=backoff_jitter,
-        heartbeat_timeout=heartbeat_timeout,
-        retain_completed=retain_completed,
-        retain_failed=retain_failed,
-    )
+def config(ctx: click.Context, /, **settings: Any) -> None:
+    """Show the queue's settings (JSON, seconds, bytes), or change those given (an
+    operator's act)."""
+    change = ConfigChange(**settings)
+    backoff_base, backoff_cap = change.backoff_base, change.backoff_cap
     if backoff_base is not None and backoff_cap is not None and backoff_cap < backoff_base:
         raise ConfigError(
             f"the backoff cap (--backoff-cap {format_duration(backoff_cap)}) must be at least "
@@ -280,6 +298,9 @@ def _config_json(current: QueueSettings) -> dict[str, float | None]:
         "heartbeat_timeout_seconds": current.heartbeat_timeout.total_seconds(),
         "retain_completed_seconds": seconds(current.retain_completed),  # None: keep forever
         "retain_failed_seconds": seconds(current.retain_failed),
+        "max_events_per_attempt": current.max_events_per_attempt,
+        "max_event_bytes_per_attempt": current.max_event_bytes_per_attempt,
+        "max_releases_per_job": current.max_releases_per_job,
     }
 
 

@@ -34,6 +34,12 @@
 -- expired_before: the reaper's condition, re-checked under the lock. Returns
 -- the job's new status, NULL when nothing changed. Executable by the owner
 -- alone: the entry points decide who may take which path.
+--
+-- A release past queue_config.max_releases_per_job counts as a failed attempt
+-- (end reason 'release_limit', counted in queue_counters), unless a cancel was
+-- requested: a job given back again and again (a worker login that claims and
+-- releases in a loop, pods that never finish it) still ends, after max_retries,
+-- instead of recording attempts forever.
 CREATE OR REPLACE FUNCTION public.queue_finish(job_id_param uuid, lease_token_param uuid,
                                                kind_param text, reason_param text,
                                                error_param text, output_param text,
@@ -46,6 +52,9 @@ DECLARE
     mc integer;
     locked_session uuid;
     open_job boolean;
+    kind text;
+    reason text;
+    error text;
     new_status text;
     counted boolean;
     new_run_at timestamptz;
@@ -53,7 +62,7 @@ DECLARE
 BEGIN
     LOOP
         SELECT j.session_id, j.status, j.lease_token, j.attempt, j.retry_count, j.max_retries,
-               j.cancel_requested_at, j.seq, j.run_at, j.heartbeat_at, j.priority
+               j.cancel_requested_at, j.seq, j.run_at, j.heartbeat_at, j.priority, j.release_count
         INTO cur FROM public.coding_jobs j WHERE j.id = job_id_param;
         IF NOT FOUND THEN
             RETURN NULL;
@@ -77,15 +86,25 @@ BEGIN
             END IF;
         END IF;
 
+        kind := kind_param;
+        reason := reason_param;
+        error := error_param;
+        IF kind_param = 'release' AND cur.cancel_requested_at IS NULL
+           AND cur.release_count >= (SELECT c.max_releases_per_job FROM public.queue_config c) THEN
+            kind := 'fail';
+            reason := 'release_limit';
+            error := 'released ' || cur.release_count || ' times (queue_config.'
+                     'max_releases_per_job): this release counts as a failed attempt';
+        END IF;
         new_status := CASE
-            WHEN kind_param = 'complete' THEN 'completed'
-            WHEN kind_param = 'cancel' OR cur.cancel_requested_at IS NOT NULL THEN 'cancelled'
-            WHEN kind_param = 'release' THEN 'pending'
+            WHEN kind = 'complete' THEN 'completed'
+            WHEN kind = 'cancel' OR cur.cancel_requested_at IS NOT NULL THEN 'cancelled'
+            WHEN kind = 'release' THEN 'pending'
             WHEN cur.retry_count + 1 >= cur.max_retries THEN 'failed'
             ELSE 'pending' END;
-        counted := kind_param = 'fail' AND new_status IN ('pending', 'failed');
+        counted := kind = 'fail' AND new_status IN ('pending', 'failed');
         new_run_at := CASE WHEN new_status <> 'pending' THEN cur.run_at
-                           WHEN kind_param = 'release' THEN ts
+                           WHEN kind = 'release' THEN ts
                            ELSE ts + public.queue_backoff((cur.retry_count + 1)::integer) END;
         placed := CASE WHEN new_status = 'pending' THEN
                       public.queue_placement(cur.session_id, cur.seq, new_run_at, mc, ts) END;
@@ -97,27 +116,27 @@ BEGIN
         SET status = new_status,
             retry_count = CASE WHEN counted THEN least(j.retry_count + 1, j.max_retries)
                                ELSE j.retry_count END,
+            release_count = CASE WHEN kind = 'release' AND new_status = 'pending'
+                                 THEN j.release_count + 1 ELSE j.release_count END,
             run_at = new_run_at,
             waiting_for = placed,
             completed_at = CASE WHEN new_status = 'pending' THEN NULL ELSE ts END,
             heartbeat_at = NULL,
             end_reason = CASE WHEN new_status = 'cancelled' THEN 'cancelled'
-                              WHEN kind_param = 'complete' THEN 'completed'
-                              WHEN kind_param = 'release' THEN coalesce(error_param, 'released')
-                              ELSE coalesce(reason_param, 'error') END,
-            error_message = CASE WHEN counted THEN coalesce(error_param, reason_param, 'error')
+                              WHEN kind = 'complete' THEN 'completed'
+                              WHEN kind = 'release' THEN coalesce(error, 'released')
+                              ELSE coalesce(reason, 'error') END,
+            error_message = CASE WHEN counted THEN coalesce(error, reason, 'error')
                                  WHEN new_status = 'cancelled'
-                                     THEN coalesce(error_param, j.error_message)
+                                     THEN coalesce(error, j.error_message)
                                  ELSE j.error_message END,
-            -- an operator's completion leaves no lease: the retried-commit
-            -- answer of complete_job is never given to an overruled attempt
             lease_token = CASE WHEN lease_token_param IS NULL AND new_status = 'completed'
                                THEN NULL ELSE j.lease_token END,
             output = coalesce(public.queue_output_tail(output_param), j.output),
             updated_at = ts
         WHERE j.id = job_id_param AND j.status = cur.status
           AND j.lease_token IS NOT DISTINCT FROM cur.lease_token AND j.attempt = cur.attempt
-          AND j.retry_count = cur.retry_count
+          AND j.retry_count = cur.retry_count AND j.release_count = cur.release_count
           AND j.cancel_requested_at IS NOT DISTINCT FROM cur.cancel_requested_at
           AND (expired_before IS NULL OR j.heartbeat_at < expired_before);
         EXIT WHEN FOUND;
@@ -126,20 +145,23 @@ BEGIN
     IF cur.status = 'processing' THEN
         UPDATE public.coding_job_attempts a
         SET ended_at = ts,
-            end_reason = CASE kind_param WHEN 'complete' THEN 'completed'
-                                         WHEN 'release' THEN 'released'
-                                         WHEN 'cancel' THEN 'cancelled'
-                                         ELSE coalesce(reason_param, 'error') END,
-            error_message = CASE WHEN lease_token_param IS NULL AND kind_param = 'complete'
+            end_reason = CASE kind WHEN 'complete' THEN 'completed'
+                                   WHEN 'release' THEN 'released'
+                                   WHEN 'cancel' THEN 'cancelled'
+                                   ELSE coalesce(reason, 'error') END,
+            error_message = CASE WHEN lease_token_param IS NULL AND kind = 'complete'
                                      THEN 'completed by an operator'
-                                 WHEN kind_param = 'fail' THEN coalesce(error_param, reason_param)
-                                 ELSE error_param END
+                                 WHEN kind = 'fail' THEN coalesce(error, reason)
+                                 ELSE error END
         WHERE a.job_id = job_id_param AND a.attempt = cur.attempt AND a.ended_at IS NULL;
+    END IF;
+    IF kind IS DISTINCT FROM kind_param THEN
+        UPDATE public.queue_counters SET releases_counted = releases_counted + 1;
     END IF;
 
     IF new_status <> 'pending' THEN
         PERFORM public.queue_promote(cur.session_id, mc, ts);
-    ELSIF kind_param = 'release' AND placed IS NULL THEN
+    ELSIF kind = 'release' AND placed IS NULL THEN
         PERFORM pg_notify('new_job', json_build_object(
             'job_id', job_id_param, 'session_id', cur.session_id, 'priority', cur.priority)::text);
     END IF;

@@ -1,5 +1,5 @@
--- Submit a finished job again, deliberately: pending, due now, retry count
--- reset, any cancel forgotten, a new seq (the back of its session), placed.
+-- Submit a finished job again, deliberately: pending, due now, retry count and
+-- releases reset, any cancel forgotten, a new seq (the back of its session), placed.
 -- The session is active again once none of its jobs is failed. The session's
 -- row is locked first (the lock order: queue_finish.sql). Executable by the
 -- owner alone: queue_requeue_failed and queue_retry_job say which jobs.
@@ -26,8 +26,8 @@ BEGIN
           WHERE o.session_id = sid AND o.status IN ('pending', 'processing')
           LIMIT mc) a;
     UPDATE public.coding_jobs j
-    SET status = 'pending', retry_count = 0, run_at = ts, completed_at = NULL,
-        cancel_requested_at = NULL, heartbeat_at = NULL, seq = DEFAULT,
+    SET status = 'pending', retry_count = 0, release_count = 0, run_at = ts,
+        completed_at = NULL, cancel_requested_at = NULL, heartbeat_at = NULL, seq = DEFAULT,
         waiting_for = CASE WHEN ahead >= mc THEN 'session' END,
         end_reason = reason_param, updated_at = ts
     WHERE j.id = job_id_param AND j.status = ANY (statuses)

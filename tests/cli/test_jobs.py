@@ -105,6 +105,7 @@ def test_jobs_show_prints_the_fields_every_attempt_the_output_and_the_events(
         "TOOK",
         "END",
         "REASON",
+        "EVENTS",
         "ERROR",
     ]
     assert attempts[1].split()[:2] == ["1", "host:0:100:abc"] and "npm failed" in attempts[1]

@@ -162,7 +162,7 @@ def migrate_as_before(conn: psycopg.Connection[Any], up_to: int = FROZEN) -> Non
     for migration in migrations():
         if migration.version <= up_to:
             with conn.transaction():
-                store.limit_lock_waits(conn)
+                store.set_local(conn, "lock_timeout", "10s")
                 store.apply_migration(
                     conn, migration.version, migration.name, migration.checksum, migration.sql
                 )

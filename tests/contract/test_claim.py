@@ -45,9 +45,9 @@ def test_claim_order_is_priority_desc_then_submission_order(conn: Any) -> None:
 
 
 def test_a_due_job_of_lower_priority_goes_before_a_job_that_is_not_due(conn: Any) -> None:
+    set_clock(conn, T0)  # a run_at is at most a year ahead of the queue's clock
     later = insert_job(conn, new_session(conn), priority=10, run_at=T0 + timedelta(minutes=5))
     due = insert_job(conn, new_session(conn), priority=0, run_at=T0 - timedelta(seconds=1))
-    set_clock(conn, T0)
     first = claim(conn)
     assert first is not None and first["job_id"] == due
     assert claim(conn) is None
@@ -56,6 +56,7 @@ def test_a_due_job_of_lower_priority_goes_before_a_job_that_is_not_due(conn: Any
 
 def test_a_job_is_never_claimed_before_its_run_at(conn: Any, session_id: Any) -> None:
     run_at = T0 + timedelta(minutes=5)
+    set_clock(conn, T0)
     job = insert_job(conn, session_id, priority=10, run_at=run_at)
     for now in (T0 - timedelta(days=1), T0, run_at - timedelta(microseconds=1)):
         set_clock(conn, now)
@@ -67,8 +68,8 @@ def test_a_job_is_never_claimed_before_its_run_at(conn: Any, session_id: Any) ->
 
 
 def test_the_sql_clock_is_per_connection(db_url: str, conn: Any, session_id: Any) -> None:
-    job = insert_job(conn, session_id, run_at=T0)
     set_clock(conn, T0 - timedelta(seconds=1))
+    job = insert_job(conn, session_id, run_at=T0)
     with psycopg.connect(db_url, autocommit=True) as other:
         set_clock(other, T0)
         assert claim(conn) is None

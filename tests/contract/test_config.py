@@ -21,6 +21,9 @@ DEFAULTS = {
     "heartbeat_timeout_seconds": 30.0,
     "retain_completed_seconds": 7 * DAY,
     "retain_failed_seconds": 30 * DAY,
+    "max_events_per_attempt": 10_000,
+    "max_event_bytes_per_attempt": 10 * 1024 * 1024,
+    "max_releases_per_job": 20,
 }
 
 
@@ -75,6 +78,31 @@ def test_config_sets_the_reapers_limits_as_durations(
     assert json.loads(config("--backoff-base", "2m").stdout)["retain_failed_seconds"] is None
 
 
+def test_config_sets_the_caps_of_events_and_releases(
+    config: Callable[..., Result], conn: Any
+) -> None:
+    result = config(
+        "--max-events-per-attempt",
+        "500",
+        "--max-event-bytes-per-attempt",
+        "2MiB",
+        "--max-releases-per-job",
+        "3",
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {
+        **DEFAULTS,
+        "max_events_per_attempt": 500,
+        "max_event_bytes_per_attempt": 2 * 1024 * 1024,
+        "max_releases_per_job": 3,
+    }
+    row = conn.execute(
+        "SELECT max_events_per_attempt, max_event_bytes_per_attempt, max_releases_per_job "
+        "FROM queue_config"
+    ).fetchone()
+    assert row == (500, 2 * 1024 * 1024, 3)
+
+
 OUT_OF_RANGE = [
     ["--backoff-base", "1e13"],
     ["--backoff-base", "99999999999999999999999"],
@@ -92,6 +120,13 @@ OUT_OF_RANGE = [
     ["--backoff-base", "60", "--backoff-cap", "5"],
     ["--backoff-cap", "5"],  # below the base in the database (10 s)
     ["--backoff-jitter", "0", "--heartbeat-timeout", "1e13"],  # one bad value: nothing changes
+    ["--max-events-per-attempt", "0"],
+    ["--max-events-per-attempt", "1000001"],
+    ["--max-event-bytes-per-attempt", "1KiB"],
+    ["--max-event-bytes-per-attempt", "2GiB"],
+    ["--max-event-bytes-per-attempt", "10MB"],
+    ["--max-releases-per-job", "0"],
+    ["--max-releases-per-job", "1001"],
 ]
 
 

@@ -16,11 +16,22 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from mobvibe.client import JobQueue
+from mobvibe.errors import InvalidJobError
 from mobvibe.sql.migrate import migrate
-from tests.contract.support import insert_job, job_row, new_session, table_counts
+from tests.contract.support import (
+    assert_one_error_line,
+    insert_job,
+    job_row,
+    new_session,
+    run_queue_cli,
+    table_counts,
+)
 from tests.helpers import set_clock, triggers_off
 
 LATER = datetime(3000, 1, 1, tzinfo=UTC)
+# Within a run_at's window (at most a year ahead of the queue's clock, here the real one).
+SOON = (datetime.now(UTC) + timedelta(days=30)).replace(microsecond=0)
 
 # (what is impossible, the columns of the INSERT beyond session and prompt, the words of
 # the message)
@@ -120,14 +131,14 @@ def test_a_pending_job_with_its_own_columns_and_a_future_run_at_is_accepted(
     conn: Any, session_id: Any
 ) -> None:
     job = insert(
-        conn, session_id, priority=7, max_retries=5, run_at=LATER, status="pending", attempt=0
+        conn, session_id, priority=7, max_retries=5, run_at=SOON, status="pending", attempt=0
     )
     row = job_row(conn, job)
     assert (row["status"], row["priority"], row["max_retries"], row["run_at"]) == (
         "pending",
         7,
         5,
-        LATER,
+        SOON,
     )
     assert row["created_at"] == row["updated_at"]
 
@@ -138,12 +149,60 @@ def test_the_place_of_a_new_job_is_the_databases_whatever_the_insert_says(
 ) -> None:
     first = insert(conn, session_id, waiting_for=given)
     second = insert(conn, session_id, waiting_for=given)
-    later = insert(conn, new_session(conn), waiting_for=given, run_at=LATER)
+    later = insert(conn, new_session(conn), waiting_for=given, run_at=SOON)
     assert [job_row(conn, j)["waiting_for"] for j in (first, second, later)] == [
         None,
         "session",
         "run_at",
     ]
+
+
+# run_at's window: from 2000-01-01 to a year after the queue's clock (the real one here).
+OUT_OF_WINDOW = [
+    "'infinity'",
+    "'-infinity'",
+    "'10000-01-01 00:00:00+00'",
+    "'294276-12-31 23:59:59+00'",
+    "'4713-01-01 00:00:00+00 BC'",
+    "'1999-12-31 23:59:59+00'",
+    "now() + interval '1 year 1 day'",
+]
+
+
+@pytest.mark.parametrize("run_at", OUT_OF_WINDOW)
+def test_a_run_at_out_of_its_window_is_refused_with_the_window(
+    conn: Any, session_id: Any, run_at: str
+) -> None:
+    before = table_counts(conn)
+    statement = sql.SQL(
+        "INSERT INTO coding_jobs (session_id, prompt, run_at) VALUES (%s, 'x', {})"
+    ).format(sql.SQL(run_at))
+    with pytest.raises(
+        psycopg.errors.CheckViolation, match="run_at must be from 2000-01-01 to a year from now"
+    ) as refused:
+        conn.execute(statement, [session_id])
+    assert refused.value.diag.constraint_name == "coding_jobs_run_at_check"
+    assert table_counts(conn) == before
+
+
+@pytest.mark.parametrize("run_at", ["'2000-01-01 00:00:00+00'", "now() + interval '364 days'"])
+def test_a_run_at_within_its_window_is_accepted(conn: Any, session_id: Any, run_at: str) -> None:
+    statement = sql.SQL(
+        "INSERT INTO coding_jobs (session_id, prompt, run_at) VALUES (%s, 'x', {})"
+    ).format(sql.SQL(run_at))
+    conn.execute(statement, [session_id])
+
+
+def test_the_client_and_the_cli_say_which_window_a_run_at_missed(
+    queue: JobQueue, db_url: str, session_id: Any
+) -> None:
+    with pytest.raises(InvalidJobError, match="run_at must be from 2000-01-01 to a year from now"):
+        queue.enqueue("far", session_id=session_id, run_at=datetime(9999, 1, 1, tzinfo=UTC))
+    for delay in (str(400 * 86400), "1e300"):
+        line = assert_one_error_line(
+            run_queue_cli("enqueue", "--delay", delay, "far", database_url=db_url), 2
+        )
+        assert "delay must be at most a year" in line
 
 
 def test_an_explicit_created_at_equal_to_now_is_the_default(conn: Any, session_id: Any) -> None:

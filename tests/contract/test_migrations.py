@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +19,7 @@ from mobvibe.sql.migrate import migrate, schema_is_current
 from tests.contract.support import (
     FROZEN,
     QUEUE_CLI,
+    LoginRoles,
     assert_one_error_line,
     claim,
     insert_job,
@@ -113,8 +115,8 @@ def test_a_changed_applied_migration_is_refused(new_database: Callable[[], str])
         assert (
             scalar(
                 conn,
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
-                "AND pid = pg_backend_pid()",
+                "SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid() "
+                "AND relation = 'queue_migrations'::regclass",
             )
             == 0
         )
@@ -122,6 +124,58 @@ def test_a_changed_applied_migration_is_refused(new_database: Callable[[], str])
     line = assert_one_error_line(result, 1)
     assert "0002_functions" in line
     assert len((result.stdout + result.stderr).strip().splitlines()) == 1
+
+
+def test_a_login_with_no_grants_cannot_hold_up_migrate(new_database: Callable[[], str]) -> None:
+    """Any login may take any advisory lock; the runs' lock is one on queue_migrations,
+    which only its owner may take."""
+    url = new_database()
+    with connect(url) as owner:
+        owner.execute(
+            "CREATE TABLE public.queue_migrations (version integer PRIMARY KEY, name text "
+            "NOT NULL, checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        roles = LoginRoles(owner, url)
+        try:
+            with connect(roles.make()) as stranger:
+                stranger.execute("SELECT pg_advisory_lock(hashtext('mobvibe-queue migrate'))")
+                for mode in ("SHARE ROW EXCLUSIVE", "ROW EXCLUSIVE", "ACCESS EXCLUSIVE"):
+                    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                        with stranger.transaction():
+                            stranger.execute(f"LOCK TABLE public.queue_migrations IN {mode} MODE")
+                result = run_queue_cli("migrate", database_url=url, timeout=60)
+                assert result.returncode == 0, result.stderr
+                assert result.stdout.startswith(f"applied {len(SHIPPED)} migration(s)")
+        finally:
+            roles.drop()
+
+
+def test_a_run_that_waits_too_long_for_the_lock_names_its_holder_in_one_line(
+    migrated_url: str,
+) -> None:
+    with psycopg.connect(migrated_url, application_name="held-by-a-test") as holder:
+        holder.execute("LOCK TABLE queue_migrations IN SHARE ROW EXCLUSIVE MODE")
+        pid, user = holder.execute("SELECT pg_backend_pid(), current_user").fetchone()
+        started = time.monotonic()
+        result = run_queue_cli("migrate", "--lock-wait", "1s", database_url=migrated_url)
+        took = time.monotonic() - started
+    line = assert_one_error_line(result, 1)
+    assert f"pid {pid} (user {user}, application held-by-a-test)" in line, line
+    assert "waited 1s" in line and took < 20
+
+
+def test_an_operator_reading_the_migrations_does_not_hold_up_migrate(
+    migrated_url: str,
+) -> None:
+    with connect(migrated_url) as owner:
+        roles = LoginRoles(owner, migrated_url)
+        try:
+            with psycopg.connect(roles.make("mobvibe_operator")) as operator:
+                operator.execute("SELECT count(*) FROM queue_migrations")  # held open
+                report = migrate(owner, lock_wait=5)
+                assert (report.applied, report.already) == ((), len(SHIPPED))
+        finally:
+            roles.drop()
 
 
 def test_a_migration_this_version_does_not_ship_is_refused(new_database: Callable[[], str]) -> None:

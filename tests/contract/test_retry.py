@@ -248,6 +248,9 @@ def test_the_config_command_sets_the_schedule_that_the_next_failure_uses(
         "heartbeat_timeout_seconds": 30.0,
         "retain_completed_seconds": 7 * 86400.0,
         "retain_failed_seconds": 30 * 86400.0,
+        "max_events_per_attempt": 10_000,
+        "max_event_bytes_per_attempt": 10 * 1024 * 1024,
+        "max_releases_per_job": 20,
     }
     assert backoff_config(conn) == (2.0, 3.0, 0.0)
     job = insert_job(conn, session_id, max_retries=10)

@@ -95,9 +95,9 @@ def test_a_prompt_behind_its_session_whose_run_at_is_later_waits_for_it_once_pro
     conn: Any,
 ) -> None:
     session = new_session(conn)
+    set_clock(conn, T0)  # a run_at is at most a year ahead of the queue's clock
     first = insert_job(conn, session)
     later = insert_job(conn, session, run_at=T0 + timedelta(minutes=5))
-    set_clock(conn, T0)
     claim(conn)
     complete(conn, first)
     assert waiting(conn, later) == ["run_at"]

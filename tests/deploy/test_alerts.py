@@ -19,6 +19,9 @@ SCRAPE_TIME_METRICS = {
     "mobvibe_queue_retries_waiting",
     "mobvibe_reaper_last_sweep_timestamp_seconds",
     "mobvibe_jobs_in_progress",
+    "mobvibe_queue_events_dropped_total",
+    "mobvibe_queue_event_bytes_dropped_total",
+    "mobvibe_queue_releases_counted_total",
 }
 
 

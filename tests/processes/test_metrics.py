@@ -53,6 +53,11 @@ def test_metrics_match_the_database_and_never_go_down(
 ) -> None:
     queue.enqueue_many([NewJob("ok")] * 50 + [NewJob("fail", max_retries=1)] * 2)
     assert queue.cancel(queue.enqueue("never runs", delay=3600))
+    # what the database's caps turned away, whoever wrote it
+    conn.execute(
+        "UPDATE queue_counters SET events_dropped = 7, event_bytes_dropped = 7000, "
+        "releases_counted = 2"
+    )
     running = supervisor("--workers", "2", *HANDLER, *FAST, metrics=True)
     wait_for(lambda: get(running.port, "/metrics")[0] == 200, message="the metrics endpoint")
     wait_for(
@@ -77,6 +82,9 @@ def test_metrics_match_the_database_and_never_go_down(
     assert value(text, "mobvibe_jobs_claimed_total") == 52
     assert value(text, "mobvibe_workers_alive") == 2
     assert value(text, "mobvibe_database_up") == 1
+    assert value(text, "mobvibe_queue_events_dropped_total") == 7
+    assert value(text, "mobvibe_queue_event_bytes_dropped_total") == 7000
+    assert value(text, "mobvibe_queue_releases_counted_total") == 2
     assert "mobvibe_job_duration_seconds_bucket" in text
     assert "job_id" not in text and "session_id" not in text
 

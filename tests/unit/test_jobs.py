@@ -48,6 +48,8 @@ BAD_FIELDS = [
     ("naive run_at", {"run_at": datetime(2030, 1, 1)}, "run_at"),
     ("negative delay", {"delay": -0.5}, "delay"),
     ("NaN delay", {"delay": float("nan")}, "delay"),
+    ("a delay of over a year", {"delay": 366 * 86400.0}, "at most a year"),
+    ("an infinite delay", {"delay": float("inf")}, "at most a year"),
     ("delay True", {"delay": True}, "delay"),
     ("delay as text", {"delay": "5"}, "delay"),
     ("empty idempotency key", {"idempotency_key": ""}, "idempotency key"),
