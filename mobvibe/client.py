@@ -41,6 +41,7 @@ class JobQueue:
             max_size=max_size,
             open=False,
             timeout=10,
+            configure=db.tolerate_extremes,
             kwargs={
                 "autocommit": True,
                 "connect_timeout": db.CONNECT_TIMEOUT_DEFAULT,

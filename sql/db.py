@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import re
 import signal
+import struct
 import threading
 import warnings
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import psycopg
-from psycopg import conninfo
+from psycopg import adapt, conninfo
+from psycopg.abc import Loader as LoaderProtocol
+from psycopg.pq import Format
 
 from mobvibe.errors import ConfigError, DatabaseUnavailableError
 
@@ -80,7 +85,10 @@ def first_line(exc: BaseException, *, redact: bool = False) -> str:
 def connect(
     url: str, *, autocommit: bool = True, application_name: str = "mobvibe", **kwargs: Any
 ) -> psycopg.Connection[Any]:
-    """Open one connection, autocommit by default; DatabaseUnavailableError if it cannot."""
+    """Open one connection, autocommit by default; DatabaseUnavailableError if it cannot.
+
+    Its times past what Python holds are read as the nearest it does
+    (tolerate_extremes)."""
     options = {
         "connect_timeout": CONNECT_TIMEOUT_DEFAULT,
         "application_name": application_name,
@@ -88,11 +96,68 @@ def connect(
         **kwargs,
     }
     try:
-        return psycopg.connect(url, autocommit=autocommit, **options)
+        conn = psycopg.connect(url, autocommit=autocommit, **options)
     except psycopg.OperationalError as exc:
         raise DatabaseUnavailableError(
             f"cannot connect to the database: {first_line(exc)}"
         ) from None
+    tolerate_extremes(conn)
+    return conn
+
+
+# PostgreSQL holds times from 4713 BC to 294276 AD and 'infinity'; Python from year 1
+# to 9999. A row holding one beyond must not stop every reader of the queue (the hub,
+# the reaper, the statistics, the pages): such a time reads as the nearest Python holds.
+TIME_MAX = datetime.max.replace(tzinfo=UTC)
+TIME_MIN = datetime.min.replace(tzinfo=UTC)
+_EXTREMES: dict[str, tuple[object, object]] = {
+    "timestamptz": (TIME_MIN, TIME_MAX),
+    "interval": (timedelta.min, timedelta.max),
+}
+
+
+def tolerate_extremes(conn: psycopg.Connection[Any]) -> None:
+    """Read timestamptz and interval values beyond Python's range as TIME_MIN / TIME_MAX
+    (timedelta.min / max) on `conn`, instead of raising DataError."""
+    for type_name in _EXTREMES:
+        for fmt in (Format.TEXT, Format.BINARY):
+            conn.adapters.register_loader(type_name, _tolerant_loader(type_name, fmt))
+
+
+@functools.cache
+def _tolerant_loader(type_name: str, fmt: Format) -> type[adapt.Loader]:
+    """A loader that asks psycopg's own and maps what it refuses to the nearest extreme."""
+    oid = psycopg.adapters.types[type_name].oid
+    found = psycopg.adapters.get_loader(oid, fmt)
+    assert found is not None
+    inner_class: type[LoaderProtocol] = found
+    low, high = _EXTREMES[type_name]
+
+    class Tolerant(adapt.Loader):
+        format = fmt
+
+        def __init__(self, oid: int, context: Any = None) -> None:
+            super().__init__(oid, context)
+            self._inner = inner_class(oid, context)
+
+        def load(self, data: Any) -> Any:
+            try:
+                return self._inner.load(data)
+            except psycopg.DataError:
+                return low if _negative(type_name, fmt, bytes(data)) else high
+
+    return Tolerant
+
+
+def _negative(type_name: str, fmt: Format, data: bytes) -> bool:
+    """Whether a value psycopg could not read lies before the range (else after it)."""
+    if fmt == Format.BINARY:
+        if type_name == "interval":  # microseconds, days, months: months weigh most
+            micros, days, months = struct.unpack("!qii", data)
+            return bool((months, days, micros) < (0, 0, 0))
+        return bool(struct.unpack("!q", data)[0] < 0)
+    text = data.strip()
+    return text.startswith(b"-") or text.endswith((b" BC", b" ago"))
 
 
 def _keepalives_for(url: str) -> dict[str, str]:

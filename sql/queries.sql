@@ -218,7 +218,9 @@ LIMIT %(limit)s
 -- What each worker runs now: the processing jobs (their partial index), by worker.
 -- name: running_jobs
 SELECT worker_id, id AS job_id, session_id, attempt, started_at, heartbeat_at,
-       extract(epoch FROM queue_now() - heartbeat_at)::float8 AS heartbeat_age_seconds,
+       extract(epoch FROM queue_now() - least(greatest(heartbeat_at, timestamptz '0001-01-01Z'),
+                                              timestamptz '9999-12-31Z'))::float8
+           AS heartbeat_age_seconds,
        cancel_requested_at, left(prompt, 80) AS prompt_head
 FROM coding_jobs
 WHERE status = 'processing'
@@ -449,7 +451,9 @@ SELECT current_user::text
 
 -- name: doctor_processing_without_live_attempt
 SELECT id AS job_id, session_id, worker_id,
-       extract(epoch FROM queue_now() - heartbeat_at)::float8 AS silent_seconds,
+       extract(epoch FROM queue_now() - least(greatest(heartbeat_at, timestamptz '0001-01-01Z'),
+                                              timestamptz '9999-12-31Z'))::float8
+           AS silent_seconds,
        count(*) OVER () AS total
 FROM coding_jobs
 WHERE status = 'processing'

@@ -3,6 +3,7 @@ pages show too (mobvibe.columns)."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from datetime import datetime
 from typing import TypeVar
@@ -43,5 +44,10 @@ def aligned(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequen
 
 
 def when(value: datetime | None) -> str:
-    """A time in the local zone, to the second; `-` for none."""
-    return NONE if value is None else f"{value.astimezone():%Y-%m-%d %H:%M:%S}"
+    """A time in the local zone, to the second; `-` for none. A time at the end of what
+    Python holds (the database's infinity, read as such) is shown as it is."""
+    if value is None:
+        return NONE
+    with contextlib.suppress(OverflowError):
+        value = value.astimezone()
+    return f"{value:%Y-%m-%d %H:%M:%S}"
