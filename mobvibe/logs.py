@@ -10,6 +10,8 @@ from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
 
+from mobvibe.terminal import visible
+
 LOG_FORMATS = ("auto", "json", "text")  # auto: text on a terminal, JSON otherwise
 LOG_LEVELS = ("debug", "info", "warning", "error")
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
@@ -38,7 +40,7 @@ class _TextFormatter(logging.Formatter):
         )
         event = getattr(record, "event", "-")
         line = f"{self.formatTime(record)} {record.levelname:<7} {event:<22} {record.getMessage()}"
-        return f"{line} {extra}".rstrip()
+        return visible(f"{line} {extra}".rstrip())  # a job's error, its worker's id
 
 
 def setup(log_format: str = "auto", level: str = "info") -> None:

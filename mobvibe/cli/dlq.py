@@ -13,11 +13,13 @@ import psycopg
 
 from mobvibe import logs
 from mobvibe.cli.options import connect, friendly_errors
+from mobvibe.columns import head
 from mobvibe.durations import Duration, format_duration
 from mobvibe.logs import event
 from mobvibe.sql import store
 from mobvibe.sql.jobs import parse_uuid
 from mobvibe.sql.store import DeadLetter
+from mobvibe.terminal import visible
 
 log = logging.getLogger(__name__)
 DELETE_BATCH = 1000  # jobs per statement: short statements, short locks
@@ -74,14 +76,12 @@ def _table(jobs: list[DeadLetter], total: int) -> str:
         return "no dead-lettered jobs"
     lines = [f"{'JOB ID':<36}  {'SESSION ID':<36}  {'FAILED AT':<19}  TRIES  {'REASON':<17}  ERROR"]
     for job in jobs:
-        error = " ".join((job.error_message or "-").split())
-        if len(error) > ERROR_WIDTH:
-            error = error[: ERROR_WIDTH - 1] + "…"
+        error = visible(head(job.error_message, ERROR_WIDTH))
         failed_at = f"{job.completed_at:%Y-%m-%d %H:%M:%S}" if job.completed_at else "-"
         lines.append(
             f"{job.id}  {job.session_id}  {failed_at:<19}  "
             f"{job.retry_count:>2}/{job.max_retries:<2}  "
-            f"{job.end_reason or '-':<17}  {error}"
+            f"{visible(job.end_reason or '-'):<17}  {error}"
         )
     if total > len(jobs):
         lines.append(f"showing the newest {len(jobs)} of {total}: --limit shows more")

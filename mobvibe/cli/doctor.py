@@ -9,6 +9,7 @@ import click
 from mobvibe.cli.options import friendly_errors, moved_to_the_database, resolve_database
 from mobvibe.reaper.doctor import CHECK_COUNT, Report, diagnose
 from mobvibe.sql import db
+from mobvibe.terminal import visible
 
 
 @click.command()
@@ -29,7 +30,7 @@ def doctor(ctx: click.Context, as_json: bool, limit: int) -> None:
     if as_json:
         click.echo(json.dumps(report.as_dict()))
     else:
-        click.echo(_text(report))
+        click.echo(visible(_text(report)))  # worker ids and names come from the database
     ctx.exit(0 if report.ok else 1)
 
 

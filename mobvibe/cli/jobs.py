@@ -15,6 +15,7 @@ from mobvibe.cli.tables import fields, table
 from mobvibe.sql import store
 from mobvibe.sql.jobs import parse_uuid
 from mobvibe.sql.store import JobDetail
+from mobvibe.terminal import visible
 
 STATUSES = ("pending", "processing", "completed", "failed", "cancelled")
 EVENTS_SHOWN = 1000
@@ -66,7 +67,7 @@ def show(ctx: click.Context, job_id: str, as_json: bool) -> None:
     elif as_json:
         click.echo(json.dumps(detail.as_dict(), default=jsonable))
     else:
-        click.echo(_job_text(detail))
+        click.echo(visible(_job_text(detail)))  # the prompt and the output: a job's text
 
 
 def _job_text(detail: JobDetail) -> str:
