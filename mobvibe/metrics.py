@@ -203,6 +203,10 @@ LEASES_LOST = Counter(
 HEARTBEAT_FAILURES = Counter(
     "mobvibe_heartbeat_failures", "Heartbeats that could not reach the database."
 )
+LEASES_PASSED_OVER = Counter(
+    "mobvibe_lease_renewals_passed_over",
+    "Lease renewals passed over because another transaction held the job's row locked.",
+)
 WORKER_RESTARTS = Counter("mobvibe_worker_restarts", "Worker processes started again.")
 WORKER_EXITS = Counter(
     "mobvibe_worker_exits", "Worker process exits, by cause.", "cause", EXIT_CAUSES

@@ -141,7 +141,11 @@ class Hub:
             while (note := conn.pgconn.notifies()) is not None:
                 self._notified(conn, note.relname.decode(), note.extra.decode(errors="replace"))
         now = clock.monotonic()
-        if now >= self.due["heartbeat"]:
+        # A sweep may take half an interval (its statement timeout): renewing first when
+        # the heartbeat falls due meanwhile keeps every renewal on time, so that a lease
+        # renewed after one passed over is never older than two intervals.
+        early = self.settings.heartbeat_interval / 2 if now >= self.due["sweep"] else 0.0
+        if now >= self.due["heartbeat"] - early:
             self.due["heartbeat"] = now + self.settings.heartbeat_interval
             self._renew(conn)
         if now >= min(self.due["poll"], self.due["next_run"]):
@@ -195,7 +199,7 @@ class Hub:
                 if renewal.cancel_requested:
                     self._stop(index, holding, "cancelled")
             elif renewal is not None and renewal.renewed is None:
-                pass  # its row is locked by another transaction: tried again next time
+                self._passed_over(holding)  # tried again next time
             elif self._still_held(index, holding) and index not in self.unrenewed:
                 # Not renewed and still shown here: another attempt has the job now, or
                 # its worker has just ended it (no longer processing either) and not
@@ -203,6 +207,19 @@ class Hub:
                 recheck = clock.monotonic() + LOST_RECHECK
                 self.unrenewed[index] = (holding, recheck)
                 self.due["lost"] = min(self.due["lost"], recheck)
+
+    def _passed_over(self, holding: Holding) -> None:
+        """Another transaction holds the job's row locked (a cancel left open): its lease
+        ages by one interval; the worker's fence allows for one such renewal."""
+        metrics.LEASES_PASSED_OVER.inc()
+        event(
+            log,
+            logging.DEBUG,
+            "lease_renewal_passed_over",
+            "lease not renewed this time: another transaction holds the job's row",
+            job_id=str(holding.job_id),
+            worker_pid=holding.pid,
+        )
 
     def _recheck_unrenewed(self, now: float) -> None:
         """A lease not renewed whose slot still shows it after LOST_RECHECK is lost."""

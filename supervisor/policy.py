@@ -108,8 +108,8 @@ def kill_reason(
     timeout = settings.job_timeout  # 0: no deadline
     if timeout and now - started > timeout + grace:
         return "deadline_exceeded"
-    # The worker fences itself after fence_after; one interval more and it is hung.
-    if now - heartbeat_ok > settings.fence_after + settings.heartbeat_interval:
+    # The worker fences itself after fence_after; past kill_after it is hung.
+    if now - heartbeat_ok > settings.kill_after:
         return "heartbeat_expired"
     return None
 

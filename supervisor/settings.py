@@ -73,8 +73,9 @@ class Settings:
         if self.job_timeout < 0 or self.shutdown_timeout < 0:
             raise ConfigError("--job-timeout and --shutdown-timeout must be >= 0")
         if self.heartbeat_timeout < 3 * self.heartbeat_interval:
-            # The one rule of the heartbeat settings: a worker fences itself two
-            # intervals before the timeout, so three must fit.
+            # The one rule of the heartbeat settings: a worker lets one renewal be passed
+            # over (two intervals) and stops before the timeout (fence_after), so three
+            # must fit.
             raise ConfigError(
                 f"--heartbeat-interval ({format_duration(self.heartbeat_interval)}) must be at "
                 "most a third of the heartbeat timeout set in the database "
@@ -100,7 +101,20 @@ class Settings:
     def fence_after(self) -> float:
         """Seconds without a renewed lease after which a worker stops its job itself.
 
-        Two heartbeat intervals before the reaper may hand the job to another
-        worker, so that two copies of one job never run at once.
+        Before the reaper may hand the job to another worker (the timeout), so that
+        two copies of one job never run at once; and after the next renewal even when
+        one was passed over (the job's row locked by another transaction: the lease
+        is then two intervals old when renewed), so that a healthy job is never
+        stopped for it. Two intervals before the timeout where that leaves room (a
+        timeout of six intervals or more), else halfway between two intervals and the
+        timeout: at the largest interval, a third of the timeout, 2.5 intervals.
         """
-        return max(self.heartbeat_interval, self.heartbeat_timeout - 2 * self.heartbeat_interval)
+        interval, timeout = self.heartbeat_interval, self.heartbeat_timeout
+        return max(timeout - 2 * interval, (2 * interval + timeout) / 2)
+
+    @property
+    def kill_after(self) -> float:
+        """Seconds without a renewed lease after which the supervisor kills a worker that
+        did not stop its job itself (hung, or frozen): halfway between fence_after and the
+        timeout (one interval before the timeout when that is six intervals or more)."""
+        return (self.fence_after + self.heartbeat_timeout) / 2

@@ -290,10 +290,11 @@ def _run(config: Settings) -> int:
     def hub_main(shared: Shared) -> int:
         # The embedded reaper sweeps on the hub's connection: no connection of its own.
         # A sweep may wait for a session's lock; the hub renews the pod's leases on the
-        # same connection, so a sweep is cancelled after one heartbeat interval (leases
-        # then age by two intervals at most, well before the workers fence themselves).
+        # same connection, so a sweep's statement is cancelled after half a heartbeat
+        # interval, and the hub renews before a sweep when a renewal would fall due
+        # during it: no renewal is late, and one passed over is all a lease ever misses.
         reaper = ReaperSettings(interval=config.reaper_interval) if config.reaper else None
-        bound_ms = max(1, int(config.heartbeat_interval * 1000))
+        bound_ms = max(1, int(config.heartbeat_interval * 500))
         sweep = None if reaper is None else (lambda conn: run_once(conn, reaper, bound_ms))
         return run_hub(config, shared.slots, shared.wakeups, sweep)
 

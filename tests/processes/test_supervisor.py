@@ -297,6 +297,57 @@ def test_a_cancel_left_open_in_a_transaction_stops_only_its_own_job(
     assert not [e for e in running.events("job_stop_requested") if e["job_id"] == str(second)]
 
 
+def test_a_cancel_held_open_across_a_renewal_leaves_the_healthy_job_untouched(
+    queue: JobQueue, conn: Any, supervisor: Any, db_url: str, tmp_path: Path
+) -> None:
+    """At the largest heartbeat interval allowed, a third of the timeout, a producer's cancel
+    left open in a transaction locks the job's row across a renewal of the pod: the renewal
+    passes it over (SKIP LOCKED) and the lease is two intervals old at the next one. The
+    worker allows for that; once the cancel is rolled back the job runs to its end, on its
+    first attempt, never told to stop."""
+    job_id = queue.enqueue("anything")
+    pid_file = tmp_path / "command.pid"
+    running = supervisor(
+        "--workers", "1", "--exec", f"echo $$ > {pid_file}; exec sleep 6",
+        "--heartbeat-interval", "1", "--poll-interval", "0.5", "--reaper-interval", "0.5",
+        heartbeat_timeout=3,
+    )  # fmt: skip
+    wait_for(pid_file.exists, timeout=15, message="the job's command running")
+
+    def heartbeat() -> Any:
+        return conn.execute("SELECT heartbeat_at FROM coding_jobs WHERE id = %s", [job_id])
+
+    def command_stopped() -> bool:
+        try:
+            stat = Path(f"/proc/{int(pid_file.read_text())}/stat").read_text()
+        except (OSError, ValueError):
+            return True
+        return stat.rpartition(")")[2].split()[0] == "Z"
+
+    first = heartbeat().fetchone()
+    # just renewed: the lock taken now spans the next renewal
+    wait_for(lambda: heartbeat().fetchone() != first, timeout=5, message="a renewal")
+    with psycopg.connect(db_url) as phone:  # not autocommit: its transaction stays open
+        assert phone.execute("SELECT cancel_job(%s)", [job_id]).fetchone() == (True,)
+        wait_for(
+            lambda: running.events("lease_renewal_passed_over") or command_stopped(),
+            timeout=5,
+            message="a renewal passed over (or the command stopped for it)",
+        )
+        phone.rollback()
+    wait_for(
+        lambda: (
+            getattr(queue.get(job_id), "status", None) not in ("processing", None)
+            and getattr(queue.get(job_id), "attempt", 0) >= 1
+        ),
+        timeout=20,
+        message="the job's end",
+    )
+    job = queue.get(job_id)
+    assert job is not None and (job.status, job.attempt, job.retry_count) == ("completed", 1, 0)
+    assert not running.events("job_stop_requested") and not running.events("lease_lost")
+
+
 def test_sigterm_gives_a_running_exec_command_back_without_counting_it(
     queue: JobQueue, conn: Any, supervisor: Any
 ) -> None:

@@ -153,7 +153,8 @@ def test_an_aux_child_that_ran_over_a_minute_restarts_at_once() -> None:
 
 # -- kill deadlines ---------------------------------------------------------------
 
-# fence_after = max(5, 30 - 2 * 5) = 20 s; silent for more than 20 + 5 s is hung
+# fence_after = max(30 - 2 * 5, (2 * 5 + 30) / 2) = 20 s; silent for more than
+# kill_after = (20 + 30) / 2 = 25 s is hung
 SETTINGS = Settings(
     database_url="postgresql://unused", heartbeat_interval=5.0, heartbeat_timeout=30.0
 )
@@ -203,6 +204,46 @@ def test_a_worker_silent_past_the_fence_is_killed_for_heartbeat_expired() -> Non
 
 def test_a_worker_past_its_deadline_and_silent_is_killed_for_the_deadline() -> None:
     assert reason_at(now=200.0, heartbeat_ok=0.0, job_timeout=100.0) == "deadline_exceeded"
+
+
+# (interval, timeout, fence_after, kill_after)
+FENCES = [
+    (5.0, 30.0, 20.0, 25.0),  # the defaults: two intervals before the timeout, as ever
+    (1.0, 10.0, 8.0, 9.0),
+    (2.0, 6.0, 5.0, 5.5),  # a third: halfway between two intervals and the timeout
+    (1.0, 4.0, 3.0, 3.5),
+    (0.3, 3.0, 2.4, 2.7),  # the fault suite's
+]
+
+
+@pytest.mark.parametrize(("interval", "timeout", "fence", "kill"), FENCES)
+def test_the_fence_and_the_kill_fall_between_a_renewal_passed_over_and_the_timeout(
+    interval: float, timeout: float, fence: float, kill: float
+) -> None:
+    settings = Settings(
+        database_url="postgresql://unused", heartbeat_interval=interval, heartbeat_timeout=timeout
+    ).validate()
+    assert settings.fence_after == pytest.approx(fence)
+    assert settings.kill_after == pytest.approx(kill)
+
+
+@pytest.mark.parametrize("ratio", [3.0, 3.3, 4.0, 5.5, 6.0, 10.0, 100.0])
+def test_one_renewal_passed_over_never_fences_a_worker_at_any_allowed_interval(
+    ratio: float,
+) -> None:
+    """The renewal after one passed over comes two intervals after the last: the worker
+    waits longer; it still stops, and the supervisor kills it if it does not, before the
+    timeout after which the reaper may hand the job to another worker."""
+    interval = 2.0
+    settings = Settings(
+        database_url="postgresql://unused",
+        heartbeat_interval=interval,
+        heartbeat_timeout=ratio * interval,
+    ).validate()
+    slack = min(interval / 2, settings.heartbeat_timeout / 2 - interval)
+    assert settings.fence_after >= 2 * interval + slack
+    assert settings.kill_after >= settings.fence_after + slack / 2
+    assert settings.heartbeat_timeout >= settings.kill_after + slack / 2
 
 
 # -- exit causes --------------------------------------------------------------------
