@@ -395,7 +395,7 @@ SET LOCAL check_function_bodies = on
 -- The functions of the given names, each with its language's validator to run
 -- (their signatures without the schema: it is the queue's).
 -- name: functions_named
-SELECT p.oid, p.proname::text || '(' || pg_catalog.oidvectortypes(p.proargtypes) || ')'
+SELECT p.oid, pg_catalog.regexp_replace(p.oid::regprocedure::text, '^public\.', '')
        AS signature
 FROM pg_catalog.pg_proc p
 WHERE p.pronamespace = 'public'::regnamespace AND p.proname = ANY (%(names)s::text[])

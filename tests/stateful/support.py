@@ -228,7 +228,11 @@ def full_row(conn: psycopg.Connection[Any], job_id: Any) -> Any:
 
 def stats(conn: psycopg.Connection[Any]) -> Any:
     """get_queue_stats() and queue_next_run_at() in one row."""
-    return conn.execute("SELECT s.*, queue_next_run_at() FROM get_queue_stats() s").fetchone()
+    return conn.execute(
+        "SELECT s.pending_count, s.processing_count, s.completed_count, s.failed_count, "
+        "s.oldest_pending_age, s.waiting_retry_count, s.next_run_at, s.cancelled_count, "
+        "queue_next_run_at() FROM get_queue_stats() s"
+    ).fetchone()
 
 
 def sessions(conn: psycopg.Connection[Any]) -> dict[uuid.UUID, tuple[str, str | None, int]]:
