@@ -78,13 +78,23 @@ def first_line(exc: BaseException, *, redact: bool = False) -> str:
 
 
 def connect(
-    url: str, *, autocommit: bool = True, application_name: str = "mobvibe", **kwargs: Any
+    url: str,
+    *,
+    autocommit: bool = True,
+    application_name: str = "mobvibe",
+    pooled: bool = False,
+    **kwargs: Any,
 ) -> psycopg.Connection[Any]:
-    """Open one connection, autocommit by default; DatabaseUnavailableError if it cannot."""
+    """Open one connection, autocommit by default; DatabaseUnavailableError if it cannot.
+
+    `pooled`: `url` may be a transaction pooler (PgBouncer in transaction mode), which
+    hands each transaction any server connection: no statement is prepared.
+    """
     options = {
         "connect_timeout": CONNECT_TIMEOUT_DEFAULT,
         "application_name": application_name,
         **_keepalives_for(url),
+        **pooler_safe(pooled),
         **kwargs,
     }
     try:
@@ -93,6 +103,13 @@ def connect(
         raise DatabaseUnavailableError(
             f"cannot connect to the database: {first_line(exc)}"
         ) from None
+
+
+def pooler_safe(pooled: bool) -> dict[str, Any]:
+    """The connection settings for a URL that may be a transaction pooler: prepare nothing
+    (psycopg prepares a statement on its fifth use, on a server connection the pooler may
+    not give back)."""
+    return {"prepare_threshold": None} if pooled else {}
 
 
 def _keepalives_for(url: str) -> dict[str, str]:

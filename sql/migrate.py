@@ -71,12 +71,6 @@ def check_drift(applied: dict[int, tuple[str, str]]) -> None:
             )
 
 
-def pending_migrations(conn: psycopg.Connection[Any]) -> list[Migration]:
-    """Migrations shipped here that the database has not applied (reads queue_migrations)."""
-    applied = applied_migrations(conn)
-    return [m for m in migrations() if m.version not in applied]
-
-
 def schema_version(conn: psycopg.Connection[Any]) -> int | None:
     """The highest migration applied, read through queue_settings() as any queue role may.
 

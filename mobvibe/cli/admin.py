@@ -24,6 +24,7 @@ from mobvibe.cli.options import (
     CONTEXT,
     Group,
     check_schema,
+    choice,
     connect,
     database_option,
     friendly_errors,
@@ -37,8 +38,9 @@ from mobvibe.errors import ConfigError
 from mobvibe.sql import db, store
 from mobvibe.sql.jobs import MAX_RETRIES_DEFAULT, PRIORITY_MAX, PRIORITY_MIN, NewJob
 from mobvibe.sql.migrate import migrate as run_migrations
-from mobvibe.sql.notify import CHANNELS, Listener
+from mobvibe.sql.notify import Listener
 from mobvibe.sql.store import ConfigChange, QueueSettings
+from mobvibe.vocabulary import Channel
 
 
 @click.group(cls=Group, context_settings=CONTEXT)
@@ -47,7 +49,7 @@ from mobvibe.sql.store import ConfigChange, QueueSettings
 @click.pass_context
 def main(ctx: click.Context, database_url: str | None) -> None:
     """Operate the MobVibe job queue."""
-    logs.setup("text", "warning")
+    logs.setup(logs.LogFormat.TEXT, "warning")
     ctx.obj = database_url
 
 
@@ -143,8 +145,8 @@ def enqueue(
     "--channel",
     "channels",
     multiple=True,
-    type=click.Choice(CHANNELS),
-    default=CHANNELS,
+    type=choice(Channel),
+    default=[channel.value for channel in Channel],
     help="Channels to follow: new jobs, status changes, progress events, cancel requests.",
 )
 @click.pass_context

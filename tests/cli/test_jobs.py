@@ -13,6 +13,7 @@ from click.testing import Result
 from mobvibe.client import JobQueue
 from mobvibe.sql import store
 from mobvibe.sql.jobs import NewJob
+from mobvibe.vocabulary import EndReason
 from tests.reaper.conftest import Clock, claim, job_row
 
 Cli = Callable[..., Result]
@@ -25,12 +26,16 @@ def twice_tried(conn: psycopg.Connection[Any], clock: Clock, queue: JobQueue) ->
     first = claim(conn, "host:0:100:abc")
     assert first is not None and first.id == job_id
     store.add_events(conn, job_id, first.lease_token, [("step", {"text": "reading <files>"})])
-    assert store.end_attempt(conn, job_id, first.lease_token, "error", "npm failed", "log 1")
+    assert store.end_attempt(
+        conn, job_id, first.lease_token, EndReason.ERROR, "npm failed", "log 1"
+    )
     clock.advance(3600)
     second = claim(conn, "host:1:101:abc")
     assert second is not None and second.id == job_id
     store.add_events(conn, job_id, second.lease_token, [("step", {"n": 1}), ("done", {"n": 2})])
-    assert store.end_attempt(conn, job_id, second.lease_token, "completed", None, "all done")
+    assert store.end_attempt(
+        conn, job_id, second.lease_token, EndReason.COMPLETED, None, "all done"
+    )
     return job_id
 
 

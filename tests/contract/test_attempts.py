@@ -17,6 +17,7 @@ import pytest
 
 from mobvibe.sql import store
 from mobvibe.sql.store import Lease, Renewal
+from mobvibe.vocabulary import EndReason
 from tests.contract.support import T0, claim, insert_job, job_row, new_session, scalar
 from tests.helpers import set_clock
 
@@ -227,7 +228,7 @@ def test_an_output_over_64_kib_keeps_its_end_whole_characters_only(conn: Any) ->
 
 def test_an_output_with_nul_is_stored_through_the_store(conn: Any) -> None:
     job, lease = started(conn)
-    assert store.end_attempt(conn, job, lease, "completed", output="a\x00b") == "completed"
+    assert store.end_attempt(conn, job, lease, EndReason.COMPLETED, output="a\x00b") == "completed"
     assert job_row(conn, job)["output"] == "a\ufffdb"
 
 
@@ -372,11 +373,11 @@ def test_end_and_claim_ends_then_claims_the_sessions_next_prompt(conn: Any) -> N
     session = new_session(conn)
     job, lease = started(conn, session)
     following = insert_job(conn, session)
-    ended = store.end_and_claim(conn, job, lease, "completed", None, "done", "w1")
+    ended = store.end_and_claim(conn, job, lease, EndReason.COMPLETED, None, "done", "w1")
     assert ended.status == "completed"
     assert ended.next_job is not None and ended.next_job.id == following
     assert job_row(conn, job)["output"] == "done"
-    stale = store.end_and_claim(conn, job, lease, "error", "late", None, "w1")
+    stale = store.end_and_claim(conn, job, lease, EndReason.ERROR, "late", None, "w1")
     assert (stale.status, stale.next_job) == (None, None)
 
 

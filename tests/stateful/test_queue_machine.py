@@ -346,7 +346,11 @@ class QueueMachine(RuleBasedStateMachine):
     @rule(session=st.integers(0, SESSIONS - 1), value=st.sampled_from([1, 2, 3]))
     def set_max_concurrency(self, session: int, value: int) -> None:
         """An operator changes how many prompts of a session may run at once."""
-        assert store.set_max_concurrency(self.sql("operator"), self.session_ids[session], value)
+        changed = self.sql("operator").execute(
+            "UPDATE coding_sessions SET max_concurrency = %s WHERE id = %s",
+            [value, self.session_ids[session]],
+        )
+        assert changed.rowcount == 1
         running = sum(
             j.session == session and j.status == "processing" for j in self.model.jobs.values()
         )
