@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from typing import Any
+
+import pytest
 
 from mobvibe import metrics
 from mobvibe.client import JobQueue
@@ -207,3 +210,27 @@ def test_sweep_updates_the_reaper_metrics(
     assert metrics.REAPER_REQUEUED.value() == before[0] + 1
     assert metrics.REAPER_SWEEPS.value("ok") == before[1] + 1
     assert metrics.REAPER_LAST_SUCCESS.value() > 0
+
+
+def test_an_expired_attempt_whose_cancel_was_asked_ends_cancelled_counted_and_logged(
+    queue: JobQueue,
+    conn: Any,
+    clock: Clock,
+    settings: ReaperSettings,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    job_id = queue.enqueue("stop me", max_retries=3)
+    assert claim(conn) is not None
+    assert queue.cancel(job_id)  # asked of a worker that never answers
+    clock.advance(31)
+    before = metrics.REAPER_CANCELLED.value(), metrics.REAPER_REQUEUED.value()
+
+    with caplog.at_level(logging.INFO, logger="mobvibe.reaper.sweep"):
+        result = run_once(conn, settings)
+
+    assert (result.cancelled, result.requeued, result.dead_lettered) == (1, 0, 0)
+    assert job_row(conn, job_id)["status"] == "cancelled"
+    assert metrics.REAPER_CANCELLED.value() == before[0] + 1
+    assert metrics.REAPER_REQUEUED.value() == before[1]
+    logged = [r for r in caplog.records if getattr(r, "event", None) == "job_cancelled"]
+    assert [r.__dict__["job_id"] for r in logged] == [str(job_id)]
