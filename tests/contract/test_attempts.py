@@ -18,8 +18,8 @@ import pytest
 from mobvibe.sql import store
 from mobvibe.sql.store import Lease, Renewal
 from mobvibe.vocabulary import EndReason
-from tests.contract.support import T0, claim, insert_job, job_row, new_session, scalar
-from tests.helpers import set_clock
+from tests.support.rows import claim, insert_job, job_row, new_session, scalar
+from tests.support.sqlclock import T0, set_clock
 
 
 def started(conn: Any, session: Any | None = None, **columns: Any) -> tuple[Any, Any]:

@@ -18,8 +18,8 @@ import psycopg
 import pytest
 
 from mobvibe.reaper.sweep import ReaperSettings, run_once
-from tests.contract.support import T0, claim, insert_job, job_row, new_session, scalar
-from tests.helpers import set_clock
+from tests.support.rows import claim, insert_job, job_row, new_session, scalar
+from tests.support.sqlclock import T0, set_clock
 
 
 @pytest.fixture

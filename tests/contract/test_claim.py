@@ -12,16 +12,17 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.contract.support import (
-    T0,
+from tests.support.rows import (
     claim,
+    count,
     insert_job,
     job_row,
     new_session,
     scalar,
     table_counts,
+    triggers_off,
 )
-from tests.helpers import count, set_clock, triggers_off
+from tests.support.sqlclock import T0, set_clock
 
 
 def test_claim_order_is_priority_desc_then_submission_order(conn: Any) -> None:

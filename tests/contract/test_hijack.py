@@ -25,8 +25,8 @@ from mobvibe.reaper import doctor, sweep
 from mobvibe.sql import store
 from mobvibe.sql.jobs import NewJob
 from mobvibe.vocabulary import EndReason
-from tests.contract.support import T0, LoginRoles
-from tests.helpers import migrate_with_test_clock, set_clock
+from tests.support.roles import LoginRoles
+from tests.support.sqlclock import T0, migrate_with_test_clock, set_clock
 
 # (name, argument types, result type, the real thing in pg_catalog over $1, $2 ...)
 SHADOW_FUNCTIONS = [

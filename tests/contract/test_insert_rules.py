@@ -17,8 +17,8 @@ import pytest
 from psycopg import sql
 
 from mobvibe.sql.migrate import migrate
-from tests.contract.support import insert_job, job_row, new_session, table_counts
-from tests.helpers import set_clock, triggers_off
+from tests.support.rows import insert_job, job_row, new_session, table_counts, triggers_off
+from tests.support.sqlclock import set_clock
 
 LATER = datetime(3000, 1, 1, tzinfo=UTC)
 

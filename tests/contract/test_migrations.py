@@ -14,14 +14,8 @@ import pytest
 from mobvibe.errors import MigrationError
 from mobvibe.sql.files import migrations
 from mobvibe.sql.migrate import migrate
-from tests.contract.support import (
-    QUEUE_CLI,
-    assert_one_error_line,
-    claim,
-    insert_job,
-    run_queue_cli,
-    scalar,
-)
+from tests.support.commands import QUEUE_CLI, assert_one_error_line, run_queue_cli
+from tests.support.rows import claim, insert_job, scalar
 
 SHIPPED = tuple(f"{m.version:04d}_{m.name}" for m in migrations())
 

@@ -10,16 +10,9 @@ from typing import Any
 import psycopg
 
 from mobvibe.client import JobQueue
-from tests.contract.support import (
-    T0,
-    assert_one_error_line,
-    claim,
-    insert_job,
-    job_row,
-    run_queue_cli,
-    scalar,
-)
-from tests.helpers import set_clock
+from tests.support.commands import assert_one_error_line, run_queue_cli
+from tests.support.rows import claim, insert_job, job_row, scalar
+from tests.support.sqlclock import T0, set_clock
 
 
 def backoff_config(conn: Any) -> tuple[float, float, float]:

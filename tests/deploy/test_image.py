@@ -14,7 +14,7 @@ import pytest
 from mobvibe.client import JobQueue
 from tests.deploy.conftest import MEASURES
 from tests.deploy.support import ROOT
-from tests.helpers import wait_for
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.docker
 

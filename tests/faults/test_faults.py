@@ -29,8 +29,10 @@ from mobvibe.client import JobQueue
 from mobvibe.sql.jobs import NewJob
 from mobvibe.supervisor.worker import RECONNECT_DELAY_MAX
 from tests.faults.handlers import Execution, executions
-from tests.helpers import count, migrate_with_test_clock, wait_for
-from tests.processes.conftest import FAST, Running
+from tests.support.rows import count
+from tests.support.sqlclock import migrate_with_test_clock
+from tests.support.supervisor import FAST, Running
+from tests.support.waiting import wait_for
 
 HANDLER = ["--handler", "tests.faults.handlers:run"]
 # FAST, with room for a loaded 2-core machine: a heartbeat gap of 1.5 s under

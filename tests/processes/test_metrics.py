@@ -20,8 +20,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from mobvibe.client import JobQueue
 from mobvibe.sql.jobs import NewJob
 from mobvibe.sql.migrate import migrate
-from tests.helpers import count, wait_for
-from tests.processes.conftest import FAST
+from tests.support.rows import count
+from tests.support.supervisor import FAST
+from tests.support.waiting import wait_for
 
 HANDLER = ["--handler", "tests.processes.handlers:by_prompt"]
 

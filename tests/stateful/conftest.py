@@ -8,7 +8,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.helpers import migrate_with_test_clock
+from tests.support.sqlclock import migrate_with_test_clock
 
 
 @pytest.fixture(scope="session")

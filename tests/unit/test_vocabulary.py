@@ -23,8 +23,8 @@ from mobvibe.vocabulary import (
     SweepOutcome,
     WaitingFor,
 )
+from tests.support.source import ROOT, package_files
 
-ROOT = Path(__file__).resolve().parents[2]
 KINDS: list[type[StrEnum]] = [
     JobStatus,
     EndReason,
@@ -55,21 +55,6 @@ def test_the_metrics_are_labelled_with_every_end_reason_and_exit_cause() -> None
     assert tuple(metrics.ATTEMPTS_ENDED.values) == tuple(EndReason)
     assert tuple(metrics.WORKER_EXITS.values) == tuple(ExitCause)
     assert set(metrics.ENDED) == set(EndReason)
-
-
-def package_files() -> list[Path]:
-    folders = [ROOT / "mobvibe", ROOT / "supervisor", ROOT / "reaper"]
-    found = [p for folder in folders for p in folder.rglob("*.py") if not _linked(p)]
-    return [*found, *(ROOT / "sql").glob("*.py")]
-
-
-def _linked(path: Path) -> bool:
-    """A file seen through the links mobvibe/supervisor, mobvibe/reaper, mobvibe/sql."""
-    return path.relative_to(ROOT).parts[:2] in {
-        ("mobvibe", "supervisor"),
-        ("mobvibe", "reaper"),
-        ("mobvibe", "sql"),
-    }
 
 
 def bare_words(tree: ast.AST) -> list[tuple[int, str]]:

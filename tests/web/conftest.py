@@ -24,9 +24,10 @@ import pytest
 
 from mobvibe.client import JobQueue
 from mobvibe.sql.jobs import NewJob
-from tests.contract.support import QUEUE_CLI
-from tests.helpers import wait_for
-from tests.processes.conftest import FAST, Running, free_port, supervisor  # noqa: F401
+from tests.processes.conftest import supervisor  # noqa: F401
+from tests.support.commands import free_port, queue_output, start_command
+from tests.support.supervisor import FAST, Running
+from tests.support.waiting import wait_for
 
 AGENT = ["--handler", "tests.web.handlers:agent"]
 # Chromium as root, with no sandbox, no network of its own and a profile per run.
@@ -253,34 +254,12 @@ def get(port: int, path: str, method: str = "GET") -> tuple[int, dict[str, str],
 def web(db_url: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
     """`mobvibe-queue web` on a free port: the process, and its port once it answers."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MOBVIBE_")}
-    proc = subprocess.Popen(
-        [QUEUE_CLI, "web", "--port", str(port)],
-        env={**env, "DATABASE_URL": db_url},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_command("mobvibe-queue", "web", "--port", str(port), url=db_url)
     wait_for(lambda: get(port, "/api/stats")[0] == 200, timeout=20, message="the pages")
     yield proc, port
     if proc.poll() is None:
         proc.kill()
     proc.communicate(timeout=10)
-
-
-def queue_cli(url: str, *args: str) -> str:
-    """mobvibe-queue against `url`; its output (it must succeed)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MOBVIBE_")}
-    done = subprocess.run(
-        [QUEUE_CLI, *args],
-        env={**env, "DATABASE_URL": url},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
 
 
 def status(conn: psycopg.Connection[Any], job_id: uuid.UUID) -> tuple[str, int]:
@@ -346,8 +325,8 @@ def every_state(
     wait_for(lambda: status(conn, stopped)[0] == "processing", message="a job to cancel running")
     assert queue.cancel(stopped)
     wait_for(lambda: status(conn, dead) == ("failed", 1), message="the first dead letter")
-    queue_cli(db_url, "jobs", "retry", str(dead))
-    queue_cli(db_url, "jobs", "retry", str(resubmitted))
+    queue_output(db_url, "jobs", "retry", str(dead))
+    queue_output(db_url, "jobs", "retry", str(resubmitted))
     wait_for(
         lambda: (
             status(conn, dead) == ("failed", 2)
