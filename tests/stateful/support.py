@@ -4,10 +4,9 @@ connections that carry their own clock, and the database-side checks."""
 from __future__ import annotations
 
 import os
-import threading
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -276,30 +275,3 @@ def check_queue_invariants(
 
 
 # --- Running things at the same instant -----------------------------------------------------
-
-
-def run_together(*calls: Callable[[], Any], timeout: float = 30.0) -> list[Any]:
-    """Run each call on a thread of its own, all released at once by a barrier; their results.
-
-    Each call must use a connection of its own. The first exception of any call is re-raised.
-    """
-    barrier = threading.Barrier(len(calls))
-    results: list[Any] = [None] * len(calls)
-    errors: list[BaseException] = []
-
-    def run(index: int, call: Callable[[], Any]) -> None:
-        try:
-            barrier.wait(timeout)
-            results[index] = call()
-        except BaseException as error:  # noqa: BLE001 - handed to the test thread below
-            errors.append(error)
-
-    threads = [threading.Thread(target=run, args=(i, c), daemon=True) for i, c in enumerate(calls)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout)
-    assert not any(t.is_alive() for t in threads), f"a concurrent call hung for {timeout} s"
-    if errors:
-        raise errors[0]
-    return results

@@ -53,10 +53,10 @@ from tests.stateful.support import (
     interleaving_settings,
     reap,
     reset,
-    run_together,
     snapshot,
 )
 from tests.support.rows import claim, insert_job, new_session, scalar
+from tests.support.threads import run_together
 
 LATE = T0 + LEASE + timedelta(seconds=1)  # every heartbeat from T0 has expired
 LATER = LATE + CAP + timedelta(seconds=1)  # every retry requeued at LATE is due
