@@ -1,4 +1,4 @@
-"""What the test suites share, one module per kind of help (River's riverinternaltest):
+"""What the test suites share, one module per kind of help:
 
 - waiting: `wait_for`, the one way a test waits (the benchmarks use it too)
 - sqlclock: the controllable SQL clock (`set_clock`, `Clock`, `T0`)
@@ -6,6 +6,7 @@
 - roles: login roles made for a test
 - commands: the installed commands run as subprocesses or in this process, their logs
 - supervisor: a real `mobvibe-supervisor` started for a test
+- threads: calls raced on threads of their own (`run_together`)
 - source: the package's Python files, for the tests that read the code
 
 Fixtures stay in the conftest files; these are plain functions and classes.
