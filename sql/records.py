@@ -37,7 +37,7 @@ class Lease:
 class Renewal:
     """One lease of a pod's heartbeat: renewed False means it is lost (stop the attempt),
     None that another transaction holds the job's row locked (not renewed this time, not
-    lost either); cancel_requested True means stop it and end it 'cancelled'."""
+    lost either); cancel_requested True means stop it and end it CANCELLED."""
 
     job_id: uuid.UUID
     renewed: bool | None

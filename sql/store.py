@@ -124,12 +124,12 @@ def end_attempt(
     error: str | None = None,
     output: str | None = None,
 ) -> JobStatus | None:
-    """End the attempt holding the lease: the job's new status ('completed', 'pending',
-    'failed', 'cancelled'), None when nothing changed (a stale lease).
+    """End the attempt holding the lease: the job's new status (PENDING again, or one of
+    the FINISHED), None when nothing changed (a stale lease).
 
-    end_reason: 'completed', 'released' (given back, not counted; `error` is the human
-    reason), 'cancelled', or why the attempt failed ('error', 'deadline_exceeded', ...).
-    A cancel that was requested turns a release or a failure into 'cancelled'.
+    end_reason: COMPLETED, RELEASED (given back, not counted; `error` is the human
+    reason), CANCELLED, or why the attempt failed (ERROR, DEADLINE_EXCEEDED, ...). A
+    cancel that was requested turns a release or a failure into CANCELLED.
     """
     row = conn.execute(
         query("end_attempt"),

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum, auto
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 
@@ -139,7 +139,7 @@ class Report:
     counters: tuple[metrics.Counter, ...] = ()
     counted: bool = True  # in mobvibe_attempts_ended ...
     label: EndReason | None = None  # ... by this reason (None: the attempt's own, a failure's)
-    fields: tuple[str, ...] = ()  # "reason" (the attempt's), "why" (a release's error)
+    fields: tuple[Literal["reason", "why"], ...] = ()  # the attempt's reason, a release's error
 
 
 REPORTS = {
