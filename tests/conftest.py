@@ -18,7 +18,7 @@ from psycopg import conninfo, sql
 
 from mobvibe.client import JobQueue
 from tests.support.roles import LoginRoles
-from tests.support.sqlclock import migrate_with_test_clock
+from tests.support.sqlclock import migrated
 
 RESET = """
 TRUNCATE coding_jobs, coding_job_attempts, coding_job_events, coding_sessions, queue_reaper_runs;
@@ -65,10 +65,22 @@ def new_database(server_url: str) -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def migrated_url(new_database: Any) -> str:
     """The session's migrated database, its test clock on (tests steer queue_now())."""
-    url: str = new_database()
-    with psycopg.connect(url, autocommit=True) as conn:
-        migrate_with_test_clock(conn)
-    return url
+    return migrated(new_database())
+
+
+@pytest.fixture
+def own_server() -> Iterator[Any]:
+    """A PostgreSQL server of this test's own, to stop and start: never the shared one.
+
+    pgserver listens on a Unix socket in the data directory, which a restart keeps, so
+    the URL stays valid.
+    """
+    import pgserver
+
+    with tempfile.TemporaryDirectory(prefix="mobvibe-own-pg-") as directory:
+        server = pgserver.get_server(directory, cleanup_mode="delete")
+        yield server
+        server.cleanup()
 
 
 @pytest.fixture

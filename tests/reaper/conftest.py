@@ -14,7 +14,7 @@ from click.testing import Result
 
 from mobvibe.reaper.sweep import ReaperSettings
 from tests.support.commands import BIN, JsonLog, command_env, invoke_queue
-from tests.support.sqlclock import Clock, migrate_with_test_clock
+from tests.support.sqlclock import Clock, migrated
 
 
 @pytest.fixture
@@ -31,10 +31,7 @@ def settings() -> ReaperSettings:
 @pytest.fixture
 def fresh_url(new_database: Callable[..., str]) -> str:
     """A database of its own, migrated: for tests that alter the schema."""
-    url = new_database("mobvibe_reaper")
-    with psycopg.connect(url, autocommit=True) as conn:
-        migrate_with_test_clock(conn)
-    return url
+    return migrated(new_database("mobvibe_reaper"))
 
 
 @pytest.fixture

@@ -82,6 +82,22 @@ def scalar(conn: psycopg.Connection[Any], statement: Any, params: Any = None) ->
     return row[0]
 
 
+def end_attempt(
+    conn: psycopg.Connection[Any],
+    job_id: Any,
+    lease_token: Any,
+    reason: str,
+    error: str | None = None,
+    output: str | None = None,
+) -> Any:
+    """queue_end_attempt on `conn`: the job's new status (None: the lease was stale)."""
+    return scalar(
+        conn,
+        "SELECT queue_end_attempt(%s, %s, %s, %s, %s)",
+        [job_id, lease_token, reason, error, output],
+    )
+
+
 def count(conn: psycopg.Connection[Any], status: str) -> int:
     """How many jobs are in `status`."""
     return int(scalar(conn, "SELECT count(*) FROM coding_jobs WHERE status = %s", [status]))

@@ -21,6 +21,13 @@ def migrate_with_test_clock(conn: psycopg.Connection[Any]) -> None:
     conn.execute("UPDATE queue_config SET test_clock = true")
 
 
+def migrated(url: str) -> str:
+    """The database at `url`, migrated, its test clock on; its URL."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        migrate_with_test_clock(conn)
+    return url
+
+
 def set_clock(conn: psycopg.Connection[Any], at: datetime | None) -> None:
     """Steer queue_now() on this connection (None: back to the real clock), in a database
     whose test clock is on (migrate_with_test_clock)."""

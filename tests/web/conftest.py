@@ -10,8 +10,6 @@ import shutil
 import subprocess
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,6 +24,7 @@ from mobvibe.client import JobQueue
 from mobvibe.sql.jobs import NewJob
 from tests.processes.conftest import supervisor  # noqa: F401
 from tests.support.commands import free_port, queue_output, start_command
+from tests.support.http import get
 from tests.support.supervisor import FAST, Running
 from tests.support.waiting import wait_for
 
@@ -236,18 +235,6 @@ def shots(tmp_path: Path) -> Path:
     directory = Path(target) if target else tmp_path / "screenshots"
     directory.mkdir(parents=True, exist_ok=True)
     return directory
-
-
-def get(port: int, path: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
-    """An HTTP request to 127.0.0.1:port: status (0: no answer), headers, body."""
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=10) as reply:  # noqa: S310 - http, ours
-            return reply.status, dict(reply.headers), reply.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), exc.read()
-    except OSError:
-        return 0, {}, b""  # nothing listens (yet)
 
 
 @pytest.fixture
