@@ -6,6 +6,7 @@
 - roles: login roles made for a test
 - commands: the installed commands run as subprocesses or in this process, their logs
 - supervisor: a real `mobvibe-supervisor` started for a test
+- http: requests to the HTTP endpoints a test started
 - threads: calls raced on threads of their own (`run_together`)
 - source: the package's Python files, for the tests that read the code
 
