@@ -113,7 +113,8 @@ class Verdict:
     message: str
 
 
-# By the job's new status (fail_job's: a retry, the dead letters; a requested cancel wins).
+# By the job's new status: pending (a retry), failed (its last attempt), or cancelled (a
+# cancel had been requested, so the attempt is not retried).
 VERDICTS = {
     JobStatus.PENDING: Verdict(
         metrics.REAPER_REQUEUED,

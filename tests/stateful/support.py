@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 from hypothesis import HealthCheck, settings
 
+from mobvibe.vocabulary import JobStatus
 from tests.support.rows import insert_job, job_row
 from tests.support.sqlclock import set_clock
 
@@ -23,7 +24,7 @@ T0 = datetime(2030, 1, 1, tzinfo=UTC)
 LEASE = timedelta(seconds=10)  # the reaper's heartbeat timeout
 BASE = timedelta(seconds=4)  # queue_config.backoff_base for these suites
 CAP = timedelta(seconds=10)  # queue_config.backoff_cap: reached at the third failure
-STATUSES = ("pending", "processing", "completed", "failed", "cancelled")
+STATUSES = tuple(JobStatus)
 REAPER_MESSAGE = "heartbeat expired: no heartbeat for 00:00:10"  # LEASE as interval text
 
 

@@ -22,6 +22,7 @@ import pytest
 
 from mobvibe.client import JobQueue
 from mobvibe.sql.jobs import NewJob
+from mobvibe.vocabulary import JobStatus
 from tests.processes.conftest import supervisor  # noqa: F401
 from tests.support.commands import free_port, queue_output, start_command
 from tests.support.http import get
@@ -341,5 +342,5 @@ def every_state(
 
 def db_counts(conn: psycopg.Connection[Any]) -> dict[str, int]:
     rows = conn.execute("SELECT status, count(*) FROM coding_jobs GROUP BY status").fetchall()
-    found = dict.fromkeys(("pending", "processing", "completed", "failed", "cancelled"), 0)
+    found = dict.fromkeys(JobStatus, 0)
     return {**found, **{s: int(n) for s, n in rows}}
