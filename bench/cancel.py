@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.context import Context
-from bench.procs import Supervisor, supervisor_args, wait_for
+from bench.procs import Supervisor, supervisor_args
 from bench.stats import summary
 from mobvibe.client import JobQueue
+from tests.support.waiting import wait_for
 
 WORKERS = 4
 COMMAND = 'echo $$ > "$PIDS/$JOB_ID"; exec sleep 300'

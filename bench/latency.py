@@ -19,10 +19,11 @@ import psycopg
 
 from bench.context import Context
 from bench.handlers import LATENCY_FILE
-from bench.procs import Supervisor, supervisor_args, wait_for
+from bench.procs import Supervisor, supervisor_args
 from bench.queries import query
 from bench.stats import summary
 from mobvibe.client import JobQueue
+from tests.support.waiting import wait_for
 
 WORKERS = 8
 SETTLE = 1.0  # let every worker reach its wait after the first empty claim

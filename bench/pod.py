@@ -16,8 +16,9 @@ from typing import Any
 import psycopg
 
 from bench.context import Context
-from bench.procs import Supervisor, wait_for
+from bench.procs import Supervisor
 from bench.queries import query
+from tests.support.waiting import wait_for
 
 SIZES = (8, 32)
 SETTLE = 15.0

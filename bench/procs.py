@@ -10,32 +10,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Self, TypeVar
+from typing import Self
 
 from bench import cpu
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[1]
-T = TypeVar("T")
-
-
-def wait_for(
-    predicate: Callable[[], T | None],
-    timeout: float,
-    interval: float = 0.01,
-    message: str = "condition",
-) -> T:
-    """Poll `predicate` until it returns a truthy value; RuntimeError after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:g} s waiting for {message}")
-        time.sleep(interval)
 
 
 class Supervisor:

@@ -30,10 +30,11 @@ from typing import Any
 import psycopg
 
 from bench.context import Context
-from bench.procs import Supervisor, supervisor_args, wait_for
+from bench.procs import Supervisor, supervisor_args
 from bench.queries import query
 from mobvibe.client import JobQueue
 from mobvibe.supervisor import settings as defaults
+from tests.support.waiting import wait_for
 
 FAST_TRIALS = 3
 POLL = 0.01

@@ -14,8 +14,9 @@ import psycopg
 
 from bench.context import Context
 from bench.drain import enqueue_jobs
-from bench.procs import Supervisor, rss_mb, supervisor_args, wait_for
+from bench.procs import Supervisor, rss_mb, supervisor_args
 from bench.queries import query
+from tests.support.waiting import wait_for
 
 WORKERS = 2
 POLL = 0.02

@@ -16,7 +16,8 @@ from mobvibe.errors import DatabaseUnavailableError, InvalidJobError
 from mobvibe.sql import db, store
 from mobvibe.sql.jobs import MAX_RETRIES_DEFAULT, PRIORITY_DEFAULT, Job, NewJob, parse_uuid
 from mobvibe.sql.notify import CHANNELS, Listener, Notification
-from mobvibe.sql.store import Attempt, DeadLetter, Event, JobRow, QueueStats
+from mobvibe.sql.store import AttemptRow, DeadLetter, Event, JobRow, QueueStats
+from mobvibe.vocabulary import EndReason
 
 MAX_CONCURRENCY_MIN, MAX_CONCURRENCY_MAX = 1, 100
 
@@ -46,7 +47,7 @@ class JobQueue:
                 "autocommit": True,
                 "connect_timeout": db.CONNECT_TIMEOUT_DEFAULT,
                 "application_name": "mobvibe-client",
-                **({} if prepare else {"prepare_threshold": None}),
+                **db.pooler_safe(not prepare),
             },
         )
 
@@ -177,7 +178,7 @@ class JobQueue:
         with self.connection() as c:
             return store.cancel_session(c, session)
 
-    def attempts(self, job_id: uuid.UUID | str) -> list[Attempt]:
+    def attempts(self, job_id: uuid.UUID | str) -> list[AttemptRow]:
         """Every attempt of the job, first first."""
         job = parse_uuid(job_id)
         with self.connection() as c:
@@ -215,7 +216,7 @@ class JobQueue:
         job_id: uuid.UUID | str,
         error: str,
         lease_token: uuid.UUID | str | None = None,
-        reason: str = "error",
+        reason: EndReason = EndReason.ERROR,
     ) -> bool | None:
         """Record a failed attempt: True will retry, False dead-lettered, None nothing changed.
 

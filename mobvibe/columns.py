@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
-from mobvibe.sql.store import Attempt, Event, JobRow, JobSummary, RunningJob
+from mobvibe.sql.store import AttemptRow, Event, JobRow, JobSummary, RunningJobRow
 
 NONE = "-"
 PROMPT_WIDTH = 60
@@ -83,7 +83,7 @@ def took(seconds: float | None) -> str:
 class Holder:
     """A running job, and whether its heartbeat is overdue (the reaper requeues it)."""
 
-    job: RunningJob
+    job: RunningJobRow
     silent: bool
 
     def as_dict(self) -> dict[str, Any]:
@@ -91,13 +91,13 @@ class Holder:
         return {**self.job.as_dict(), "silent": self.silent}
 
 
-def is_silent(job: RunningJob, heartbeat_timeout: float) -> bool:
+def is_silent(job: RunningJobRow, heartbeat_timeout: float) -> bool:
     """The attempt's heartbeat is older than the timeout: the reaper requeues it."""
     heartbeat = job.heartbeat_age_seconds
     return heartbeat is None or heartbeat > heartbeat_timeout
 
 
-def holders(running: Sequence[RunningJob], heartbeat_timeout: float) -> list[Holder]:
+def holders(running: Sequence[RunningJobRow], heartbeat_timeout: float) -> list[Holder]:
     """The running jobs, each with whether its heartbeat is overdue."""
     return [Holder(job, is_silent(job, heartbeat_timeout)) for job in running]
 
@@ -141,14 +141,14 @@ RUNNING: tuple[Column[Holder], ...] = (
 )
 
 
-def _events(attempt: Attempt) -> str:
+def _events(attempt: AttemptRow) -> str:
     """The progress events an attempt recorded, and those its caps dropped."""
     dropped = f" (+{attempt.events_dropped} dropped)" if attempt.events_dropped else ""
     return f"{attempt.events}{dropped}"
 
 
 # A job's attempts: `mobvibe-queue jobs show` and /jobs/ID.
-ATTEMPTS: tuple[Column[Attempt], ...] = (
+ATTEMPTS: tuple[Column[AttemptRow], ...] = (
     Column("attempt", "#", lambda a, _: str(a.attempt), "number"),
     Column("worker", "worker", lambda a, _: a.worker_id),
     Column("started", "started", lambda a, when: when(a.started_at), "time"),

@@ -6,13 +6,22 @@ import logging
 import os
 import sys
 import time
+from enum import StrEnum
 from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
 
 from mobvibe.terminal import visible
 
-LOG_FORMATS = ("auto", "json", "text")  # auto: text on a terminal, JSON otherwise
+
+class LogFormat(StrEnum):
+    """How log lines are written."""
+
+    AUTO = "auto"  # text on a terminal, JSON otherwise
+    JSON = "json"  # one object per line (python-json-logger)
+    TEXT = "text"  # `time level event message key=value ...`
+
+
 LOG_LEVELS = ("debug", "info", "warning", "error")
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
@@ -43,12 +52,13 @@ class _TextFormatter(logging.Formatter):
         return visible(f"{line} {extra}".rstrip())  # a job's error, its worker's id
 
 
-def setup(log_format: str = "auto", level: str = "info") -> None:
-    """Send the root logger to stderr in `log_format` at `level`."""
+def setup(log_format: str = LogFormat.AUTO, level: str = "info") -> None:
+    """Send the root logger to stderr in `log_format` (a LogFormat) at `level`."""
     handler = logging.StreamHandler(sys.stderr)
-    if log_format == "auto":
-        log_format = "text" if sys.stderr.isatty() else "json"
-    if log_format == "json":
+    chosen = LogFormat(log_format)
+    if chosen == LogFormat.AUTO:
+        chosen = LogFormat.TEXT if sys.stderr.isatty() else LogFormat.JSON
+    if chosen == LogFormat.JSON:
         handler.setFormatter(
             _JsonFormatter(
                 "%(asctime)s %(levelname)s %(name)s %(message)s",

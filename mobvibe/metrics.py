@@ -27,6 +27,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from mobvibe.vocabulary import FINISHED, EndReason, ExitCause, SweepOutcome
+
 _CELL = 8  # one double
 
 
@@ -167,19 +169,6 @@ def _register(metric: Metric) -> int:
     return offset
 
 
-# Why an attempt ended: the one label set shared by the job row's end_reason
-# and the metrics.
-END_REASONS = (
-    "completed",
-    "error",
-    "deadline_exceeded",
-    "worker_exited",
-    "heartbeat_expired",
-    "lease_lost",
-    "released",
-    "cancelled",
-)
-EXIT_CAUSES = ("clean", "error", "signal", "deadline", "recycled", "cancelled")
 DURATION_BUCKETS = (0.005, 0.05, 0.25, 1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 
 JOBS_CLAIMED = Counter("mobvibe_jobs_claimed", "Jobs claimed by workers.")
@@ -192,7 +181,7 @@ JOBS_DEAD_LETTERED = Counter(
     "mobvibe_jobs_dead_lettered", "Jobs moved to the dead letters (status failed)."
 )
 ATTEMPTS_ENDED = Counter(
-    "mobvibe_attempts_ended", "Attempts ended, by reason.", "reason", END_REASONS
+    "mobvibe_attempts_ended", "Attempts ended, by reason.", "reason", tuple(EndReason)
 )
 JOB_DURATION = Histogram(
     "mobvibe_job_duration_seconds", "Run time of an attempt.", buckets=DURATION_BUCKETS
@@ -209,7 +198,7 @@ LEASES_PASSED_OVER = Counter(
 )
 WORKER_RESTARTS = Counter("mobvibe_worker_restarts", "Worker processes started again.")
 WORKER_EXITS = Counter(
-    "mobvibe_worker_exits", "Worker process exits, by cause.", "cause", EXIT_CAUSES
+    "mobvibe_worker_exits", "Worker process exits, by cause.", "cause", tuple(ExitCause)
 )
 WORKERS_ALIVE = Gauge("mobvibe_workers_alive", "Worker processes running.")
 
@@ -219,11 +208,15 @@ REAPER_REQUEUED = Counter(
 REAPER_DEAD_LETTERED = Counter(
     "mobvibe_reaper_jobs_dead_lettered", "Expired attempts dead-lettered by the reaper."
 )
+REAPER_CANCELLED = Counter(
+    "mobvibe_reaper_jobs_cancelled",
+    "Expired attempts ended cancelled by the reaper (a cancel had been requested).",
+)
 REAPER_PRUNED = Counter(
     "mobvibe_reaper_jobs_pruned",
     "Finished jobs deleted by retention.",
     "status",
-    ("completed", "failed", "cancelled"),
+    FINISHED,
 )
 REAPER_SWEEP_DURATION = Histogram(
     "mobvibe_reaper_sweep_duration_seconds",
@@ -231,7 +224,7 @@ REAPER_SWEEP_DURATION = Histogram(
     buckets=(0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30),
 )
 REAPER_SWEEPS = Counter(
-    "mobvibe_reaper_sweeps", "Reaper sweeps, by result.", "result", ("ok", "error")
+    "mobvibe_reaper_sweeps", "Reaper sweeps, by result.", "result", tuple(SweepOutcome)
 )
 REAPER_LAST_SUCCESS = Gauge(
     "mobvibe_reaper_last_success_timestamp_seconds",
@@ -239,7 +232,7 @@ REAPER_LAST_SUCCESS = Gauge(
 )
 
 # One child per reason, made once, for the hot path.
-ENDED = {reason: ATTEMPTS_ENDED.labels(reason) for reason in END_REASONS}
+ENDED = {reason: ATTEMPTS_ENDED.labels(reason) for reason in EndReason}
 
 _WIDTH = sum(m.width for m in _DEFINED)
 _memory = _Memory(1, _WIDTH)

@@ -16,6 +16,7 @@ from mobvibe.errors import DatabaseUnavailableError
 from mobvibe.logs import event
 from mobvibe.reaper.sweep import ReaperSettings, run_once
 from mobvibe.sql import db
+from mobvibe.vocabulary import SweepOutcome
 
 log = logging.getLogger(__name__)
 JITTER = 0.1  # reapers started together drift apart instead of sweeping in lockstep
@@ -74,9 +75,7 @@ def _connect(url: str) -> psycopg.Connection[Any]:
     """A connection that keeps no session state, so that it may go through PgBouncer in
     transaction mode: no startup options, no prepared statements (a sweep every few
     seconds gains nothing from them)."""
-    conn = db.connect(url, application_name="mobvibe-reaper")
-    conn.prepare_threshold = None
-    return conn
+    return db.connect(url, application_name="mobvibe-reaper", pooled=True)
 
 
 def _close(conn: psycopg.Connection[Any] | None) -> None:
@@ -94,7 +93,7 @@ def _backoff(failures: int, interval: float) -> float:
 def _sweep_failed(exc: BaseException, failures: int, delay: float) -> None:
     if isinstance(exc, DatabaseUnavailableError):
         # run_once never ran, so it did not count this failed sweep itself.
-        metrics.REAPER_SWEEPS.labels("error").inc()
+        metrics.REAPER_SWEEPS.labels(SweepOutcome.ERROR).inc()
     message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     event(
         log,

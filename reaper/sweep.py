@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -23,7 +24,8 @@ from mobvibe import clock, metrics
 from mobvibe.errors import ConfigError
 from mobvibe.logs import event
 from mobvibe.sql import store
-from mobvibe.sql.store import Reaped
+from mobvibe.sql.store import Reaped, SweepBatch
+from mobvibe.vocabulary import EndReason, JobStatus, SweepOutcome
 
 log = logging.getLogger(__name__)
 INTERVAL_DEFAULT = 5.0
@@ -101,6 +103,40 @@ class SweepResult:
         }
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """How a sweep counts and logs an expired attempt it ended."""
+
+    counter: metrics.Counter
+    level: int
+    event: str
+    message: str
+
+
+# By the job's new status: pending (a retry), failed (its last attempt), or cancelled (a
+# cancel had been requested, so the attempt is not retried).
+VERDICTS = {
+    JobStatus.PENDING: Verdict(
+        metrics.REAPER_REQUEUED,
+        logging.WARNING,
+        "job_requeued",
+        "attempt requeued: heartbeat expired",
+    ),
+    JobStatus.FAILED: Verdict(
+        metrics.REAPER_DEAD_LETTERED,
+        logging.ERROR,
+        "job_dead_lettered",
+        "attempts exhausted: heartbeat expired",
+    ),
+    JobStatus.CANCELLED: Verdict(
+        metrics.REAPER_CANCELLED,
+        logging.INFO,
+        "job_cancelled",
+        "attempt ended cancelled: heartbeat expired after a cancel was requested",
+    ),
+}
+
+
 def run_once(
     conn: psycopg.Connection[Any], settings: ReaperSettings, timeout_ms: int | None = None
 ) -> SweepResult:
@@ -113,90 +149,82 @@ def run_once(
     tries again).
     """
     started = clock.monotonic()
-    requeued = dead_lettered = cancelled = 0
-    pruned = {"completed": 0, "failed": 0, "cancelled": 0}
     try:
-        while True:
-            batch = store.sweep(
-                conn, settings.name, settings.batch_size, settings.prune_batch, timeout_ms
-            )
-            for reaped in batch.reaped:
-                outcome = _reaped(reaped, settings.name)
-                requeued += outcome == "requeued"
-                dead_lettered += outcome == "dead_lettered"
-                cancelled += outcome == "cancelled"
-            for status, deleted in batch.pruned.items():
-                pruned[status] += deleted
-                metrics.REAPER_PRUNED.labels(status).inc(deleted)
-            if not batch.more:
-                break
+        reaped, pruned, last = _sweep(conn, settings, timeout_ms)
     except Exception:
-        metrics.REAPER_SWEEPS.labels("error").inc()
+        metrics.REAPER_SWEEPS.labels(SweepOutcome.ERROR).inc()
         raise
     duration = clock.monotonic() - started
     result = SweepResult(
-        requeued,
-        dead_lettered,
-        pruned["completed"],
-        pruned["failed"],
-        round(duration * 1000, 1),
-        batch.waiting_retries,
-        batch.next_retry_at,
-        batch.heartbeat_timeout.total_seconds(),
-        _seconds(batch.retain_completed),
-        _seconds(batch.retain_failed),
-        cancelled,
-        pruned["cancelled"],
+        requeued=reaped[JobStatus.PENDING],
+        dead_lettered=reaped[JobStatus.FAILED],
+        cancelled=reaped[JobStatus.CANCELLED],
+        pruned_completed=pruned[JobStatus.COMPLETED],
+        pruned_failed=pruned[JobStatus.FAILED],
+        pruned_cancelled=pruned[JobStatus.CANCELLED],
+        duration_ms=round(duration * 1000, 1),
+        waiting_retries=last.waiting_retries,
+        next_retry_at=last.next_retry_at,
+        heartbeat_timeout_s=last.heartbeat_timeout.total_seconds(),
+        retain_completed_s=_seconds(last.retain_completed),
+        retain_failed_s=_seconds(last.retain_failed),
     )
     _observe(result, duration)
     return result
+
+
+def _sweep(
+    conn: psycopg.Connection[Any], settings: ReaperSettings, timeout_ms: int | None
+) -> tuple[Counter[JobStatus], Counter[JobStatus], SweepBatch]:
+    """Call queue_sweep until no batch is full: the expired attempts ended and the jobs
+    pruned, by status, and the last batch (its limits and retries waiting)."""
+    reaped: Counter[JobStatus] = Counter()
+    pruned: Counter[JobStatus] = Counter()
+    while True:
+        batch = store.sweep(
+            conn, settings.name, settings.batch_size, settings.prune_batch, timeout_ms
+        )
+        for expired in batch.reaped:
+            if expired.status is not None:  # None: ended or renewed by its worker meanwhile
+                reaped[expired.status] += 1
+                _report(VERDICTS[expired.status], expired, settings.name)
+        for status, deleted in batch.pruned.items():
+            pruned[status] += deleted
+            metrics.REAPER_PRUNED.labels(status).inc(deleted)
+        if not batch.more:
+            return reaped, pruned, batch
 
 
 def _seconds(age: timedelta | None) -> float | None:
     return None if age is None else age.total_seconds()
 
 
-def _reaped(reaped: Reaped, reaper: str) -> str | None:
-    """Count and log one expired attempt the sweep ended; what became of it."""
-    if reaped.will_retry is None:
-        return None  # finished by its worker between our scan and our lock
-    fields = {
-        "job_id": str(reaped.job_id),
-        "session_id": str(reaped.session_id),
-        "reason": "heartbeat_expired",
-        "reaper": reaper,
-    }
-    if reaped.status == "cancelled":
-        event(
-            log,
-            logging.INFO,
-            "job_cancelled",
-            "attempt ended cancelled: heartbeat expired after a cancel was requested",
-            **fields,
-        )
-        return "cancelled"
-    if reaped.will_retry:
-        metrics.REAPER_REQUEUED.inc()
-        event(log, logging.WARNING, "job_requeued", "attempt requeued: heartbeat expired", **fields)
-        return "requeued"
-    metrics.REAPER_DEAD_LETTERED.inc()
+def _report(verdict: Verdict, reaped: Reaped, reaper: str) -> None:
+    """Count and log one expired attempt the sweep ended."""
+    verdict.counter.inc()
     event(
-        log, logging.ERROR, "job_dead_lettered", "attempts exhausted: heartbeat expired", **fields
+        log,
+        verdict.level,
+        verdict.event,
+        verdict.message,
+        job_id=str(reaped.job_id),
+        session_id=str(reaped.session_id),
+        reason=EndReason.HEARTBEAT_EXPIRED,
+        reaper=reaper,
     )
-    return "dead_lettered"
 
 
 def _observe(result: SweepResult, duration: float) -> None:
-    metrics.REAPER_SWEEPS.labels("ok").inc()
+    metrics.REAPER_SWEEPS.labels(SweepOutcome.OK).inc()
     metrics.REAPER_SWEEP_DURATION.observe(duration)
     metrics.REAPER_LAST_SUCCESS.set(clock.wall())
-    busy = result.requeued or result.dead_lettered or result.pruned
+    busy = result.requeued or result.dead_lettered or result.cancelled or result.pruned
     # An idle sweep every few seconds is noise at info level.
     event(
         log,
         logging.INFO if busy else logging.DEBUG,
         "reaper_swept",
         f"sweep done: {result.requeued} requeued, {result.dead_lettered} dead-lettered, "
-        f"{result.pruned} pruned",
+        f"{result.cancelled} cancelled, {result.pruned} pruned",
         **result.as_dict(),
     )

@@ -83,16 +83,24 @@ def first_line(exc: BaseException, *, redact: bool = False) -> str:
 
 
 def connect(
-    url: str, *, autocommit: bool = True, application_name: str = "mobvibe", **kwargs: Any
+    url: str,
+    *,
+    autocommit: bool = True,
+    application_name: str = "mobvibe",
+    pooled: bool = False,
+    **kwargs: Any,
 ) -> psycopg.Connection[Any]:
     """Open one connection, autocommit by default; DatabaseUnavailableError if it cannot.
 
-    Its times past what Python holds are read as the nearest it does
-    (tolerate_extremes)."""
+    `pooled`: `url` may be a transaction pooler (PgBouncer in transaction mode), which
+    hands each transaction any server connection: no statement is prepared. Its times
+    past what Python holds are read as the nearest it does (tolerate_extremes).
+    """
     options = {
         "connect_timeout": CONNECT_TIMEOUT_DEFAULT,
         "application_name": application_name,
         **_keepalives_for(url),
+        **pooler_safe(pooled),
         **kwargs,
     }
     try:
@@ -158,6 +166,13 @@ def _negative(type_name: str, fmt: Format, data: bytes) -> bool:
         return bool(struct.unpack("!q", data)[0] < 0)
     text = data.strip()
     return text.startswith(b"-") or text.endswith((b" BC", b" ago"))
+
+
+def pooler_safe(pooled: bool) -> dict[str, Any]:
+    """The connection settings for a URL that may be a transaction pooler: prepare nothing
+    (psycopg prepares a statement on its fifth use, on a server connection the pooler may
+    not give back)."""
+    return {"prepare_threshold": None} if pooled else {}
 
 
 def _keepalives_for(url: str) -> dict[str, str]:

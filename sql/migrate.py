@@ -210,12 +210,6 @@ def check_drift(applied: dict[int, tuple[str, str]]) -> None:
             )
 
 
-def pending_migrations(conn: psycopg.Connection[Any]) -> list[Migration]:
-    """Migrations shipped here that the database has not applied (reads queue_migrations)."""
-    applied = applied_migrations(conn)
-    return [m for m in migrations() if m.version not in applied]
-
-
 def _settings(conn: psycopg.Connection[Any]) -> QueueSettings | None:
     """queue_settings(), as any queue role may read it; None when the schema predates it
     (or is not there at all). Raises ConfigError when the role may not use the queue."""

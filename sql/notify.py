@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -12,14 +11,16 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from mobvibe import clock
 from mobvibe.errors import DatabaseUnavailableError
 from mobvibe.sql import db
+from mobvibe.vocabulary import Channel
 
 log = logging.getLogger(__name__)
 # new_job and job_status_changed: the plan's; job_progress: an event of a running
 # attempt ({job_id, session_id, event_id, kind}); job_cancel: a cancel asked of a
 # running attempt ({job_id, session_id}), for the supervisor holding it.
-CHANNELS = ("new_job", "job_status_changed", "job_progress", "job_cancel")
+CHANNELS = tuple(Channel)
 RECONNECT_DELAY_MAX = 5.0
 
 
@@ -27,7 +28,7 @@ RECONNECT_DELAY_MAX = 5.0
 class Notification:
     """One notification; `payload` is the plan's JSON object, decoded."""
 
-    channel: str
+    channel: Channel
     payload: dict[str, Any]
     pid: int
 
@@ -37,8 +38,8 @@ class Notification:
 _LISTEN = {name: sql.SQL("LISTEN {}").format(sql.Identifier(name)) for name in CHANNELS}
 
 
-def listen(conn: psycopg.Connection[Any], channels: Sequence[str]) -> None:
-    """LISTEN on each of `channels` (names from CHANNELS) on `conn`."""
+def listen(conn: psycopg.Connection[Any], channels: Sequence[Channel]) -> None:
+    """LISTEN on each of `channels` on `conn`."""
     for channel in channels:
         conn.execute(_LISTEN[channel])
 
@@ -49,9 +50,10 @@ class Listener:
     def __init__(self, url: str, channels: Sequence[str] = CHANNELS) -> None:
         unknown = set(channels) - set(CHANNELS)
         if unknown:
-            raise ValueError(f"unknown channels {sorted(unknown)}; known: {list(CHANNELS)}")
+            known = [channel.value for channel in CHANNELS]
+            raise ValueError(f"unknown channels {sorted(unknown)}; known: {known}")
         self.url = url
-        self.channels = tuple(channels)
+        self.channels = tuple(Channel(channel) for channel in channels)
         self.conn: psycopg.Connection[Any] | None = None
         self.reconnects = 0
 
@@ -78,24 +80,24 @@ class Listener:
                     "listener cannot connect",
                     extra={"event": "listener_reconnect_failed", "error": str(exc)},
                 )
-                time.sleep(delay)
+                clock.sleep(delay)
                 delay = min(delay * 2, RECONNECT_DELAY_MAX)
         return self.conn
 
     def iterate(self, *, timeout: float | None = None, ping: float = 5.0) -> Iterator[Notification]:
         """Yield notifications; stop after `timeout` seconds without one (None: never)."""
-        idle_since = time.monotonic()
-        while timeout is None or time.monotonic() - idle_since < timeout:
+        idle_since = clock.monotonic()
+        while timeout is None or clock.monotonic() - idle_since < timeout:
             conn = self._connection()
             wait = (
                 ping
                 if timeout is None
-                else min(ping, max(0.0, timeout - (time.monotonic() - idle_since)))
+                else min(ping, max(0.0, timeout - (clock.monotonic() - idle_since)))
             )
             try:
                 for note in conn.notifies(timeout=wait):
-                    idle_since = time.monotonic()
-                    yield Notification(note.channel, _decode(note.payload), note.pid)
+                    idle_since = clock.monotonic()
+                    yield Notification(Channel(note.channel), _decode(note.payload), note.pid)
                 conn.execute("SELECT 1")  # a real round trip: finds a dead connection
             except psycopg.OperationalError:
                 log.warning("listener connection lost", extra={"event": "listener_lost"})

@@ -2,13 +2,8 @@
 -- parameters are psycopg placeholders; no SQL is ever built from strings.
 
 -- name: claim_next_job
-SELECT job_id, session_id, prompt, lease_token, attempt, retry_count, max_retries, priority
+SELECT job_id AS id, session_id, prompt, lease_token, attempt, retry_count, max_retries, priority
 FROM claim_next_job(%(worker_id)s)
-
--- name: complete_and_claim
-SELECT completed, job_id, session_id, prompt, lease_token, attempt, retry_count, max_retries,
-       priority
-FROM queue_complete_and_claim(%(job_id)s, %(lease_token)s, %(worker_id)s)
 
 -- The attempt's own writes carry its lease; the plan's token-less calls are the
 -- operator's overloads, a path of their own.
@@ -32,14 +27,14 @@ SELECT queue_heartbeat(%(job_id)s, %(lease_token)s)
 SELECT queue_end_attempt(%(job_id)s, %(lease_token)s, %(end_reason)s, %(error)s, %(output)s)
 
 -- name: end_and_claim
-SELECT ended, job_id, session_id, prompt, lease_token, attempt, retry_count, max_retries,
+SELECT ended, job_id AS id, session_id, prompt, lease_token, attempt, retry_count, max_retries,
        priority
 FROM queue_end_and_claim(%(job_id)s, %(lease_token)s, %(end_reason)s, %(error)s, %(output)s,
                          %(worker_id)s)
 
 -- A pod's heartbeat: every running attempt in one statement.
 -- name: renew_leases
-SELECT job_id, renewed, cancel_requested
+SELECT job_id, renewed, coalesce(cancel_requested, false) AS cancel_requested
 FROM queue_renew_leases(%(job_ids)s::uuid[], %(lease_tokens)s::uuid[])
 
 -- name: add_events
@@ -52,10 +47,6 @@ SELECT queue_release_job(%(job_id)s, %(lease_token)s, %(reason)s)
 -- started.
 -- name: claims_of_worker
 SELECT job_id, lease_token FROM queue_claims_of_worker(%(worker_id)s)
-
--- The attempts silent for longer than the configured heartbeat timeout.
--- name: reap_expired
-SELECT job_id, session_id, will_retry, new_status FROM queue_reap_expired(%(batch_size)s)
 
 -- A sweep in one statement: a row per expired attempt looked at, then one row
 -- (job_id NULL) with what was pruned, the limits and the retries waiting.
@@ -72,17 +63,14 @@ SELECT set_config('statement_timeout', %(ms)s, true)
 -- The reaper's report: retries waiting for their run_at. Only pending rows
 -- are read (get_queue_stats would count every completed job each sweep).
 -- name: waiting_retries
-SELECT count(*), min(run_at) FROM coding_jobs WHERE status = 'pending' AND run_at > queue_now()
+SELECT count(*) AS count, min(run_at) AS next_at
+FROM coding_jobs WHERE status = 'pending' AND run_at > queue_now()
 
 -- name: requeue_failed
 SELECT queue_requeue_failed(%(job_id)s)
 
 -- name: retry_job
 SELECT queue_retry_job(%(job_id)s)
-
--- The finished jobs older than the configured retention.
--- name: prune
-SELECT queue_prune(%(status)s, %(batch_size)s)
 
 -- name: purge_failed
 SELECT queue_purge_failed(%(older_than)s, %(batch_size)s)
@@ -99,15 +87,11 @@ SELECT pending_count, processing_count, completed_count, failed_count, oldest_pe
 FROM get_queue_stats()
 
 -- name: next_run_at
-SELECT queue_next_run_at(), queue_now()
+SELECT queue_next_run_at() AS next_run_at, queue_now() AS now
 
 -- name: create_session
 INSERT INTO coding_sessions (id, max_concurrency) VALUES (%(session_id)s, %(max_concurrency)s)
 ON CONFLICT (id) DO NOTHING
-
--- An operator's act: the session's pending jobs are placed again.
--- name: set_max_concurrency
-UPDATE coding_sessions SET max_concurrency = %(max_concurrency)s WHERE id = %(session_id)s
 
 -- name: enqueue_job
 INSERT INTO coding_jobs (session_id, prompt, priority, max_retries, run_at)
@@ -161,7 +145,7 @@ SELECT queue_cancel_session(%(session_id)s)
 -- promotes nothing), then the processing ones in id order (the order in which
 -- a pod's heartbeat locks them: no crossed waits).
 -- name: cancel_session_jobs
-SELECT t.id, cancel_job(t.id)
+SELECT t.id AS job_id, cancel_job(t.id) AS changed
 FROM (SELECT id, seq, status FROM coding_jobs
       WHERE session_id = %(session_id)s AND status IN ('pending', 'processing')) t
 ORDER BY t.status = 'processing', CASE WHEN t.status = 'pending' THEN t.seq END DESC, t.id
@@ -269,9 +253,6 @@ SELECT id FROM coding_jobs WHERE status = 'failed' ORDER BY completed_at, seq
 -- name: failed_ids_older_than
 SELECT id FROM coding_jobs
 WHERE status = 'failed' AND completed_at <= queue_now() - %(older_than)s
-
--- name: record_reaper_run
-SELECT queue_record_reaper_run(%(reaper)s, %(requeued)s, %(dead_lettered)s, %(pruned)s)
 
 -- name: last_reaper_sweep
 SELECT extract(epoch FROM max(last_sweep_at)) FROM queue_reaper_runs

@@ -13,14 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from mobvibe.sql.jobs import Job
-
-
-@dataclass(frozen=True, slots=True)
-class Chained:
-    """complete_and_claim: whether the completion counted, and the job claimed with it."""
-
-    completed: bool
-    next_job: Job | None
+from mobvibe.vocabulary import JobStatus, WaitingFor
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +21,7 @@ class Ended:
     """end_and_claim: the ended job's new status (None: the lease was stale, nothing
     changed), and the job claimed with it."""
 
-    status: str | None
+    status: JobStatus | None
     next_job: Job | None
 
 
@@ -44,7 +37,7 @@ class Lease:
 class Renewal:
     """One lease of a pod's heartbeat: renewed False means it is lost (stop the attempt),
     None that another transaction holds the job's row locked (not renewed this time, not
-    lost either); cancel_requested True means stop it and end it 'cancelled'."""
+    lost either); cancel_requested True means stop it and end it CANCELLED."""
 
     job_id: uuid.UUID
     renewed: bool | None
@@ -60,11 +53,11 @@ class Reaped:
     job_id: uuid.UUID
     session_id: uuid.UUID
     will_retry: bool | None
-    status: str | None = None
+    status: JobStatus | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class Attempt:
+class AttemptRow:
     """One claim of a job, as coding_job_attempts records it (ended_at None: running)."""
 
     job_id: uuid.UUID
@@ -134,6 +127,16 @@ class QueueStats:
     event_bytes_dropped: int = 0
     releases_counted: int = 0  # releases past max_releases_per_job, counted as failures
 
+    def by_status(self) -> dict[JobStatus, int]:
+        """The jobs in each status."""
+        return {
+            JobStatus.PENDING: self.pending_count,
+            JobStatus.PROCESSING: self.processing_count,
+            JobStatus.COMPLETED: self.completed_count,
+            JobStatus.FAILED: self.failed_count,
+            JobStatus.CANCELLED: self.cancelled_count,
+        }
+
     def as_dict(self) -> dict[str, Any]:
         age = self.oldest_pending_age
         return {
@@ -159,7 +162,7 @@ class JobRow:
     session_id: uuid.UUID
     prompt: str
     priority: int
-    status: str
+    status: JobStatus
     retry_count: int
     max_retries: int
     error_message: str | None
@@ -176,7 +179,10 @@ class JobRow:
     idempotency_key: str | None = None
     cancel_requested_at: datetime | None = None
     output: str | None = None
-    waiting_for: str | None = None
+    waiting_for: WaitingFor | None = None
+
+    def __post_init__(self) -> None:
+        _words(self)
 
     def as_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
@@ -187,7 +193,7 @@ class JobDetail:
     """A job with every attempt and its first progress events, as a job's page shows it."""
 
     job: JobRow
-    attempts: list[Attempt]
+    attempts: list[AttemptRow]
     events: list[Event]
     events_truncated: bool  # more events than were read
 
@@ -204,7 +210,7 @@ class JobDetail:
         }
 
 
-def _fields(record: Attempt | Event) -> dict[str, Any]:
+def _fields(record: AttemptRow | Event) -> dict[str, Any]:
     return {name: getattr(record, name) for name in record.__dataclass_fields__}
 
 
@@ -232,7 +238,7 @@ class JobSummary:
 
     id: uuid.UUID
     session_id: uuid.UUID
-    status: str
+    status: JobStatus
     priority: int
     attempt: int
     retry_count: int
@@ -244,27 +250,40 @@ class JobSummary:
     worker_id: str | None
     end_reason: str | None
     error_head: str | None
-    waiting_for: str | None
+    waiting_for: WaitingFor | None
     cancel_requested_at: datetime | None
     prompt_head: str
+
+    def __post_init__(self) -> None:
+        _words(self)
 
     def as_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
     def state_note(self, when: Callable[[datetime], str], none: str = "-") -> str:
         """What the job is doing or waiting for, or how it ended; `when` writes a time."""
-        if self.status == "processing":
+        if self.status == JobStatus.PROCESSING:
             cancel = ", cancel requested" if self.cancel_requested_at else ""
             return f"attempt {self.attempt} on {self.worker_id or none}{cancel}"
-        if self.status == "pending":
-            if self.waiting_for == "session":
+        if self.status == JobStatus.PENDING:
+            if self.waiting_for == WaitingFor.SESSION:
                 return "waits for its session"
-            return f"due at {when(self.run_at)}" if self.waiting_for == "run_at" else "ready"
+            if self.waiting_for == WaitingFor.RUN_AT:
+                return f"due at {when(self.run_at)}"
+            return "ready"
         return self.end_reason or none
 
 
+def _words(row: JobRow | JobSummary) -> None:
+    """Read a row's status and waiting_for as the words they are (the database's CHECKs
+    hold them to these sets), so that what compares them is typed."""
+    object.__setattr__(row, "status", JobStatus(row.status))
+    if row.waiting_for is not None:
+        object.__setattr__(row, "waiting_for", WaitingFor(row.waiting_for))
+
+
 @dataclass(frozen=True)
-class RunningJob:
+class RunningJobRow:
     """A processing job and the worker that holds it (idle workers hold none)."""
 
     worker_id: str | None
@@ -391,7 +410,7 @@ class SweepBatch:
     limits it applied and the retries waiting; `more` when a batch was full."""
 
     reaped: list[Reaped]
-    pruned: dict[str, int]
+    pruned: dict[JobStatus, int]
     more: bool
     waiting_retries: int
     next_retry_at: datetime | None

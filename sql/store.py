@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
-from psycopg.rows import class_row
+from psycopg.rows import class_row, dict_row
 from psycopg.types.json import Jsonb
 
 from mobvibe.errors import QueueError
@@ -23,8 +23,7 @@ from mobvibe.sql.files import query
 from mobvibe.sql.jobs import Job, NewJob
 from mobvibe.sql.records import (
     AppliedMigration,
-    Attempt,
-    Chained,
+    AttemptRow,
     ConfigChange,
     DeadLetter,
     DoctorRow,
@@ -42,17 +41,17 @@ from mobvibe.sql.records import (
     QueueStats,
     Reaped,
     Renewal,
-    RunningJob,
+    RunningJobRow,
     SqlFunction,
     SweepBatch,
     WaitingRetries,
 )
+from mobvibe.vocabulary import FINISHED, EndReason, JobStatus
 
 # The result types are the store's vocabulary: callers import them from here.
 __all__ = [
     "AppliedMigration",
-    "Attempt",
-    "Chained",
+    "AttemptRow",
     "ConfigChange",
     "DeadLetter",
     "DoctorRow",
@@ -70,7 +69,7 @@ __all__ = [
     "QueueStats",
     "Reaped",
     "Renewal",
-    "RunningJob",
+    "RunningJobRow",
     "SqlFunction",
     "SweepBatch",
     "WaitingRetries",
@@ -84,8 +83,8 @@ Conn = psycopg.Connection[Any]
 
 def claim(conn: Conn, worker_id: str | None) -> Job | None:
     """Claim the due pending job of highest priority, oldest first; None when none is due."""
-    row = conn.execute(query("claim_next_job"), {"worker_id": worker_id}).fetchone()
-    return None if row is None else Job(*row)
+    with conn.cursor(row_factory=class_row(Job)) as cur:
+        return cur.execute(query("claim_next_job"), {"worker_id": worker_id}).fetchone()
 
 
 def complete(conn: Conn, job_id: uuid.UUID, lease_token: uuid.UUID | None) -> bool:
@@ -99,20 +98,12 @@ def complete(conn: Conn, job_id: uuid.UUID, lease_token: uuid.UUID | None) -> bo
     return bool(row and row[0])
 
 
-def complete_and_claim(
-    conn: Conn, job_id: uuid.UUID, lease_token: uuid.UUID, worker_id: str
-) -> Chained:
-    """Complete a job and claim the next in one round trip and one commit."""
-    row = conn.execute(
-        query("complete_and_claim"),
-        {"job_id": job_id, "lease_token": lease_token, "worker_id": worker_id},
-    ).fetchone()
-    assert row is not None  # the function always returns one row
-    return Chained(bool(row[0]), None if row[1] is None else Job(*row[1:]))
-
-
 def fail(
-    conn: Conn, job_id: uuid.UUID, error: str, lease_token: uuid.UUID | None, reason: str = "error"
+    conn: Conn,
+    job_id: uuid.UUID,
+    error: str,
+    lease_token: uuid.UUID | None,
+    reason: EndReason = EndReason.ERROR,
 ) -> bool | None:
     """Record a failed attempt: True will retry, False dead-lettered, None nothing changed.
 
@@ -135,16 +126,16 @@ def end_attempt(
     conn: Conn,
     job_id: uuid.UUID,
     lease_token: uuid.UUID,
-    end_reason: str,
+    end_reason: EndReason,
     error: str | None = None,
     output: str | None = None,
-) -> str | None:
-    """End the attempt holding the lease: the job's new status ('completed', 'pending',
-    'failed', 'cancelled'), None when nothing changed (a stale lease).
+) -> JobStatus | None:
+    """End the attempt holding the lease: the job's new status (PENDING again, or one of
+    the FINISHED), None when nothing changed (a stale lease).
 
-    end_reason: 'completed', 'released' (given back, not counted; `error` is the human
-    reason), 'cancelled', or why the attempt failed ('error', 'deadline_exceeded', ...).
-    A cancel that was requested turns a release or a failure into 'cancelled'.
+    end_reason: COMPLETED, RELEASED (given back, not counted; `error` is the human
+    reason), CANCELLED, or why the attempt failed (ERROR, DEADLINE_EXCEEDED, ...). A
+    cancel that was requested turns a release or a failure into CANCELLED.
     """
     row = conn.execute(
         query("end_attempt"),
@@ -156,46 +147,48 @@ def end_attempt(
             "output": _storable(output),
         },
     ).fetchone()
-    return None if row is None else row[0]
+    return None if row is None else _status(row[0])
 
 
 def end_and_claim(
     conn: Conn,
     job_id: uuid.UUID,
     lease_token: uuid.UUID,
-    end_reason: str,
+    end_reason: EndReason,
     error: str | None,
     output: str | None,
     worker_id: str,
 ) -> Ended:
     """end_attempt, then claim the next job, in one round trip and one commit."""
-    row = conn.execute(
-        query("end_and_claim"),
-        {
-            "job_id": job_id,
-            "lease_token": lease_token,
-            "end_reason": end_reason,
-            "error": error,
-            "output": _storable(output),
-            "worker_id": worker_id,
-        },
-    ).fetchone()
+    params = {
+        "job_id": job_id,
+        "lease_token": lease_token,
+        "end_reason": end_reason,
+        "error": error,
+        "output": _storable(output),
+        "worker_id": worker_id,
+    }
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(query("end_and_claim"), params).fetchone()
     assert row is not None  # the function always returns one row
-    return Ended(row[0], None if row[1] is None else Job(*row[1:]))
+    ended = row.pop("ended")
+    return Ended(_status(ended), None if row["id"] is None else Job(**row))
+
+
+def _status(value: str | None) -> JobStatus | None:
+    return None if value is None else JobStatus(value)
 
 
 def renew_leases(conn: Conn, leases: Sequence[Lease]) -> list[Renewal]:
     """Renew every lease in one statement: a Renewal per lease, in order."""
     if not leases:
         return []
-    rows = conn.execute(
-        query("renew_leases"),
-        {
-            "job_ids": [lease.job_id for lease in leases],
-            "lease_tokens": [lease.lease_token for lease in leases],
-        },
-    ).fetchall()
-    return [Renewal(job_id, renewed, bool(cancel)) for job_id, renewed, cancel in rows]
+    params = {
+        "job_ids": [lease.job_id for lease in leases],
+        "lease_tokens": [lease.lease_token for lease in leases],
+    }
+    with conn.cursor(row_factory=class_row(Renewal)) as cur:
+        return cur.execute(query("renew_leases"), params).fetchall()
 
 
 def add_events(
@@ -243,15 +236,16 @@ def _storable(text: str | None) -> str | None:
 
 def claims_of_worker(conn: Conn, worker_id: str) -> list[Lease]:
     """The processing jobs claimed under `worker_id`."""
-    rows = conn.execute(query("claims_of_worker"), {"worker_id": worker_id}).fetchall()
-    return [Lease(job_id, lease_token) for job_id, lease_token in rows]
+    with conn.cursor(row_factory=class_row(Lease)) as cur:
+        return cur.execute(query("claims_of_worker"), {"worker_id": worker_id}).fetchall()
 
 
 def next_run(conn: Conn) -> NextRun:
     """When the next pending job comes due, and the database's now."""
-    row = conn.execute(query("next_run_at")).fetchone()
+    with conn.cursor(row_factory=class_row(NextRun)) as cur:
+        row = cur.execute(query("next_run_at")).fetchone()
     assert row is not None
-    return NextRun(row[0], row[1])
+    return row
 
 
 # -- producers ----------------------------------------------------------------------
@@ -269,16 +263,6 @@ def create_sessions(conn: Conn, session_ids: Sequence[uuid.UUID]) -> None:
     conn.cursor().executemany(
         query("create_session"), [{"session_id": s, "max_concurrency": 1} for s in session_ids]
     )
-
-
-def set_max_concurrency(conn: Conn, session_id: uuid.UUID, max_concurrency: int) -> bool:
-    """Let up to `max_concurrency` prompts of the session run at once (an operator's act;
-    its pending jobs are placed again); False when there is no such session."""
-    cur = conn.execute(
-        query("set_max_concurrency"),
-        {"session_id": session_id, "max_concurrency": max_concurrency},
-    )
-    return cur.rowcount == 1
 
 
 def session_exists(conn: Conn, session_id: uuid.UUID) -> bool:
@@ -347,9 +331,14 @@ def _enqueue_idempotent(
     conn: Conn, jobs: Sequence[NewJob], sessions: Sequence[uuid.UUID], params: dict[str, Any]
 ) -> list[uuid.UUID]:
     params["keys"] = [job.idempotency_key for job in jobs]
-    rows = conn.execute(query("enqueue_jobs_idempotent"), params).fetchall()
-    inserted = {(s, k): job_id for job_id, s, k in rows if k is not None}
-    unkeyed = iter([job_id for job_id, _, k in rows if k is None])
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(query("enqueue_jobs_idempotent"), params).fetchall()
+    inserted = {
+        (r["session_id"], r["idempotency_key"]): r["id"]
+        for r in rows
+        if r["idempotency_key"] is not None
+    }
+    unkeyed = iter([r["id"] for r in rows if r["idempotency_key"] is None])
     wanted = [(s, job.idempotency_key) for s, job in zip(sessions, jobs, strict=True)]
     missing = [(s, k) for s, k in wanted if k is not None and (s, k) not in inserted]
     found = {**_existing_jobs(conn, missing), **inserted} if missing else inserted
@@ -360,11 +349,10 @@ def _existing_jobs(
     conn: Conn, keys: Sequence[tuple[uuid.UUID, str | None]]
 ) -> dict[tuple[uuid.UUID, str | None], uuid.UUID]:
     """The ids of the jobs with these (session, idempotency key) pairs."""
-    rows = conn.execute(
-        query("jobs_by_idempotency_key"),
-        {"session_ids": [s for s, _ in keys], "keys": [k for _, k in keys]},
-    ).fetchall()
-    found = {(s, k): job_id for s, k, job_id in rows}
+    params = {"session_ids": [s for s, _ in keys], "keys": [k for _, k in keys]}
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(query("jobs_by_idempotency_key"), params).fetchall()
+    found = {(r["session_id"], r["idempotency_key"]): r["id"] for r in rows}
     if any(key not in found for key in keys):
         # Its twin was inserted, then deleted (pruned) before we could read it.
         raise QueueError("a job with this idempotency key vanished meanwhile: enqueue again")
@@ -386,9 +374,9 @@ def retry_at(conn: Conn, job_id: uuid.UUID) -> datetime | None:
     return None if row is None else row[0]
 
 
-def attempts(conn: Conn, job_id: uuid.UUID) -> list[Attempt]:
+def attempts(conn: Conn, job_id: uuid.UUID) -> list[AttemptRow]:
     """Every attempt of the job, first first."""
-    with conn.cursor(row_factory=class_row(Attempt)) as cur:
+    with conn.cursor(row_factory=class_row(AttemptRow)) as cur:
         return cur.execute(query("job_attempts"), {"job_id": job_id}).fetchall()
 
 
@@ -403,7 +391,7 @@ def events(conn: Conn, job_id: uuid.UUID, after_id: int = 0, limit: int = 1000) 
 def list_jobs(
     conn: Conn,
     *,
-    status: str | None = None,
+    status: JobStatus | None = None,
     session_id: uuid.UUID | None = None,
     limit: int = 50,
 ) -> list[JobSummary]:
@@ -414,15 +402,15 @@ def list_jobs(
         ).fetchall()
 
 
-def recently_ended(conn: Conn, status: str, limit: int) -> list[JobSummary]:
-    """The jobs that ended last in `status` ('completed', 'failed', 'cancelled')."""
+def recently_ended(conn: Conn, status: JobStatus, limit: int) -> list[JobSummary]:
+    """The jobs that ended last in `status` (one of the FINISHED)."""
     with conn.cursor(row_factory=class_row(JobSummary)) as cur:
         return cur.execute(query("recently_ended"), {"status": status, "limit": limit}).fetchall()
 
 
-def running_jobs(conn: Conn, limit: int = 1000) -> list[RunningJob]:
+def running_jobs(conn: Conn, limit: int = 1000) -> list[RunningJobRow]:
     """The processing jobs, by worker: what each busy worker runs, since when."""
-    with conn.cursor(row_factory=class_row(RunningJob)) as cur:
+    with conn.cursor(row_factory=class_row(RunningJobRow)) as cur:
         return cur.execute(query("running_jobs"), {"limit": limit}).fetchall()
 
 
@@ -461,8 +449,9 @@ def cancel_session(conn: Conn, session_id: uuid.UUID) -> int:
 
 def cancel_session_jobs(conn: Conn, session_id: uuid.UUID) -> list[tuple[uuid.UUID, bool]]:
     """cancel() on every unfinished job of the session, in one statement: (job, changed)."""
-    rows = conn.execute(query("cancel_session_jobs"), {"session_id": session_id}).fetchall()
-    return [(job_id, bool(changed)) for job_id, changed in rows]
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(query("cancel_session_jobs"), {"session_id": session_id}).fetchall()
+    return [(row["job_id"], bool(row["changed"])) for row in rows]
 
 
 def stats(conn: Conn) -> QueueStats:
@@ -482,9 +471,10 @@ def has_unfinished_jobs(conn: Conn) -> bool:
 
 def waiting_retries(conn: Conn) -> WaitingRetries:
     """Retries waiting for their run_at (read from pending rows only)."""
-    row = conn.execute(query("waiting_retries")).fetchone()
+    with conn.cursor(row_factory=class_row(WaitingRetries)) as cur:
+        row = cur.execute(query("waiting_retries")).fetchone()
     assert row is not None
-    return WaitingRetries(int(row[0]), row[1])
+    return row
 
 
 # -- dead letters -------------------------------------------------------------------------
@@ -529,12 +519,6 @@ def purge_failed(conn: Conn, older_than: timedelta, batch_size: int) -> int:
 # -- maintenance ------------------------------------------------------------------------
 
 
-def reap_expired(conn: Conn, batch_size: int) -> list[Reaped]:
-    """Fail up to `batch_size` attempts silent for longer than the configured heartbeat timeout."""
-    rows = conn.execute(query("reap_expired"), {"batch_size": batch_size}).fetchall()
-    return [Reaped(*row) for row in rows]
-
-
 def local_statement_timeout(conn: Conn, timeout_ms: int) -> None:
     """Cancel each further statement of the current transaction after `timeout_ms` (SET
     LOCAL: nothing stays on the session, which a transaction pooler may share)."""
@@ -551,42 +535,30 @@ def sweep(
     transaction pooler, which shares sessions and refuses startup options.
     """
     params = {"reaper": reaper, "batch_size": batch_size, "prune_batch": prune_batch}
-    if timeout_ms is None:
-        rows = conn.execute(query("sweep"), params).fetchall()
-    else:
-        with conn.transaction():
-            local_statement_timeout(conn, timeout_ms)
-            rows = conn.execute(query("sweep"), params).fetchall()
+    with conn.cursor(row_factory=dict_row) as cur:
+        if timeout_ms is None:
+            rows = cur.execute(query("sweep"), params).fetchall()
+        else:
+            with conn.transaction():
+                local_statement_timeout(conn, timeout_ms)
+                rows = cur.execute(query("sweep"), params).fetchall()
     *reaped, last = rows
     return SweepBatch(
-        [
-            Reaped(job_id, session_id, will_retry, status)
-            for job_id, session_id, will_retry, status, *_ in reaped
-        ],
-        {"completed": last[4], "failed": last[5], "cancelled": last[6]},
-        bool(last[7]),
-        int(last[8]),
-        last[9],
-        last[10],
-        last[11],
-        last[12],
+        reaped=[_reaped(row) for row in reaped],
+        pruned={status: int(last[f"pruned_{status}"]) for status in FINISHED},
+        more=bool(last["more"]),
+        waiting_retries=int(last["waiting_retries"]),
+        next_retry_at=last["next_retry_at"],
+        heartbeat_timeout=last["heartbeat_timeout"],
+        retain_completed=last["retain_completed"],
+        retain_failed=last["retain_failed"],
     )
 
 
-def prune(conn: Conn, status: str, batch_size: int) -> int:
-    """Delete up to `batch_size` `status` jobs older than the configured retention; how many."""
-    row = conn.execute(query("prune"), {"status": status, "batch_size": batch_size}).fetchone()
-    return int(row[0]) if row else 0
-
-
-def record_reaper_run(
-    conn: Conn, reaper: str, requeued: int, dead_lettered: int, pruned: int
-) -> None:
-    """Record a finished sweep of `reaper` (and forget reapers not seen for a week)."""
-    conn.execute(
-        query("record_reaper_run"),
-        {"reaper": reaper, "requeued": requeued, "dead_lettered": dead_lettered, "pruned": pruned},
-    )
+def _reaped(row: dict[str, Any]) -> Reaped:
+    """A row of the sweep's about one expired attempt (new_status NULL: passed over)."""
+    status = _status(row["new_status"])
+    return Reaped(row["job_id"], row["session_id"], row["will_retry"], status)
 
 
 def last_reaper_sweep(conn: Conn) -> float | None:

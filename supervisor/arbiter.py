@@ -20,12 +20,13 @@ from mobvibe import clock, metrics
 from mobvibe.logs import event
 from mobvibe.supervisor import children, contain, policy
 from mobvibe.supervisor.attempt import KILL_GRACE
-from mobvibe.supervisor.children import Exit
-from mobvibe.supervisor.policy import EXIT_CRASH_LOOP, CrashLoop, RestartDelays
+from mobvibe.supervisor.children import ChildKind, Exit
+from mobvibe.supervisor.policy import CrashLoop, ExitCode, RestartDelays
 from mobvibe.supervisor.rescue import Rescuer
 from mobvibe.supervisor.settings import Settings
 from mobvibe.supervisor.slots import Holding, Slots
 from mobvibe.supervisor.wakeups import Wakeups
+from mobvibe.vocabulary import EndReason, ExitCause
 
 log = logging.getLogger(__name__)
 TICK = 0.25
@@ -44,11 +45,11 @@ class Child:
     """A child process the arbiter watches."""
 
     pid: int
-    kind: str  # "worker", "reaper" or "http"
+    kind: ChildKind
     index: int = -1
     started: float = field(default_factory=clock.monotonic)
     retiring: bool = False
-    killed_for: str | None = None  # the reason when the arbiter killed it
+    killed_for: EndReason | None = None  # the reason when the arbiter killed it
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ class Arbiter:
         self,
         settings: Settings,
         worker_main: Callable[[int, Shared], int],
-        aux: dict[str, Callable[[Shared], int]],
+        aux: dict[ChildKind, Callable[[Shared], int]],
     ) -> None:
         self.settings = settings
         self.worker_main = worker_main
@@ -79,8 +80,8 @@ class Arbiter:
         self.rescuer = Rescuer(settings)
         self.children: dict[int, Child] = {}
         self.restart_at: dict[int, float] = {}
-        self.aux_restart_at: dict[str, float] = {}
-        self.aux_delay: dict[str, float] = {}
+        self.aux_restart_at: dict[ChildKind, float] = {}
+        self.aux_delay: dict[ChildKind, float] = {}
         self.restart_delays = RestartDelays(settings.crash_loop_window)
         self.crash_loop = CrashLoop(settings.crash_loop_limit, settings.crash_loop_window)
         self.stopping = False
@@ -155,7 +156,7 @@ class Arbiter:
     # -- workers ---------------------------------------------------------------
 
     def workers(self) -> list[Child]:
-        return [c for c in self.children.values() if c.kind == "worker"]
+        return [c for c in self.children.values() if c.kind == ChildKind.WORKER]
 
     def workers_alive(self) -> int:
         return len(self.workers())
@@ -182,7 +183,7 @@ class Arbiter:
             (self._pipe_r, self._pipe_w),
             "mobvibe-worker",
         )
-        self.children[pid] = Child(pid, "worker", index)
+        self.children[pid] = Child(pid, ChildKind.WORKER, index)
         event(
             log,
             logging.INFO,
@@ -192,7 +193,7 @@ class Arbiter:
             worker_pid=pid,
         )
 
-    def spawn_aux(self, name: str) -> None:
+    def spawn_aux(self, name: ChildKind) -> None:
         target = self.aux[name]
         pid = children.fork(
             lambda: target(self.shared),
@@ -216,7 +217,7 @@ class Arbiter:
                 self.child_exited(child, Exit.from_status(status))
 
     def child_exited(self, child: Child, how: Exit) -> None:
-        if child.kind != "worker":
+        if child.kind != ChildKind.WORKER:
             self._aux_exited(child, how)
             return
         cause = policy.exit_cause(
@@ -227,7 +228,7 @@ class Arbiter:
         self.slots.clear(child.index)
         event(
             log,
-            logging.INFO if cause in ("clean", "recycled") else logging.WARNING,
+            logging.INFO if cause in (ExitCause.CLEAN, ExitCause.RECYCLED) else logging.WARNING,
             "worker_exited",
             f"worker exited: {policy.describe_exit(how, child.killed_for)}",
             worker_index=child.index,
@@ -258,7 +259,7 @@ class Arbiter:
                 pgid=holding.pgid,
             )
 
-    def _schedule_restart(self, child: Child, cause: str, job_id: uuid.UUID | None) -> None:
+    def _schedule_restart(self, child: Child, cause: ExitCause, job_id: uuid.UUID | None) -> None:
         if self.stopping:
             return
         now = clock.monotonic()
@@ -279,7 +280,7 @@ class Arbiter:
             f"{self.settings.crash_loop_window:g} s: stopping the supervisor so that "
             "its orchestrator restarts it",
         )
-        self.exit_code = EXIT_CRASH_LOOP
+        self.exit_code = ExitCode.CRASH_LOOP
         self.stop(graceful=False, reason="crash loop")
 
     def _aux_exited(self, child: Child, how: Exit) -> None:
@@ -323,20 +324,20 @@ class Arbiter:
         if self.kill_at is not None and now >= self.kill_at:
             self.kill_at = None
             for child in self.workers():
-                self.kill(child, "released")
+                self.kill(child, EndReason.RELEASED)
 
-    def _cancel_ignored(self, index: int, lease_token: uuid.UUID, now: float) -> str | None:
-        """ "cancelled" when a cancel of worker `index`'s job was asked longer ago than the
+    def _cancel_ignored(self, index: int, lease_token: uuid.UUID, now: float) -> EndReason | None:
+        """CANCELLED when a cancel of worker `index`'s job was asked longer ago than the
         worker's own grace (KILL_GRACE) and then some: a handler that ignores it."""
-        if self.slots.stop_requested(index, lease_token) != "cancelled":
+        if self.slots.stop_requested(index, lease_token) != EndReason.CANCELLED:
             return None
         token, since = self.cancels_seen.setdefault(index, (lease_token, now))
         if token != lease_token:
             self.cancels_seen[index] = (lease_token, now)
             return None
-        return "cancelled" if now - since > KILL_GRACE + CANCEL_BACKSTOP else None
+        return EndReason.CANCELLED if now - since > KILL_GRACE + CANCEL_BACKSTOP else None
 
-    def kill(self, child: Child, reason: str) -> None:
+    def kill(self, child: Child, reason: EndReason) -> None:
         child.killed_for = reason
         event(
             log,

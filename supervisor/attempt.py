@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mobvibe.sql.jobs import Job
+from mobvibe.vocabulary import EndReason
 
 # After SIGTERM, how long a command may take to stop before SIGKILL (a release
 # at shutdown, a cancel, the deadline); the leftovers of a command that exited
@@ -19,16 +20,13 @@ END_DEADLINE = 10.0
 
 @dataclass(frozen=True)
 class Outcome:
-    """How an attempt ended: ok, or an error with its reason (an END_REASONS value), and
-    what it said (the end of a command's stdout, a Python handler's returned value)."""
+    """How an attempt ended: ok, or an error with its reason, and what it said (the end of
+    a command's stdout, a Python handler's returned value)."""
 
     ok: bool
     error: str = ""
-    reason: str = "completed"
+    reason: EndReason = EndReason.COMPLETED
     output: str | None = None
-
-
-COMPLETED = Outcome(True)
 
 
 class Aborted(Exception):  # noqa: N818 - it is a signal to stop, not an error of the job

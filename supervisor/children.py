@@ -10,11 +10,20 @@ import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 
 from mobvibe import metrics
 from mobvibe.supervisor import contain
 
 log = logging.getLogger(__name__)
+
+
+class ChildKind(StrEnum):
+    """What a child of the supervisor is (its process is named mobvibe-<kind>)."""
+
+    WORKER = "worker"
+    HUB = "hub"  # the pod's connection: LISTEN, heartbeats, the embedded reaper
+    HTTP = "http"  # /metrics, the probes and the status pages
 
 
 @dataclass(frozen=True)

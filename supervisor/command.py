@@ -29,6 +29,7 @@ from mobvibe.supervisor.attempt import (
     Handler,
     Outcome,
 )
+from mobvibe.vocabulary import EndReason
 
 STDERR_TAIL = 2000  # characters of stderr in a failed attempt's error
 OUTPUT_MAX = 64 * 1024  # bytes of stdout kept as the job's output
@@ -199,16 +200,7 @@ class ExecHandler(Handler):
         attempt.flush(force=True)  # every event is written before the attempt's end
         if outcome is not None:
             return Outcome(outcome.ok, outcome.error, outcome.reason, output)
-        if proc.returncode == 0:
-            return Outcome(True, output=output)
-        tail = errors.text()[-STDERR_TAIL:].strip()
-        code = (
-            f"killed by signal {-proc.returncode}"
-            if proc.returncode < 0
-            else f"exit status {proc.returncode}"
-        )
-        error = f"command failed ({code}): {tail}" if tail else f"command failed ({code})"
-        return Outcome(False, error, "error", output)
+        return _ended(proc.returncode, output, errors)
 
     def _watch(
         self, proc: subprocess.Popen[bytes], progress_fd: int, attempt: Attempt
@@ -233,9 +225,11 @@ class ExecHandler(Handler):
         if attempt.fenced():
             # The lease could not be renewed: stop at once, before the reaper hands the
             # job to someone else.
-            return Outcome(False, "the job's lease could not be renewed", "lease_lost"), 0.0
+            lost = Outcome(False, "the job's lease could not be renewed", EndReason.LEASE_LOST)
+            return lost, 0.0
         if attempt.deadline is not None and clock.monotonic() >= attempt.deadline:
-            return Outcome(False, "job exceeded --job-timeout", "deadline_exceeded"), KILL_GRACE
+            late = Outcome(False, "job exceeded --job-timeout", EndReason.DEADLINE_EXCEEDED)
+            return late, KILL_GRACE
         return None, 0.0
 
     def abort(self, outcome: Outcome, grace: float = KILL_GRACE) -> bool:
@@ -249,6 +243,17 @@ class ExecHandler(Handler):
         with contextlib.suppress(BlockingIOError):  # full: already awake
             os.write(self._wake_w, b"!")
         return True
+
+
+def _ended(returncode: int, output: str, errors: Tail) -> Outcome:
+    """How a command that ended by itself ended: exit 0 completes, anything else fails with
+    the end of its stderr."""
+    if returncode == 0:
+        return Outcome(True, output=output)
+    tail = errors.text()[-STDERR_TAIL:].strip()
+    code = f"killed by signal {-returncode}" if returncode < 0 else f"exit status {returncode}"
+    error = f"command failed ({code}): {tail}" if tail else f"command failed ({code})"
+    return Outcome(False, error, EndReason.ERROR, output)
 
 
 class _Stopper:

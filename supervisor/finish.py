@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from enum import StrEnum, auto
+from typing import Any, Literal
 
 import psycopg
 
@@ -15,6 +17,7 @@ from mobvibe.logs import event, iso_time
 from mobvibe.sql import db, store
 from mobvibe.sql.jobs import Job
 from mobvibe.supervisor.attempt import Outcome
+from mobvibe.vocabulary import EndReason, JobStatus
 
 log = logging.getLogger(__name__)
 Connect = Callable[[], psycopg.Connection[Any]]
@@ -74,10 +77,10 @@ def _finish_once(
         "attempt": job.attempt,
         "duration_ms": round(duration * 1000, 1),
     }
-    if outcome.reason == "lease_lost":
+    if outcome.reason == EndReason.LEASE_LOST:
         record_end(None, outcome.reason, outcome.error, fields)
         return None
-    reason = "completed" if outcome.ok else outcome.reason
+    reason = EndReason.COMPLETED if outcome.ok else outcome.reason
     error = None if outcome.ok else outcome.error
     if chain:
         ended = store.end_and_claim(
@@ -94,8 +97,8 @@ def _finish_once(
 
 def note_retry(
     conn: psycopg.Connection[Any],
-    status: str | None,
-    reason: str,
+    status: JobStatus | None,
+    reason: EndReason,
     job_id: uuid.UUID,
     fields: dict[str, Any],
 ) -> None:
@@ -104,7 +107,7 @@ def note_retry(
     One read, on failures that will be retried only; the log line goes out without the
     time if the read fails (the attempt's end is already committed).
     """
-    if status != "pending" or reason == "released":
+    if status != JobStatus.PENDING or reason == EndReason.RELEASED:
         return
     try:
         at = store.retry_at(conn, job_id)
@@ -114,9 +117,101 @@ def note_retry(
         fields["retry_at"] = iso_time(at.timestamp())
 
 
+class Ending(StrEnum):
+    """What became of an attempt whose end was recorded (or refused)."""
+
+    COMPLETED = auto()
+    CANCELLED = auto()
+    RELEASED = auto()  # given back, not counted as a failure
+    RETRIED = auto()  # a failed attempt; the job waits for its retry
+    DEAD_LETTERED = auto()  # a failed attempt, the last one
+    LEASE_LOST = auto()  # the database refused the holder's lease
+    ALREADY_ENDED = auto()  # a dead worker's attempt had ended before the rescue
+
+
+@dataclass(frozen=True)
+class Report:
+    """How one kind of end is counted and logged."""
+
+    event: str
+    level: int
+    message: str  # may name {error} and {retry_at}
+    counters: tuple[metrics.Counter, ...] = ()
+    counted: bool = True  # in mobvibe_attempts_ended ...
+    label: EndReason | None = None  # ... by this reason (None: the attempt's own, a failure's)
+    fields: tuple[Literal["reason", "why"], ...] = ()  # the attempt's reason, a release's error
+
+
+REPORTS = {
+    Ending.COMPLETED: Report(
+        event="job_completed",
+        level=logging.INFO,
+        message="job completed",
+        counters=(metrics.JOBS_COMPLETED,),
+        label=EndReason.COMPLETED,
+    ),
+    Ending.CANCELLED: Report(
+        event="job_cancelled",
+        level=logging.INFO,
+        message="job cancelled as requested",
+        label=EndReason.CANCELLED,
+        fields=("reason",),
+    ),
+    Ending.RELEASED: Report(
+        event="job_released",
+        level=logging.INFO,
+        message="job given back",
+        label=EndReason.RELEASED,
+        fields=("why",),
+    ),
+    Ending.RETRIED: Report(
+        event="job_retry_scheduled",
+        level=logging.WARNING,
+        message="attempt failed, retry at {retry_at}: {error}",
+        counters=(metrics.JOBS_FAILED, metrics.JOBS_RETRIED),
+        fields=("reason",),
+    ),
+    Ending.DEAD_LETTERED: Report(
+        event="job_dead_lettered",
+        level=logging.ERROR,
+        message="attempts exhausted: {error}",
+        counters=(metrics.JOBS_FAILED, metrics.JOBS_DEAD_LETTERED),
+        fields=("reason",),
+    ),
+    Ending.LEASE_LOST: Report(
+        event="lease_lost",
+        level=logging.WARNING,
+        message="the job's lease was taken away; result dropped",
+        counters=(metrics.LEASES_LOST,),
+        label=EndReason.LEASE_LOST,
+    ),
+    Ending.ALREADY_ENDED: Report(
+        event="rescue_not_needed",
+        level=logging.INFO,
+        message="the dead worker's attempt had already ended",
+        counted=False,
+    ),
+}
+# What became of an attempt whose job left processing, by the job's new status.
+AFTER = {
+    JobStatus.COMPLETED: Ending.COMPLETED,
+    JobStatus.CANCELLED: Ending.CANCELLED,
+    JobStatus.FAILED: Ending.DEAD_LETTERED,
+}
+
+
+def ending(status: JobStatus | None, reason: EndReason, *, by_holder: bool = True) -> Ending:
+    """What became of an attempt, from the job's new status (None: nothing changed)."""
+    if status is None:
+        return Ending.LEASE_LOST if by_holder else Ending.ALREADY_ENDED
+    if status == JobStatus.PENDING:
+        return Ending.RELEASED if reason == EndReason.RELEASED else Ending.RETRIED
+    return AFTER[status]
+
+
 def record_end(
-    status: str | None,
-    reason: str,
+    status: JobStatus | None,
+    reason: EndReason,
     error: str | None,
     fields: dict[str, Any],
     *,
@@ -127,63 +222,18 @@ def record_end(
     `by_holder` False: the supervisor ended a dead worker's attempt, which may
     have ended already (completed just before the death); that is no lost lease.
     """
-    if status is None:
-        if by_holder:
-            metrics.LEASES_LOST.inc()
-            metrics.ENDED["lease_lost"].inc()
-            event(
-                log,
-                logging.WARNING,
-                "lease_lost",
-                "the job's lease was taken away; result dropped",
-                **fields,
-            )
-        else:
-            event(
-                log,
-                logging.INFO,
-                "rescue_not_needed",
-                "the dead worker's attempt had already ended",
-                **fields,
-            )
-        return
-    if status == "completed":
-        metrics.JOBS_COMPLETED.inc()
-        metrics.ENDED["completed"].inc()
-        event(log, logging.INFO, "job_completed", "job completed", **fields)
-    elif status == "cancelled":
-        metrics.ENDED["cancelled"].inc()
-        event(
-            log,
-            logging.INFO,
-            "job_cancelled",
-            "job cancelled as requested",
-            reason=reason,
-            **fields,
-        )
-    elif status == "pending" and reason == "released":
-        metrics.ENDED["released"].inc()
-        event(log, logging.INFO, "job_released", "job given back", why=error, **fields)
-    else:
-        metrics.JOBS_FAILED.inc()
-        metrics.ATTEMPTS_ENDED.inc(label=reason)
-        if status == "pending":
-            metrics.JOBS_RETRIED.inc()
-            event(
-                log,
-                logging.WARNING,
-                "job_retry_scheduled",
-                f"attempt failed, retry at {fields.get('retry_at', 'its backoff')}: {error}",
-                reason=reason,
-                **fields,
-            )
-        else:
-            metrics.JOBS_DEAD_LETTERED.inc()
-            event(
-                log,
-                logging.ERROR,
-                "job_dead_lettered",
-                f"attempts exhausted: {error}",
-                reason=reason,
-                **fields,
-            )
+    report = REPORTS[ending(status, reason, by_holder=by_holder)]
+    for counter in report.counters:
+        counter.inc()
+    if report.counted:
+        metrics.ENDED[report.label or reason].inc()
+    extra = {"reason": reason, "why": error}
+    message = report.message.format(error=error, retry_at=fields.get("retry_at", "its backoff"))
+    event(
+        log,
+        report.level,
+        report.event,
+        message,
+        **{name: extra[name] for name in report.fields},
+        **fields,
+    )

@@ -8,8 +8,8 @@ import json
 import logging
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from mobvibe import clock
@@ -26,6 +26,7 @@ from mobvibe.supervisor.attempt import (
     RunningJob,
 )
 from mobvibe.supervisor.command import OUTPUT_MAX, STDERR_TAIL, ExecHandler
+from mobvibe.vocabulary import EndReason
 
 log = logging.getLogger(__name__)
 DEMO = "mobvibe.supervisor.handlers:demo_handler"
@@ -49,13 +50,14 @@ class PythonHandler(Handler):
             raise
         except Exception as exc:  # noqa: BLE001 - any exception of a handler fails the attempt
             message = f"{type(exc).__name__}: {exc}"[-STDERR_TAIL:]
-            return Outcome(False, message, "error")
+            return Outcome(False, message, EndReason.ERROR)
         finally:
             # whatever it started ends with it (a look at /proc only if it started something)
             contain.end_attempt(0, (), END_GRACE, clock.monotonic() + END_DEADLINE)
             attempt.flush(force=True)
         if attempt.cancelled():
-            return Outcome(False, "cancelled by request", "cancelled", as_output(value))
+            cancelled = Outcome(False, "cancelled by request", EndReason.CANCELLED)
+            return replace(cancelled, output=as_output(value))
         return Outcome(True, output=as_output(value))
 
 
@@ -106,7 +108,7 @@ def make_handler(
 
 def demo_handler(job: Job) -> str:
     """The demo: pretend to work on the prompt for a moment, fail if it asks to."""
-    time.sleep(0.2)
+    clock.sleep(0.2)
     if "fail" in job.prompt.lower():
         raise RuntimeError("the demo handler fails prompts that mention 'fail'")
     log.info(

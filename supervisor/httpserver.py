@@ -112,13 +112,7 @@ def _depth(stats: QueueStats) -> GaugeMetricFamily:
     depth = GaugeMetricFamily(
         "mobvibe_queue_jobs", "Jobs in the queue, by status.", labels=["status"]
     )
-    for status, value in (
-        ("pending", stats.pending_count),
-        ("processing", stats.processing_count),
-        ("completed", stats.completed_count),
-        ("failed", stats.failed_count),
-        ("cancelled", stats.cancelled_count),
-    ):
+    for status, value in stats.by_status().items():
         depth.add_metric([status], value)
     return depth
 

@@ -21,6 +21,7 @@ import select
 import signal
 import uuid
 from collections.abc import Callable
+from enum import StrEnum, auto
 from typing import Any
 
 import psycopg
@@ -34,6 +35,7 @@ from mobvibe.sql.store import Lease
 from mobvibe.supervisor.settings import Settings
 from mobvibe.supervisor.slots import Holding, Slots
 from mobvibe.supervisor.wakeups import Wakeups
+from mobvibe.vocabulary import Channel, EndReason
 
 log = logging.getLogger(__name__)
 Sweep = Callable[[psycopg.Connection[Any]], object]
@@ -43,7 +45,18 @@ DRAIN_CHECK = 0.5  # seconds between the --drain checks
 # the slot still shows it this long after.
 LOST_RECHECK = 0.5
 RECONNECT_DELAY_MAX = 5.0
-CHANNELS = ("new_job", "job_cancel")
+CHANNELS = (Channel.NEW_JOB, Channel.JOB_CANCEL)
+
+
+class Duty(StrEnum):
+    """What the hub does when its time comes."""
+
+    HEARTBEAT = auto()  # renew the leases of the pod's running attempts
+    POLL = auto()  # the backstop for lost notifications
+    NEXT_RUN = auto()  # a waiting job comes due: wake a worker
+    SWEEP = auto()  # the embedded reaper's
+    LOST = auto()  # look again at leases that were not renewed
+    DRAIN = auto()  # --drain: is the queue empty?
 
 
 class Hub:
@@ -62,12 +75,12 @@ class Hub:
         self.last_woken = -1
         now = clock.monotonic()
         self.due = {
-            "heartbeat": now,
-            "poll": now,
-            "sweep": now if sweep is not None else float("inf"),
-            "drain": now if settings.drain else float("inf"),
-            "next_run": float("inf"),
-            "lost": float("inf"),
+            Duty.HEARTBEAT: now,
+            Duty.POLL: now,
+            Duty.SWEEP: now if sweep is not None else float("inf"),
+            Duty.DRAIN: now if settings.drain else float("inf"),
+            Duty.NEXT_RUN: float("inf"),
+            Duty.LOST: float("inf"),
         }
         self.unrenewed: dict[int, tuple[Holding, float]] = {}  # index: (holding, recheck at)
         self._signal_r, self._signal_w = os.pipe()
@@ -115,7 +128,7 @@ class Hub:
                 options="-c synchronous_commit=off",
             )
             listen(self.conn, CHANNELS)
-            self.due["poll"] = clock.monotonic()  # what was sent while we were away
+            self.due[Duty.POLL] = clock.monotonic()  # what was sent while we were away
         return self.conn
 
     def _close(self) -> None:
@@ -144,28 +157,28 @@ class Hub:
         # A sweep may take half an interval (its statement timeout): renewing first when
         # the heartbeat falls due meanwhile keeps every renewal on time, so that a lease
         # renewed after one passed over is never older than two intervals.
-        early = self.settings.heartbeat_interval / 2 if now >= self.due["sweep"] else 0.0
-        if now >= self.due["heartbeat"] - early:
-            self.due["heartbeat"] = now + self.settings.heartbeat_interval
+        early = self.settings.heartbeat_interval / 2 if now >= self.due[Duty.SWEEP] else 0.0
+        if now >= self.due[Duty.HEARTBEAT] - early:
+            self.due[Duty.HEARTBEAT] = now + self.settings.heartbeat_interval
             self._renew(conn)
-        if now >= min(self.due["poll"], self.due["next_run"]):
-            self.due["poll"] = now + self.settings.poll_interval
+        if now >= min(self.due[Duty.POLL], self.due[Duty.NEXT_RUN]):
+            self.due[Duty.POLL] = now + self.settings.poll_interval
             self._poll(conn)
-        if now >= self.due["sweep"]:  # never without an embedded reaper
-            self.due["sweep"] = now + self.settings.reaper_interval
+        if now >= self.due[Duty.SWEEP]:  # never without an embedded reaper
+            self.due[Duty.SWEEP] = now + self.settings.reaper_interval
             self._sweep(conn)
-        if now >= self.due["lost"]:
+        if now >= self.due[Duty.LOST]:
             self._recheck_unrenewed(now)
-        if now >= self.due["drain"]:  # never without --drain
-            self.due["drain"] = now + DRAIN_CHECK
+        if now >= self.due[Duty.DRAIN]:  # never without --drain
+            self.due[Duty.DRAIN] = now + DRAIN_CHECK
             self._check_drain(conn)
 
     def _notified(self, conn: psycopg.Connection[Any], channel: str, payload: str) -> None:
         # A payload is never trusted: anyone may NOTIFY. new_job only makes a worker
         # look; a cancel is asked of the database before a worker is told.
-        if channel == "new_job":
+        if channel == Channel.NEW_JOB:
             self.wake_one()
-        elif channel == "job_cancel":
+        elif channel == Channel.JOB_CANCEL:
             job_id = _job_id(payload)
             held = [(i, h) for i, h in self.holdings() if h.job_id == job_id]
             if held:
@@ -197,7 +210,7 @@ class Hub:
             if renewal is not None and renewal.renewed:
                 self.slots.heartbeat_ok(index, sent)
                 if renewal.cancel_requested:
-                    self._stop(index, holding, "cancelled")
+                    self._stop(index, holding, EndReason.CANCELLED)
             elif renewal is not None and renewal.renewed is None:
                 self._passed_over(holding)  # tried again next time
             elif self._still_held(index, holding) and index not in self.unrenewed:
@@ -206,7 +219,7 @@ class Hub:
                 # yet written its slot. Looked at again shortly.
                 recheck = clock.monotonic() + LOST_RECHECK
                 self.unrenewed[index] = (holding, recheck)
-                self.due["lost"] = min(self.due["lost"], recheck)
+                self.due[Duty.LOST] = min(self.due[Duty.LOST], recheck)
 
     def _passed_over(self, holding: Holding) -> None:
         """Another transaction holds the job's row locked (a cancel left open): its lease
@@ -227,20 +240,20 @@ class Hub:
             if now >= recheck:
                 del self.unrenewed[index]
                 if self._still_held(index, holding):
-                    self._stop(index, holding, "lease_lost")
-        self.due["lost"] = min((at for _, at in self.unrenewed.values()), default=float("inf"))
+                    self._stop(index, holding, EndReason.LEASE_LOST)
+        self.due[Duty.LOST] = min((at for _, at in self.unrenewed.values()), default=float("inf"))
 
     def _still_held(self, index: int, holding: Holding) -> bool:
         now = self.slots.holding(index)
         return now is not None and now.lease_token == holding.lease_token
 
-    def _stop(self, index: int, holding: Holding, reason: str) -> None:
+    def _stop(self, index: int, holding: Holding, reason: EndReason) -> None:
         if self.slots.stop_requested(index, holding.lease_token) == reason:
             return  # asked already
         self.slots.stop(index, holding.lease_token, reason)
         event(
             log,
-            logging.INFO if reason == "cancelled" else logging.WARNING,
+            logging.INFO if reason == EndReason.CANCELLED else logging.WARNING,
             "job_stop_requested",
             f"worker told to stop its job: {reason}",
             job_id=str(holding.job_id),
@@ -274,17 +287,17 @@ class Hub:
         worker claims on its own when its job ends, and an idle one before it waits.
         """
         if not any(self.slots.idle_generation(i) for i in range(self.slots.count)):
-            self.due["next_run"] = float("inf")
+            self.due[Duty.NEXT_RUN] = float("inf")
             return
         due_in = store.next_run(conn).due_in
         if due_in is None:
-            self.due["next_run"] = float("inf")
+            self.due[Duty.NEXT_RUN] = float("inf")
         elif due_in <= 0:
-            self.due["next_run"] = float("inf")
+            self.due[Duty.NEXT_RUN] = float("inf")
             while self.wake_one():
                 pass
         else:
-            self.due["next_run"] = clock.monotonic() + due_in
+            self.due[Duty.NEXT_RUN] = clock.monotonic() + due_in
 
     def _check_drain(self, conn: psycopg.Connection[Any]) -> None:
         if not store.has_unfinished_jobs(conn):

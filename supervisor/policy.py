@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict, deque
+from enum import IntEnum
 
 from mobvibe.supervisor.children import Exit
 from mobvibe.supervisor.settings import Settings
+from mobvibe.vocabulary import EndReason, ExitCause
 
-# Why a process left, as its exit code: a worker's for the parent, the supervisor's for its
-# orchestrator.
-EXIT_OK = 0
-EXIT_CRASH_LOOP = 3  # the supervisor gave up: its orchestrator should restart it
-EXIT_LEASE_LOST = 70  # a Python handler's lease was taken away: the process was its only stop
-EXIT_FENCED = 71  # the lease could not be renewed: stopped before another worker ran the job
+
+class ExitCode(IntEnum):
+    """Why a process left, as its exit code: a worker's for the parent, the supervisor's for
+    its orchestrator (none is click's 1 or 2)."""
+
+    OK = 0
+    CRASH_LOOP = 3  # the supervisor gave up: its orchestrator should restart it
+    LEASE_LOST = 70  # a Python handler's lease was taken away: the process was its only stop
+
 
 CRASH_DELAY_FIRST = 0.1  # the second crash of a worker within the window
 CRASH_DELAY_MAX = 10.0
@@ -102,60 +107,64 @@ def aux_restart_delay(ran_for: float, previous: float | None) -> float:
 
 def kill_reason(
     *, started: float, heartbeat_ok: float, now: float, settings: Settings
-) -> str | None:
+) -> EndReason | None:
     """Why a worker holding a job since `started` must be killed at `now`, or None."""
     grace = EXEC_BACKSTOP_GRACE if settings.exec_cmd else 0.0
     timeout = settings.job_timeout  # 0: no deadline
     if timeout and now - started > timeout + grace:
-        return "deadline_exceeded"
+        return EndReason.DEADLINE_EXCEEDED
     # The worker fences itself after fence_after; past kill_after it is hung.
     if now - heartbeat_ok > settings.kill_after:
-        return "heartbeat_expired"
+        return EndReason.HEARTBEAT_EXPIRED
     return None
 
 
-def is_crash(cause: str) -> bool:
+def is_crash(cause: ExitCause) -> bool:
     """Whether an exit cause counts toward restart backoff and the crash loop."""
-    return cause in ("signal", "error")
+    return cause in (ExitCause.SIGNAL, ExitCause.ERROR)
 
 
-def exit_cause(how: Exit, killed_for: str | None, *, stopping: bool, retiring: bool) -> str:
-    """Why a worker left: "deadline", "clean", "recycled", "signal" or "error"."""
-    if killed_for == "deadline_exceeded":
-        return "deadline"
-    if killed_for == "cancelled":
-        return "cancelled"
-    if how.code in (EXIT_OK, EXIT_LEASE_LOST, EXIT_FENCED):
+def exit_cause(
+    how: Exit, killed_for: EndReason | None, *, stopping: bool, retiring: bool
+) -> ExitCause:
+    """Why a worker left."""
+    if killed_for == EndReason.DEADLINE_EXCEEDED:
+        return ExitCause.DEADLINE
+    if killed_for == EndReason.CANCELLED:
+        return ExitCause.CANCELLED
+    if how.code in (ExitCode.OK, ExitCode.LEASE_LOST):
         # Exit 0 unasked is a worker that did its --max-jobs-per-worker.
-        return "clean" if stopping or retiring or how.code else "recycled"
-    return "signal" if how.signal is not None else "error"
+        return ExitCause.CLEAN if stopping or retiring or how.code else ExitCause.RECYCLED
+    return ExitCause.SIGNAL if how.signal is not None else ExitCause.ERROR
 
 
-def rescue_reason(how: Exit, killed_for: str | None) -> str | None:
+def rescue_reason(how: Exit, killed_for: EndReason | None) -> EndReason | None:
     """The reason to rescue the job a dead worker held; None when it is not the worker's to end."""
     # The database refused the worker's lease: the attempt was already ended
     # (or handed on) by someone else, and its lease token no longer ends it.
-    if how.code == EXIT_LEASE_LOST:
+    if how.code == ExitCode.LEASE_LOST:
         return None
-    if killed_for:
-        return killed_for
-    return "heartbeat_expired" if how.code == EXIT_FENCED else "worker_exited"
+    return killed_for or EndReason.WORKER_EXITED
 
 
-def rescue_message(how: Exit, killed_for: str | None, job_timeout: float) -> str:
+# The error recorded on the attempt of a worker the arbiter killed, by why it did.
+KILLED_FOR = {
+    EndReason.HEARTBEAT_EXPIRED: "worker stopped renewing the lease",
+    EndReason.RELEASED: "released at shutdown",
+    EndReason.CANCELLED: "cancelled by request (the job did not stop in its grace period)",
+}
+
+
+def rescue_message(how: Exit, killed_for: EndReason | None, job_timeout: float) -> str:
     """The error recorded on the attempt of a dead worker's job."""
-    if killed_for == "deadline_exceeded":
+    if killed_for == EndReason.DEADLINE_EXCEEDED:
         return f"job exceeded --job-timeout ({job_timeout:g} s)"
-    if killed_for == "heartbeat_expired" or how.code == EXIT_FENCED:
-        return "worker stopped renewing the lease"
-    if killed_for == "released":
-        return "released at shutdown"
-    if killed_for == "cancelled":
-        return "cancelled by request (the job did not stop in its grace period)"
+    if killed_for in KILLED_FOR:
+        return KILLED_FOR[killed_for]
     return f"worker exited ({describe_exit(how, killed_for)})"
 
 
-def describe_exit(how: Exit, killed_for: str | None) -> str:
+def describe_exit(how: Exit, killed_for: EndReason | None) -> str:
     """How a worker ended, saying who killed it when the supervisor did."""
     if killed_for and how.signal is not None:
         return f"{how.describe_signal}, sent by the supervisor ({killed_for})"

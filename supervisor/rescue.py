@@ -20,6 +20,7 @@ from mobvibe.sql import db, store
 from mobvibe.supervisor.finish import note_retry, record_end
 from mobvibe.supervisor.settings import Settings
 from mobvibe.supervisor.slots import Holding
+from mobvibe.vocabulary import EndReason
 
 log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 2
@@ -42,18 +43,17 @@ class Rescuer:
         conn = db.connect(
             self.settings.database_url,
             application_name="mobvibe-supervisor",
+            pooled=self.settings.pooled,
             connect_timeout=CONNECT_TIMEOUT,
         )
-        if self.settings.pooled:
-            conn.prepare_threshold = None
         with conn, conn.transaction():
             store.local_statement_timeout(conn, STATEMENT_TIMEOUT_MS)
             yield conn
 
-    def rescue(self, holding: Holding, reason: str, message: str) -> None:
+    def rescue(self, holding: Holding, reason: EndReason, message: str) -> None:
         """Record the end of `holding`'s attempt now, instead of after the heartbeat timeout.
 
-        `reason` "released" gives the job back uncounted; "cancelled" records the
+        `reason` RELEASED gives the job back uncounted; CANCELLED records the
         cancel its worker did not finish; any other is a failed attempt (which
         ends cancelled too when a cancel was requested).
         """
@@ -62,7 +62,7 @@ class Rescuer:
             "attempt": holding.attempt,
             "duration_ms": round((clock.monotonic() - holding.started) * 1000, 1),
         }
-        if reason not in ("released", "cancelled"):
+        if reason not in (EndReason.RELEASED, EndReason.CANCELLED):
             event(
                 log,
                 logging.WARNING,
@@ -106,7 +106,7 @@ class Rescuer:
                     if claim.job_id == started:
                         continue
                     status = store.end_attempt(
-                        conn, claim.job_id, claim.lease_token, "released", UNSTARTED
+                        conn, claim.job_id, claim.lease_token, EndReason.RELEASED, UNSTARTED
                     )
                     if status is not None:
                         event(

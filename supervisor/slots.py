@@ -17,6 +17,8 @@ import uuid
 import zlib
 from dataclasses import dataclass
 
+from mobvibe.vocabulary import EndReason
+
 # seq, then pid, job_id, lease_token, attempt, started (monotonic), the process
 # group of the job's command (0: none) and a CRC-32 of those fields, then
 # outside the seqlock three words, each one aligned 8-byte store by one writer:
@@ -40,7 +42,7 @@ _SLOT_SIZE = _STOP_AT + 8
 _HEADER = struct.Struct("=dqq")
 # A stop request: the reason's code in the top byte, the low 56 bits of the lease
 # token it is for below, so that a request never reaches the worker's next job.
-STOP_REASONS = ("", "lease_lost", "cancelled")
+STOP_REASONS = (None, EndReason.LEASE_LOST, EndReason.CANCELLED)
 _TOKEN_BITS = (1 << 56) - 1
 _EMPTY_UUID = b"\x00" * 16
 
@@ -134,12 +136,12 @@ class Slots:
         """The worker's wait that is going on (0: it is busy)."""
         return int(_WORD.unpack_from(self._map, self._offset(index) + _IDLE_AT)[0])
 
-    def stop(self, index: int, lease_token: uuid.UUID, reason: str) -> None:
+    def stop(self, index: int, lease_token: uuid.UUID, reason: EndReason) -> None:
         """Ask worker `index` to stop the job held under `lease_token`, for `reason`."""
         code = STOP_REASONS.index(reason) << 56 | lease_token.int & _TOKEN_BITS
         _WORD.pack_into(self._map, self._offset(index) + _STOP_AT, code)
 
-    def stop_requested(self, index: int, lease_token: uuid.UUID) -> str | None:
+    def stop_requested(self, index: int, lease_token: uuid.UUID) -> EndReason | None:
         """The reason the job held under `lease_token` must stop, if one was asked."""
         word = int(_WORD.unpack_from(self._map, self._offset(index) + _STOP_AT)[0])
         if word >> 56 and word & _TOKEN_BITS == lease_token.int & _TOKEN_BITS:

@@ -11,6 +11,7 @@ import os
 import random
 import select
 import signal
+from dataclasses import replace
 from typing import Any
 
 import psycopg
@@ -23,16 +24,17 @@ from mobvibe.sql import db, store
 from mobvibe.sql.jobs import Job
 from mobvibe.supervisor import contain, finish
 from mobvibe.supervisor.attempt import KILL_GRACE, Aborted, Attempt, Handler, Outcome
-from mobvibe.supervisor.policy import EXIT_LEASE_LOST, EXIT_OK
+from mobvibe.supervisor.policy import ExitCode
 from mobvibe.supervisor.progress import Progress
 from mobvibe.supervisor.settings import Settings
 from mobvibe.supervisor.slots import Holding, Slots
 from mobvibe.supervisor.wakeups import Wakeups
+from mobvibe.vocabulary import EndReason
 
 log = logging.getLogger(__name__)
-RELEASED = Outcome(False, "released at shutdown", "released")
-LEASE_LOST = Outcome(False, "the job's lease was taken away", "lease_lost")
-CANCELLED = Outcome(False, "cancelled by request", "cancelled")
+RELEASED = Outcome(False, "released at shutdown", EndReason.RELEASED)
+LEASE_LOST = Outcome(False, "the job's lease was taken away", EndReason.LEASE_LOST)
+CANCELLED = Outcome(False, "cancelled by request", EndReason.CANCELLED)
 RECONNECT_DELAY_MAX = 5.0
 # Without a wake-up, a worker looks for work this often anyway: the hub is the
 # pod's poller (and the parent restarts a hub that dies), this only covers a hub
@@ -100,14 +102,12 @@ class Worker:
             worker=self.worker_id,
             jobs=self.jobs_done,
         )
-        return EXIT_OK
+        return ExitCode.OK
 
     def _give_back(self, job: Job) -> None:
         """Release a job claimed with the last end but not started: we are stopping."""
         try:
-            store.end_attempt(
-                self._db(), job.id, job.lease_token, "released", "released at shutdown"
-            )
+            store.end_attempt(self._db(), job.id, job.lease_token, RELEASED.reason, RELEASED.error)
         except DB_ERRORS:
             return  # its lease is renewed no more: the reaper requeues it
         event(
@@ -143,17 +143,17 @@ class Worker:
         if job is None or not self.in_handler:
             return  # the job has ended already: its end is being recorded, lease or not
         reason = self.slots.stop_requested(self.index, job.lease_token)
-        if reason == "cancelled":
+        if reason == EndReason.CANCELLED:
             # A Python handler sees attempt.cancelled(); one that ignores it is killed
             # by the parent after the grace, like a command that ignores SIGTERM.
             self.handler.abort(CANCELLED, KILL_GRACE)
-        elif reason == "lease_lost":
+        elif reason == EndReason.LEASE_LOST:
             self.lost = True
             # At once, not after a grace: the next attempt may start elsewhere soon.
             if not self.handler.abort(LEASE_LOST, 0.0):
                 # A Python handler cannot be stopped from outside: end the process;
                 # the parent starts a fresh worker.
-                os._exit(EXIT_LEASE_LOST)
+                os._exit(ExitCode.LEASE_LOST)
 
     # -- database --------------------------------------------------------------------------
 
@@ -179,10 +179,12 @@ class Worker:
         if not self.settings.status_notifications:
             options.append("-c mobvibe.status_notify=off")  # read by the trigger's WHEN
         extra: dict[str, Any] = {"options": " ".join(options).strip()} if any(options) else {}
-        conn = db.connect(self.settings.database_url, application_name="mobvibe-worker", **extra)
-        if self.settings.pooled:
-            conn.prepare_threshold = None  # PgBouncer in transaction mode: no prepared statements
-        return conn
+        return db.connect(
+            self.settings.database_url,
+            application_name="mobvibe-worker",
+            pooled=self.settings.pooled,
+            **extra,
+        )
 
     def _connection_lost(self, exc: BaseException) -> None:
         event(
@@ -270,7 +272,9 @@ class Worker:
             progress_due=self.progress.due,
             flush=self._flush,
             fenced=self._fenced,
-            cancelled=lambda: self.slots.stop_requested(self.index, job.lease_token) == "cancelled",
+            cancelled=lambda: (
+                self.slots.stop_requested(self.index, job.lease_token) == EndReason.CANCELLED
+            ),
         )
         self.in_handler = True
         try:
@@ -312,10 +316,10 @@ class Worker:
             )
 
     def _finish(self, job: Job, outcome: Outcome, duration: float) -> Job | None:
-        if self.releasing and not outcome.ok and outcome.reason != "cancelled":
-            outcome = Outcome(False, RELEASED.error, "released", outcome.output)
-        if self.lost or (outcome.reason == "lease_lost"):
-            outcome = Outcome(False, LEASE_LOST.error, "lease_lost", outcome.output)
+        if self.releasing and not outcome.ok and outcome.reason != EndReason.CANCELLED:
+            outcome = replace(RELEASED, output=outcome.output)
+        if self.lost or outcome.reason == EndReason.LEASE_LOST:
+            outcome = replace(LEASE_LOST, output=outcome.output)
         chain = not self.stopping and not self._recycle_due()
         return finish.finish_job(
             self._db,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import secrets
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
@@ -17,7 +17,8 @@ import pytest
 from psycopg import conninfo, sql
 
 from mobvibe.client import JobQueue
-from tests.helpers import migrate_with_test_clock
+from tests.support.roles import LoginRoles
+from tests.support.sqlclock import migrated
 
 RESET = """
 TRUNCATE coding_jobs, coding_job_attempts, coding_job_events, coding_sessions, queue_reaper_runs;
@@ -67,10 +68,22 @@ def new_database(server_url: str) -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def migrated_url(new_database: Any) -> str:
     """The session's migrated database, its test clock on (tests steer queue_now())."""
-    url: str = new_database()
-    with psycopg.connect(url, autocommit=True) as conn:
-        migrate_with_test_clock(conn)
-    return url
+    return migrated(new_database())
+
+
+@pytest.fixture
+def own_server() -> Iterator[Any]:
+    """A PostgreSQL server of this test's own, to stop and start: never the shared one.
+
+    pgserver listens on a Unix socket in the data directory, which a restart keeps, so
+    the URL stays valid.
+    """
+    import pgserver
+
+    with tempfile.TemporaryDirectory(prefix="mobvibe-own-pg-") as directory:
+        server = pgserver.get_server(directory, cleanup_mode="delete")
+        yield server
+        server.cleanup()
 
 
 @pytest.fixture
@@ -86,6 +99,15 @@ def conn(db_url: str) -> Iterator[psycopg.Connection[Any]]:
     """An autocommit connection to the clean, migrated database."""
     with psycopg.connect(db_url, autocommit=True) as connection:
         yield connection
+
+
+@pytest.fixture
+def login_role(conn: psycopg.Connection[Any], db_url: str) -> Iterator[Callable[..., str]]:
+    """login_role(*groups) makes a login role in `groups` and returns its URL; the roles are
+    dropped at the end."""
+    roles = LoginRoles(conn, db_url)
+    yield roles.make
+    roles.drop()
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ from mobvibe.cli.options import (
     CONTEXT,
     Group,
     check_schema,
+    choice,
     connect,
     database_option,
     friendly_errors,
@@ -39,8 +40,9 @@ from mobvibe.sql import db, store
 from mobvibe.sql.jobs import MAX_RETRIES_DEFAULT, PRIORITY_MAX, PRIORITY_MIN, NewJob
 from mobvibe.sql.migrate import LOCK_WAIT_DEFAULT, MigrationReport
 from mobvibe.sql.migrate import migrate as run_migrations
-from mobvibe.sql.notify import CHANNELS, Listener
+from mobvibe.sql.notify import Listener
 from mobvibe.sql.store import ConfigChange, QueueSettings
+from mobvibe.vocabulary import Channel
 
 DAY = 86400.0
 
@@ -51,7 +53,7 @@ DAY = 86400.0
 @click.pass_context
 def main(ctx: click.Context, database_url: str | None) -> None:
     """Operate the MobVibe job queue."""
-    logs.setup("text", "warning")
+    logs.setup(logs.LogFormat.TEXT, "warning")
     ctx.obj = database_url
 
 
@@ -171,8 +173,8 @@ def enqueue(
     "--channel",
     "channels",
     multiple=True,
-    type=click.Choice(CHANNELS),
-    default=CHANNELS,
+    type=choice(Channel),
+    default=[channel.value for channel in Channel],
     help="Channels to follow: new jobs, status changes, progress events, cancel requests.",
 )
 @click.pass_context

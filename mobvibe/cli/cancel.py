@@ -11,6 +11,7 @@ import psycopg
 from mobvibe.cli.options import connect, friendly_errors
 from mobvibe.sql import store
 from mobvibe.sql.jobs import parse_uuid
+from mobvibe.vocabulary import JobStatus
 
 
 @click.command()
@@ -52,9 +53,9 @@ def _report(conn: psycopg.Connection[Any], job_id: uuid.UUID, changed: bool) -> 
     job = store.get_job(conn, job_id)
     if job is None:
         return False
-    if job.status == "cancelled" and changed:
-        line = "cancelled"
-    elif job.status == "processing":
+    if job.status == JobStatus.CANCELLED and changed:
+        line = JobStatus.CANCELLED.value
+    elif job.status == JobStatus.PROCESSING:
         line = "cancel requested" if changed else "cancel already requested"
     else:
         line = f"already finished ({job.status})"

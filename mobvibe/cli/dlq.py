@@ -12,7 +12,7 @@ import click
 import psycopg
 
 from mobvibe import logs
-from mobvibe.cli.options import connect, friendly_errors
+from mobvibe.cli.options import choice, connect, friendly_errors
 from mobvibe.columns import head
 from mobvibe.durations import Duration, format_duration
 from mobvibe.logs import event
@@ -29,8 +29,8 @@ ERROR_WIDTH = 60
 @click.group()
 @click.option(
     "--log-format",
-    type=click.Choice(logs.LOG_FORMATS),
-    default="text",
+    type=choice(logs.LogFormat),
+    default=logs.LogFormat.TEXT.value,
     show_envvar=True,
     help="Format of the log of each action, on stderr.",
 )

@@ -10,14 +10,14 @@ import click
 import psycopg
 
 from mobvibe import columns
-from mobvibe.cli.options import connect, echo_json, friendly_errors, jsonable
+from mobvibe.cli.options import choice, connect, echo_json, friendly_errors, jsonable
 from mobvibe.cli.tables import fields, table
 from mobvibe.sql import store
 from mobvibe.sql.jobs import parse_uuid
 from mobvibe.sql.store import JobDetail
 from mobvibe.terminal import visible
+from mobvibe.vocabulary import JobStatus
 
-STATUSES = ("pending", "processing", "completed", "failed", "cancelled")
 EVENTS_SHOWN = 1000
 
 
@@ -27,7 +27,7 @@ def jobs() -> None:
 
 
 @jobs.command("list")
-@click.option("--status", type=click.Choice(STATUSES), default=None, help="Only jobs in it.")
+@click.option("--status", type=choice(JobStatus), default=None, help="Only jobs in it.")
 @click.option("--session", "session_id", default=None, help="Only the jobs of this session.")
 @click.option("--limit", type=click.IntRange(1, 100_000), default=50, help="Jobs shown.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
@@ -39,7 +39,8 @@ def list_(
     """List jobs, the newest submitted first."""
     session = None if session_id is None else parse_uuid(session_id, "session id")
     with connect(ctx.obj) as conn:
-        found = store.list_jobs(conn, status=status, session_id=session, limit=limit)
+        wanted = None if status is None else JobStatus(status)
+        found = store.list_jobs(conn, status=wanted, session_id=session, limit=limit)
     if as_json:
         for job in found:
             echo_json(job.as_dict())
@@ -104,7 +105,7 @@ def retry(ctx: click.Context, job_id: str, as_json: bool) -> None:
         click.echo(f"Error: {problem}", err=True)
         ctx.exit(1)
     if as_json:
-        echo_json({"job_id": str(wanted), "status": "pending"})
+        echo_json({"job_id": str(wanted), "status": JobStatus.PENDING})
     else:
         click.echo(f"{wanted} retried: pending, at the back of its session")
 

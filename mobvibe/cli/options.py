@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Callable
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, TypeVar
 
 import click
@@ -37,6 +38,12 @@ def database_option(f: F) -> F:
     )(f)
 
 
+def choice(kind: type[StrEnum]) -> click.Choice[str]:
+    """The words of `kind` as a click choice (click would show an Enum's names, not its
+    values)."""
+    return click.Choice([member.value for member in kind])
+
+
 def logging_options(f: F) -> F:
     f = click.option(
         "--log-level",
@@ -47,8 +54,8 @@ def logging_options(f: F) -> F:
     )(f)
     return click.option(
         "--log-format",
-        type=click.Choice(logs.LOG_FORMATS),
-        default="auto",
+        type=choice(logs.LogFormat),
+        default=logs.LogFormat.AUTO.value,
         show_envvar=True,
         help="text (key=value lines), json (one object per line), or auto: text on a "
         "terminal, JSON otherwise.",

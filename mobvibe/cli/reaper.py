@@ -116,7 +116,9 @@ def main(
 
 
 def _sweep_once(url: str, settings: sweep.ReaperSettings) -> dict[str, object]:
-    with db.connect(url, application_name="mobvibe-reaper") as conn:
+    # As the daemon's: a busy sweep calls queue_sweep more than five times, and a
+    # statement prepared then would be lost behind a transaction pooler.
+    with db.connect(url, application_name="mobvibe-reaper", pooled=True) as conn:
         _require_migrated(conn)
         try:
             return sweep.run_once(conn, settings, SWEEP_TIMEOUT_MS).as_dict()

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import sys
-import time
-from datetime import UTC, datetime
+from datetime import datetime
 
 import click
 
+from mobvibe import clock
 from mobvibe.cli.options import check_schema, friendly_errors, resolve_database
 from mobvibe.client import JobQueue
 from mobvibe.durations import Duration, format_duration
@@ -100,7 +100,7 @@ def stats(
 def _watch(queue: JobQueue, as_json: bool, interval: float) -> None:
     redraw = sys.stdout.isatty() and not as_json
     while True:
-        current, now = queue.stats(), datetime.now(UTC)
+        current, now = queue.stats(), clock.now()
         if as_json:
             click.echo(json.dumps({"time": now.isoformat(), **current.as_dict()}))
         else:
@@ -111,13 +111,13 @@ def _watch(queue: JobQueue, as_json: bool, interval: float) -> None:
             if redraw:
                 click.clear()
             click.echo(format_stats(current, title) + ("" if redraw else "\n"))
-        time.sleep(interval)
+        clock.sleep(interval)
 
 
 def _follow(queue: JobQueue, interval: float) -> None:
     while True:
         current = queue.stats()
-        click.echo(progress_line(current, datetime.now(UTC)))
+        click.echo(progress_line(current, clock.now()))
         if current.pending_count == current.processing_count == 0:
             return
-        time.sleep(interval)
+        clock.sleep(interval)

@@ -8,6 +8,7 @@ import socket
 import sys
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 import click
 
@@ -21,6 +22,7 @@ from mobvibe.sql.migrate import migrate as run_migrations
 from mobvibe.sql.migrate import schema_is_current
 from mobvibe.supervisor import settings as defaults
 from mobvibe.supervisor.arbiter import Arbiter, Shared
+from mobvibe.supervisor.children import ChildKind
 from mobvibe.supervisor.command import check_command, check_exec_env
 from mobvibe.supervisor.handlers import DEMO, make_handler
 from mobvibe.supervisor.httpserver import serve
@@ -188,61 +190,16 @@ interval = Duration()
 @friendly_errors
 def main(
     database_url: str | None,
-    listen_url: str | None,
-    workers: int,
-    exec_cmd: str | None,
-    exec_env: tuple[str, ...],
-    handler: str | None,
     demo: bool,
-    poll_interval: float,
-    heartbeat_interval: float,
-    job_timeout: float,
-    shutdown_timeout: float,
-    max_jobs_per_worker: int,
-    metrics_port: int,
-    metrics_host: str,
-    crash_loop_limit: int,
-    reaper: bool,
-    reaper_interval: float,
     migrate: bool,
-    drain: bool,
     async_completions: bool,
-    status_notifications: bool,
     log_format: str,
     log_level: str,
+    **options: Any,
 ) -> None:
     """Run the MobVibe job queue: N worker processes claiming and running coding jobs."""
     logs.setup(log_format, log_level)
-    if demo and (exec_cmd or handler):
-        raise click.UsageError("give one of --exec, --handler and --demo")
-    if listen_url is not None and (async_completions or not status_notifications):
-        raise ConfigError(
-            "--async-completions and --no-status-notifications are session settings, which a "
-            "transaction pooler does not keep: set them on the supervisors' login role instead "
-            "(ALTER ROLE name SET synchronous_commit = off, or SET mobvibe.status_notify = off)"
-        )
-    config = Settings(
-        database_url="",
-        listen_url=None if listen_url is None else db.validate_url(listen_url),
-        workers=workers,
-        exec_cmd=exec_cmd,
-        exec_env=check_exec_env(exec_env),
-        handler=DEMO if demo else handler,
-        poll_interval=poll_interval,
-        heartbeat_interval=heartbeat_interval,
-        heartbeat_timeout=math.inf,  # the database's, read below
-        job_timeout=job_timeout,
-        shutdown_timeout=shutdown_timeout,
-        max_jobs_per_worker=max_jobs_per_worker,
-        metrics_port=metrics_port,
-        metrics_host=metrics_host,
-        crash_loop_limit=crash_loop_limit,
-        reaper=reaper,
-        reaper_interval=reaper_interval,
-        drain=drain,
-        durable_completions=not async_completions,
-        status_notifications=status_notifications,
-    ).validate()
+    config = _settings(options, demo=demo, async_completions=async_completions)
     # A handler that does not import, or a command that is not there, stops us
     # here with one line, not after every job has burnt its attempts.
     make_handler(config.exec_cmd, config.handler, config.exec_env)
@@ -253,6 +210,32 @@ def main(
     timeout = _check_database(url, migrate)
     config = replace(config, database_url=url, heartbeat_timeout=timeout).validate()
     sys.exit(_run(config))
+
+
+def _settings(options: dict[str, Any], *, demo: bool, async_completions: bool) -> Settings:
+    """The settings the options give (every other option is named as its setting), checked
+    before the database is asked anything; its URL and heartbeat timeout come later."""
+    listen_url = options["listen_url"]
+    if demo and (options["exec_cmd"] or options["handler"]):
+        raise click.UsageError("give one of --exec, --handler and --demo")
+    if listen_url is not None and (async_completions or not options["status_notifications"]):
+        raise ConfigError(
+            "--async-completions and --no-status-notifications are session settings, which a "
+            "transaction pooler does not keep: set them on the supervisors' login role instead "
+            "(ALTER ROLE name SET synchronous_commit = off, or SET mobvibe.status_notify = off)"
+        )
+    given = {
+        **options,
+        "listen_url": None if listen_url is None else db.validate_url(listen_url),
+        "exec_env": check_exec_env(options["exec_env"]),
+        "handler": DEMO if demo else options["handler"],
+    }
+    return Settings(
+        database_url="",
+        heartbeat_timeout=math.inf,  # the database's, read at start
+        durable_completions=not async_completions,
+        **given,
+    ).validate()
 
 
 def _check_port(config: Settings) -> None:
@@ -298,7 +281,7 @@ def _run(config: Settings) -> int:
         sweep = None if reaper is None else (lambda conn: run_once(conn, reaper, bound_ms))
         return run_hub(config, shared.slots, shared.wakeups, sweep)
 
-    aux: dict[str, Callable[[Shared], int]] = {"hub": hub_main}
+    aux: dict[ChildKind, Callable[[Shared], int]] = {ChildKind.HUB: hub_main}
     if config.metrics_port:
-        aux["http"] = lambda shared: serve(config, shared.slots)
+        aux[ChildKind.HTTP] = lambda shared: serve(config, shared.slots)
     return Arbiter(config, worker_main, aux).run()

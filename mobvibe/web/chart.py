@@ -8,9 +8,11 @@ from dataclasses import dataclass
 from datetime import UTC
 
 from mobvibe.sql.store import MinuteCount
+from mobvibe.web.data import ENDINGS
 
 SLOT, BAR, TOP, HEIGHT = 48, 30, 18, 100  # pixels: a minute's width, its bar's, the margins
-COLOURS = (("completed", "#2da44e"), ("dead_lettered", "#cf222e"), ("cancelled", "#8c959f"))
+# Green, red and grey: completed, dead-lettered, cancelled (ENDINGS' order), bottom up.
+COLOURS = tuple(zip(ENDINGS, ("#2da44e", "#cf222e", "#8c959f"), strict=True))
 
 
 @dataclass(frozen=True)

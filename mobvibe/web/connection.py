@@ -48,15 +48,16 @@ class OneConnection:
             self._lock.release()
 
     def _open(self) -> Conn:
-        if self.pooled:
-            conn = db.connect(self.url, application_name=self.application_name, connect_timeout=2)
-            conn.prepare_threshold = None
-            return conn
+        # A pooler keeps no session setting: the timeout is set where it is not one.
+        timeout: dict[str, Any] = (
+            {} if self.pooled else {"options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"}
+        )
         return db.connect(
             self.url,
             application_name=self.application_name,
+            pooled=self.pooled,
             connect_timeout=2,
-            options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
+            **timeout,
         )
 
     def close(self) -> None:

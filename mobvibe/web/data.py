@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,12 +12,13 @@ from mobvibe import clock
 from mobvibe.columns import Holder, holders
 from mobvibe.sql import store
 from mobvibe.sql.store import JobSummary, MinuteCount, QueueStats
+from mobvibe.vocabulary import JobStatus
 
 MINUTES = 15  # the throughput window
 RECENT = 10  # dead letters and cancellations on the front page
 RUNNING_SHOWN = 200
-STATUSES = ("pending", "processing", "completed", "failed", "cancelled")
-ENDINGS = ("completed", "dead_lettered", "cancelled")  # the fields of a MinuteCount
+# The ways a job ends that a MinuteCount counts: its fields after the minute.
+ENDINGS = tuple(field.name for field in fields(MinuteCount))[1:]
 
 
 @dataclass(frozen=True)
@@ -37,25 +38,13 @@ class Overview:
         """Jobs completed, dead_lettered or cancelled over the whole window."""
         return sum(int(getattr(minute, field)) for minute in self.minutes)
 
-    def depth(self) -> dict[str, int]:
+    def depth(self) -> dict[JobStatus, int]:
         """The jobs in each status, now."""
-        s = self.stats
-        return {
-            "pending": s.pending_count,
-            "processing": s.processing_count,
-            "completed": s.completed_count,
-            "failed": s.failed_count,
-            "cancelled": s.cancelled_count,
-        }
+        return self.stats.by_status()
 
     def swept_ago(self) -> float | None:
         """Seconds since the last reaper sweep (None: never)."""
         return None if self.last_sweep is None else (self.at - self.last_sweep).total_seconds()
-
-
-def now() -> datetime:
-    """The time a page is read, from the one clock."""
-    return datetime.fromtimestamp(clock.wall(), UTC)
 
 
 def read_overview(conn: psycopg.Connection[Any]) -> Overview:
@@ -63,13 +52,13 @@ def read_overview(conn: psycopg.Connection[Any]) -> Overview:
     sweep = store.last_reaper_sweep(conn)
     timeout = store.queue_settings(conn).heartbeat_timeout.total_seconds()
     return Overview(
-        at=now(),
+        at=clock.now(),
         stats=store.stats(conn),
         minutes=store.ended_per_minute(conn, MINUTES),
         running=holders(store.running_jobs(conn, RUNNING_SHOWN), timeout),
         heartbeat_timeout=timeout,
-        dead_letters=store.recently_ended(conn, "failed", RECENT),
-        cancellations=store.recently_ended(conn, "cancelled", RECENT),
+        dead_letters=store.recently_ended(conn, JobStatus.FAILED, RECENT),
+        cancellations=store.recently_ended(conn, JobStatus.CANCELLED, RECENT),
         last_sweep=None if sweep is None else datetime.fromtimestamp(sweep, UTC),
     )
 

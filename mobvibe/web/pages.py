@@ -19,11 +19,12 @@ from typing import Any, Generic, TypeVar
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
-from mobvibe import columns
+from mobvibe import clock, columns
 from mobvibe.columns import NONE, Column, Holder, age
-from mobvibe.sql.store import Attempt, Event, JobDetail, JobSummary
+from mobvibe.sql.store import AttemptRow, Event, JobDetail, JobSummary
+from mobvibe.vocabulary import JobStatus
 from mobvibe.web.chart import chart
-from mobvibe.web.data import STATUSES, Overview, now
+from mobvibe.web.data import Overview
 
 REFRESH_SECONDS = 5
 R = TypeVar("R")
@@ -49,7 +50,7 @@ class Table(Generic[R]):
 JOBS = Table[JobSummary](columns.JOBS, lambda j: {"data-job": j.id, "data-status": j.status})
 ENDED = Table[JobSummary](columns.ENDED, lambda j: {"data-job": j.id})
 RUNNING = Table[Holder](columns.RUNNING, lambda h: {"data-job": h.job.job_id})
-ATTEMPTS = Table[Attempt](columns.ATTEMPTS, lambda a: {"data-attempt": a.attempt})
+ATTEMPTS = Table[AttemptRow](columns.ATTEMPTS, lambda a: {"data-attempt": a.attempt})
 EVENTS = Table[Event](columns.EVENTS, lambda e: {"data-event": e.id})
 
 
@@ -70,7 +71,7 @@ def _environment() -> Environment:
     env.globals.update(
         when=utc,
         NONE=NONE,
-        STATUSES=STATUSES,
+        STATUSES=list(JobStatus),
         STYLE=STYLE,
         REFRESH_SECONDS=REFRESH_SECONDS,
         FIELDS=columns.FIELDS,
@@ -87,7 +88,7 @@ _ENV = _environment()
 
 
 def _render(template: str, **context: Any) -> str:
-    return _ENV.get_template(template).render(at=now(), **context)
+    return _ENV.get_template(template).render(at=clock.now(), **context)
 
 
 def overview_page(overview: Overview) -> str:
@@ -95,7 +96,7 @@ def overview_page(overview: Overview) -> str:
     return _render("overview.html", ov=overview, chart=chart(overview.minutes), refresh=True)
 
 
-def jobs_page(jobs: list[JobSummary], status: str | None, session: object, limit: int) -> str:
+def jobs_page(jobs: list[JobSummary], status: JobStatus | None, session: object, limit: int) -> str:
     """The newest-submitted jobs, filtered by status and session, with the filter's form."""
     return _render(
         "jobs.html", jobs=jobs, status=status, session=session or "", limit=limit, refresh=True

@@ -22,9 +22,10 @@ from mobvibe.columns import holders
 from mobvibe.errors import DatabaseUnavailableError
 from mobvibe.logs import event
 from mobvibe.sql import db, store
+from mobvibe.vocabulary import JobStatus
 from mobvibe.web import pages
 from mobvibe.web.connection import OneConnection
-from mobvibe.web.data import STATUSES, overview_json, read_overview
+from mobvibe.web.data import overview_json, read_overview
 
 log = logging.getLogger(__name__)
 LIMIT_DEFAULT, LIMIT_MAX = 50, 1000
@@ -167,15 +168,20 @@ def _one(query: Query, name: str) -> str | None:
     return values[-1] if values else None
 
 
-def _filters(query: Query) -> tuple[str | None, uuid.UUID | None, int]:
-    status = _one(query, "status")
-    if status is not None and status not in STATUSES:
-        raise BadRequestError(f"status must be one of {', '.join(STATUSES)}")
+def _filters(query: Query) -> tuple[JobStatus | None, uuid.UUID | None, int]:
+    status = _status(_one(query, "status"))
     session = _one(query, "session")
     limit = _one(query, "limit") or str(LIMIT_DEFAULT)
     if not limit.isdigit() or not 1 <= int(limit) <= LIMIT_MAX:
         raise BadRequestError(f"limit must be a number from 1 to {LIMIT_MAX}")
     return status, None if session is None else _uuid(session, "session"), int(limit)
+
+
+def _status(text: str | None) -> JobStatus | None:
+    try:
+        return None if text is None else JobStatus(text)
+    except ValueError:
+        raise BadRequestError(f"status must be one of {', '.join(JobStatus)}") from None
 
 
 def _uuid(text: str, what: str) -> uuid.UUID:

@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 
 from mobvibe.sql.files import migrations
-from tests.contract.support import QUEUE_CLI
-from tests.helpers import wait_for
-from tests.processes.conftest import free_port
+from tests.support.commands import free_port, run_command, start_command
+from tests.support.waiting import wait_for
 
 pytest.importorskip("pgserver")
 
@@ -33,30 +32,14 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.kill(int(pidfile.read_text().split()[0]), signal.SIGINT)
 
 
-def env_for(data: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    return {**env, "MOBVIBE_EMBEDDED_DIR": str(data)}
-
-
 def run(*args: str, data: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [QUEUE_CLI, *args],
-        env=env_for(data),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    """mobvibe-queue with no DATABASE_URL: on the embedded PostgreSQL kept in `data`."""
+    env = {"MOBVIBE_EMBEDDED_DIR": str(data)}
+    return run_command("mobvibe-queue", *args, url=None, env=env, timeout=120)
 
 
 def start(*args: str, data: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [QUEUE_CLI, *args],
-        env=env_for(data),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return start_command("mobvibe-queue", *args, url=None, env={"MOBVIBE_EMBEDDED_DIR": str(data)})
 
 
 def holders(data: Path) -> list[int]:

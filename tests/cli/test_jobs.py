@@ -13,7 +13,9 @@ from click.testing import Result
 from mobvibe.client import JobQueue
 from mobvibe.sql import store
 from mobvibe.sql.jobs import NewJob
-from tests.reaper.conftest import Clock, claim, job_row
+from mobvibe.vocabulary import EndReason
+from tests.support.rows import WORKER, job_row
+from tests.support.sqlclock import Clock
 
 Cli = Callable[..., Result]
 UNKNOWN = "00000000-0000-4000-8000-000000000000"
@@ -22,15 +24,19 @@ UNKNOWN = "00000000-0000-4000-8000-000000000000"
 def twice_tried(conn: psycopg.Connection[Any], clock: Clock, queue: JobQueue) -> uuid.UUID:
     """A job whose first attempt reported progress and failed, and whose second completed."""
     job_id = queue.enqueue("Build a todo app")
-    first = claim(conn, "host:0:100:abc")
+    first = store.claim(conn, "host:0:100:abc")
     assert first is not None and first.id == job_id
     store.add_events(conn, job_id, first.lease_token, [("step", {"text": "reading <files>"})])
-    assert store.end_attempt(conn, job_id, first.lease_token, "error", "npm failed", "log 1")
+    assert store.end_attempt(
+        conn, job_id, first.lease_token, EndReason.ERROR, "npm failed", "log 1"
+    )
     clock.advance(3600)
-    second = claim(conn, "host:1:101:abc")
+    second = store.claim(conn, "host:1:101:abc")
     assert second is not None and second.id == job_id
     store.add_events(conn, job_id, second.lease_token, [("step", {"n": 1}), ("done", {"n": 2})])
-    assert store.end_attempt(conn, job_id, second.lease_token, "completed", None, "all done")
+    assert store.end_attempt(
+        conn, job_id, second.lease_token, EndReason.COMPLETED, None, "all done"
+    )
     return job_id
 
 
@@ -41,7 +47,7 @@ def test_jobs_list_shows_the_newest_submitted_first_with_what_each_does(
     running = queue.enqueue("Fix the crash on startup", session_id=session)
     waiting = queue.enqueue("Add dark mode", session_id=session)
     later = queue.enqueue("Write the tests", delay=3600)
-    assert claim(conn, "host:0:7:abc") is not None
+    assert store.claim(conn, "host:0:7:abc") is not None
 
     result = cli("jobs", "list")
     assert result.exit_code == 0, result.output
@@ -147,7 +153,7 @@ def test_jobs_retry_submits_a_failed_or_cancelled_job_again(
     queue: JobQueue, conn: Any, cli: Cli
 ) -> None:
     dead = queue.enqueue("dead", max_retries=1)
-    job = claim(conn)
+    job = store.claim(conn, WORKER)
     assert job is not None
     assert store.fail(conn, dead, "boom", job.lease_token) is False  # dead-lettered
     cancelled = queue.enqueue("cancelled")
@@ -184,7 +190,10 @@ def test_workers_shows_what_each_worker_runs_since_when_and_its_heartbeat(
 ) -> None:
     assert cli("workers").stdout.strip() == "no job is running (an idle worker holds none)"
     first, second = queue.enqueue("first job"), queue.enqueue("second job")
-    assert claim(conn, "host:0:10:abc") is not None and claim(conn, "host:1:11:abc") is not None
+    assert (
+        store.claim(conn, "host:0:10:abc") is not None
+        and store.claim(conn, "host:1:11:abc") is not None
+    )
     conn.execute(
         "UPDATE coding_jobs SET heartbeat_at = now() - interval '5 minutes' WHERE id = %s",
         [second],

@@ -8,8 +8,7 @@ from collections.abc import Callable
 import psycopg
 import pytest
 
-from tests.contract.support import assert_one_error_line, run_queue_cli
-from tests.processes.conftest import free_port
+from tests.support.commands import assert_one_error_line, free_port, run_queue_cli
 
 UNKNOWN = "00000000-0000-4000-8000-000000000000"
 UNREACHABLE = "postgresql://postgres@127.0.0.1:1/x"

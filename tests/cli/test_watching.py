@@ -16,23 +16,17 @@ import psycopg
 
 from mobvibe.client import JobQueue
 from mobvibe.sql import store
-from tests.contract.support import QUEUE_CLI
-from tests.helpers import wait_for
-from tests.reaper.conftest import claim
+from tests.support.commands import start_command
+from tests.support.rows import WORKER
+from tests.support.waiting import wait_for
 
 TITLE = re.compile(
     r"^Queue statistics at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d \S+ \(every 2s; Ctrl-C stops\):$"
 )
 
 
-def start(url: str, *args: str, **kwargs: Any) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MOBVIBE_")}
-    return subprocess.Popen(
-        [QUEUE_CLI, *args],
-        env={**env, "DATABASE_URL": url},
-        text=True,
-        **{"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **kwargs},
-    )
+def start(url: str, *args: str, **popen: Any) -> subprocess.Popen[str]:
+    return start_command("mobvibe-queue", *args, url=url, **popen)
 
 
 def read_lines(proc: subprocess.Popen[str], count: int, timeout: float = 20) -> list[str]:
@@ -112,7 +106,7 @@ def test_until_drained_says_when_a_retry_is_due_and_exits_once_nothing_is_left(
     queue: JobQueue, conn: psycopg.Connection[Any], db_url: str
 ) -> None:
     job_id = queue.enqueue("fails once")
-    job = claim(conn)
+    job = store.claim(conn, WORKER)
     assert job is not None
     assert store.fail(conn, job_id, "boom", job.lease_token) is True  # retried in about 10 s
     proc = start(db_url, "stats", "--until-drained", "--interval", "0.2")

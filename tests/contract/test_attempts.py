@@ -17,8 +17,9 @@ import pytest
 
 from mobvibe.sql import store
 from mobvibe.sql.store import Lease, Renewal
-from tests.contract.support import T0, claim, insert_job, job_row, new_session, scalar
-from tests.helpers import set_clock
+from mobvibe.vocabulary import EndReason
+from tests.support.rows import claim, end_attempt, insert_job, job_row, new_session, scalar
+from tests.support.sqlclock import T0, set_clock
 
 
 def started(conn: Any, session: Any | None = None, **columns: Any) -> tuple[Any, Any]:
@@ -36,14 +37,6 @@ def attempts(conn: Any, job: Any) -> list[tuple[Any, ...]]:
         "FROM coding_job_attempts WHERE job_id = %s ORDER BY attempt",
         [job],
     ).fetchall()
-
-
-def end(conn: Any, job: Any, lease: Any, reason: str, error: Any = None, output: Any = None) -> Any:
-    return scalar(
-        conn,
-        "SELECT queue_end_attempt(%s, %s, %s, %s, %s)",
-        [job, lease, reason, error, output],
-    )
 
 
 LATER = T0 + timedelta(seconds=4)
@@ -134,11 +127,11 @@ def test_a_dead_letter_and_a_reaped_attempt_close_their_rows(conn: Any) -> None:
 
 def test_each_claim_of_a_job_is_an_attempt_of_its_own(conn: Any) -> None:
     job, lease = started(conn)
-    assert end(conn, job, lease, "error", "first") == "pending"
+    assert end_attempt(conn, job, lease, "error", "first") == "pending"
     set_clock(conn, job_row(conn, job)["run_at"])
     second = claim(conn, "w2")
     assert second is not None and second["attempt"] == 2
-    assert end(conn, job, second["lease_token"], "completed") == "completed"
+    assert end_attempt(conn, job, second["lease_token"], "completed") == "completed"
     rows = attempts(conn, job)
     assert [(r[0], r[1], r[4], r[5]) for r in rows] == [
         (1, "w1", "error", "first"),
@@ -148,12 +141,12 @@ def test_each_claim_of_a_job_is_an_attempt_of_its_own(conn: Any) -> None:
 
 def test_a_stale_lease_closes_no_attempt_and_changes_nothing(conn: Any) -> None:
     job, lease = started(conn)
-    assert end(conn, job, lease, "error", "boom") == "pending"
+    assert end_attempt(conn, job, lease, "error", "boom") == "pending"
     before = job_row(conn, job), attempts(conn, job)
     for reason in ("completed", "error", "released", "cancelled"):
-        assert end(conn, job, lease, reason, "late", "late output") is None
-    assert end(conn, job, None, "completed") is None
-    assert end(conn, uuid.uuid4(), lease, "completed") is None
+        assert end_attempt(conn, job, lease, reason, "late", "late output") is None
+    assert end_attempt(conn, job, None, "completed") is None
+    assert end_attempt(conn, uuid.uuid4(), lease, "completed") is None
     assert (job_row(conn, job), attempts(conn, job)) == before
 
 
@@ -161,12 +154,12 @@ def test_an_end_reason_is_required(conn: Any) -> None:
     job, lease = started(conn)
     for reason in (None, ""):
         with pytest.raises(psycopg.errors.InvalidParameterValue):
-            end(conn, job, lease, reason)  # type: ignore[arg-type]
+            end_attempt(conn, job, lease, reason)  # type: ignore[arg-type]
 
 
 def test_attempts_are_deleted_with_their_job(conn: Any) -> None:
     job, lease = started(conn)
-    assert end(conn, job, lease, "completed") == "completed"
+    assert end_attempt(conn, job, lease, "completed") == "completed"
     assert store.add_events(conn, job, lease, []) == 0
     set_clock(conn, T0 + timedelta(days=8))
     assert scalar(conn, "SELECT queue_prune('completed')") == 1
@@ -179,7 +172,7 @@ def test_attempts_are_deleted_with_their_job(conn: Any) -> None:
 def test_a_release_is_pending_again_due_now_and_not_counted(conn: Any) -> None:
     job, lease = started(conn)
     set_clock(conn, LATER)
-    assert end(conn, job, lease, "released", "released at shutdown") == "pending"
+    assert end_attempt(conn, job, lease, "released", "released at shutdown") == "pending"
     row = job_row(conn, job)
     assert (row["status"], row["retry_count"], row["run_at"], row["waiting_for"]) == (
         "pending",
@@ -194,16 +187,16 @@ def test_a_release_is_pending_again_due_now_and_not_counted(conn: Any) -> None:
 
 def test_the_output_is_kept_with_the_job(conn: Any) -> None:
     job, lease = started(conn)
-    assert end(conn, job, lease, "completed", None, "all done\n") == "completed"
+    assert end_attempt(conn, job, lease, "completed", None, "all done\n") == "completed"
     assert job_row(conn, job)["output"] == "all done\n"
     failed, lease = started(conn)
-    assert end(conn, failed, lease, "error", "exit 1", "half done") == "pending"
+    assert end_attempt(conn, failed, lease, "error", "exit 1", "half done") == "pending"
     assert job_row(conn, failed)["output"] == "half done"
     set_clock(conn, job_row(conn, failed)["run_at"])
     again = claim(conn)
     assert again is not None
     # an end without output keeps the last one
-    assert end(conn, failed, again["lease_token"], "completed") == "completed"
+    assert end_attempt(conn, failed, again["lease_token"], "completed") == "completed"
     assert job_row(conn, failed)["output"] == "half done"
 
 
@@ -219,7 +212,7 @@ def test_complete_and_fail_take_the_output_too(conn: Any) -> None:
 def test_an_output_over_64_kib_keeps_its_end_whole_characters_only(conn: Any) -> None:
     job, lease = started(conn)
     output = "start " + "é" * 40_000 + " the end"  # 80,014 bytes
-    assert end(conn, job, lease, "completed", None, output) == "completed"
+    assert end_attempt(conn, job, lease, "completed", None, output) == "completed"
     kept = job_row(conn, job)["output"]
     assert len(kept.encode()) <= 65536 and kept.endswith("é the end")
     assert output.endswith(kept) and len(kept.encode()) > 65530
@@ -227,7 +220,7 @@ def test_an_output_over_64_kib_keeps_its_end_whole_characters_only(conn: Any) ->
 
 def test_an_output_with_nul_is_stored_through_the_store(conn: Any) -> None:
     job, lease = started(conn)
-    assert store.end_attempt(conn, job, lease, "completed", output="a\x00b") == "completed"
+    assert store.end_attempt(conn, job, lease, EndReason.COMPLETED, output="a\x00b") == "completed"
     assert job_row(conn, job)["output"] == "a\ufffdb"
 
 
@@ -266,7 +259,7 @@ def test_events_under_a_stale_lease_are_refused_and_nothing_is_written(
     conn: Any, db_url: str
 ) -> None:
     job, lease = started(conn)
-    assert end(conn, job, lease, "error", "boom") == "pending"
+    assert end_attempt(conn, job, lease, "error", "boom") == "pending"
     with psycopg.connect(db_url, autocommit=True) as listener:
         listener.execute("LISTEN job_progress")
         assert store.add_events(conn, job, lease, [("log", {"text": "late"})]) == 0
@@ -293,7 +286,7 @@ def test_events_of_a_bad_shape_are_refused(conn: Any) -> None:
 def test_events_are_deleted_with_their_job(conn: Any) -> None:
     job, lease = started(conn)
     assert store.add_events(conn, job, lease, [("log", {"text": "x"})]) == 1
-    assert end(conn, job, lease, "cancelled") == "cancelled"
+    assert end_attempt(conn, job, lease, "cancelled") == "cancelled"
     set_clock(conn, T0 + timedelta(days=8))
     assert scalar(conn, "SELECT queue_prune('cancelled')") == 1
     assert scalar(conn, "SELECT count(*) FROM coding_job_events") == 0
@@ -307,7 +300,7 @@ def test_renew_leases_renews_the_live_ones_and_reports_lost_and_cancelled(conn: 
     asked, asked_lease = started(conn)
     lost, lost_lease = started(conn)
     assert scalar(conn, "SELECT cancel_job(%s)", [asked]) is True
-    assert end(conn, lost, lost_lease, "error", "boom") == "pending"
+    assert end_attempt(conn, lost, lost_lease, "error", "boom") == "pending"
     set_clock(conn, LATER)
     leases = [
         Lease(live, live_lease),
@@ -372,11 +365,11 @@ def test_end_and_claim_ends_then_claims_the_sessions_next_prompt(conn: Any) -> N
     session = new_session(conn)
     job, lease = started(conn, session)
     following = insert_job(conn, session)
-    ended = store.end_and_claim(conn, job, lease, "completed", None, "done", "w1")
+    ended = store.end_and_claim(conn, job, lease, EndReason.COMPLETED, None, "done", "w1")
     assert ended.status == "completed"
     assert ended.next_job is not None and ended.next_job.id == following
     assert job_row(conn, job)["output"] == "done"
-    stale = store.end_and_claim(conn, job, lease, "error", "late", None, "w1")
+    stale = store.end_and_claim(conn, job, lease, EndReason.ERROR, "late", None, "w1")
     assert (stale.status, stale.next_job) == (None, None)
 
 

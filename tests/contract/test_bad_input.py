@@ -13,14 +13,8 @@ from psycopg import errors as pgerrors
 from mobvibe.client import JobQueue
 from mobvibe.errors import InvalidJobError
 from mobvibe.sql.jobs import NewJob
-from tests.contract.support import (
-    assert_one_error_line,
-    claim,
-    insert_job,
-    run_queue_cli,
-    scalar,
-    table_counts,
-)
+from tests.support.commands import assert_one_error_line, run_queue_cli
+from tests.support.rows import claim, insert_job, scalar, table_counts
 
 MIB = 1024 * 1024
 

@@ -18,8 +18,8 @@ import psycopg
 import pytest
 
 from mobvibe.reaper.sweep import ReaperSettings, run_once
-from tests.contract.support import T0, claim, insert_job, job_row, new_session, scalar
-from tests.helpers import set_clock
+from tests.support.rows import claim, end_attempt, insert_job, job_row, new_session, scalar
+from tests.support.sqlclock import T0, set_clock
 
 
 @pytest.fixture
@@ -46,10 +46,6 @@ def running(conn: Any, session: Any | None = None, **columns: Any) -> tuple[Any,
 
 def cancel(conn: Any, job: Any) -> bool:
     return bool(scalar(conn, "SELECT cancel_job(%s)", [job]))
-
-
-def end(conn: Any, job: Any, lease: Any, reason: str, error: str | None = None) -> Any:
-    return scalar(conn, "SELECT queue_end_attempt(%s, %s, %s, %s)", [job, lease, reason, error])
 
 
 def session_status(conn: Any, job: Any) -> str:
@@ -123,7 +119,7 @@ def test_the_attempt_then_ends_cancelled_and_frees_its_place(conn: Any, listener
     after = insert_job(conn, session)
     assert cancel(conn, job) is True
     assert claim(conn) is None, "a job being cancelled holds its place until it ended"
-    assert end(conn, job, lease, "cancelled", "stopped on request") == "cancelled"
+    assert end_attempt(conn, job, lease, "cancelled", "stopped on request") == "cancelled"
     row = job_row(conn, job)
     assert (row["status"], row["end_reason"], row["retry_count"], row["heartbeat_at"]) == (
         "cancelled",
@@ -144,7 +140,7 @@ def test_a_completion_while_a_cancel_is_requested_completes_the_work_is_done(con
         job, lease = running(conn)
         assert cancel(conn, job) is True
         if how == "end_attempt":
-            assert end(conn, job, lease, "completed") == "completed"
+            assert end_attempt(conn, job, lease, "completed") == "completed"
         else:
             assert scalar(conn, "SELECT complete_job(%s, %s)", [job, lease]) is True
         assert job_row(conn, job)["status"] == "completed"
@@ -182,7 +178,7 @@ def test_a_release_while_a_cancel_is_requested_ends_cancelled(conn: Any) -> None
     assert job_row(conn, job)["status"] == "cancelled"
     job, lease = running(conn)
     assert cancel(conn, job) is True
-    assert end(conn, job, lease, "released", "released at shutdown") == "cancelled"
+    assert end_attempt(conn, job, lease, "released", "released at shutdown") == "cancelled"
 
 
 def test_an_operators_failure_of_a_job_being_cancelled_cancels_it(conn: Any) -> None:
@@ -221,12 +217,12 @@ def test_the_sweep_counts_a_reaped_cancel_as_neither_requeued_nor_dead(conn: Any
 def test_a_cancelled_attempts_late_writes_change_nothing(conn: Any) -> None:
     job, lease = running(conn)
     assert cancel(conn, job) is True
-    assert end(conn, job, lease, "cancelled") == "cancelled"
+    assert end_attempt(conn, job, lease, "cancelled") == "cancelled"
     before = job_row(conn, job)
     assert scalar(conn, "SELECT complete_job(%s, %s)", [job, lease]) is False
     assert scalar(conn, "SELECT fail_job(%s, 'late', %s)", [job, lease]) is None
     assert scalar(conn, "SELECT queue_release_job(%s, %s)", [job, lease]) is False
-    assert end(conn, job, lease, "completed") is None
+    assert end_attempt(conn, job, lease, "completed") is None
     assert scalar(conn, "SELECT queue_heartbeat(%s, %s)", [job, lease]) is False
     assert scalar(conn, "SELECT complete_job(%s)", [job]) is False  # nor an operator's
     assert scalar(conn, "SELECT fail_job(%s, 'late')", [job]) is None

@@ -15,8 +15,9 @@ import psycopg
 import pytest
 
 from mobvibe.sql import store
-from tests.contract.support import T0, LoginRoles, claim, insert_job, job_row, new_session, scalar
-from tests.helpers import set_clock
+from tests.support.roles import LoginRoles
+from tests.support.rows import claim, insert_job, job_row, new_session, scalar
+from tests.support.sqlclock import T0, set_clock
 
 
 def started(conn: Any, **columns: Any) -> tuple[Any, Any]:

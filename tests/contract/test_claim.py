@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
-import threading
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -12,16 +12,18 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.contract.support import (
-    T0,
+from tests.support.rows import (
     claim,
+    count,
     insert_job,
     job_row,
     new_session,
     scalar,
     table_counts,
+    triggers_off,
 )
-from tests.helpers import count, set_clock, triggers_off
+from tests.support.sqlclock import T0, set_clock
+from tests.support.threads import own_connections, run_together
 
 
 def test_claim_order_is_priority_desc_then_submission_order(conn: Any) -> None:
@@ -140,30 +142,9 @@ def test_eight_connections_claim_2000_jobs_each_exactly_once(db_url: str, conn: 
         "SELECT s.id, 'job', mod(abs(hashtext(s.id::text)), 11) FROM s"
     )
     workers = 8
-    start = threading.Barrier(workers)
-    claimed: list[list[uuid.UUID]] = [[] for _ in range(workers)]
-    errors: list[BaseException] = []
-
-    def claim_until_empty(n: int) -> None:
-        try:
-            with psycopg.connect(db_url, autocommit=True) as own:
-                start.wait(timeout=30)
-                while (
-                    row := own.execute(
-                        "SELECT job_id FROM claim_next_job(%s)", [f"w{n}"]
-                    ).fetchone()
-                ) is not None:
-                    claimed[n].append(row[0])
-        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
-            errors.append(exc)
-
-    threads = [threading.Thread(target=claim_until_empty, args=(n,)) for n in range(workers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert not errors, errors
-    assert not any(thread.is_alive() for thread in threads)
+    with own_connections(db_url, workers) as conns:
+        calls = [functools.partial(claim_all, own, f"w{n}") for n, own in enumerate(conns)]
+        claimed = run_together(*calls, timeout=120)
 
     every = [job for mine in claimed for job in mine]
     assert len(every) == 2000
@@ -173,6 +154,14 @@ def test_eight_connections_claim_2000_jobs_each_exactly_once(db_url: str, conn: 
     holders = dict(conn.execute("SELECT id, worker_id FROM coding_jobs").fetchall())
     assert all(holders[job] == f"w{n}" for n, mine in enumerate(claimed) for job in mine)
     assert scalar(conn, "SELECT count(*) FROM coding_jobs WHERE attempt <> 1") == 0
+
+
+def claim_all(conn: Any, worker: str) -> list[uuid.UUID]:
+    """Claim on `conn` until nothing is due; the jobs claimed."""
+    claimed = []
+    while (row := claim(conn, worker)) is not None:
+        claimed.append(row["job_id"])
+    return claimed
 
 
 def _inner_select_of_claim(conn: Any) -> str:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 
-from mobvibe.cli import admin
-from tests.contract.support import LoginRoles, assert_one_error_line, run_queue_cli
+from tests.support.commands import assert_one_error_line, invoke_queue, run_queue_cli
 
 DAY = 86400.0
 DEFAULTS = {
@@ -32,15 +30,7 @@ def config(db_url: str) -> Callable[..., Result]:
     """config(*options, url=) runs `mobvibe-queue config` in this process."""
 
     def invoke(*options: str, url: str | None = None) -> Result:
-        root = logging.getLogger()
-        handlers, level = root.handlers[:], root.level
-        try:
-            return CliRunner().invoke(
-                admin.main, ["--database-url", url or db_url, "config", *options]
-            )
-        finally:
-            root.handlers[:] = handlers  # the command points the root logger elsewhere
-            root.setLevel(level)
+        return invoke_queue(url or db_url, "config", *options)
 
     return invoke
 
@@ -150,13 +140,6 @@ def test_the_installed_command_refuses_1e13_in_one_line(db_url: str, conn: Any) 
     )
     assert "--backoff-base" in line
     assert settings(conn) == before
-
-
-@pytest.fixture
-def login_role(conn: Any, db_url: str) -> Iterator[Callable[..., str]]:
-    roles = LoginRoles(conn, db_url)
-    yield roles.make
-    roles.drop()
 
 
 def test_only_an_operator_changes_the_settings(

@@ -11,7 +11,7 @@ import pytest
 from mobvibe.client import JobQueue
 from mobvibe.errors import InvalidJobError
 from mobvibe.sql.jobs import NewJob
-from tests.contract.support import table_counts
+from tests.support.rows import table_counts
 
 
 def test_jobs_enqueued_first_in_the_callers_transaction_roll_back_with_it(

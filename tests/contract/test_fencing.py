@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from psycopg.rows import dict_row
 
-from tests.contract.support import T0, claim, insert_job, job_row, new_session, scalar
-from tests.helpers import set_clock
+from tests.support.rows import claim, insert_job, job_row, new_session, scalar
+from tests.support.sqlclock import T0, set_clock
 
 # Each call an attempt can make with its lease, and what it answers when the lease is stale.
 LEASED_CALLS = {

@@ -24,8 +24,9 @@ from psycopg import sql
 from mobvibe.reaper import doctor, sweep
 from mobvibe.sql import store
 from mobvibe.sql.jobs import NewJob
-from tests.contract.support import T0, LoginRoles
-from tests.helpers import migrate_with_test_clock, set_clock
+from mobvibe.vocabulary import EndReason
+from tests.support.roles import LoginRoles
+from tests.support.sqlclock import T0, migrate_with_test_clock, set_clock
 
 # (name, argument types, result type, the real thing in pg_catalog over $1, $2 ...)
 SHADOW_FUNCTIONS = [
@@ -224,9 +225,13 @@ def lifecycle(crew: Crew) -> None:
     assert store.heartbeat(w, job.id, job.lease_token)
     assert store.claims_of_worker(w, "hijack-1")
     assert store.fail(w, job.id, "retry me", job.lease_token) is True  # the backoff
-    chained = store.complete_and_claim(w, uuid.uuid4(), uuid.uuid4(), "hijack-1")
-    assert chained.next_job is not None
-    assert store.complete(w, chained.next_job.id, chained.next_job.lease_token)
+    # queue_complete_and_claim has no caller in the tools; it stays in the contract
+    chained = w.execute(
+        "SELECT completed, job_id, lease_token FROM queue_complete_and_claim(%s, %s, 'hijack-1')",
+        [uuid.uuid4(), uuid.uuid4()],
+    ).fetchone()
+    assert chained is not None and chained[0] is False and chained[1] is not None
+    assert store.complete(w, chained[1], chained[2])
     third = store.claim(w, "hijack-2")
     assert third is not None
     assert store.fail(w, third.id, "dead", third.lease_token) is False  # the dead letter
@@ -273,20 +278,24 @@ def sessions_cancel_attempts_and_events(crew: Crew) -> None:
         p, [NewJob("second", idempotency_key="tap-2"), NewJob("third")], [session] * 2
     )
     assert store.enqueue_many(p, [NewJob("again", idempotency_key="tap-2")], [session]) == [second]
-    assert store.set_max_concurrency(o, session, 2)  # the second may start too
+    o.execute(  # an operator's act: the second may start too
+        "UPDATE coding_sessions SET max_concurrency = 2 WHERE id = %s", [session]
+    )
 
     job = store.claim(w, "hijack-5")
     assert job is not None and job.id == first
     renewals = store.renew_leases(w, [store.Lease(job.id, job.lease_token)])
     assert renewals == [store.Renewal(job.id, True, False)]
     assert store.add_events(w, job.id, job.lease_token, [("progress", {"pct": 50})]) == 1
-    ended = store.end_and_claim(w, job.id, job.lease_token, "completed", None, "done", "hijack-5")
+    ended = store.end_and_claim(
+        w, job.id, job.lease_token, EndReason.COMPLETED, None, "done", "hijack-5"
+    )
     assert ended.status == "completed" and ended.next_job is not None
     assert ended.next_job.id == second
     assert store.cancel(p, second)  # requested: its supervisor is told
     lease = ended.next_job.lease_token
     output = "é" * 40_000  # 80,000 bytes: the end is kept
-    assert store.end_attempt(w, second, lease, "error", "boom", output) == "cancelled"
+    assert store.end_attempt(w, second, lease, EndReason.ERROR, "boom", output) == "cancelled"
     assert store.cancel_session(p, session) == 1  # the third, pending
     assert store.retry_job(o, third)
     assert store.attempts(p, first) and store.events(p, first)

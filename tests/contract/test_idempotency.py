@@ -17,7 +17,7 @@ import pytest
 from mobvibe.client import JobQueue
 from mobvibe.sql import store
 from mobvibe.sql.jobs import NewJob
-from tests.contract.support import insert_job, scalar
+from tests.support.rows import insert_job, scalar
 
 
 def jobs_in(conn: Any, session: Any) -> int:

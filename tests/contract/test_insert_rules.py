@@ -19,15 +19,9 @@ from psycopg import sql
 from mobvibe.client import JobQueue
 from mobvibe.errors import InvalidJobError
 from mobvibe.sql.migrate import migrate
-from tests.contract.support import (
-    assert_one_error_line,
-    insert_job,
-    job_row,
-    new_session,
-    run_queue_cli,
-    table_counts,
-)
-from tests.helpers import set_clock, triggers_off
+from tests.support.commands import assert_one_error_line, run_queue_cli
+from tests.support.rows import insert_job, job_row, new_session, table_counts, triggers_off
+from tests.support.sqlclock import set_clock
 
 LATER = datetime(3000, 1, 1, tzinfo=UTC)
 # Within a run_at's window (at most a year ahead of the queue's clock, here the real one).

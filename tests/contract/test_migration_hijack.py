@@ -24,13 +24,10 @@ from psycopg import sql
 from mobvibe.errors import MigrationError
 from mobvibe.sql.files import migrations
 from mobvibe.sql.migrate import migrate
-from tests.contract.support import (
-    LoginRoles,
-    assert_one_error_line,
-    migrate_as_before,
-    run_queue_cli,
-)
 from tests.contract.test_hijack import plant_shadows, shadow_calls
+from tests.support.commands import assert_one_error_line, run_queue_cli
+from tests.support.migrations import migrate_as_before
+from tests.support.roles import LoginRoles
 
 # A superuser that runs it makes its author one: 0004 called format() unqualified.
 ESCALATING_FORMAT = """

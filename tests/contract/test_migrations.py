@@ -16,17 +16,10 @@ from mobvibe.errors import MigrationError
 from mobvibe.sql import migrate as migrate_module
 from mobvibe.sql.files import PRIVILEGES, Repeatable, migrations, repeatables
 from mobvibe.sql.migrate import migrate, schema_is_current
-from tests.contract.support import (
-    FROZEN,
-    QUEUE_CLI,
-    LoginRoles,
-    assert_one_error_line,
-    claim,
-    insert_job,
-    migrate_as_before,
-    run_queue_cli,
-    scalar,
-)
+from tests.support.commands import QUEUE_CLI, assert_one_error_line, run_queue_cli
+from tests.support.migrations import FROZEN, migrate_as_before
+from tests.support.roles import LoginRoles
+from tests.support.rows import claim, insert_job, scalar
 
 SHIPPED = tuple(f"{m.version:04d}_{m.name}" for m in migrations())
 REAPER_CLI = QUEUE_CLI.removesuffix("mobvibe-queue") + "mobvibe-reaper"

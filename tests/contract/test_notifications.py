@@ -14,8 +14,9 @@ import pytest
 from mobvibe.client import JobQueue
 from mobvibe.sql.jobs import NewJob
 from mobvibe.sql.notify import Notification
-from tests.contract.support import T0, claim, insert_job, job_row, scalar
-from tests.helpers import set_clock, wait_for
+from tests.support.rows import claim, insert_job, job_row, scalar
+from tests.support.sqlclock import T0, set_clock
+from tests.support.waiting import wait_for
 
 NEW_JOB_KEYS = {"job_id", "session_id", "priority"}
 STATUS_KEYS = {"job_id", "session_id", "old_status", "new_status"}

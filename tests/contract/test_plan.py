@@ -5,25 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from mobvibe.client import JobQueue
-
-
-def insert_job(
-    conn: Any, session_id: Any, priority: int = 0, max_retries: int | None = None
-) -> Any:
-    """A plain INSERT, the way other MobVibe parts create jobs."""
-    if max_retries is None:
-        row = conn.execute(
-            "INSERT INTO coding_jobs (session_id, prompt, priority) "
-            "VALUES (%s, 'Test', %s) RETURNING id",
-            [session_id, priority],
-        ).fetchone()
-    else:
-        row = conn.execute(
-            "INSERT INTO coding_jobs (session_id, prompt, priority, max_retries) "
-            "VALUES (%s, 'Test', %s, %s) RETURNING id",
-            [session_id, priority, max_retries],
-        ).fetchone()
-    return row[0]
+from tests.support.rows import insert_job
 
 
 def test_claims_jobs_by_priority(queue: JobQueue, conn: Any, session_id: Any) -> None:

@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import json
-import threading
 from datetime import timedelta
 from typing import Any
 
-import psycopg
-
 from mobvibe.client import JobQueue
-from tests.contract.support import (
-    T0,
-    assert_one_error_line,
-    claim,
-    insert_job,
-    job_row,
-    run_queue_cli,
-    scalar,
-)
-from tests.helpers import set_clock
+from tests.support.commands import assert_one_error_line, run_queue_cli
+from tests.support.rows import claim, insert_job, job_row, scalar
+from tests.support.sqlclock import T0, set_clock
+from tests.support.threads import own_connections, run_together
 
 
 def backoff_config(conn: Any) -> tuple[float, float, float]:
@@ -162,24 +154,12 @@ def test_fail_job_on_an_unknown_job_returns_null(conn: Any) -> None:
 def test_concurrent_failures_of_one_job_each_count(db_url: str, conn: Any, session_id: Any) -> None:
     job = insert_job(conn, session_id, max_retries=100)
     callers = 20
-    start = threading.Barrier(callers)
-    results: list[Any] = []
-    errors: list[BaseException] = []
-
-    def fail_once(n: int) -> None:
-        try:
-            with psycopg.connect(db_url, autocommit=True) as own:
-                start.wait(timeout=30)
-                results.append(scalar(own, "SELECT fail_job(%s, %s)", [job, f"error {n}"]))
-        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
-            errors.append(exc)
-
-    threads = [threading.Thread(target=fail_once, args=(n,)) for n in range(callers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert not errors, errors
+    with own_connections(db_url, callers) as conns:
+        calls = [
+            functools.partial(scalar, own, "SELECT fail_job(%s, %s)", [job, f"error {n}"])
+            for n, own in enumerate(conns)
+        ]
+        results = run_together(*calls, timeout=60)
     assert results == [True] * callers
     row = job_row(conn, job)
     assert (row["status"], row["retry_count"]) == ("pending", callers)

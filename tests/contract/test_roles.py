@@ -21,8 +21,8 @@ import pytest
 from psycopg import conninfo, sql
 
 from mobvibe.sql.migrate import migrate
-from tests.contract.support import LoginRoles, scalar
-from tests.helpers import triggers_off
+from tests.support.roles import LoginRoles
+from tests.support.rows import scalar, triggers_off
 
 ROLES = ("producer", "worker", "monitor", "operator")
 

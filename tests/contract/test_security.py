@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 import pytest
 
 from mobvibe.client import JobQueue
-from tests.contract.support import LoginRoles, insert_job
+from tests.support.rows import insert_job
 
 PLAN_FUNCTIONS = {"claim_next_job", "complete_job", "fail_job", "get_queue_stats"}
 DEFINER_FUNCTIONS = PLAN_FUNCTIONS | {
@@ -68,14 +68,6 @@ def test_every_security_definer_function_pins_its_search_path(conn: Any) -> None
         # no schema others can write to; pg_temp last, so that a temporary object can
         # never shadow a queue table
         assert [p.strip() for p in paths[0].split(",")] == ["pg_catalog", "pg_temp"], (name, paths)
-
-
-@pytest.fixture
-def login_role(conn: Any, db_url: str) -> Iterator[Callable[..., str]]:
-    """Make login roles (cluster-wide, so with random names) and drop them afterwards."""
-    roles = LoginRoles(conn, db_url)
-    yield roles.make
-    roles.drop()
 
 
 def test_the_four_roles_run_the_whole_job_lifecycle_through_the_client(

@@ -17,8 +17,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.contract.support import T0, claim, insert_job, job_row, new_session, scalar
-from tests.helpers import set_clock
+from tests.support.rows import claim, insert_job, job_row, new_session, scalar
+from tests.support.sqlclock import T0, set_clock
 
 
 def lease_of(conn: Any, job: Any) -> Any:

@@ -15,7 +15,8 @@ import pytest
 
 from mobvibe.sql.files import PRIVILEGES, migrations, repeatables
 from mobvibe.sql.migrate import MigrationReport, migrate, schema_is_current
-from tests.contract.support import FROZEN, claim, insert_job, migrate_as_before, new_session
+from tests.support.migrations import FROZEN, migrate_as_before
+from tests.support.rows import claim, insert_job, new_session
 
 # What a database's schema is, for comparing two: every function of the queue's schema
 # (definition, owner, settings, privileges), trigger, relation, column, index, constraint.

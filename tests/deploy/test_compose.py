@@ -16,7 +16,7 @@ import yaml
 from mobvibe.client import JobQueue
 from tests.deploy.conftest import MEASURES
 from tests.deploy.support import COMPOSE, option
-from tests.helpers import wait_for
+from tests.support.waiting import wait_for
 
 MOBVIBE_SERVICES = ("migrate", "supervisor", "reaper")
 

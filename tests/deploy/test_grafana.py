@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from mobvibe import metrics
+from mobvibe.vocabulary import JobStatus
 from tests.deploy.support import ALERTS, COMPOSE, DEPLOY
 from tests.deploy.test_alerts import SCRAPE_TIME_METRICS, promtool
 from tests.deploy.test_compose import MOBVIBE_SERVICES, compose, needs_cli
@@ -38,7 +39,7 @@ GRAFANA_INTERVALS = {
     "$__range": "1h",
 }
 # The statuses QueueCollector reports in mobvibe_queue_jobs (supervisor/httpserver.py).
-QUEUE_STATUSES = ("pending", "processing", "completed", "failed", "cancelled")
+QUEUE_STATUSES = tuple(JobStatus)
 METRIC = re.compile(r"\bmobvibe_[a-z0-9_]*[a-z0-9]\b")
 
 

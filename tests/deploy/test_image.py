@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 import urllib.request
 from typing import Any
@@ -14,7 +13,8 @@ import pytest
 from mobvibe.client import JobQueue
 from tests.deploy.conftest import MEASURES
 from tests.deploy.support import ROOT
-from tests.helpers import wait_for
+from tests.support.commands import free_port
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -35,12 +35,6 @@ HARDENED: dict[str, Any] = {
     "user": "10001:10001",
     "tmpfs": {"/tmp": ""},
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def run_once(client: Any, image: str, entrypoint: str, args: list[str], url: str) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import itertools
 import os
 import random
-import secrets
 import signal
 import sys
 import time
@@ -25,12 +24,14 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg import conninfo, sql
+from psycopg import sql
 
 from mobvibe.client import JobQueue
 from mobvibe.sql.jobs import NewJob
-from tests.helpers import count, wait_for
-from tests.processes.conftest import Running
+from tests.support.roles import LoginRoles
+from tests.support.rows import count
+from tests.support.supervisor import Running
+from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 TREE_JOB = f"{sys.executable} {ROOT / 'tests' / 'faults' / 'tree_job.py'} main"
@@ -232,15 +233,10 @@ def test_kill_9_of_the_parent_ends_every_job_process_before_the_jobs_run_again(
 @pytest.fixture
 def worker_login(conn: psycopg.Connection[Any], db_url: str) -> Iterator[tuple[str, str]]:
     """A login role that is a member of mobvibe_worker: (its name, its URL)."""
-    name = f"mobvibe_fence_{secrets.token_hex(4)}"
-    conn.execute(
-        sql.SQL("CREATE ROLE {} LOGIN IN ROLE mobvibe_worker").format(sql.Identifier(name))
-    )
-    yield name, conninfo.make_conninfo(db_url, user=name)
-    conn.execute(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", [name]
-    )
-    conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+    roles = LoginRoles(conn, db_url)
+    url = roles.make("mobvibe_worker", prefix="mobvibe_fence")
+    yield roles.made[-1], url
+    roles.drop()
 
 
 def test_a_worker_that_cannot_renew_its_lease_stops_its_job_before_the_reaper_requeues_it(

@@ -14,23 +14,22 @@ import os
 import random
 import signal
 import subprocess
-import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import psycopg
-import pytest
 
 from mobvibe.client import JobQueue
 from mobvibe.sql.jobs import NewJob
 from mobvibe.supervisor.worker import RECONNECT_DELAY_MAX
 from tests.faults.handlers import Execution, executions
-from tests.helpers import count, migrate_with_test_clock, wait_for
-from tests.processes.conftest import FAST, Running
+from tests.support.rows import count
+from tests.support.sqlclock import migrated
+from tests.support.supervisor import FAST, Running
+from tests.support.waiting import wait_for
 
 HANDLER = ["--handler", "tests.faults.handlers:run"]
 # FAST, with room for a loaded 2-core machine: a heartbeat gap of 1.5 s under
@@ -298,21 +297,6 @@ def test_every_connection_terminated_mid_run(
 # -- 3. PostgreSQL crash and restart -------------------------------------------------
 
 
-@pytest.fixture
-def own_server() -> Iterator[Any]:
-    """A PostgreSQL of this test's own, to stop and start: never the shared one.
-
-    pgserver listens on a Unix socket in the data directory, which a restart
-    keeps, so the URL stays valid.
-    """
-    import pgserver
-
-    with tempfile.TemporaryDirectory(prefix="mobvibe-fault-pg-") as directory:
-        server = pgserver.get_server(directory, cleanup_mode="delete")
-        yield server
-        server.cleanup()
-
-
 POLL = 0.5
 # After the restart, a worker may still sleep out its reconnect delay (doubling,
 # at most RECONNECT_DELAY_MAX), then wait up to a poll interval; plus 2 s of slack.
@@ -327,8 +311,7 @@ def test_postgres_immediate_stop_and_restart_mid_run(
 
     url = own_server.get_uri()
     log = tmp_path / "executions"
-    with psycopg.connect(url, autocommit=True) as owner:
-        migrate_with_test_clock(owner)
+    migrated(url)
     with JobQueue(url) as queue:
         ids = {str(i) for i in queue.enqueue_many([NewJob(f"rec:{log}:0.01")] * 800)}
     running = supervisor(

@@ -20,10 +20,12 @@ import pytest
 from click.testing import Result
 
 from mobvibe.sql import db, store
-from tests.helpers import triggers_off, wait_for
-from tests.processes.conftest import FAST
-from tests.processes.test_metrics import get
-from tests.reaper.conftest import cli, reaper_once  # noqa: F401 - cli: a fixture
+from tests.reaper.conftest import cli  # noqa: F401 - a fixture
+from tests.support.commands import run_command
+from tests.support.http import get
+from tests.support.rows import triggers_off
+from tests.support.supervisor import FAST
+from tests.support.waiting import wait_for
 
 HANDLER = ["--handler", "tests.processes.handlers:by_prompt"]
 # The ends of PostgreSQL's time, and the first years past Python's.
@@ -123,7 +125,7 @@ def test_the_tools_read_times_beyond_pythons_range(
         assert stats.pending_count == 2 and stats.oldest_pending_age is not None
         assert store.get_job(conn, extremes["pending_high"]) is not None
         assert len(store.running_jobs(conn)) == 2
-    once = reaper_once(db_url)
+    once = run_command("mobvibe-reaper", "--once", url=db_url)
     assert once.returncode == 0 and "Traceback" not in once.stderr, once.stderr
     # the attempt silent since -infinity, its cancel asked then: ended cancelled
     assert json.loads(once.stdout)["cancelled"] == 1, once.stdout

@@ -11,8 +11,9 @@ from typing import Any
 import psycopg
 
 from mobvibe.client import JobQueue
-from tests.helpers import count, wait_for
-from tests.processes.conftest import FAST, Running
+from tests.support.rows import count
+from tests.support.supervisor import FAST, Running
+from tests.support.waiting import wait_for
 
 
 def test_the_job_command_gets_the_allow_list_and_what_exec_env_names_only(

@@ -6,10 +6,6 @@ import os
 import shutil
 import signal
 import subprocess
-import tempfile
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,20 +16,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from mobvibe.client import JobQueue
 from mobvibe.sql.jobs import NewJob
 from mobvibe.sql.migrate import migrate
-from tests.helpers import count, wait_for
-from tests.processes.conftest import FAST
+from tests.support.http import get_text
+from tests.support.rows import count
+from tests.support.supervisor import FAST
+from tests.support.waiting import wait_for
 
 HANDLER = ["--handler", "tests.processes.handlers:by_prompt"]
-
-
-def get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as reply:
-            return reply.status, reply.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except OSError:
-        return 0, ""
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -59,14 +47,14 @@ def test_metrics_match_the_database_and_never_go_down(
         "releases_counted = 2"
     )
     running = supervisor("--workers", "2", *HANDLER, *FAST, metrics=True)
-    wait_for(lambda: get(running.port, "/metrics")[0] == 200, message="the metrics endpoint")
+    wait_for(lambda: get_text(running.port, "/metrics")[0] == 200, message="the metrics endpoint")
     wait_for(
         lambda: count(conn, "completed") == 50 and count(conn, "failed") == 2,
         message="the jobs to finish",
     )
     text = wait_for(
         lambda: (
-            (t := get(running.port, "/metrics")[1])
+            (t := get_text(running.port, "/metrics")[1])
             and value(t, "mobvibe_jobs_completed_total") == 50
             and value(t, "mobvibe_queue_jobs", status="completed") == 50
             and t
@@ -95,7 +83,7 @@ def test_metrics_match_the_database_and_never_go_down(
     wait_for(lambda: count(conn, "completed") == 60, message="10 more completions")
     after = wait_for(
         lambda: (
-            (t := get(running.port, "/metrics")[1])
+            (t := get_text(running.port, "/metrics")[1])
             and value(t, "mobvibe_jobs_completed_total") == 60
             and t
         ),
@@ -112,7 +100,7 @@ def test_promtool_finds_nothing_on_a_live_scrape(queue: JobQueue, supervisor: An
     queue.enqueue_many([NewJob("ok")] * 5)
     running = supervisor("--workers", "1", *HANDLER, *FAST, metrics=True)
     text = wait_for(
-        lambda: (t := get(running.port, "/metrics")[1]) and "mobvibe_queue_jobs" in t and t,
+        lambda: (t := get_text(running.port, "/metrics")[1]) and "mobvibe_queue_jobs" in t and t,
         message="a scrape",
     )
     result = subprocess.run(
@@ -120,17 +108,6 @@ def test_promtool_finds_nothing_on_a_live_scrape(queue: JobQueue, supervisor: An
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == "" and result.stderr.strip() == ""
-
-
-@pytest.fixture
-def own_server() -> Iterator[Any]:
-    """A PostgreSQL server of this test's own, which it may stop."""
-    import pgserver
-
-    directory = tempfile.mkdtemp(prefix="mobvibe-own-pg-")
-    server = pgserver.get_server(directory, cleanup_mode="delete")
-    yield server
-    server.cleanup()
 
 
 def stop_server(server: Any) -> None:
@@ -144,13 +121,13 @@ def test_health_and_readiness(own_server: Any, supervisor: Any, tmp_path: Path) 
     with psycopg.connect(url, autocommit=True) as admin:
         migrate(admin)
     running = supervisor("--workers", "1", *HANDLER, *FAST, metrics=True, url=url)
-    wait_for(lambda: get(running.port, "/readyz")[0] == 200, message="ready")
-    assert get(running.port, "/healthz")[0] == 200
+    wait_for(lambda: get_text(running.port, "/readyz")[0] == 200, message="ready")
+    assert get_text(running.port, "/healthz")[0] == 200
     stop_server(own_server)
     _status, body = wait_for(
-        lambda: (r := get(running.port, "/readyz"))[0] == 503 and r,
+        lambda: (r := get_text(running.port, "/readyz"))[0] == 503 and r,
         message="unready once the database is gone",
     )
     assert "database" in body
-    assert get(running.port, "/healthz")[0] == 200  # a database outage is not a restart reason
-    assert get(running.port, "/nothing")[0] == 404
+    assert get_text(running.port, "/healthz")[0] == 200  # a database outage is not a restart reason
+    assert get_text(running.port, "/nothing")[0] == 404

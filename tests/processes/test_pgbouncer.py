@@ -29,8 +29,10 @@ from psycopg import conninfo, sql
 
 from mobvibe.client import JobQueue
 from mobvibe.sql.jobs import NewJob
-from tests.helpers import count, wait_for
-from tests.processes.conftest import FAST, Running, free_port
+from tests.support.commands import free_port
+from tests.support.rows import count
+from tests.support.supervisor import FAST, Running
+from tests.support.waiting import wait_for
 
 REAPER = str(Path(sys.executable).with_name("mobvibe-reaper"))
 

@@ -15,8 +15,8 @@ import psycopg
 
 from mobvibe.client import JobQueue
 from mobvibe.sql import store
-from tests.helpers import wait_for
-from tests.processes.conftest import FAST, Running
+from tests.support.supervisor import FAST, Running
+from tests.support.waiting import wait_for
 
 HANDLERS = "tests.processes.handlers"
 # A command that records its pid (renamed into place: a reader never sees it half

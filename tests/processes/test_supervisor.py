@@ -15,8 +15,10 @@ import psycopg
 
 from mobvibe.client import JobQueue
 from mobvibe.sql.jobs import NewJob
-from tests.helpers import count, wait_for
-from tests.processes.conftest import BIN, FAST, ROOT
+from tests.support.commands import BIN, run_command
+from tests.support.rows import count
+from tests.support.supervisor import FAST
+from tests.support.waiting import wait_for
 
 HANDLER = ["--handler", "tests.processes.handlers:by_prompt"]
 
@@ -421,14 +423,8 @@ def test_max_jobs_per_worker_recycles_workers(queue: JobQueue, conn: Any, superv
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(BIN / "mobvibe-supervisor"), *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
-        check=False,
-    )
+    """mobvibe-supervisor with no DATABASE_URL but what `env` gives."""
+    return run_command("mobvibe-supervisor", *args, url=None, env=env, timeout=30)
 
 
 def test_bad_options_fail_at_start_with_one_line(db_url: str) -> None:

@@ -12,8 +12,10 @@ from typing import Any
 from click.testing import Result
 
 from mobvibe.client import JobQueue
-from tests.helpers import wait_for
-from tests.reaper.conftest import BIN, claim, env_for, job_row
+from mobvibe.sql import store
+from tests.support.commands import start_command
+from tests.support.rows import WORKER, job_row
+from tests.support.waiting import wait_for
 
 Cli = Callable[..., Result]
 UNKNOWN = "00000000-0000-4000-8000-000000000000"
@@ -24,7 +26,8 @@ def test_cancel_says_what_became_of_each_job(queue: JobQueue, conn: Any, cli: Cl
     running = queue.enqueue("running", session_id=session)
     waiting = queue.enqueue("waiting", session_id=session)
     done = queue.enqueue("done")
-    assert claim(conn) is not None and claim(conn) is not None  # the first of each session
+    for _ in range(2):  # the first of each session
+        assert store.claim(conn, WORKER) is not None
     assert queue.complete(done, job_row(conn, done)["lease_token"]) is True
 
     result = cli("cancel", str(waiting), str(running), str(done))
@@ -55,7 +58,7 @@ def test_cancel_an_unknown_job_says_so_and_exits_1_after_cancelling_the_others(
 def test_cancel_a_whole_session(queue: JobQueue, conn: Any, cli: Cli) -> None:
     session = queue.create_session()
     first, second, third = (queue.enqueue(p, session_id=session) for p in "abc")
-    assert claim(conn) is not None
+    assert store.claim(conn, WORKER) is not None
     result = cli("cancel", "--session", str(session))
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == [  # the latest first
@@ -118,13 +121,12 @@ def test_watch_follows_cancel_requests_and_progress(
     queue: JobQueue, conn: Any, db_url: str
 ) -> None:
     job = queue.enqueue("running")
-    claimed = claim(conn)
+    claimed = store.claim(conn, WORKER)
     assert claimed is not None
-    command = [str(BIN / "mobvibe-queue"), "watch", "--channel", "job_cancel"]
-    command += ["--channel", "job_progress"]
+    channels = ["--channel", "job_cancel", "--channel", "job_progress"]
     lines: list[dict[str, Any]] = []
-    with subprocess.Popen(
-        command, env=env_for(db_url), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    with start_command(
+        "mobvibe-queue", "watch", *channels, url=db_url, stderr=subprocess.DEVNULL
     ) as watch:
         assert watch.stdout is not None
         out = watch.stdout

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from mobvibe.client import JobQueue
-from tests.helpers import wait_for
-from tests.reaper.conftest import Daemon, reaper_once
+from tests.reaper.conftest import Daemon
+from tests.support.commands import run_command
+from tests.support.waiting import wait_for
 
 UNREACHABLE = "postgresql://postgres@127.0.0.1:1/x"
 FAST = ["--interval", "0.2"]
@@ -30,7 +31,7 @@ def expire(conn: Any, job_id: Any, seconds: float = 5) -> None:
 
 
 def test_once_against_an_unreachable_database_prints_one_line_and_exits_1() -> None:
-    done = reaper_once(UNREACHABLE)
+    done = run_command("mobvibe-reaper", "--once", url=UNREACHABLE)
     assert done.returncode == 1
     assert done.stdout == ""
     lines = done.stderr.strip().splitlines()
@@ -43,7 +44,7 @@ def test_once_sweeps_and_prints_a_json_summary(queue: JobQueue, conn: Any, db_ur
     job_id = queue.enqueue("orphaned")
     assert queue.claim() is not None
     expire(conn, job_id, 60)
-    done = reaper_once(db_url)
+    done = run_command("mobvibe-reaper", "--once", url=db_url)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
     assert len(lines) == 1
@@ -58,7 +59,7 @@ def test_once_sweeps_and_prints_a_json_summary(queue: JobQueue, conn: Any, db_ur
 
 
 def test_once_on_an_unmigrated_database_says_to_migrate(new_database: Any) -> None:
-    done = reaper_once(new_database("mobvibe_unmigrated"))
+    done = run_command("mobvibe-reaper", "--once", url=new_database("mobvibe_unmigrated"))
     assert done.returncode == 2
     assert done.stderr.strip() == (
         "Error: the database schema is not up to date: run `mobvibe-queue migrate`"
@@ -78,7 +79,7 @@ def test_once_on_an_unmigrated_database_says_to_migrate(new_database: Any) -> No
     ],
 )
 def test_bad_settings_are_one_clear_line_and_exit_2(args: list[str], message: str) -> None:
-    done = reaper_once(UNREACHABLE, *args)
+    done = run_command("mobvibe-reaper", "--once", *args, url=UNREACHABLE)
     assert done.returncode == 2
     assert message in done.stderr
     assert "Traceback" not in done.stderr
@@ -89,7 +90,12 @@ def test_the_supervisors_heartbeat_variables_do_not_reach_the_reaper(
     db_url: str, conn: Any
 ) -> None:
     """A ConfigMap shared with the supervisor sets MOBVIBE_HEARTBEAT_TIMEOUT: ignored here."""
-    done = reaper_once(db_url, env={"MOBVIBE_HEARTBEAT_TIMEOUT": "1", "MOBVIBE_RETAIN_FAILED": "0"})
+    done = run_command(
+        "mobvibe-reaper",
+        "--once",
+        url=db_url,
+        env={"MOBVIBE_HEARTBEAT_TIMEOUT": "1", "MOBVIBE_RETAIN_FAILED": "0"},
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["heartbeat_timeout_s"] == 30
 

@@ -10,8 +10,10 @@ from click.testing import Result
 
 from mobvibe.client import JobQueue
 from mobvibe.reaper.sweep import ReaperSettings, run_once
+from mobvibe.sql import store
 from mobvibe.sql.jobs import NewJob
-from tests.reaper.conftest import Clock, claim, job_row
+from tests.support.rows import WORKER, job_row
+from tests.support.sqlclock import Clock
 
 Cli = Callable[..., Result]
 
@@ -41,7 +43,7 @@ def test_a_job_dead_lettered_by_the_reaper_is_requeued_and_completes(
 ) -> None:
     session = queue.create_session()
     job_id = queue.enqueue("worker keeps dying", session_id=session, max_retries=1)
-    claim(conn)
+    store.claim(conn, WORKER)
     clock.advance(31)
     assert run_once(conn, ReaperSettings(name="t")).dead_lettered == 1
 

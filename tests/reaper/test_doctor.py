@@ -11,7 +11,7 @@ from click.testing import Result
 
 from mobvibe.client import JobQueue
 from mobvibe.sql.files import migrations
-from tests.contract.support import LoginRoles
+from tests.support.roles import LoginRoles
 
 Cli = Callable[..., Result]
 

@@ -12,8 +12,10 @@ from typing import Any
 
 from mobvibe.client import JobQueue
 from mobvibe.sql.jobs import NewJob
-from tests.helpers import count, wait_for
-from tests.reaper.conftest import BIN, Daemon, env_for
+from tests.reaper.conftest import Daemon
+from tests.support.commands import BIN, command_env
+from tests.support.rows import count
+from tests.support.waiting import wait_for
 
 TIMEOUT, INTERVAL, HEARTBEAT = 1.5, 0.2, 0.2
 REAPER = ["--interval", str(INTERVAL)]
@@ -72,7 +74,7 @@ def test_kill_9_of_a_whole_supervisor_is_recovered_by_the_standalone_reaper(
                 "--poll-interval",
                 "0.5",
             ],
-            env=env_for(db_url),
+            env=command_env(db_url),
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,

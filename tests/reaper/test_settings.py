@@ -86,7 +86,9 @@ def test_settings_that_cannot_work_are_refused(changes: dict[str, object], messa
 
 
 def test_summary_starts_with_the_four_keys_of_the_issue() -> None:
-    summary = SweepResult(2, 1, 3, 4, 12.5).as_dict()
+    summary = SweepResult(
+        requeued=2, dead_lettered=1, pruned_completed=3, pruned_failed=4, duration_ms=12.5
+    ).as_dict()
     assert list(summary) == [
         "requeued",
         "dead_lettered",

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from typing import Any
+
+import pytest
 
 from mobvibe import metrics
 from mobvibe.client import JobQueue
 from mobvibe.reaper.sweep import ReaperSettings, run_once
+from mobvibe.sql import store
 from mobvibe.sql.jobs import NewJob
-from tests.reaper.conftest import Clock, claim, job_row
+from tests.support.rows import WORKER, job_row
+from tests.support.sqlclock import Clock
 
 
 def backoff_window(conn: Any, failures: int) -> tuple[float, float]:
@@ -26,7 +31,7 @@ def test_expired_attempt_is_requeued_with_backoff_and_the_reason(
     queue: JobQueue, conn: Any, clock: Clock, settings: ReaperSettings
 ) -> None:
     job_id = queue.enqueue("build the app", max_retries=3)
-    attempt = claim(conn)
+    attempt = store.claim(conn, WORKER)
     assert attempt is not None and attempt.id == job_id
     reaped_at = clock.advance(31)
 
@@ -48,9 +53,9 @@ def test_unexpired_attempt_is_left_alone(
     queue: JobQueue, conn: Any, clock: Clock, settings: ReaperSettings
 ) -> None:
     old, young = queue.enqueue("first"), queue.enqueue("second")  # two sessions
-    assert claim(conn).id == old  # type: ignore[union-attr]
+    assert store.claim(conn, WORKER).id == old  # type: ignore[union-attr]
     clock.advance(20)
-    assert claim(conn).id == young  # type: ignore[union-attr]
+    assert store.claim(conn, WORKER).id == young  # type: ignore[union-attr]
     clock.advance(11)  # old: silent 31 s; young: 11 s
 
     assert run_once(conn, settings).requeued == 1
@@ -63,7 +68,7 @@ def test_a_long_job_whose_heartbeats_keep_coming_is_never_reaped(
     queue: JobQueue, conn: Any, clock: Clock, settings: ReaperSettings
 ) -> None:
     job_id = queue.enqueue("a long refactoring")
-    attempt = claim(conn)
+    attempt = store.claim(conn, WORKER)
     assert attempt is not None
     for _ in range(30):  # ten minutes of steered time, a heartbeat every 20 s
         clock.advance(20)
@@ -82,15 +87,15 @@ def test_no_requeued_job_is_claimed_before_its_run_at(
     queue: JobQueue, conn: Any, clock: Clock, settings: ReaperSettings
 ) -> None:
     job_id = queue.enqueue("retry me later")
-    claim(conn)
+    store.claim(conn, WORKER)
     clock.advance(31)
     run_once(conn, settings)
     run_at = job_row(conn, job_id)["run_at"]
 
     clock.at(run_at - timedelta(milliseconds=1))
-    assert claim(conn, "worker-b") is None
+    assert store.claim(conn, "worker-b") is None
     clock.at(run_at)
-    again = claim(conn, "worker-b")
+    again = store.claim(conn, "worker-b")
     assert again is not None and again.id == job_id and again.attempt == 2
 
 
@@ -101,7 +106,7 @@ def test_exhausted_attempts_are_dead_lettered_and_the_session_failed(
     job_id = queue.enqueue("doomed", session_id=session, max_retries=2)
     for expected in ((1, 0), (0, 1)):
         clock.at(max(clock.now, job_row(conn, job_id)["run_at"]))
-        assert claim(conn) is not None
+        assert store.claim(conn, WORKER) is not None
         clock.advance(31)
         result = run_once(conn, settings)
         assert (result.requeued, result.dead_lettered) == expected
@@ -126,12 +131,12 @@ def test_reaped_workers_late_writes_change_nothing(
     queue: JobQueue, conn: Any, clock: Clock, settings: ReaperSettings
 ) -> None:
     job_id = queue.enqueue("fenced")
-    lost = claim(conn, "worker-a")
+    lost = store.claim(conn, "worker-a")
     assert lost is not None
     clock.advance(31)
     run_once(conn, settings)
     clock.at(job_row(conn, job_id)["run_at"])
-    current = claim(conn, "worker-b")
+    current = store.claim(conn, "worker-b")
     assert current is not None and current.id == job_id
     before = job_row(conn, job_id)
 
@@ -155,7 +160,7 @@ def test_a_sweep_is_recorded_in_queue_reaper_runs(
 ) -> None:
     queue.enqueue_many([NewJob("x")] * 3)
     for _ in range(3):
-        claim(conn)
+        store.claim(conn, WORKER)
     clock.advance(31)
     run_once(conn, settings)
     run_once(conn, settings)
@@ -184,7 +189,7 @@ def test_batches_loop_until_every_expired_attempt_is_requeued(
 ) -> None:
     queue.enqueue_many([NewJob("x")] * 23)
     for _ in range(23):
-        claim(conn)
+        store.claim(conn, WORKER)
     clock.advance(31)
     result = run_once(conn, ReaperSettings(batch_size=5, name="small"))
     assert result.requeued == 23
@@ -201,9 +206,33 @@ def test_sweep_updates_the_reaper_metrics(
 ) -> None:
     before = (metrics.REAPER_REQUEUED.value(), metrics.REAPER_SWEEPS.value("ok"))
     queue.enqueue("x")
-    claim(conn)
+    store.claim(conn, WORKER)
     clock.advance(31)
     run_once(conn, settings)
     assert metrics.REAPER_REQUEUED.value() == before[0] + 1
     assert metrics.REAPER_SWEEPS.value("ok") == before[1] + 1
     assert metrics.REAPER_LAST_SUCCESS.value() > 0
+
+
+def test_an_expired_attempt_whose_cancel_was_asked_ends_cancelled_counted_and_logged(
+    queue: JobQueue,
+    conn: Any,
+    clock: Clock,
+    settings: ReaperSettings,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    job_id = queue.enqueue("stop me", max_retries=3)
+    assert store.claim(conn, WORKER) is not None
+    assert queue.cancel(job_id)  # asked of a worker that never answers
+    clock.advance(31)
+    before = metrics.REAPER_CANCELLED.value(), metrics.REAPER_REQUEUED.value()
+
+    with caplog.at_level(logging.INFO, logger="mobvibe.reaper.sweep"):
+        result = run_once(conn, settings)
+
+    assert (result.cancelled, result.requeued, result.dead_lettered) == (1, 0, 0)
+    assert job_row(conn, job_id)["status"] == "cancelled"
+    assert metrics.REAPER_CANCELLED.value() == before[0] + 1
+    assert metrics.REAPER_REQUEUED.value() == before[1]
+    logged = [r for r in caplog.records if getattr(r, "event", None) == "job_cancelled"]
+    assert [r.__dict__["job_id"] for r in logged] == [str(job_id)]

@@ -5,16 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import psycopg
 import pytest
 
-from tests.helpers import migrate_with_test_clock
+from tests.support.sqlclock import migrated
 
 
 @pytest.fixture(scope="session")
 def stateful_url(new_database: Any) -> str:
     """A migrated database used only by tests/stateful."""
-    url: str = new_database("mobvibe_stateful")
-    with psycopg.connect(url, autocommit=True) as conn:
-        migrate_with_test_clock(conn)
-    return url
+    return migrated(new_database("mobvibe_stateful"))

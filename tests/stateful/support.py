@@ -4,10 +4,9 @@ connections that carry their own clock, and the database-side checks."""
 from __future__ import annotations
 
 import os
-import threading
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,7 +14,9 @@ from typing import Any
 import psycopg
 from hypothesis import HealthCheck, settings
 
-from tests.helpers import set_clock
+from mobvibe.vocabulary import JobStatus
+from tests.support.rows import insert_job, job_row
+from tests.support.sqlclock import set_clock
 
 # The model's epoch: in the future, so that a plain INSERT (created_at and run_at
 # = the real now()) is always older and already due.
@@ -23,7 +24,7 @@ T0 = datetime(2030, 1, 1, tzinfo=UTC)
 LEASE = timedelta(seconds=10)  # the reaper's heartbeat timeout
 BASE = timedelta(seconds=4)  # queue_config.backoff_base for these suites
 CAP = timedelta(seconds=10)  # queue_config.backoff_cap: reached at the third failure
-STATUSES = ("pending", "processing", "completed", "failed", "cancelled")
+STATUSES = tuple(JobStatus)
 REAPER_MESSAGE = "heartbeat expired: no heartbeat for 00:00:10"  # LEASE as interval text
 
 
@@ -113,63 +114,13 @@ def reset(conn: psycopg.Connection[Any], *, jitter: float = 0.0) -> None:
     )
 
 
-def new_session(conn: psycopg.Connection[Any], max_concurrency: int | None = None) -> uuid.UUID:
-    """A session, created the way the other MobVibe phase does: its id alone (or with how
-    many of its prompts may run at once; default 1)."""
-    row = conn.execute(
-        "INSERT INTO coding_sessions (id, max_concurrency) "
-        "VALUES (gen_random_uuid(), coalesce(%s, 1)) RETURNING id",
-        [max_concurrency],
-    ).fetchone()
-    assert row is not None
-    return uuid.UUID(str(row[0]))
-
-
-def insert_job(
-    conn: psycopg.Connection[Any],
-    session_id: uuid.UUID,
-    *,
-    priority: int = 0,
-    max_retries: int = 3,
-    run_at: datetime | None = None,
-    created_at: datetime | None = None,
-    idempotency_key: str | None = None,
+def insert_timed_job(
+    conn: psycopg.Connection[Any], session_id: uuid.UUID, **columns: Any
 ) -> tuple[uuid.UUID, datetime, datetime]:
-    """A plain INSERT, with run_at given or left to its now() default; created_at, which
-    an INSERT may not give, moved afterwards by the owner in the same transaction. A key
-    its session already has: unique_violation.
-
-    Returns (id, created_at, run_at) as the database stored them.
-    """
-    with conn.transaction():
-        row = conn.execute(
-            "INSERT INTO coding_jobs"
-            " (session_id, prompt, priority, max_retries, run_at, idempotency_key)"
-            " VALUES (%s, 'stateful test', %s, %s, coalesce(%s, now()), %s)"
-            " RETURNING id, created_at, run_at",
-            [session_id, priority, max_retries, run_at, idempotency_key],
-        ).fetchone()
-        assert row is not None
-        if created_at is not None:
-            row = conn.execute(
-                "UPDATE coding_jobs SET created_at = %s WHERE id = %s"
-                " RETURNING id, created_at, run_at",
-                [created_at, row[0]],
-            ).fetchone()
-            assert row is not None
-    return row[0], row[1], row[2]
-
-
-def claim(conn: psycopg.Connection[Any], worker: str) -> Any:
-    """claim_next_job as a worker calls it: the claimed row, or None."""
-    return conn.execute("SELECT * FROM claim_next_job(%s)", [worker]).fetchone()
-
-
-def scalar(conn: psycopg.Connection[Any], statement: str, params: Iterable[Any]) -> Any:
-    """The one value a function call returns."""
-    row = conn.execute(statement, list(params)).fetchone()
-    assert row is not None
-    return row[0]
+    """insert_job, and (its id, created_at, run_at) as the database stored them."""
+    job_id = insert_job(conn, session_id, **columns)
+    row = job_row(conn, job_id)
+    return job_id, row["created_at"], row["run_at"]
 
 
 def reap(conn: psycopg.Connection[Any], batch_size: int = 100) -> list[tuple[Any, bool | None]]:
@@ -243,12 +194,12 @@ def sessions(conn: psycopg.Connection[Any]) -> dict[uuid.UUID, tuple[str, str | 
     return {r[0]: (r[1], r[2], r[3]) for r in rows}
 
 
-AttemptRow = tuple[
+AttemptTuple = tuple[
     str | None, datetime, datetime | None, str | None, str | None
 ]  # worker_id, started_at, ended_at, end_reason, error_message
 
 
-def attempts(conn: psycopg.Connection[Any]) -> dict[tuple[uuid.UUID, int], AttemptRow]:
+def attempts(conn: psycopg.Connection[Any]) -> dict[tuple[uuid.UUID, int], AttemptTuple]:
     """Every row of coding_job_attempts, by (job_id, attempt)."""
     rows = conn.execute(
         "SELECT job_id, attempt, worker_id, started_at, ended_at, end_reason, error_message"
@@ -267,7 +218,7 @@ class Observed:
     rows: dict[uuid.UUID, Row]
     sessions: dict[uuid.UUID, tuple[str, str | None, int]]
     stats: tuple[Any, ...]
-    attempts: dict[tuple[uuid.UUID, int], AttemptRow]
+    attempts: dict[tuple[uuid.UUID, int], AttemptTuple]
 
 
 def check_queue_invariants(
@@ -329,30 +280,3 @@ def check_queue_invariants(
 
 
 # --- Running things at the same instant -----------------------------------------------------
-
-
-def run_together(*calls: Callable[[], Any], timeout: float = 30.0) -> list[Any]:
-    """Run each call on a thread of its own, all released at once by a barrier; their results.
-
-    Each call must use a connection of its own. The first exception of any call is re-raised.
-    """
-    barrier = threading.Barrier(len(calls))
-    results: list[Any] = [None] * len(calls)
-    errors: list[BaseException] = []
-
-    def run(index: int, call: Callable[[], Any]) -> None:
-        try:
-            barrier.wait(timeout)
-            results[index] = call()
-        except BaseException as error:  # noqa: BLE001 - handed to the test thread below
-            errors.append(error)
-
-    threads = [threading.Thread(target=run, args=(i, c), daemon=True) for i, c in enumerate(calls)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout)
-    assert not any(t.is_alive() for t in threads), f"a concurrent call hung for {timeout} s"
-    if errors:
-        raise errors[0]
-    return results

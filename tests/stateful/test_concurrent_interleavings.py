@@ -50,16 +50,13 @@ from tests.stateful.support import (
     T0,
     Clocked,
     check_queue_invariants,
-    claim,
-    insert_job,
     interleaving_settings,
-    new_session,
     reap,
     reset,
-    run_together,
-    scalar,
     snapshot,
 )
+from tests.support.rows import claim, insert_job, new_session, scalar
+from tests.support.threads import run_together
 
 LATE = T0 + LEASE + timedelta(seconds=1)  # every heartbeat from T0 has expired
 LATER = LATE + CAP + timedelta(seconds=1)  # every retry requeued at LATE is due
@@ -133,7 +130,7 @@ def rig(stateful_url: str) -> Iterator[Rig]:
 def claimed_by(rig: Rig, index: int, at: datetime) -> tuple[Any, Any]:
     """Worker `index` claims at `at`: (job_id, lease_token), or (None, None)."""
     row = claim(rig.workers[index].at(at), f"w{index}")
-    return (None, None) if row is None else (row[0], row[3])
+    return (None, None) if row is None else (row["job_id"], row["lease_token"])
 
 
 # --- 8 workers claim at once ----------------------------------------------------------------
@@ -154,7 +151,7 @@ def test_eight_workers_claiming_at_once_take_each_due_job_once_in_priority_order
     ids = set()
     for seq, (priority, due, age) in enumerate(specs):
         created_at = T0 - timedelta(seconds=age)  # breaks no tie: seq does
-        job_id, _, _ = insert_job(
+        job_id = insert_job(
             op,
             new_session(op),  # every job may start at once
             priority=priority,
@@ -174,7 +171,7 @@ def test_eight_workers_claiming_at_once_take_each_due_job_once_in_priority_order
         for _ in range(rounds):
             row = claim(conn, f"w{index}")
             if row is not None:
-                got.append(row[0])
+                got.append(row["job_id"])
         return got
 
     results = run_together(*(lambda i=i: worker(i) for i in range(8)))
@@ -212,7 +209,7 @@ def test_a_claim_racing_a_reaper_sweep_ends_in_one_outcome_counted_once(
 ) -> None:
     session = rig.fresh()
     op = rig.operator.at(T0)
-    job, _, _ = insert_job(op, session, max_retries=max_retries, run_at=T0, created_at=T0)
+    job = insert_job(op, session, max_retries=max_retries, run_at=T0, created_at=T0)
     _, token = claimed_by(rig, 0, T0)
     reaper, claimer, holder = (
         rig.reapers[0].at(LATE),
@@ -257,11 +254,11 @@ def test_a_claim_racing_a_reaper_sweep_ends_in_one_outcome_counted_once(
     assert reaped == [max_retries > 1]
     assert row.retry_count == 1, "the expired attempt was not counted exactly once"
     if claimed is not None:  # the claim came after the sweep's commit
-        assert max_retries > 1 and claimed[0] == job
+        assert max_retries > 1 and claimed["job_id"] == job
         assert (row.status, row.attempt, row.lease_token, row.worker_id) == (
             "processing",
             2,
-            claimed[3],
+            claimed["lease_token"],
             "w1",
         )
     elif max_retries > 1:
@@ -280,7 +277,7 @@ def test_a_late_complete_racing_requeue_and_reclaim_is_never_both_accepted(
 ) -> None:
     session = rig.fresh()
     op = rig.operator.at(T0)
-    job, _, _ = insert_job(op, session, max_retries=max_retries, run_at=T0, created_at=T0)
+    job = insert_job(op, session, max_retries=max_retries, run_at=T0, created_at=T0)
     _, token = claimed_by(rig, 0, T0)
     holder = rig.workers[0].at(LATE)
     reaper, operator = rig.reapers[0].at(LATE), rig.operator.at(LATE)
@@ -401,7 +398,7 @@ def test_concurrent_failures_of_one_job_are_each_counted(
 ) -> None:
     session = rig.fresh()
     op = rig.operator.at(T0)
-    job, _, _ = insert_job(op, session, max_retries=max_retries, run_at=T0, created_at=T0)
+    job = insert_job(op, session, max_retries=max_retries, run_at=T0, created_at=T0)
     token = claimed_by(rig, 0, T0)[1] if fenced or running else None
 
     def fail(index: int) -> bool | None:
@@ -503,8 +500,8 @@ def test_cancel_racing_complete_or_fail_a_completion_stands_an_accepted_cancel_i
     with the worker's own end, and the session's next prompt is the next claim's."""
     session = rig.fresh()
     op = rig.operator.at(T0)
-    job, _, _ = insert_job(op, session, max_retries=max_retries, run_at=T0, created_at=T0)
-    following, _, _ = insert_job(op, session, run_at=T0, created_at=T0)
+    job = insert_job(op, session, max_retries=max_retries, run_at=T0, created_at=T0)
+    following = insert_job(op, session, run_at=T0, created_at=T0)
     claimed, token = claimed_by(rig, 0, T0)
     assert claimed == job
     holder, phone = rig.workers[0].at(T0), rig.workers[1].at(T0)
@@ -567,7 +564,7 @@ def test_cancel_racing_the_expiry_sweep_reaps_once_and_an_accepted_cancel_is_nev
     failed."""
     session = rig.fresh()
     op = rig.operator.at(T0)
-    job, _, _ = insert_job(op, session, max_retries=max_retries, run_at=T0, created_at=T0)
+    job = insert_job(op, session, max_retries=max_retries, run_at=T0, created_at=T0)
     assert claimed_by(rig, 0, T0)[0] == job  # then the worker dies
     reaper, phone = rig.reapers[0].at(LATE), rig.workers[1].at(LATE)
 
@@ -620,8 +617,8 @@ def test_cancel_racing_a_claim_never_hands_out_a_cancelled_job_and_a_claimed_one
     attempt has ended (however it ends: cancelled unless it completes)."""
     session = rig.fresh()
     op = rig.operator.at(T0)
-    job, _, _ = insert_job(op, session, priority=5, run_at=T0, created_at=T0)
-    following, _, _ = insert_job(op, session, run_at=T0, created_at=T0)
+    job = insert_job(op, session, priority=5, run_at=T0, created_at=T0)
+    following = insert_job(op, session, run_at=T0, created_at=T0)
     claimer, phone = rig.workers[0].at(T0), rig.workers[1].at(T0)
 
     def take() -> Any:
@@ -636,7 +633,7 @@ def test_cancel_racing_a_claim_never_hands_out_a_cancelled_job_and_a_claimed_one
     assert cancelled is True
     seen = check_queue_invariants(op, {job, following})
     row = seen.rows[job]
-    taken = None if got is None else got[0]
+    taken = None if got is None else got["job_id"]
     event("claim first" if taken == job else f"cancel first, claimed {taken == following}")
     if taken != job:
         assert (row.status, row.attempt, row.cancel_requested_at) == ("cancelled", 0, None)
@@ -645,7 +642,7 @@ def test_cancel_racing_a_claim_never_hands_out_a_cancelled_job_and_a_claimed_one
         if taken is None:
             assert claimed_by(rig, 2, T0)[0] == following
         return
-    token = got[3]
+    token = got["lease_token"]
     assert (row.status, row.lease_token, row.cancel_requested_at) == ("processing", token, T0)
     assert rig.told_to_cancel(job) == 1
     renewal = claimer.execute(
@@ -684,7 +681,7 @@ def test_identical_submits_at_once_make_one_row_and_every_client_gets_its_id(
         pause(waits[index])
         if raw[index]:
             try:
-                return "inserted", insert_job(conn, session, idempotency_key="tap")[0]
+                return "inserted", insert_job(conn, session, idempotency_key="tap")
             except psycopg.errors.UniqueViolation:
                 return "refused", None
         new = NewJob(prompt="double tap", session_id=session, idempotency_key="tap")

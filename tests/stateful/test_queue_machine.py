@@ -108,20 +108,18 @@ from tests.stateful.support import (
     REAPER_MESSAGE,
     STATUSES,
     T0,
-    AttemptRow,
+    AttemptTuple,
     Clocked,
     Row,
     backoff,
     check_queue_invariants,
-    claim,
     full_row,
-    insert_job,
-    new_session,
+    insert_timed_job,
     profile,
     reap,
     reset,
-    scalar,
 )
+from tests.support.rows import claim, insert_job, named_row, new_session, scalar
 
 WORKERS = ("w1", "w2", "w3")
 SESSIONS = 3
@@ -245,12 +243,12 @@ class QueueMachine(RuleBasedStateMachine):
         created_at = clock - timedelta(seconds=spec.age)
         if spec.key is None and spec.plain:
             # the way other MobVibe parts insert: both times are the real now()
-            job_id, created_at, run_at = insert_job(
+            job_id, created_at, run_at = insert_timed_job(
                 conn, session_id, priority=spec.priority, max_retries=spec.max_retries
             )
             assert created_at == run_at < T0
         elif spec.key is None:
-            job_id, created_at, run_at = insert_job(
+            job_id, created_at, run_at = insert_timed_job(
                 conn,
                 session_id,
                 priority=spec.priority,
@@ -263,7 +261,7 @@ class QueueMachine(RuleBasedStateMachine):
             if twin is not None:
                 return self.add_twin(spec, twin, run_at, created_at)
             if spec.plain:
-                job_id, created_at, run_at = insert_job(
+                job_id, created_at, run_at = insert_timed_job(
                     conn,
                     session_id,
                     priority=spec.priority,
@@ -346,7 +344,11 @@ class QueueMachine(RuleBasedStateMachine):
     @rule(session=st.integers(0, SESSIONS - 1), value=st.sampled_from([1, 2, 3]))
     def set_max_concurrency(self, session: int, value: int) -> None:
         """An operator changes how many prompts of a session may run at once."""
-        assert store.set_max_concurrency(self.sql("operator"), self.session_ids[session], value)
+        changed = self.sql("operator").execute(
+            "UPDATE coding_sessions SET max_concurrency = %s WHERE id = %s",
+            [value, self.session_ids[session]],
+        )
+        assert changed.rowcount == 1
         running = sum(
             j.session == session and j.status == "processing" for j in self.model.jobs.values()
         )
@@ -359,16 +361,16 @@ class QueueMachine(RuleBasedStateMachine):
     def took(self, worker: str, expected: Job | None, row: Any) -> None:
         """Check a claim's result against the model's next due job, then record it (I6)."""
         if expected is None:
-            assert row is None or row[0] is None, f"claimed {row[0]} but none was due"
+            assert row is None or row["job_id"] is None, f"claimed {row} but none was due"
             self.holding[worker] = None
             return
-        assert row is not None and row[0] == expected.id, (
-            f"claimed {row and row[0]}, expected job {expected.key} ({expected.id})"
+        assert row is not None and row["job_id"] == expected.id, (
+            f"claimed {row and row['job_id']}, expected job {expected.key} ({expected.id})"
         )
         assert expected.run_at <= self.model.clock, "claimed before its run_at"
-        _job_id, session_id, _prompt, token, attempt, retry_count, max_retries, priority = row
-        assert session_id == self.session_ids[expected.session]
-        assert (attempt, retry_count, max_retries, priority) == (
+        token = row["lease_token"]
+        assert row["session_id"] == self.session_ids[expected.session]
+        assert (row["attempt"], row["retry_count"], row["max_retries"], row["priority"]) == (
             expected.attempt + 1,
             expected.retry_count,
             expected.max_retries,
@@ -445,16 +447,13 @@ class QueueMachine(RuleBasedStateMachine):
         self.note_end("complete_job", lease)
         expected = self.model.complete(lease)
         expected_next = self.model.next_due()
-        row = (
-            self.sql(worker)
-            .execute(
-                "SELECT * FROM queue_complete_and_claim(%s, %s, %s)",
-                [self.model.ids[lease.job], lease.token, worker],
-            )
-            .fetchone()
+        row = named_row(
+            self.sql(worker),
+            "SELECT * FROM queue_complete_and_claim(%s, %s, %s)",
+            [self.model.ids[lease.job], lease.token, worker],
         )
-        assert row is not None and row[0] is expected
-        self.took(worker, expected_next, row[1:])
+        assert row is not None and row["completed"] is expected
+        self.took(worker, expected_next, row)
 
     @precondition(lambda self: self.busy_workers())
     @rule(data=st.data(), reason=st.sampled_from(["error", "timeout", "crashed"]))
@@ -506,16 +505,13 @@ class QueueMachine(RuleBasedStateMachine):
         expected = self.model.end_attempt(lease, end_reason, error)
         if and_claim:
             expected_next = self.model.next_due()
-            row = (
-                self.sql(worker)
-                .execute(
-                    "SELECT * FROM queue_end_and_claim(%s, %s, %s, %s, NULL, %s)",
-                    [job_id, lease.token, end_reason, error, worker],
-                )
-                .fetchone()
+            row = named_row(
+                self.sql(worker),
+                "SELECT * FROM queue_end_and_claim(%s, %s, %s, %s, NULL, %s)",
+                [job_id, lease.token, end_reason, error, worker],
             )
-            assert row is not None and row[0] == expected
-            self.took(worker, expected_next, row[1:])
+            assert row is not None and row["ended"] == expected
+            self.took(worker, expected_next, row)
             return
         got = scalar(
             self.sql(worker),
@@ -778,7 +774,7 @@ class QueueMachine(RuleBasedStateMachine):
                     )
         self.before = (sessions, statuses)
 
-    def check_attempts(self, rows: dict[tuple[Any, int], AttemptRow]) -> None:
+    def check_attempts(self, rows: dict[tuple[Any, int], AttemptTuple]) -> None:
         """I12: coding_job_attempts equals the attempts the model made: one row per claim
         (check_queue_invariants: numbered 1..attempt, open exactly while the job is
         processing under its latest attempt), each with its worker and start, and closed
@@ -870,8 +866,8 @@ def test_a_lease_is_not_told_it_completed_a_job_that_someone_else_completed(
     try:
         op = conn.at(T0)
         reset(op)
-        job_id, _, _ = insert_job(op, new_session(op), run_at=T0, created_at=T0)
-        token = claim(op, "w1")[3]
+        job_id = insert_job(op, new_session(op), run_at=T0, created_at=T0)
+        token = claim(op, "w1")["lease_token"]
         if lease_ended_by == "release":
             assert scalar(op, "SELECT queue_release_job(%s, %s)", [job_id, token]) is True
         elif lease_ended_by == "reaper":
@@ -894,7 +890,7 @@ def test_backoff_with_jitter_stays_within_its_bounds(stateful_url: str) -> None:
         session = new_session(conn)
         delays: dict[int, list[timedelta]] = {}
         for _ in range(20):
-            job_id, _, _ = insert_job(conn, session, max_retries=6, run_at=T0, created_at=T0)
+            job_id = insert_job(conn, session, max_retries=6, run_at=T0, created_at=T0)
             for failures in range(1, 6):
                 assert scalar(conn, "SELECT fail_job(%s, 'boom')", [job_id]) is True
                 run_at = scalar(conn, "SELECT run_at FROM coding_jobs WHERE id = %s", [job_id])

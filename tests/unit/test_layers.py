@@ -10,16 +10,11 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-FOLDERS = {
-    "mobvibe": ROOT / "mobvibe",
-    "mobvibe.supervisor": ROOT / "supervisor",
-    "mobvibe.reaper": ROOT / "reaper",
-    "mobvibe.sql": ROOT / "sql",
-}
+from tests.support.source import modules
+
 # A module may import from its own layer and the layers below it.
 LAYERS = {
-    "helpers": 0,  # mobvibe.errors, logs, clock, durations, metrics
+    "helpers": 0,  # mobvibe.errors, logs, clock, durations, metrics, vocabulary
     "sql": 1,  # the data layer
     "columns": 2,  # the tables of records, for the pages and the terminal alike
     "web": 3,  # the status website
@@ -31,16 +26,6 @@ LAYERS = {
 PROCESSES = 4  # the peers of this layer import none of each other
 # Optional dependencies imported where they are needed, with the reason beside them.
 LOCAL_IMPORTS_ALLOWED = {("mobvibe.sql.db", "pgserver")}
-
-
-def modules() -> Iterator[tuple[str, Path]]:
-    for package, folder in FOLDERS.items():
-        for path in sorted(folder.rglob("*.py")):
-            relative = path.relative_to(folder).with_suffix("")
-            if package == "mobvibe" and relative.parts[0] in ("supervisor", "reaper", "sql"):
-                continue  # the links: listed under their own package
-            parts = [p for p in relative.parts if p != "__init__"]
-            yield ".".join([package, *parts]), path
 
 
 def layer_of(module: str) -> str:

@@ -12,11 +12,8 @@ from mobvibe.supervisor import attempt
 from mobvibe.supervisor.children import Exit
 from mobvibe.supervisor.policy import (
     EXEC_BACKSTOP_GRACE,
-    EXIT_CRASH_LOOP,
-    EXIT_FENCED,
-    EXIT_LEASE_LOST,
-    EXIT_OK,
     CrashLoop,
+    ExitCode,
     RestartDelays,
     aux_restart_delay,
     crash_restart_delay,
@@ -27,6 +24,7 @@ from mobvibe.supervisor.policy import (
     rescue_reason,
 )
 from mobvibe.supervisor.settings import JOB_TIMEOUT_DEFAULT, Settings
+from mobvibe.vocabulary import EndReason, ExitCause
 
 WINDOW = 60.0
 KILLED = Exit(None, signal.SIGKILL)
@@ -126,13 +124,8 @@ def test_a_crash_after_the_window_is_replaced_at_once_again() -> None:
 
 
 def test_only_signal_and_error_exits_are_crashes() -> None:
-    assert [is_crash(c) for c in ("signal", "error", "deadline", "clean", "recycled")] == [
-        True,
-        True,
-        False,
-        False,
-        False,
-    ]
+    crashes = {cause for cause in ExitCause if is_crash(cause)}
+    assert crashes == {ExitCause.SIGNAL, ExitCause.ERROR}
 
 
 def test_an_aux_child_failing_at_start_waits_1_second_then_twice_as_long() -> None:
@@ -250,44 +243,47 @@ def test_one_renewal_passed_over_never_fences_a_worker_at_any_allowed_interval(
 
 
 def cause(
-    how: Exit, killed_for: str | None = None, *, stopping: bool = False, retiring: bool = False
-) -> str:
+    how: Exit,
+    killed_for: EndReason | None = None,
+    *,
+    stopping: bool = False,
+    retiring: bool = False,
+) -> ExitCause:
     """exit_cause with the usual case as defaults: not killed, not stopping, not retiring."""
     return exit_cause(how, killed_for, stopping=stopping, retiring=retiring)
 
 
 def test_a_worker_the_arbiter_killed_for_its_deadline_exits_for_deadline() -> None:
-    assert cause(KILLED, "deadline_exceeded") == "deadline"
-    assert cause(Exit(EXIT_OK, None), "deadline_exceeded", stopping=True) == "deadline"
+    assert cause(KILLED, EndReason.DEADLINE_EXCEEDED) == "deadline"
+    assert cause(Exit(ExitCode.OK, None), EndReason.DEADLINE_EXCEEDED, stopping=True) == "deadline"
 
 
 def test_a_worker_that_exits_0_unasked_was_recycled() -> None:
-    assert cause(Exit(EXIT_OK, None)) == "recycled"
+    assert cause(Exit(ExitCode.OK, None)) == "recycled"
 
 
 @pytest.mark.parametrize(("stopping", "retiring"), [(True, False), (False, True)])
 def test_a_worker_that_exits_0_when_asked_exits_clean(stopping: bool, retiring: bool) -> None:
-    assert cause(Exit(EXIT_OK, None), stopping=stopping, retiring=retiring) == "clean"
+    assert cause(Exit(ExitCode.OK, None), stopping=stopping, retiring=retiring) == "clean"
 
 
-@pytest.mark.parametrize("code", [EXIT_LEASE_LOST, EXIT_FENCED])
-def test_a_worker_that_gave_up_its_lease_exits_clean(code: int) -> None:
-    assert cause(Exit(code, None)) == "clean"
+def test_a_worker_that_gave_up_its_lease_exits_clean() -> None:
+    assert cause(Exit(ExitCode.LEASE_LOST, None)) == ExitCause.CLEAN
 
 
 def test_a_worker_killed_by_a_signal_exits_for_signal() -> None:
     assert cause(KILLED) == "signal"
-    assert cause(KILLED, "heartbeat_expired") == "signal"
+    assert cause(KILLED, EndReason.HEARTBEAT_EXPIRED) == "signal"
 
 
-@pytest.mark.parametrize("code", [1, 2, EXIT_CRASH_LOOP, 137])
+@pytest.mark.parametrize("code", [1, 2, ExitCode.CRASH_LOOP, 137])
 def test_a_worker_with_any_other_exit_code_exits_for_error(code: int) -> None:
     assert cause(Exit(code, None)) == "error"
 
 
 def test_the_exit_codes_the_parent_reads_are_distinct_from_each_other_and_from_click() -> None:
-    codes = {EXIT_OK, EXIT_CRASH_LOOP, EXIT_LEASE_LOST, EXIT_FENCED}
-    assert len(codes) == 4
+    codes = set(ExitCode)
+    assert len(codes) == len(ExitCode.__members__)
     assert codes.isdisjoint({1, 2})
 
 
@@ -295,38 +291,36 @@ def test_the_exit_codes_the_parent_reads_are_distinct_from_each_other_and_from_c
 
 
 def test_the_job_of_a_worker_that_lost_its_lease_is_not_rescued() -> None:
-    assert rescue_reason(Exit(EXIT_LEASE_LOST, None), None) is None
+    assert rescue_reason(Exit(ExitCode.LEASE_LOST, None), None) is None
 
 
-@pytest.mark.parametrize("killed_for", ["deadline_exceeded", "heartbeat_expired", "released"])
-def test_a_job_is_rescued_for_the_reason_the_arbiter_killed_its_worker(killed_for: str) -> None:
+@pytest.mark.parametrize(
+    "killed_for",
+    [EndReason.DEADLINE_EXCEEDED, EndReason.HEARTBEAT_EXPIRED, EndReason.RELEASED],
+)
+def test_a_job_is_rescued_for_the_reason_the_arbiter_killed_its_worker(
+    killed_for: EndReason,
+) -> None:
     assert rescue_reason(KILLED, killed_for) == killed_for
 
 
-def test_the_job_of_a_fenced_worker_is_rescued_for_heartbeat_expired() -> None:
-    assert rescue_reason(Exit(EXIT_FENCED, None), None) == "heartbeat_expired"
-
-
-@pytest.mark.parametrize("how", [KILLED, CRASHED, Exit(EXIT_OK, None)])
+@pytest.mark.parametrize("how", [KILLED, CRASHED, Exit(ExitCode.OK, None)])
 def test_the_job_of_a_worker_that_died_by_itself_is_rescued_for_worker_exited(how: Exit) -> None:
     assert rescue_reason(how, None) == "worker_exited"
 
 
 def test_a_job_past_its_deadline_is_failed_naming_the_timeout() -> None:
-    assert rescue_message(KILLED, "deadline_exceeded", 90.0) == "job exceeded --job-timeout (90 s)"
+    message = rescue_message(KILLED, EndReason.DEADLINE_EXCEEDED, 90.0)
+    assert message == "job exceeded --job-timeout (90 s)"
 
 
-@pytest.mark.parametrize(
-    ("how", "killed_for"), [(KILLED, "heartbeat_expired"), (Exit(EXIT_FENCED, None), None)]
-)
-def test_a_silent_or_fenced_worker_stopped_renewing_the_lease(
-    how: Exit, killed_for: str | None
-) -> None:
-    assert rescue_message(how, killed_for, 90.0) == "worker stopped renewing the lease"
+def test_a_silent_worker_stopped_renewing_the_lease() -> None:
+    message = rescue_message(KILLED, EndReason.HEARTBEAT_EXPIRED, 90.0)
+    assert message == "worker stopped renewing the lease"
 
 
 def test_a_job_killed_at_shutdown_was_released() -> None:
-    assert rescue_message(KILLED, "released", 90.0) == "released at shutdown"
+    assert rescue_message(KILLED, EndReason.RELEASED, 90.0) == "released at shutdown"
 
 
 def test_a_worker_that_died_by_itself_is_described_by_its_exit() -> None:

@@ -25,15 +25,16 @@ from mobvibe.cli.tables import aligned, table
 from mobvibe.columns import Holder, head
 from mobvibe.errors import DatabaseUnavailableError
 from mobvibe.sql.store import (
-    Attempt,
+    AttemptRow,
     Event,
     JobDetail,
     JobRow,
     JobSummary,
     MinuteCount,
     QueueStats,
-    RunningJob,
+    RunningJobRow,
 )
+from mobvibe.vocabulary import JobStatus
 from mobvibe.web import pages
 from mobvibe.web.data import Overview
 from mobvibe.web.handler import SiteHandler
@@ -84,7 +85,7 @@ def summary(**overrides: Any) -> JobSummary:
 
 
 def overview() -> Overview:
-    running = RunningJob(EVIL, JOB, SESSION, 1, NOW, NOW, 99.0, None, EVIL)
+    running = RunningJobRow(EVIL, JOB, SESSION, 1, NOW, NOW, 99.0, None, EVIL)
     minutes = [MinuteCount(NOW + timedelta(minutes=i), i, 1, 0) for i in range(15)]
     return Overview(
         at=NOW,
@@ -104,7 +105,7 @@ def detail() -> JobDetail:
         session_id=SESSION,
         prompt=EVIL,
         priority=0,
-        status="failed",
+        status=JobStatus.FAILED,
         retry_count=1,
         max_retries=1,
         error_message=EVIL,
@@ -121,7 +122,7 @@ def detail() -> JobDetail:
         idempotency_key=EVIL,
         output=EVIL,
     )
-    attempt = Attempt(JOB, 1, EVIL, NOW, NOW + timedelta(seconds=2), EVIL, EVIL)
+    attempt = AttemptRow(JOB, 1, EVIL, NOW, NOW + timedelta(seconds=2), EVIL, EVIL)
     event = Event(7, JOB, SESSION, 1, EVIL, {"text": EVIL}, NOW)
     return JobDetail(row, [attempt], [event], False)
 
@@ -129,7 +130,7 @@ def detail() -> JobDetail:
 def test_every_page_shows_user_text_as_text() -> None:
     ov = overview()
     assert_inert(pages.overview_page(ov))
-    assert_inert(pages.jobs_page([summary()], "failed", EVIL, 50))
+    assert_inert(pages.jobs_page([summary()], JobStatus.FAILED, EVIL, 50))
     page = pages.job_page(detail())
     assert_inert(page)
     assert str(detail().job.lease_token) not in page  # the attempt's fence is no one's business

@@ -10,8 +10,6 @@ import shutil
 import subprocess
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,9 +22,12 @@ import pytest
 
 from mobvibe.client import JobQueue
 from mobvibe.sql.jobs import NewJob
-from tests.contract.support import QUEUE_CLI
-from tests.helpers import wait_for
-from tests.processes.conftest import FAST, Running, free_port, supervisor  # noqa: F401
+from mobvibe.vocabulary import JobStatus
+from tests.processes.conftest import supervisor  # noqa: F401
+from tests.support.commands import free_port, queue_output, start_command
+from tests.support.http import get
+from tests.support.supervisor import FAST, Running
+from tests.support.waiting import wait_for
 
 AGENT = ["--handler", "tests.web.handlers:agent"]
 # Chromium as root, with no sandbox, no network of its own and a profile per run.
@@ -237,50 +238,16 @@ def shots(tmp_path: Path) -> Path:
     return directory
 
 
-def get(port: int, path: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
-    """An HTTP request to 127.0.0.1:port: status (0: no answer), headers, body."""
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=10) as reply:  # noqa: S310 - http, ours
-            return reply.status, dict(reply.headers), reply.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), exc.read()
-    except OSError:
-        return 0, {}, b""  # nothing listens (yet)
-
-
 @pytest.fixture
 def web(db_url: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
     """`mobvibe-queue web` on a free port: the process, and its port once it answers."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MOBVIBE_")}
-    proc = subprocess.Popen(
-        [QUEUE_CLI, "web", "--port", str(port)],
-        env={**env, "DATABASE_URL": db_url},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_command("mobvibe-queue", "web", "--port", str(port), url=db_url)
     wait_for(lambda: get(port, "/api/stats")[0] == 200, timeout=20, message="the pages")
     yield proc, port
     if proc.poll() is None:
         proc.kill()
     proc.communicate(timeout=10)
-
-
-def queue_cli(url: str, *args: str) -> str:
-    """mobvibe-queue against `url`; its output (it must succeed)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MOBVIBE_")}
-    done = subprocess.run(
-        [QUEUE_CLI, *args],
-        env={**env, "DATABASE_URL": url},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
 
 
 def status(conn: psycopg.Connection[Any], job_id: uuid.UUID) -> tuple[str, int]:
@@ -346,8 +313,8 @@ def every_state(
     wait_for(lambda: status(conn, stopped)[0] == "processing", message="a job to cancel running")
     assert queue.cancel(stopped)
     wait_for(lambda: status(conn, dead) == ("failed", 1), message="the first dead letter")
-    queue_cli(db_url, "jobs", "retry", str(dead))
-    queue_cli(db_url, "jobs", "retry", str(resubmitted))
+    queue_output(db_url, "jobs", "retry", str(dead))
+    queue_output(db_url, "jobs", "retry", str(resubmitted))
     wait_for(
         lambda: (
             status(conn, dead) == ("failed", 2)
@@ -375,5 +342,5 @@ def every_state(
 
 def db_counts(conn: psycopg.Connection[Any]) -> dict[str, int]:
     rows = conn.execute("SELECT status, count(*) FROM coding_jobs GROUP BY status").fetchall()
-    found = dict.fromkeys(("pending", "processing", "completed", "failed", "cancelled"), 0)
+    found = dict.fromkeys(JobStatus, 0)
     return {**found, **{s: int(n) for s, n in rows}}

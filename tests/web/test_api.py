@@ -10,7 +10,8 @@ from typing import Any
 
 import psycopg
 
-from tests.web.conftest import EveryState, db_counts, get
+from tests.support.http import get
+from tests.web.conftest import EveryState, db_counts
 
 
 def api(state: EveryState, path: str) -> Any:

@@ -12,8 +12,9 @@ import psycopg
 
 from mobvibe.client import JobQueue
 from mobvibe.sql import store
-from tests.helpers import wait_for
-from tests.processes.conftest import FAST
+from tests.support.rows import scalar
+from tests.support.supervisor import FAST
+from tests.support.waiting import wait_for
 from tests.web.conftest import AGENT, Browser, EveryState, db_counts, status
 
 # The jobs of one status that ended within the page's 15 minutes (the current one included).
@@ -31,12 +32,6 @@ def seconds(shown: str) -> float:
     """A shown age ("42 s", "3 min", "1.5 h") in seconds."""
     number, unit = shown.split()
     return float(number) * {"s": 1, "min": 60, "h": 3600, "d": 86400}[unit]
-
-
-def scalar(conn: psycopg.Connection[Any], statement: str, *params: Any) -> Any:
-    row = conn.execute(statement, params).fetchone()  # type: ignore[arg-type]
-    assert row is not None
-    return row[0]
 
 
 def test_the_front_page_shows_the_numbers_the_database_holds(
@@ -63,13 +58,13 @@ def test_the_front_page_shows_the_numbers_the_database_holds(
         ("dead-lettered", "failed"),
         ("cancelled", "cancelled"),
     ):
-        ended = scalar(conn, WINDOW, kind)
+        ended = scalar(conn, WINDOW, [kind])
         assert page.text(f"window-{shown}") == str(ended), shown
 
     assert page.text("running-count") == "1"
     running_rows = [r for r in page.rows if r.get("data-job") == str(every_state.running)]
     assert len(running_rows) == 1 and "Port the app to Android tablets" in running_rows[0]["text"]
-    worker = scalar(conn, "SELECT worker_id FROM coding_jobs WHERE id = %s", every_state.running)
+    worker = scalar(conn, "SELECT worker_id FROM coding_jobs WHERE id = %s", [every_state.running])
     assert worker in running_rows[0]["text"]
 
     dead_section = page.markup.split('id="dead-letters"')[1].split('id="cancellations"')[0]

@@ -11,7 +11,8 @@ from typing import Any
 import psycopg
 
 from mobvibe.client import JobQueue
-from tests.web.conftest import Browser, db_counts, get
+from tests.support.http import get
+from tests.web.conftest import Browser, db_counts
 from tests.web.test_api import connections
 
 
