@@ -17,7 +17,7 @@ from mobvibe.client import JobQueue
 from mobvibe.logs import event
 from mobvibe.sql import store
 from mobvibe.terminal import visible
-from tests.reaper.conftest import Clock, claim
+from tests.support.sqlclock import Clock
 
 Cli = Callable[..., Result]
 CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
@@ -46,12 +46,12 @@ def test_jobs_workers_dlq_and_doctor_print_what_they_were_given_visible(
     session = queue.create_session(max_concurrency=3)
     failed = queue.enqueue(f"prompt {HOSTILE}", session_id=session, max_retries=1)
     running = queue.enqueue(f"second {HOSTILE}", session_id=session, idempotency_key=TITLE)
-    first = claim(conn, f"worker {CLIPBOARD}")
+    first = store.claim(conn, f"worker {CLIPBOARD}")
     assert first is not None and first.id == failed
     payload = {"text": HOSTILE, "kind": "step"}
     assert store.add_events(conn, failed, first.lease_token, [(f"kind{CSI}", payload)]) == 1
     assert store.end_attempt(conn, failed, first.lease_token, f"err{DCS}", HOSTILE, HOSTILE)
-    assert claim(conn, f"worker {LINK}") is not None
+    assert store.claim(conn, f"worker {LINK}") is not None
     # silent for an hour: the doctor names its worker
     conn.execute(
         "UPDATE coding_jobs SET heartbeat_at = now() - interval '1 hour' WHERE id = %s",
