@@ -66,7 +66,8 @@ def _collect(sock: socket.socket, directory: Path) -> None:
 
 def job_processes(ledger: Path, *, roles_only: bool = False) -> list[int]:
     """Live processes of this test's jobs (found by the ledger in their environment): every
-    one, the shells and sandboxes included, or only those of the jobs' own roles."""
+    one, the shells and sandboxes included, or only those of the jobs' own roles (the job
+    scripts, run by their interpreter)."""
     marker = f"TEST_LEDGER={ledger}".encode()
     found = []
     for entry in os.listdir("/proc"):
@@ -84,7 +85,8 @@ def job_processes(ledger: Path, *, roles_only: bool = False) -> list[int]:
             continue
         if zombie or b"mobvibe-supervisor" in argv:  # the supervisor has the marker too
             continue
-        if not roles_only or b"_job.py\0" in argv:
+        args = argv.split(b"\0")
+        if not roles_only or (len(args) > 1 and args[1].endswith(b"_job.py")):
             found.append(int(entry))
     return found
 

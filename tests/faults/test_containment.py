@@ -169,15 +169,12 @@ def gone_within(ledger: Path, seconds: float) -> tuple[float, int]:
 
 def give_back_expired(conn: psycopg.Connection[Any]) -> None:
     """As the reaper would, requeue the attempts whose supervisor died with its workers."""
-    wait_for(
-        lambda: (
-            conn.execute("SELECT count(*) FROM queue_reap_expired()").fetchone()[0]
-            or count(conn, "processing") == 0
-        ),
-        timeout=15,
-        message="the silent attempts requeued",
-    )
-    wait_for(lambda: count(conn, "processing") == 0, timeout=10, message="jobs given back")
+
+    def reaped() -> bool:
+        conn.execute("SELECT count(*) FROM queue_reap_expired()")
+        return count(conn, "processing") == 0
+
+    wait_for(reaped, timeout=15, interval=0.1, message="the silent attempts requeued")
 
 
 @pytest.mark.parametrize("victims", ["parent", "group"])
