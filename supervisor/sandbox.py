@@ -32,11 +32,13 @@ ROOT_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 HOME = "/home/job"
 TMP = "/tmp"  # noqa: S108 - a tmpfs of the sandbox's own, not the host's /tmp
 PROBE_TIMEOUT = 10.0
-FIX = (
-    "install bubblewrap (apt-get install bubblewrap); in a container, run it with the "
-    'seccomp profile and the settings of deploy/README.md, "The sandbox"; or give '
-    "--unsandboxed to run jobs without one (never for untrusted code)"
+INSTALL = "install bubblewrap (apt-get install bubblewrap)"
+ALLOW = (
+    "let it make namespaces (in a container: the seccomp profile "
+    "deploy/kubernetes/seccomp/mobvibe-sandbox.json and the settings of deploy/README.md, "
+    '"The sandbox"; on a host: unprivileged user namespaces allowed)'
 )
+OR_NOT = "or give --unsandboxed to run jobs without a sandbox (never for untrusted code)"
 
 
 class SandboxUnavailableError(ConfigError):
@@ -71,10 +73,11 @@ class Sandbox:
 
     def _namespaces(self) -> list[str]:
         # A user namespace even as root: the job's processes then hold no capability
-        # anywhere, and --disable-userns keeps them from making namespaces of their own.
+        # anywhere. --disable-userns keeps them from making user namespaces of their own;
+        # bwrap does it through /proc/sys, which runtimes that mask /proc make read-only.
         return [
             "--unshare-user",
-            "--disable-userns",
+            *(["--disable-userns"] if self.fresh_proc else []),
             "--unshare-pid",
             "--unshare-ipc",
             "--unshare-uts",
@@ -103,7 +106,12 @@ class Sandbox:
 
     def describe(self) -> str:
         """For the log line at start."""
-        proc = "its own /proc" if self.fresh_proc else "an empty /proc (the host's is masked)"
+        proc = (
+            "its own /proc"
+            if self.fresh_proc
+            else "an empty /proc and user namespaces of its own allowed (the host's /proc "
+            "is masked)"
+        )
         network = "the host's network" if self.network else "no network"
         return f"{proc}, {network}"
 
@@ -160,14 +168,16 @@ def prepare(network: bool, program: str | None, writable: str | None = None) -> 
     """
     bwrap = shutil.which("bwrap")
     if bwrap is None:
-        raise SandboxUnavailableError(f"cannot sandbox --exec commands: no bwrap on PATH; {FIX}")
+        raise SandboxUnavailableError(
+            f"cannot sandbox --exec commands: no bwrap on PATH: {INSTALL}, {OR_NOT}"
+        )
     sandbox = Sandbox(bwrap, network, True, program, writable)
     failure = _probe(sandbox)
     if failure is None:
         return sandbox
     if _probe(replace(sandbox, fresh_proc=False)) is None:
         return replace(sandbox, fresh_proc=False)
-    raise SandboxUnavailableError(f"cannot sandbox --exec commands: {failure}; {FIX}")
+    raise SandboxUnavailableError(f"cannot sandbox --exec commands: {failure}: {ALLOW}, {OR_NOT}")
 
 
 def _probe(sandbox: Sandbox) -> str | None:
@@ -185,4 +195,7 @@ def _probe(sandbox: Sandbox) -> str | None:
     if done.returncode == 0:
         return None
     said = done.stderr.decode(errors="replace").strip().splitlines()
-    return said[-1] if said else f"{sandbox.bwrap} exited {done.returncode}"
+    if not said:
+        return f"{sandbox.bwrap} exited {done.returncode}"
+    # Its first sentence: bwrap's pointers to its own documentation make the line long.
+    return said[-1].split(" See <")[0].rstrip(".")

@@ -81,18 +81,19 @@ def probe(ledger: Ledger, plan: dict[str, Any]) -> None:
         if any(holds_secret(f"/proc/{pid}/{name}", secret) for name in ("environ", "cmdline"))
     ]
     ledger.found("environ", leaking)
-    ledger.found("proc_of_supervisor", readable_proc([plan["supervisor"]]))
-    ledger.found("proc_of_workers", readable_proc(plan["workers"]))
+    ledger.found("proc_of_supervisor", telling_proc([plan["supervisor"]], secret))
+    ledger.found("proc_of_workers", telling_proc(plan["workers"], secret))
     ledger.found("credential_files", [p for p in plan["files"] if holds_secret(p, secret)])
     ledger.found("database_sockets", connectable([*plan["sockets"], *found_sockets()]))
     siblings = [pid for pid in plan["workers"] if pid not in ancestors()]
     ledger.found("signal_sibling", signalled(siblings, signal.SIGKILL))
 
 
-def readable_proc(pids: list[int]) -> list[str]:
-    """The files of /proc/PID that tell a process's secrets, where they can be read."""
-    paths = [f"/proc/{pid}/{name}" for pid in pids for name in ("environ", "cmdline", "maps")]
-    return [path for path in paths if read(path)]
+def telling_proc(pids: list[int], secret: bytes) -> list[str]:
+    """The files of /proc/PID that tell the secret (a pid may name another process here:
+    the sandbox's own first process is 1, as the supervisor is in a container)."""
+    paths = [f"/proc/{pid}/{name}" for pid in pids for name in ("environ", "cmdline")]
+    return [path for path in paths if holds_secret(path, secret)]
 
 
 def ancestors() -> set[int]:

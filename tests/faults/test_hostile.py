@@ -52,8 +52,8 @@ STOPPED_BY = {
 }
 ATTACKS = {
     "environ": "read every process's environ and cmdline for the password",
-    "proc_of_supervisor": "read the supervisor's /proc (environ, cmdline, maps)",
-    "proc_of_workers": "read the workers' /proc (environ, cmdline, maps)",
+    "proc_of_supervisor": "read the password in the supervisor's /proc/PID/environ, cmdline",
+    "proc_of_workers": "read the password in the workers' /proc/PID/environ, cmdline",
     "credential_files": "read the supervisor's ~/.pgpass",
     "database_sockets": "connect to the database's, make run's and /var/run/postgresql's sockets",
     "signal_sibling": "SIGKILL a sibling worker running another session's job",

@@ -31,6 +31,7 @@ def test_the_system_is_read_only_and_tmp_home_dev_proc_are_the_sandboxs_own() ->
     assert pairs(argv, "--proc") == ["/proc"] and pairs(argv, "--dev") == ["/dev"]
     empty = Sandbox(BWRAP, fresh_proc=False).argv(["true"])
     assert "--proc" not in empty and "/proc" in pairs(empty, "--dir")
+    assert "--disable-userns" not in empty  # bwrap needs a /proc/sys it can write for it
 
 
 def test_the_program_is_shown_read_only_at_its_own_path_even_in_tmp() -> None:
