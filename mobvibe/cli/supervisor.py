@@ -277,8 +277,7 @@ def main(
     jail = _sandbox(config, sandbox_network == "on", unsandboxed)
     _check_port(config)
     url = db.resolve_url(database_url)
-    if jail is not None:
-        _check_sockets_hidden(jail, url, config.listen_url)
+    _check_sockets_hidden(jail, url, config.listen_url)
     timeout = _check_database(url, migrate)
     config = replace(config, database_url=url, heartbeat_timeout=timeout, sandbox=jail)
     _say_where_jobs_run(config.validate())
@@ -321,8 +320,10 @@ def _say_where_jobs_run(config: Settings) -> None:
         event(log, logging.INFO, "sandbox_off", message, handler=config.handler)
 
 
-def _check_sockets_hidden(jail: Sandbox, url: str, listen_url: str | None) -> None:
-    """ConfigError if the job could see a directory holding the database's socket."""
+def _check_sockets_hidden(jail: Sandbox | None, url: str, listen_url: str | None) -> None:
+    """ConfigError if a sandboxed job could see a directory holding the database's socket."""
+    if jail is None:
+        return
     hidden = [db.socket_dir(u) for u in (url, listen_url) if u]
     for directory in [d for d in hidden if d] + [str(db.embedded_dir())]:
         if jail.shows(directory):
