@@ -1,10 +1,10 @@
 """Cancel latency with a live supervisor: cancel_job() call -> the command gone and `cancelled`.
 
-Each probe is a job whose command sleeps; once it runs (a process with its
-JOB_ID in its environment exists: the command runs in a sandbox, whose pids
-are its own), the client calls JobQueue.cancel(), and the clock stops when the
-job's row says `cancelled` and no process of it is left (the command gets
-SIGTERM, and `sleep` dies of it at once; the sandbox ends with it).
+Each probe is a job whose command sleeps; once it runs (found by its JOB_ID in
+its environment: the command runs in a sandbox, whose pids are its own), the
+client calls JobQueue.cancel(), and the clock stops when the job's row says
+`cancelled` and none of its processes (the sandbox's included) is left: the
+command gets SIGTERM, `sleep` dies of it at once, and the sandbox ends with it.
 """
 
 from __future__ import annotations
@@ -44,27 +44,37 @@ def run(ctx: Context) -> dict[str, Any]:
 
 def _probe(queue: JobQueue) -> float:
     job = queue.enqueue("cancel probe")
-    wait_for(lambda: _processes(job), 30, 0.005, "the probe's command to start")
+    # Its processes once the command itself runs (the sandbox's bwrap and first process
+    # with it): found by JOB_ID in their environment, a sandboxed command's own pids
+    # being its namespace's.
+    pids = wait_for(lambda: _running(job), 30, 0.005, "the probe's command to start")
     started = time.monotonic()
     if not queue.cancel(job):
         raise RuntimeError(f"cancel_job({job}) changed nothing")
 
     def done() -> bool:
         row = queue.get(job)
-        return row is not None and row.status == "cancelled" and not _processes(job)
+        return row is not None and row.status == "cancelled" and not any(map(_alive, pids))
 
-    wait_for(done, 30, 0.002, "the probe cancelled and its command gone")
+    wait_for(done, 30, 0.002, "the probe cancelled and its processes gone")
     return time.monotonic() - started
 
 
-def _processes(job: object) -> list[str]:
-    """Live processes with the job's JOB_ID in their environment."""
+def _running(job: object) -> list[int]:
+    """The job's processes once its `sleep` runs; [] before."""
     marker = f"JOB_ID={job}".encode()
-    found = []
+    found, command = [], False
     for entry in filter(str.isdigit, os.listdir("/proc")):
         with contextlib.suppress(OSError):
             if marker in Path(f"/proc/{entry}/environ").read_bytes().split(b"\0"):
-                stat = Path(f"/proc/{entry}/stat").read_bytes()
-                if stat.rpartition(b")")[2].split()[0] != b"Z":
-                    found.append(entry)
-    return found
+                found.append(int(entry))
+                command |= Path(f"/proc/{entry}/cmdline").read_bytes().startswith(b"sleep")
+    return found if command else []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return False
+    return stat.rpartition(b")")[2].split()[0] != b"Z"

@@ -241,7 +241,7 @@ class ExecHandler(Handler):
     ) -> tuple[Outcome | None, str, Tail]:
         """Serve the pipes until the command exits; stop it on an abort, the fence or the
         deadline. (the outcome if it was stopped, its output, its stderr)"""
-        stopper = _Stopper(group)
+        stopper = _Stopper(group, sandboxed=self.sandbox is not None)
         with _Pipes(proc, progress_fd, attempt, self._wake_r) as pipes:
             while proc.poll() is None:
                 if stopper.outcome is None:
@@ -280,8 +280,9 @@ class ExecHandler(Handler):
 class _Stopper:
     """Stops a command once: TERM its group, KILL it when the grace is over."""
 
-    def __init__(self, group: int) -> None:
+    def __init__(self, group: int, *, sandboxed: bool) -> None:
         self.group = group
+        self.sandboxed = sandboxed
         self.outcome: Outcome | None = None
         self.kill_at: float | None = None
 
@@ -289,14 +290,32 @@ class _Stopper:
         if outcome is None:
             return
         self.outcome = outcome
-        sig = signal.SIGTERM if grace > 0 else signal.SIGKILL
-        contain.signal_quietly(self.group, sig, group=True)
+        if grace > 0 and self.sandboxed and not _started(self.group):
+            # The sandbox's first process ignores TERM, and the command it is about to
+            # start would never get it: nothing has started that could stop gracefully.
+            grace = 0.0
+        if grace > 0:
+            contain.signal_quietly(self.group, signal.SIGTERM, group=True)
+        else:
+            self._kill()
         self.kill_at = clock.monotonic() + grace
 
     def escalate(self) -> None:
         if self.kill_at is not None and clock.monotonic() >= self.kill_at:
-            contain.signal_quietly(self.group, signal.SIGKILL, group=True)
+            self._kill()
             self.kill_at = None
+
+    def _kill(self) -> None:
+        contain.signal_quietly(self.group, signal.SIGKILL, group=True)
+        if self.sandboxed:
+            # The sandbox's first process itself: while bwrap sets the sandbox up it is
+            # not yet the leader of its group. The kernel ends the namespace with it.
+            contain.signal_quietly(self.group, signal.SIGKILL)
+
+
+def _started(init: int) -> bool:
+    """True once the sandbox's first process `init` has started the command (its child)."""
+    return any(proc.ppid == init for proc in contain.processes())
 
 
 def _failure(returncode: int, errors: Tail) -> str:

@@ -10,6 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mobvibe.client import JobQueue
+from mobvibe.supervisor.attempt import KILL_GRACE, Outcome
+from mobvibe.supervisor.command import _Stopper, sandbox_init
+from mobvibe.supervisor.sandbox import prepare
 from tests.processes.conftest import BIN, FAST, ROOT, Running
 
 
@@ -129,3 +132,26 @@ def test_a_job_sees_the_system_its_program_and_its_own_processes_only(
     assert set(seen["tmp"].split()) == {"x", tmp_path.parts[2]}, seen
     assert seen["beside"].split() == ["look"]  # not the supervisor's log beside it
     assert seen["home"] == "/home/job /home/job"
+
+
+def test_a_stop_before_the_sandboxed_command_started_kills_the_sandbox_at_once() -> None:
+    """The sandbox's first process ignores SIGTERM and the command it has yet to start would
+    never get it: a cancel in an attempt's first milliseconds must not wait out the grace."""
+    sandbox = prepare(True, None)
+    info_r, info_w = os.pipe()
+    hold_r, hold_w = os.pipe()  # bwrap starts the command once a byte comes: never here
+    argv = sandbox.argv(["sleep", "60"], info_fd=info_w)
+    argv[1:1] = ["--block-fd", str(hold_r)]
+    proc = subprocess.Popen(argv, pass_fds=(info_w, hold_r))
+    os.close(info_w)
+    os.close(hold_r)
+    try:
+        init = sandbox_init(info_r)
+        assert init is not None
+        stopper = _Stopper(init, sandboxed=True)
+        stopper.stop(Outcome(False, "cancelled by request", "cancelled"), KILL_GRACE)
+        assert proc.wait(timeout=2) != 0, "killed, not left to the grace"
+    finally:
+        os.close(hold_w)
+        proc.kill()
+        proc.wait()
