@@ -23,7 +23,7 @@ from psycopg import conninfo, sql
 from mobvibe.client import JobQueue
 from tests.deploy.support import ROOT, SECCOMP_PROFILE
 from tests.deploy.test_image import events, run_once, status_of
-from tests.faults.conftest import findings, ledger  # noqa: F401 - a fixture, used by name
+from tests.faults.conftest import findings, ledger, matrix_row  # noqa: F401 - a fixture
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.docker
@@ -172,6 +172,12 @@ def test_a_hostile_job_in_the_container_finds_no_credential_no_socket_and_no_one
         docker_client, image, flags, fresh_database, secret_login, ledger
     )
     try:
+        reached = sorted({f"{attack}: {what}" for attack, w in found.items() for what in w})
+        matrix_row(
+            f"all the probe's attacks, in the image as the Deployment runs it (/proc {proc})",
+            "; ".join(reached)[:60] or "nothing",
+            "the sandbox, under the shipped seccomp profile",
+        )
         (ready,) = events(container, "sandbox_ready")
         assert ready["proc"] == ("fresh" if proc == "unmasked" else "empty"), ready
         assert set(found) >= {"environ", "proc_of_supervisor", "database_sockets"}, found
@@ -197,6 +203,12 @@ def test_unsandboxed_in_the_image_a_job_still_cannot_read_the_supervisors_enviro
         docker_client, image, flags, fresh_database, secret_login, ledger
     )
     try:
+        peeked = [*found["environ"], *found["proc_of_supervisor"], *found["proc_of_workers"]]
+        matrix_row(
+            "read the supervisor's environ, --unsandboxed in the image (same user)",
+            "nothing" if not peeked else ", ".join(map(str, peeked))[:60],
+            "the supervisor and its workers are non-dumpable",
+        )
         assert events(container, "sandbox_off")
         assert found["environ"] == [] and found["proc_of_supervisor"] == [], found
         assert found["proc_of_workers"] == [], found
