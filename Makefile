@@ -10,9 +10,9 @@ TOOLS := .tools
 PROMTOOL := $(TOOLS)/promtool
 WORKERS ?= 4
 
-.PHONY: venv pgbouncer chromium run demo-jobs lint format test test-unit test-contract \
+.PHONY: venv bubblewrap pgbouncer chromium run demo-jobs lint format test test-unit test-contract \
         test-processes test-reaper test-cli test-web test-stateful test-faults test-deploy soak \
-        bench image deploy-check screenshots clean
+        bench image deploy-check seccomp-profile screenshots clean
 
 # pip's errors only: setuptools warns on every editable install that a folder
 # named like a package may shadow it (information: ours are mapped under
@@ -44,6 +44,16 @@ $(PROMTOOL):
 	   dpkg-deb -x prometheus_*.deb root && cp root/usr/bin/promtool ../promtool ) || \
 	   echo "promtool unavailable: the promtool check will be skipped"
 	@rm -rf $(TOOLS)/deb
+
+# bubblewrap, the sandbox every --exec attempt runs in (deploy/README.md, "The
+# sandbox"): Debian's package, installed as root where the package lists are
+# reachable. Without it the supervisor refuses to run --exec commands, and so do
+# the tests that run them.
+bubblewrap:
+	@command -v bwrap >/dev/null 2>&1 || \
+	  ( [ "$$(id -u)" = 0 ] && (apt-get install -y -q bubblewrap >/dev/null 2>&1 || \
+	    (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q bubblewrap >/dev/null 2>&1)) ) || \
+	  echo "bubblewrap unavailable: mobvibe-supervisor --exec (and its tests) will say so"
 
 # PgBouncer, for the test of the supervisor behind a transaction pooler:
 # Debian's package, installed as root where the package lists are reachable.
@@ -89,7 +99,7 @@ format: venv
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: venv $(PROMTOOL) pgbouncer chromium
+test: venv $(PROMTOOL) $(SECCOMP_DEFAULT) $(APPARMOR) bubblewrap pgbouncer chromium
 	PATH="$(CURDIR)/$(TOOLS):$$PATH" $(PYTEST) -m "not soak" -q
 
 test-unit: venv
@@ -98,7 +108,7 @@ test-unit: venv
 test-contract: venv
 	$(PYTEST) tests/contract -q
 
-test-processes: venv $(PROMTOOL) pgbouncer
+test-processes: venv $(PROMTOOL) bubblewrap pgbouncer
 	PATH="$(CURDIR)/$(TOOLS):$$PATH" $(PYTEST) tests/processes -q
 
 test-reaper: venv
@@ -117,10 +127,12 @@ screenshots: venv chromium
 test-stateful: venv
 	$(PYTEST) tests/stateful -q
 
-test-faults: venv
+# The faults, and the hostile-job matrix: each attack of a job on the queue, what it
+# reached, what stopped it.
+test-faults: venv bubblewrap
 	$(PYTEST) tests/faults -q
 
-test-deploy: venv
+test-deploy: venv $(SECCOMP_DEFAULT) $(APPARMOR)
 	$(PYTEST) tests/deploy -q
 
 # The state machine with the long Hypothesis profile (random, 1,000 examples of
@@ -147,8 +159,37 @@ image:
 	docker build --network host --force-rm --build-arg BASE=$(BASE_IMAGE) \
 	    -f deploy/docker/Dockerfile -t $(IMAGE) .
 
-# Offline checks of deploy/: manifests, KEDA objects, Dockerfile, compose, alert rules.
-deploy-check: venv $(PROMTOOL)
+# The pods' seccomp profile is the runtime's default with the sandbox's rule
+# (deploy/kubernetes/seccomp/make_profile.py); the default comes from Debian's
+# golang-github-docker-docker-dev, of which only the one file is unpacked here.
+SECCOMP_DEFAULT := $(TOOLS)/seccomp-default.json
+$(SECCOMP_DEFAULT):
+	@mkdir -p $(TOOLS)/deb-seccomp
+	@( cd $(TOOLS)/deb-seccomp && (apt-get download golang-github-docker-docker-dev >/dev/null 2>&1 || \
+	   (apt-get update >/dev/null 2>&1 && apt-get download golang-github-docker-docker-dev >/dev/null 2>&1)) && \
+	   dpkg-deb -x golang-github-docker-docker-dev_*.deb root && \
+	   cp root/usr/share/gocode/src/github.com/docker/docker/profiles/seccomp/default.json ../seccomp-default.json ) || \
+	   echo "Debian's default seccomp profile unavailable: the check of ours against it will be skipped"
+	@rm -rf $(TOOLS)/deb-seccomp
+
+# apparmor_parser checks the AppArmor profile of the supervisor's pods (it compiles
+# it, loading nothing): Debian's, unpacked with the includes it needs.
+APPARMOR := $(TOOLS)/apparmor
+$(APPARMOR):
+	@mkdir -p $(TOOLS)/deb-apparmor
+	@( cd $(TOOLS)/deb-apparmor && (apt-get download apparmor >/dev/null 2>&1 || \
+	   (apt-get update >/dev/null 2>&1 && apt-get download apparmor >/dev/null 2>&1)) && \
+	   dpkg-deb -x apparmor_*.deb root && mkdir -p ../apparmor && \
+	   cp root/sbin/apparmor_parser ../apparmor/ && cp -r root/etc/apparmor.d ../apparmor/ ) || \
+	   echo "apparmor_parser unavailable: the check of the AppArmor profile will be skipped"
+	@rm -rf $(TOOLS)/deb-apparmor
+
+seccomp-profile: $(SECCOMP_DEFAULT)
+	$(PY) deploy/kubernetes/seccomp/make_profile.py $(SECCOMP_DEFAULT) > deploy/kubernetes/seccomp/mobvibe-sandbox.json
+
+# Offline checks of deploy/: manifests, KEDA objects, Dockerfile, compose, alert rules,
+# the seccomp profile.
+deploy-check: venv $(PROMTOOL) $(SECCOMP_DEFAULT) $(APPARMOR)
 	$(BIN)/kubernetes-validate --strict -k 1.30.0 $$(grep -L 'keda.sh/' deploy/kubernetes/*.yaml | grep -v kustomization)
 	$(BIN)/hadolint deploy/docker/Dockerfile
 	PATH="$(CURDIR)/$(TOOLS):$$PATH" $(PYTEST) tests/deploy -q -m "not docker"

@@ -176,8 +176,13 @@ def pooler_safe(pooled: bool) -> dict[str, Any]:
 
 
 def _keepalives_for(url: str) -> dict[str, str]:
+    return {} if socket_dir(url) else _KEEPALIVES  # Unix sockets have no keepalives
+
+
+def socket_dir(url: str) -> str | None:
+    """The directory of the Unix socket `url` connects through; None for TCP."""
     host = str(conninfo.conninfo_to_dict(url).get("host", ""))
-    return {} if host.startswith("/") else _KEEPALIVES  # Unix sockets have no keepalives
+    return host if host.startswith("/") else None
 
 
 def resolve_url(url: str | None) -> str:

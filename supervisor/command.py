@@ -4,12 +4,21 @@ The prompt goes to its stdin; its stdout's end is the job's output, its
 stderr's end the error of a failed attempt; lines on descriptor 3
 (MOBVIBE_PROGRESS_FD) are progress. Every pipe is read as the command writes,
 so the command never blocks on a full pipe, and only the ends are kept.
+
+The command runs in its sandbox (sandbox.py), whose bwrap passes the pipes and
+descriptor 3 through; bwrap tells the pid of the sandbox's first process, whose
+process group is the command's, and whose death ends the whole sandbox. bwrap
+itself exits with the command's status as soon as the command exits (a killed
+command: 128 + the signal, as a shell says it).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import json
 import os
+import select
 import selectors
 import shlex
 import signal
@@ -29,6 +38,7 @@ from mobvibe.supervisor.attempt import (
     Handler,
     Outcome,
 )
+from mobvibe.supervisor.sandbox import Sandbox
 from mobvibe.vocabulary import EndReason
 
 STDERR_TAIL = 2000  # characters of stderr in a failed attempt's error
@@ -36,6 +46,7 @@ OUTPUT_MAX = 64 * 1024  # bytes of stdout kept as the job's output
 PROGRESS_FD = 3  # a single digit: every shell can redirect to it (dash cannot to 10+)
 CHUNK = 65536
 TICK = 0.2  # longest wait between two looks at the fence, the deadline and the progress
+INFO_TIMEOUT = 10.0  # bwrap writes its first process's pid at once: a hang is a bug
 # What a job's command inherits from the supervisor's environment; nothing else
 # (no DATABASE_URL, no PG*, no MOBVIBE_* setting) unless --exec-env names it.
 ENV_ALLOWED = (
@@ -90,17 +101,18 @@ def check_exec_env(names: Sequence[str]) -> tuple[str, ...]:
     return tuple(names)
 
 
-def check_command(command: str) -> None:
-    """ConfigError unless the program `command` starts with can be found (as its shell would)."""
+def check_command(command: str) -> str | None:
+    """The path of the program `command` starts with, as its shell finds it (None for a
+    shell builtin); ConfigError if there is none."""
     try:
         words = shlex.split(command)
     except ValueError as exc:
         raise ConfigError(f"--exec {command!r}: {exc}") from None
+    while words and "=" in words[0] and not words[0].startswith(("/", ".")):
+        words = words[1:]  # VAR=value cmd ...: the variables are the shell's
     if not words:
         raise ConfigError("--exec is empty: give the command that runs a job")
     program = words[0]
-    if "=" in program and not program.startswith(("/", ".")):
-        return  # VAR=value cmd ...: left to the shell
     found = subprocess.run(
         ["sh", "-c", 'command -v -- "$1"', "sh", program],
         env=base_environment(),
@@ -112,6 +124,8 @@ def check_command(command: str) -> None:
             f"--exec: {program!r} is not a command the job's shell can find "
             f"(PATH={os.environ.get('PATH', '')}); give its full path"
         )
+    path = found.stdout.decode(errors="replace").strip()
+    return path if "/" in path else None
 
 
 class Tail:
@@ -156,11 +170,14 @@ class Lines:
 
 
 class ExecHandler(Handler):
-    """`--exec CMD`, run with `sh -c` in a session of its own."""
+    """`--exec CMD`, run with `sh -c` in a session of its own, in a sandbox unless it is None."""
 
-    def __init__(self, command: str, env_names: Sequence[str] = ()) -> None:
+    def __init__(
+        self, command: str, env_names: Sequence[str] = (), sandbox: Sandbox | None = None
+    ) -> None:
         self.command = command
         self.env_names = tuple(env_names)
+        self.sandbox = sandbox
         self._abort: tuple[Outcome, float] | None = None
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -168,46 +185,62 @@ class ExecHandler(Handler):
 
     def run(self, attempt: Attempt) -> Outcome:
         self._abort = None
+        proc, group, progress_r = self._start(attempt)
+        attempt.on_group(group)
+        try:
+            outcome, output, errors = self._watch(proc, group, progress_r, attempt)
+        finally:
+            os.close(progress_r)
+            contain.end_attempt(group, (), END_GRACE, clock.monotonic() + END_DEADLINE)
+        attempt.flush(force=True)  # every event is written before the attempt's end
+        if outcome is not None:
+            return Outcome(outcome.ok, outcome.error, outcome.reason, output)
+        return _ended(proc.returncode, output, errors)
+
+    def _start(self, attempt: Attempt) -> tuple[subprocess.Popen[bytes], int, int]:
+        """Start the command: (its process, the process group that is the attempt's, the
+        read end of its progress pipe)."""
         progress_r, progress_w = os.pipe()
-        env = job_environment(attempt.job, self.env_names)
+        progress_w = _above_stdio(progress_w)
+        info_r, info_w = os.pipe() if self.sandbox is not None else (-1, -1)
+        argv = ["sh", "-c", self.command]
+        if self.sandbox is not None:
+            info_w = _above_stdio(info_w)
+            argv = self.sandbox.argv(argv, info_fd=info_w)
 
         def prelude() -> None:  # in the child, before exec: no lock is taken here
             contain.die_with_parent(signal.SIGKILL)
             os.dup2(progress_w, PROGRESS_FD)
 
         try:
-            # The operator's command line, run as `sh -c` on purpose; a session (and
-            # so a process group) of its own, ended as a whole.
-            proc = subprocess.Popen(  # noqa: S602
-                self.command,
-                shell=True,
+            # The operator's command line, run by `sh -c` on purpose; a session (and so a
+            # process group) of its own, ended as a whole.
+            proc = subprocess.Popen(
+                argv,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                env=env,
+                env=job_environment(attempt.job, self.env_names),
                 start_new_session=True,
-                pass_fds=(PROGRESS_FD,),
+                pass_fds=(PROGRESS_FD, info_w) if info_w >= 0 else (PROGRESS_FD,),
                 preexec_fn=prelude,  # noqa: PLW1509 - prctl and dup2 only
             )
         finally:
-            os.close(progress_w)
-        attempt.on_group(proc.pid)
-        try:
-            outcome, output, errors = self._watch(proc, progress_r, attempt)
-        finally:
-            os.close(progress_r)
-            contain.end_attempt(proc.pid, (), END_GRACE, clock.monotonic() + END_DEADLINE)
-        attempt.flush(force=True)  # every event is written before the attempt's end
-        if outcome is not None:
-            return Outcome(outcome.ok, outcome.error, outcome.reason, output)
-        return _ended(proc.returncode, output, errors)
+            for fd in (progress_w, info_w):
+                if fd >= 0:
+                    os.close(fd)
+        group = proc.pid
+        if info_r >= 0:
+            # The sandbox's first process: the command runs in its process group.
+            group = sandbox_init(info_r) or proc.pid
+        return proc, group, progress_r
 
     def _watch(
-        self, proc: subprocess.Popen[bytes], progress_fd: int, attempt: Attempt
+        self, proc: subprocess.Popen[bytes], group: int, progress_fd: int, attempt: Attempt
     ) -> tuple[Outcome | None, str, Tail]:
         """Serve the pipes until the command exits; stop it on an abort, the fence or the
         deadline. (the outcome if it was stopped, its output, its stderr)"""
-        stopper = _Stopper(proc)
+        stopper = _Stopper(group, sandboxed=self.sandbox is not None)
         with _Pipes(proc, progress_fd, attempt, self._wake_r) as pipes:
             while proc.poll() is None:
                 if stopper.outcome is None:
@@ -259,8 +292,9 @@ def _ended(returncode: int, output: str, errors: Tail) -> Outcome:
 class _Stopper:
     """Stops a command once: TERM its group, KILL it when the grace is over."""
 
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
-        self.proc = proc
+    def __init__(self, group: int, *, sandboxed: bool) -> None:
+        self.group = group
+        self.sandboxed = sandboxed
         self.outcome: Outcome | None = None
         self.kill_at: float | None = None
 
@@ -268,14 +302,58 @@ class _Stopper:
         if outcome is None:
             return
         self.outcome = outcome
-        sig = signal.SIGTERM if grace > 0 else signal.SIGKILL
-        contain.signal_quietly(self.proc.pid, sig, group=True)
+        if grace > 0 and self.sandboxed and not _started(self.group):
+            # The sandbox's first process ignores TERM, and the command it is about to
+            # start would never get it: nothing has started that could stop gracefully.
+            grace = 0.0
+        if grace > 0:
+            contain.signal_quietly(self.group, signal.SIGTERM, group=True)
+        else:
+            self._kill()
         self.kill_at = clock.monotonic() + grace
 
     def escalate(self) -> None:
         if self.kill_at is not None and clock.monotonic() >= self.kill_at:
-            contain.signal_quietly(self.proc.pid, signal.SIGKILL, group=True)
+            self._kill()
             self.kill_at = None
+
+    def _kill(self) -> None:
+        contain.signal_quietly(self.group, signal.SIGKILL, group=True)
+        if self.sandboxed:
+            # The sandbox's first process itself: while bwrap sets the sandbox up it is
+            # not yet the leader of its group. The kernel ends the namespace with it.
+            contain.signal_quietly(self.group, signal.SIGKILL)
+
+
+def _started(init: int) -> bool:
+    """True once the sandbox's first process `init` has started the command (its child)."""
+    return any(proc.ppid == init for proc in contain.processes())
+
+
+def _above_stdio(fd: int) -> int:
+    """`fd` moved to a number above the ones a child's descriptors are put at (0 to 3)."""
+    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+    os.close(fd)
+    return moved
+
+
+def sandbox_init(info_fd: int) -> int | None:
+    """The pid of the sandbox's first process, from what bwrap writes to --info-fd (and
+    closes at once); None if it wrote nothing (it failed before: its error says why)."""
+    data = b""
+    try:
+        while ready := select.select([info_fd], [], [], INFO_TIMEOUT)[0]:
+            chunk = os.read(ready[0], 4096)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(info_fd)
+    try:
+        pid = json.loads(data)["child-pid"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return pid if isinstance(pid, int) and pid > 1 else None
 
 
 class _Pipes:

@@ -1,11 +1,17 @@
 """Every process of an attempt ends with the attempt.
 
 A job's command runs in a process group of its own, and dies with the worker
-that started it (its death signal). Processes that leave the group (`setsid`)
-or outlive their parent are reparented to the nearest "child subreaper"
-ancestor instead of init: the worker, or when the worker is gone, the
-supervisor's parent. Both are subreapers, so an attempt's leftovers always
-come back to one of them, which kills whatever child it does not know.
+that started it (its death signal). In its sandbox (sandbox.py), that group is
+the one of the sandbox's first process, and killing that process ends every
+process of the sandbox's PID namespace, wherever they went.
+
+Without a sandbox (--unsandboxed, and what a Python handler starts), processes
+that leave the group (`setsid`) or outlive their parent are reparented to the
+nearest "child subreaper" ancestor instead of init: the worker, or when the
+worker is gone, the supervisor. Both are subreapers, so an attempt's leftovers
+come back to one of them, which kills whatever child it does not know; only a
+kill -9 of both at once (of the supervisor's whole process group) lets them go,
+which the sandbox's namespace does not.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from dataclasses import dataclass
 from mobvibe import clock
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_DUMPABLE = 4
 _PR_SET_NAME = 15
 _PR_SET_CHILD_SUBREAPER = 36
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -41,6 +48,12 @@ def name_process(name: str) -> None:
 def become_subreaper() -> None:
     """Orphaned descendants of this process are reparented to it, not to init."""
     _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+
+
+def become_undumpable() -> None:
+    """No core dump, and /proc/PID of this process and of its forks (until they exec)
+    readable by root only: its environment holds the database's credentials."""
+    _prctl(_PR_SET_DUMPABLE, 0)
 
 
 def die_with_parent(sig: int = signal.SIGKILL) -> None:

@@ -26,6 +26,7 @@ from mobvibe.supervisor.attempt import (
     RunningJob,
 )
 from mobvibe.supervisor.command import OUTPUT_MAX, STDERR_TAIL, ExecHandler
+from mobvibe.supervisor.sandbox import Sandbox
 from mobvibe.vocabulary import EndReason
 
 log = logging.getLogger(__name__)
@@ -93,11 +94,15 @@ def load_function(spec: str) -> Callable[[Job], Any]:
 
 
 def make_handler(
-    exec_cmd: str | None, handler: str | None, exec_env: Sequence[str] = ()
+    exec_cmd: str | None,
+    handler: str | None,
+    exec_env: Sequence[str] = (),
+    sandbox: Sandbox | None = None,
 ) -> Handler:
-    """The handler the options name (the demo's spec for --demo)."""
+    """The handler the options name (the demo's spec for --demo); a command runs in
+    `sandbox` (None: without one)."""
     if exec_cmd:
-        return ExecHandler(exec_cmd, exec_env)
+        return ExecHandler(exec_cmd, exec_env, sandbox)
     if handler is None:
         raise ConfigError(
             "no job handler: give --exec CMD or --handler PKG.MOD:FUNC "

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from mobvibe.durations import format_duration
 from mobvibe.errors import ConfigError
+from mobvibe.supervisor.sandbox import Sandbox
 
 POLL_INTERVAL_DEFAULT = 10.0
 HEARTBEAT_INTERVAL_DEFAULT = 5.0
@@ -36,6 +37,9 @@ class Settings:
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     exec_cmd: str | None = None
     exec_env: tuple[str, ...] = ()  # names the --exec command gets beyond the allow-list
+    # Where each --exec attempt runs (checked at start); None: without a sandbox, which
+    # the operator asked for with --unsandboxed.
+    sandbox: Sandbox | None = None
     handler: str | None = None
     poll_interval: float = POLL_INTERVAL_DEFAULT
     heartbeat_interval: float = HEARTBEAT_INTERVAL_DEFAULT

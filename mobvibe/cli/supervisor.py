@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import socket
@@ -16,10 +17,12 @@ from mobvibe import logs
 from mobvibe.cli.options import CONTEXT, Command, database_option, friendly_errors, logging_options
 from mobvibe.durations import Duration, format_duration
 from mobvibe.errors import ConfigError
+from mobvibe.logs import event
 from mobvibe.reaper.sweep import ReaperSettings, run_once
 from mobvibe.sql import db, store
 from mobvibe.sql.migrate import migrate as run_migrations
 from mobvibe.sql.migrate import schema_is_current
+from mobvibe.supervisor import contain, sandbox
 from mobvibe.supervisor import settings as defaults
 from mobvibe.supervisor.arbiter import Arbiter, Shared
 from mobvibe.supervisor.children import ChildKind
@@ -27,9 +30,11 @@ from mobvibe.supervisor.command import check_command, check_exec_env
 from mobvibe.supervisor.handlers import DEMO, make_handler
 from mobvibe.supervisor.httpserver import serve
 from mobvibe.supervisor.hub import run_hub
+from mobvibe.supervisor.sandbox import Sandbox
 from mobvibe.supervisor.settings import Settings
 from mobvibe.supervisor.worker import run_worker
 
+log = logging.getLogger("mobvibe.supervisor")
 # Durations: seconds, or a number with a unit (500ms, 30s, 5m), as every command takes them.
 interval = Duration()
 
@@ -70,6 +75,24 @@ interval = Duration()
     metavar="NAME",
     help="Pass environment variable NAME to the --exec command (repeatable); it otherwise "
     "gets PATH, HOME, LANG and the like, never DATABASE_URL, PG* or MOBVIBE_*.",
+)
+@click.option(
+    "--sandbox-network",
+    type=click.Choice(["on", "off"]),
+    default="on",
+    show_envvar=True,
+    help="The network of the --exec command's sandbox: on, the host's (agents fetch "
+    "packages; it reaches what the host reaches, 127.0.0.1 included), or off: a loopback "
+    "of its own and nothing else.",
+)
+@click.option(
+    "--unsandboxed",
+    is_flag=True,
+    default=False,
+    show_envvar=True,
+    help="Run --exec commands without a sandbox, where none can be made: the job can then "
+    "read the supervisor's database credentials and signal its processes. Never for "
+    "untrusted code.",
 )
 @click.option(
     "--handler",
@@ -190,6 +213,8 @@ interval = Duration()
 @friendly_errors
 def main(
     database_url: str | None,
+    sandbox_network: str,
+    unsandboxed: bool,
     demo: bool,
     migrate: bool,
     async_completions: bool,
@@ -199,16 +224,20 @@ def main(
 ) -> None:
     """Run the MobVibe job queue: N worker processes claiming and running coding jobs."""
     logs.setup(log_format, log_level)
+    # Before anything holds a credential: no core dump, no /proc of ours for the job.
+    contain.become_undumpable()
     config = _settings(options, demo=demo, async_completions=async_completions)
-    # A handler that does not import, or a command that is not there, stops us
-    # here with one line, not after every job has burnt its attempts.
+    # A handler that does not import, a command that is not there, or a sandbox that
+    # cannot be made stops us here with one line, not after every job has burnt its
+    # attempts.
     make_handler(config.exec_cmd, config.handler, config.exec_env)
-    if config.exec_cmd:
-        check_command(config.exec_cmd)
+    jail = _sandbox(config, sandbox_network == "on", unsandboxed)
     _check_port(config)
     url = db.resolve_url(database_url)
+    _check_sockets_hidden(jail, url, config.listen_url)
     timeout = _check_database(url, migrate)
-    config = replace(config, database_url=url, heartbeat_timeout=timeout).validate()
+    config = replace(config, database_url=url, heartbeat_timeout=timeout, sandbox=jail)
+    _say_where_jobs_run(config.validate())
     sys.exit(_run(config))
 
 
@@ -236,6 +265,56 @@ def _settings(options: dict[str, Any], *, demo: bool, async_completions: bool) -
         durable_completions=not async_completions,
         **given,
     ).validate()
+
+
+def _sandbox(config: Settings, network: bool, unsandboxed: bool) -> Sandbox | None:
+    """Where --exec commands will run, checked here once; None without one."""
+    if not config.exec_cmd:
+        return None
+    program = check_command(config.exec_cmd)
+    if unsandboxed:
+        return None
+    if program is not None and not os.path.isabs(program):
+        raise ConfigError(
+            f"--exec: give the full path of {program!r}: a sandboxed job starts in a home "
+            "directory of its own"
+        )
+    return sandbox.prepare(network, program)
+
+
+def _say_where_jobs_run(config: Settings) -> None:
+    """One line at start: in a sandbox (which), or without one and why."""
+    jail = config.sandbox
+    if jail is not None:
+        message = f"--exec commands run in a sandbox: {jail.describe()}"
+        fields = {"proc": "fresh" if jail.fresh_proc else "empty", "network": jail.network}
+        event(log, logging.INFO, "sandbox_ready", message, bwrap=jail.bwrap, **fields)
+    elif config.exec_cmd:
+        message = (
+            "--unsandboxed: --exec commands run without a sandbox; a job can read the "
+            "supervisor's credentials and signal its processes"
+        )
+        event(log, logging.WARNING, "sandbox_off", message)
+    else:
+        message = (
+            "jobs run in the worker processes by a Python handler, without a sandbox "
+            "(the sandbox is for --exec commands)"
+        )
+        event(log, logging.INFO, "sandbox_off", message, handler=config.handler)
+
+
+def _check_sockets_hidden(jail: Sandbox | None, url: str, listen_url: str | None) -> None:
+    """ConfigError if a sandboxed job could see a directory holding the database's socket."""
+    if jail is None:
+        return
+    hidden = [db.socket_dir(u) for u in (url, listen_url) if u]
+    for directory in [d for d in hidden if d] + [str(db.embedded_dir())]:
+        if jail.shows(directory):
+            raise ConfigError(
+                f"the database's socket directory {directory} would be visible to the "
+                "sandboxed jobs (it lies in /usr, /etc or the --exec program's path): "
+                "move it elsewhere"
+            )
 
 
 def _check_port(config: Settings) -> None:
@@ -267,7 +346,7 @@ def _check_database(url: str, migrate: bool) -> float:
 
 def _run(config: Settings) -> int:
     def worker_main(index: int, shared: Shared) -> int:
-        handler = make_handler(config.exec_cmd, config.handler, config.exec_env)
+        handler = make_handler(config.exec_cmd, config.handler, config.exec_env, config.sandbox)
         return run_worker(config, index, shared.slots, shared.wakeups, handler)
 
     def hub_main(shared: Shared) -> int:

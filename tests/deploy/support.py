@@ -19,6 +19,13 @@ ALERTS = DEPLOY / "prometheus" / "alerts.yml"
 KUBERNETES_VERSION = "1.30.0"
 KEDA_API = "keda.sh/v1alpha1"
 IMAGE_USER = 10001
+SECCOMP = KUBE / "seccomp"
+SECCOMP_PROFILE = SECCOMP / "mobvibe-sandbox.json"
+# The runtime's default profile, unpacked from Debian by `make seccomp-profile`.
+SECCOMP_DEFAULT = ROOT / ".tools" / "seccomp-default.json"
+APPARMOR_PROFILE = KUBE / "apparmor" / "mobvibe-sandbox"
+# Debian's apparmor_parser and its includes, unpacked by the Makefile.
+APPARMOR_TOOLS = ROOT / ".tools" / "apparmor"
 
 
 def tool(name: str) -> str | None:

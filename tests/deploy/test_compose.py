@@ -15,7 +15,7 @@ import yaml
 
 from mobvibe.client import JobQueue
 from tests.deploy.conftest import MEASURES
-from tests.deploy.support import COMPOSE, option
+from tests.deploy.support import COMPOSE, ROOT, SECCOMP_PROFILE, option
 from tests.support.waiting import wait_for
 
 MOBVIBE_SERVICES = ("migrate", "supervisor", "reaper")
@@ -83,6 +83,11 @@ def test_queue_services_run_read_only_with_tmpfs_for_the_writable_dirs() -> None
     assert grace >= float(option(services["supervisor"]["command"], "--shutdown-timeout") or 25) + 5
 
 
+def test_the_supervisor_runs_with_the_seccomp_profile_its_jobs_sandboxes_need() -> None:
+    (opt,) = compose()["services"]["supervisor"]["security_opt"]
+    assert opt == f"seccomp={SECCOMP_PROFILE.relative_to(ROOT)}"
+
+
 def test_compose_cli_accepts_the_file_and_rejects_a_misspelt_field(tmp_path: Path) -> None:
     cli = needs_cli()
     result = subprocess.run(
@@ -111,6 +116,8 @@ def for_this_machine(base_image: str, image: str, url: str) -> dict[str, Any]:
         "command": ["sleep", "infinity"],
         "healthcheck": {"test": ["CMD", "true"], "interval": "1s"},
     }
+    # The file is written elsewhere: the seccomp profile by its full path.
+    doc["services"]["supervisor"]["security_opt"] = [f"seccomp={SECCOMP_PROFILE}"]
     for name in MOBVIBE_SERVICES:
         service = doc["services"][name]
         assert service["build"]["dockerfile"].endswith("Dockerfile")

@@ -12,7 +12,7 @@ import pytest
 
 from mobvibe.client import JobQueue
 from tests.deploy.conftest import MEASURES
-from tests.deploy.support import ROOT
+from tests.deploy.support import ROOT, SECCOMP_PROFILE
 from tests.support.commands import free_port
 from tests.support.waiting import wait_for
 
@@ -29,6 +29,7 @@ PYTHON_HANDLER = {
     "environment": {"PYTHONPATH": "/handlers"},
 }
 # As Kubernetes runs it: non-root, read-only root, writable tmpfs only where needed.
+SANDBOX_SECCOMP = f"seccomp={SECCOMP_PROFILE.read_text()}"
 HARDENED: dict[str, Any] = {
     "network_mode": "host",
     "read_only": True,
@@ -128,6 +129,10 @@ def start_supervisor(
         volumes=handler.get("volumes", {}),
         healthcheck=healthcheck,
         detach=True,
+        # An --exec command's sandbox needs the seccomp profile the Deployment ships.
+        security_opt=[f"seccomp={SECCOMP_PROFILE.read_text()}"]
+        if "--exec" in handler["args"]
+        else [],
         **HARDENED,
     )
 

@@ -3,18 +3,18 @@
 Each job runs tests/faults/tree_job.py, which leaves a child and a `setsid`
 grandchild behind and has every process record when it ran (the ledger). The
 faults: kill -9 of workers while they run jobs, a frozen worker (SIGSTOP), and
-kill -9 of the supervisor's parent. The oracle: for every job, no two attempts'
-processes ever ran at the same time, and when the test ends no process of any
-job is left.
+kill -9 of the supervisor's parent, alone or with its whole process group. The
+oracle: for every job, no two attempts' processes ever ran at the same time, and
+when the test ends no process of any job is left.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import random
 import signal
-import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -28,13 +28,14 @@ from psycopg import sql
 
 from mobvibe.client import JobQueue
 from mobvibe.sql.jobs import NewJob
+from tests.faults.conftest import FINDINGS, job_processes, matrix_row
 from tests.support.roles import LoginRoles
 from tests.support.rows import count
 from tests.support.supervisor import Running
 from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
-TREE_JOB = f"{sys.executable} {ROOT / 'tests' / 'faults' / 'tree_job.py'} main"
+TREE_JOB = f"{ROOT / 'tests' / 'faults' / 'tree_job.py'} main"
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,8 @@ def ledger_runs(ledger: Path) -> list[Run]:
     spans: dict[tuple[str, int], list[float]] = defaultdict(list)
     procs: dict[tuple[str, int], int] = defaultdict(int)
     for path in ledger.iterdir():
+        if path.name == FINDINGS:
+            continue
         job_id, attempt, _role, _pid = path.name.split(".")
         times = [float(line) for line in path.read_text().split()]
         if times:
@@ -70,40 +73,6 @@ def overlaps(runs: list[Run]) -> list[tuple[Run, Run]]:
         ordered = sorted(job_runs, key=lambda r: r.first)
         found += [(a, b) for a, b in itertools.pairwise(ordered) if b.first <= a.last]
     return found
-
-
-def job_processes(ledger: Path, *, roles_only: bool = False) -> list[int]:
-    """Live processes of this test's jobs (found by the ledger in their environment): every
-    one, the shells included, or only those of tree_job.py's roles."""
-    marker = f"TEST_LEDGER={ledger}".encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as environ:
-                if marker not in environ.read().split(b"\0"):
-                    continue
-            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
-                argv = cmdline.read()
-            with open(f"/proc/{entry}/stat", "rb") as stat:
-                zombie = stat.read().rpartition(b")")[2].split()[0] == b"Z"
-        except OSError:
-            continue
-        if zombie or b"mobvibe-supervisor" in argv:  # the supervisor has the marker too
-            continue
-        if not roles_only or b"tree_job.py\0" in argv:
-            found.append(int(entry))
-    return found
-
-
-@pytest.fixture
-def ledger(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "ledger"
-    path.mkdir()
-    yield path
-    for pid in job_processes(path):  # never leave a process behind, even when failing
-        os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture
@@ -190,13 +159,36 @@ def test_no_two_runs_of_a_job_overlap_under_a_kill_storm_and_a_frozen_worker(
     assert sum(1 for run in runs if run.attempt > 1) >= kills - 1  # kills did end attempts
 
 
+def gone_within(ledger: Path, seconds: float) -> tuple[float, int]:
+    """Wait up to `seconds` for every process of the test's jobs to end: (seconds it took,
+    processes still running)."""
+    started = time.monotonic()
+    with contextlib.suppress(AssertionError):
+        wait_for(lambda: not job_processes(ledger), seconds, 0.01, "every job process ended")
+    return time.monotonic() - started, len(job_processes(ledger))
+
+
+def give_back_expired(conn: psycopg.Connection[Any]) -> None:
+    """As the reaper would, requeue the attempts whose supervisor died with its workers."""
+
+    def reaped() -> bool:
+        conn.execute("SELECT count(*) FROM queue_reap_expired()")
+        return count(conn, "processing") == 0
+
+    wait_for(reaped, timeout=15, interval=0.1, message="the silent attempts requeued")
+
+
+@pytest.mark.parametrize("victims", ["parent", "group"])
 def test_kill_9_of_the_parent_ends_every_job_process_before_the_jobs_run_again(
     queue: JobQueue,
     conn: Any,
     tree_supervisor: Callable[..., Running],
     ledger: Path,
     report: Callable[..., None],
+    victims: str,
 ) -> None:
+    """kill -9 of the supervisor alone (its workers release their jobs), or of its whole
+    process group, as an operator's `kill -9 -PGID` or a container's end does."""
     jobs = queue.enqueue_many([NewJob("tree:30", max_retries=5) for _ in range(3)])
     first = tree_supervisor("--workers", "3")
     wait_for(
@@ -204,29 +196,36 @@ def test_kill_9_of_the_parent_ends_every_job_process_before_the_jobs_run_again(
         timeout=30,
         message="3 jobs running, with a child and a grandchild each",
     )
-    os.kill(first.pid, signal.SIGKILL)
-    killed = time.monotonic()
-    wait_for(
-        lambda: not job_processes(ledger),
-        timeout=10,
-        interval=0.01,
-        message="every job process ended",
-    )
-    ended = time.monotonic() - killed
-    wait_for(lambda: count(conn, "processing") == 0, timeout=10, message="jobs given back")
+    if victims == "group":
+        os.killpg(first.pid, signal.SIGKILL)
+    else:
+        os.kill(first.pid, signal.SIGKILL)
+    ended, left = gone_within(ledger, 5)
+    give_back_expired(conn)
     queue_jobs_shorter(conn)
     second = tree_supervisor("--workers", "3", "--drain")
     assert second.wait_exit(60) == 0, second.log()[-3000:]
     runs = ledger_runs(ledger)
+    clashes = len(overlaps(runs))
     report(
-        "containment-parent-kill",
+        f"containment-{victims}-kill",
         jobs=len(jobs),
         ended_s=f"{ended:.2f}",
+        left=left,
         attempts=len(runs),
-        overlaps=len(overlaps(runs)),
+        overlaps=clashes,
     )
+    if victims == "group":
+        matrix_row(
+            "kill -9 of the supervisor's process group, 3 jobs with setsid grandchildren",
+            f"{left} job processes outlived it" if left else f"nothing: all gone in {ended:.2f} s",
+            "PID namespace: its first process dies with its parent, the kernel ends the rest",
+            clashes,
+            left,
+        )
+    assert left == 0, "job processes outlived their supervisor"
     assert count(conn, "completed") == len(jobs)
-    assert not overlaps(runs)
+    assert not clashes
     assert not job_processes(ledger)
 
 

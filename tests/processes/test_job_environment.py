@@ -3,27 +3,23 @@ and what a forged notification can do to a supervisor: nothing."""
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import psycopg
 
 from mobvibe.client import JobQueue
-from tests.support.rows import count
 from tests.support.supervisor import FAST, Running
 from tests.support.waiting import wait_for
 
 
 def test_the_job_command_gets_the_allow_list_and_what_exec_env_names_only(
-    queue: JobQueue, conn: Any, supervisor: Callable[..., Running], tmp_path: Path
+    queue: JobQueue, conn: Any, supervisor: Callable[..., Running]
 ) -> None:
-    out = tmp_path / "env"
     job_id = queue.enqueue("print your environment")
     supervisor(
         "--exec",
-        f"env > {shlex.quote(str(out))}",
+        "env",
         "--exec-env",
         "AGENT_API_KEY",
         "--drain",
@@ -39,8 +35,9 @@ def test_the_job_command_gets_the_allow_list_and_what_exec_env_names_only(
             "LANG": "C.UTF-8",
         },
     ).wait_exit(30)
-    env = dict(line.split("=", 1) for line in out.read_text().splitlines() if "=" in line)
-    assert count(conn, "completed") == 1
+    job = queue.get(job_id)
+    assert job is not None and job.status == "completed", job
+    env = dict(line.split("=", 1) for line in (job.output or "").splitlines() if "=" in line)
     leaked = [name for name in env if name == "DATABASE_URL" or name.startswith(("PG", "MOBVIBE_"))]
     assert leaked == ["MOBVIBE_PROGRESS_FD"], leaked  # the one the job needs
     assert env["MOBVIBE_PROGRESS_FD"] == "3"
@@ -48,6 +45,8 @@ def test_the_job_command_gets_the_allow_list_and_what_exec_env_names_only(
     assert env["AGENT_API_KEY"] == "key-for-the-agent"
     assert (env["JOB_ID"], env["ATTEMPT"]) == (str(job_id), "1")
     assert {"SESSION_ID", "PATH", "LANG"} <= env.keys()
+    # the sandbox's own home and temporary directory, whatever the supervisor's are
+    assert (env["HOME"], env["TMPDIR"]) == ("/home/job", "/tmp")
 
 
 def test_a_forged_notification_only_wakes_the_workers(

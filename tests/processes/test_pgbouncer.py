@@ -30,6 +30,7 @@ from psycopg import conninfo, sql
 from mobvibe.client import JobQueue
 from mobvibe.sql.jobs import NewJob
 from tests.support.commands import free_port
+from tests.support.processes import command_processes
 from tests.support.rows import count
 from tests.support.supervisor import FAST, Running
 from tests.support.waiting import wait_for
@@ -232,7 +233,6 @@ def test_cancel_through_pgbouncer_ends_the_running_command(
     supervisor: Callable[..., Running],
     bouncer: Bouncer,
     db_url: str,
-    tmp_path: Path,
 ) -> None:
     job = queue.enqueue("60")
     running = supervisor_behind(
@@ -240,25 +240,19 @@ def test_cancel_through_pgbouncer_ends_the_running_command(
         bouncer,
         db_url,
         "--exec",
-        'echo $$ > "$MARKS/tmp"; mv "$MARKS/tmp" "$MARKS/pid"; exec sleep "$(cat)"',
-        "--exec-env",
-        "MARKS",
+        'exec sleep "$(cat)"',
         "--workers",
         "1",
         *FAST,
-        env={"MARKS": str(tmp_path)},
     )
-    wait_for((tmp_path / "pid").exists, timeout=20, message="the job running")
-    pid = int((tmp_path / "pid").read_text())
+    wait_for(lambda: command_processes(job), timeout=20, message="the job running")
     assert queue.cancel(job)
     wait_for(
         lambda: getattr(queue.get(job), "status", None) == "cancelled",
         timeout=10,
         message="cancelled",
     )
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, 0)
-        wait_for(lambda: not Path(f"/proc/{pid}").exists(), timeout=5, message="gone")
+    wait_for(lambda: not command_processes(job), timeout=5, message="its command gone")
     assert running.proc.poll() is None
 
 

@@ -3,9 +3,7 @@ the phone that ends the whole process tree, the agent's output and its progress.
 
 from __future__ import annotations
 
-import os
 import signal
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,15 +13,14 @@ import psycopg
 
 from mobvibe.client import JobQueue
 from mobvibe.sql import store
+from tests.support.processes import command_processes
 from tests.support.supervisor import FAST, Running
 from tests.support.waiting import wait_for
 
 HANDLERS = "tests.processes.handlers"
-# A command that records its pid (renamed into place: a reader never sees it half
-# written), reports progress on descriptor 3, says something on stdout and then sleeps
-# until it is killed (or the prompt's seconds are up).
+# A command that reports progress on descriptor 3, says something on stdout and then
+# sleeps until it is killed (or the prompt's seconds are up).
 AGENT = (
-    'echo $$ > "$MARKS/$JOB_ID.tmp"; mv "$MARKS/$JOB_ID.tmp" "$MARKS/$JOB_ID.pid"; '
     'echo \'{"kind": "step", "text": "thinking"}\' >&3; '
     "echo 'not json, kept as text' >&3; "
     'echo "agent output for $JOB_ID"; '
@@ -35,40 +32,30 @@ def status(queue: JobQueue, job_id: Any) -> str | None:
     return getattr(queue.get(job_id), "status", None)
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return stat.rpartition(")")[2].split()[0] != "Z"
-
-
-def agent(supervisor: Callable[..., Running], marks: Path, *args: str) -> Running:
-    return supervisor(
-        "--exec", AGENT, "--exec-env", "MARKS", *FAST, *args, env={"MARKS": str(marks)}
-    )
+def agent(supervisor: Callable[..., Running], *args: str) -> Running:
+    return supervisor("--exec", AGENT, *FAST, *args)
 
 
 def test_a_running_command_is_cancelled_and_gone_and_the_next_prompt_starts_after_it(
     queue: JobQueue,
     conn: psycopg.Connection[Any],
     supervisor: Callable[..., Running],
-    tmp_path: Path,
 ) -> None:
     session = queue.create_session()
     first = queue.enqueue("60", session_id=session)
     second = queue.enqueue("0.2", session_id=session)
-    running = agent(supervisor, tmp_path, "--workers", "2")
-    pid_file = tmp_path / f"{first}.pid"
-    wait_for(pid_file.exists, timeout=20, message="the first prompt running")
-    pid = int(pid_file.read_text())
+    running = agent(supervisor, "--workers", "2")
+    wait_for(
+        lambda: status(queue, first) == "processing" and command_processes(first),
+        timeout=20,
+        message="the first prompt running",
+    )
     time.sleep(0.5)  # two idle-looking workers: the second prompt must still wait
     assert status(queue, second) == "pending"
     assert queue.cancel(first) is True
     asked = time.monotonic()
     wait_for(
-        lambda: status(queue, first) == "cancelled" and not alive(pid),
+        lambda: status(queue, first) == "cancelled" and not command_processes(first),
         timeout=10,
         interval=0.01,
         message="the first prompt cancelled and its command gone",
@@ -79,9 +66,9 @@ def test_a_running_command_is_cancelled_and_gone_and_the_next_prompt_starts_afte
         timeout=20,
         message="the session's next prompt done",
     )
-    started_second = (tmp_path / f"{second}.pid").stat().st_mtime
-    cancelled_at = queue.get(first).completed_at.timestamp()  # type: ignore[union-attr]
-    assert started_second >= cancelled_at - 0.05, "the next prompt started before the end"
+    started_second = queue.attempts(second)[0].started_at
+    cancelled_at = queue.get(first).completed_at  # type: ignore[union-attr]
+    assert started_second >= cancelled_at, "the next prompt started before the end"
     assert gone < 1.0, f"cancel took {gone:.2f} s"
     assert running.events("job_cancelled")
     attempts = queue.attempts(first)
@@ -90,10 +77,10 @@ def test_a_running_command_is_cancelled_and_gone_and_the_next_prompt_starts_afte
 
 
 def test_the_output_and_the_progress_of_a_command_are_kept(
-    queue: JobQueue, supervisor: Callable[..., Running], tmp_path: Path
+    queue: JobQueue, supervisor: Callable[..., Running]
 ) -> None:
     job = queue.enqueue("0")
-    agent(supervisor, tmp_path, "--workers", "1", "--drain").wait_exit(30)
+    agent(supervisor, "--workers", "1", "--drain").wait_exit(30)
     row = queue.get(job)
     assert row is not None and row.status == "completed"
     assert row.output == f"agent output for {job}\n"
@@ -111,8 +98,9 @@ def test_a_chatty_command_is_rate_limited_and_never_blocked(
     supervisor: Callable[..., Running],
     tmp_path: Path,
 ) -> None:
-    flood = tmp_path / "flood.py"
+    flood = tmp_path / "flood.py"  # a program of its own: the sandbox shows its file
     flood.write_text(
+        "#!/usr/bin/env python3\n"
         "import os, sys\n"
         "out = os.fdopen(int(os.environ['MOBVIBE_PROGRESS_FD']), 'w')\n"
         "for i in range(200_000):\n"
@@ -120,11 +108,10 @@ def test_a_chatty_command_is_rate_limited_and_never_blocked(
         "out.flush()\n"
         "sys.stdout.write('x' * 200_000)\n"  # more than the 64 KiB kept
     )
+    flood.chmod(0o755)
     job = queue.enqueue("flood")
     started = time.monotonic()
-    supervisor("--exec", f"{sys.executable} {flood}", "--workers", "1", "--drain", *FAST).wait_exit(
-        60
-    )
+    supervisor("--exec", str(flood), "--workers", "1", "--drain", *FAST).wait_exit(60)
     took = time.monotonic() - started
     row = queue.get(job)
     assert row is not None and row.status == "completed", row
@@ -179,23 +166,21 @@ def test_a_forged_cancel_notification_stops_nothing(
     queue: JobQueue,
     conn: psycopg.Connection[Any],
     supervisor: Callable[..., Running],
-    tmp_path: Path,
 ) -> None:
     job = queue.enqueue("2")
-    agent(supervisor, tmp_path, "--workers", "1", "--drain")
-    wait_for((tmp_path / f"{job}.pid").exists, timeout=20, message="running")
+    agent(supervisor, "--workers", "1", "--drain")
+    wait_for(lambda: command_processes(job), timeout=20, message="running")
     conn.execute("SELECT pg_notify('job_cancel', %s)", [f'{{"job_id": "{job}"}}'])
     wait_for(lambda: status(queue, job) == "completed", timeout=20, message="done anyway")
 
 
 def test_sigterm_of_a_supervisor_ends_the_command_of_a_job_it_gives_back(
-    queue: JobQueue, supervisor: Callable[..., Running], tmp_path: Path
+    queue: JobQueue, supervisor: Callable[..., Running]
 ) -> None:
     job = queue.enqueue("60")
-    running = agent(supervisor, tmp_path, "--workers", "1", "--shutdown-timeout", "0.5")
-    wait_for((tmp_path / f"{job}.pid").exists, timeout=20, message="running")
-    pid = int((tmp_path / f"{job}.pid").read_text())
+    running = agent(supervisor, "--workers", "1", "--shutdown-timeout", "0.5")
+    wait_for(lambda: command_processes(job), timeout=20, message="running")
     running.signal(signal.SIGTERM)
     assert running.wait_exit(30) == 0
-    assert not alive(pid)
+    assert not command_processes(job)
     assert status(queue, job) == "pending"

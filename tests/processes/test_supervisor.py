@@ -364,18 +364,18 @@ def test_sigterm_gives_a_running_exec_command_back_without_counting_it(
 
 
 def test_exec_command_gets_prompt_and_environment(
-    queue: JobQueue, conn: Any, supervisor: Any, tmp_path: Any
+    queue: JobQueue, conn: Any, supervisor: Any
 ) -> None:
-    out = tmp_path / "out"
     good = queue.enqueue("hello prompt")
     bad = queue.enqueue("please fail", max_retries=1)
     script = (
-        f'read -r line; echo "$JOB_ID $ATTEMPT $line" >> {out}; '
+        'read -r line; echo "$JOB_ID $ATTEMPT $line"; '
         'case "$line" in *fail*) echo "it broke" >&2; exit 3;; esac'
     )
     running = supervisor("--workers", "1", "--drain", "--exec", script, *FAST)
     assert running.wait_exit(30) == 0
-    assert f"{good} 1 hello prompt" in out.read_text()
+    done = queue.get(good)
+    assert done is not None and done.output == f"{good} 1 hello prompt\n"
     failed = queue.get(bad)
     assert failed is not None and failed.status == "failed"
     assert "it broke" in failed.error_message and "exit status 3" in failed.error_message
