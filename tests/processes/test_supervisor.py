@@ -16,6 +16,7 @@ import psycopg
 from mobvibe.client import JobQueue
 from mobvibe.sql.jobs import NewJob
 from tests.support.commands import BIN, run_command
+from tests.support.processes import command_processes
 from tests.support.rows import count
 from tests.support.supervisor import FAST
 from tests.support.waiting import wait_for
@@ -308,23 +309,19 @@ def test_a_cancel_held_open_across_a_renewal_leaves_the_healthy_job_untouched(
     worker allows for that; once the cancel is rolled back the job runs to its end, on its
     first attempt, never told to stop."""
     job_id = queue.enqueue("anything")
-    pid_file = tmp_path / "command.pid"
     running = supervisor(
-        "--workers", "1", "--exec", f"echo $$ > {pid_file}; exec sleep 6",
+        "--workers", "1", "--exec", "exec sleep 6",
         "--heartbeat-interval", "1", "--poll-interval", "0.5", "--reaper-interval", "0.5",
         heartbeat_timeout=3,
     )  # fmt: skip
-    wait_for(pid_file.exists, timeout=15, message="the job's command running")
+    # The command runs in its sandbox: found by its JOB_ID, as the host sees it.
+    wait_for(lambda: command_processes(job_id), timeout=15, message="the job's command running")
 
     def heartbeat() -> Any:
         return conn.execute("SELECT heartbeat_at FROM coding_jobs WHERE id = %s", [job_id])
 
     def command_stopped() -> bool:
-        try:
-            stat = Path(f"/proc/{int(pid_file.read_text())}/stat").read_text()
-        except (OSError, ValueError):
-            return True
-        return stat.rpartition(")")[2].split()[0] == "Z"
+        return not command_processes(job_id)
 
     first = heartbeat().fetchone()
     # just renewed: the lock taken now spans the next renewal
