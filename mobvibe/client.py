@@ -16,7 +16,7 @@ from mobvibe.errors import DatabaseUnavailableError, InvalidJobError
 from mobvibe.sql import db, store
 from mobvibe.sql.jobs import MAX_RETRIES_DEFAULT, PRIORITY_DEFAULT, Job, NewJob, parse_uuid
 from mobvibe.sql.notify import CHANNELS, Listener, Notification
-from mobvibe.sql.store import AttemptRow, DeadLetter, Event, JobRow, QueueStats
+from mobvibe.sql.store import AttemptRow, DeadLetter, Enqueued, Event, JobRow, QueueStats
 from mobvibe.vocabulary import EndReason
 
 MAX_CONCURRENCY_MIN, MAX_CONCURRENCY_MAX = 1, 100
@@ -109,21 +109,29 @@ class JobQueue:
         """Add one job and return its id; with `conn`, inside the caller's transaction.
 
         A repeated `idempotency_key` in the same session (a double tap) adds nothing and
-        returns the first job's id."""
-        job = NewJob(
-            prompt, session_id, priority, max_retries, run_at, delay, idempotency_key
-        ).validated()
-        if job.session_id is None or conn is not None:
+        returns the first job's id (submit() says whether its prompt was another)."""
+        job = NewJob(prompt, session_id, priority, max_retries, run_at, delay, idempotency_key)
+        return self.submit(job, conn=conn).job_id
+
+    def submit(self, job: NewJob, *, conn: Conn | None = None) -> Enqueued:
+        """Add one job: its id and session, and whether it was added (False: the session's
+        job with its idempotency key, prompt_ignored when that one's prompt differs)."""
+        checked = job.validated()
+        if checked.session_id is None or conn is not None:
             # A new session too (two statements, one transaction), or the caller's
             # connection (a savepoint, so that a refused job leaves its work alone).
-            return self.enqueue_many([job], conn=conn)[0]
+            return self.submit_many([checked], conn=conn)[0]
         # One statement on our own connection, atomic by itself.
         with self.connection(conn) as c:
-            return store.enqueue(c, job)
+            return store.submit(c, checked)
 
     def enqueue_many(self, jobs: Iterable[NewJob], *, conn: Conn | None = None) -> list[uuid.UUID]:
         """Add many jobs in one round trip, all or none; return their ids in order (for a
         repeated idempotency key, the existing job's id)."""
+        return [done.job_id for done in self.submit_many(jobs, conn=conn)]
+
+    def submit_many(self, jobs: Iterable[NewJob], *, conn: Conn | None = None) -> list[Enqueued]:
+        """enqueue_many(), saying of each job what submit() says."""
         checked = [job.validated() for job in jobs]
         if not checked:
             return []
@@ -135,7 +143,7 @@ class JobQueue:
         created = [s for s in new_sessions if s is not None]
         with self.connection(conn) as c:
             if not created and conn is None:  # one INSERT on our connection: atomic by itself
-                return store.enqueue_many(c, checked, session_ids)
+                return store.submit_many(c, checked, session_ids)
             if not c.autocommit and c.info.transaction_status == pq.TransactionStatus.IDLE:
                 # transaction() on an idle connection would BEGIN and COMMIT, committing
                 # the caller's transaction early; open it first, so that ours is a savepoint.
@@ -143,7 +151,7 @@ class JobQueue:
             with c.transaction(), c.pipeline():
                 if created:
                     store.create_sessions(c, created)
-                return store.enqueue_many(c, checked, session_ids)
+                return store.submit_many(c, checked, session_ids)
 
     def create_session(
         self, session_id: uuid.UUID | str | None = None, max_concurrency: int = 1

@@ -26,6 +26,26 @@ class Ended:
 
 
 @dataclass(frozen=True, slots=True)
+class Enqueued:
+    """What an enqueue did with one job: the job's id and session; added False when the
+    session had a job with its idempotency key already (whose id this is), and then
+    prompt_ignored True when that job's prompt differs from the one given."""
+
+    job_id: uuid.UUID
+    session_id: uuid.UUID
+    added: bool = True
+    prompt_ignored: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "job_id": str(self.job_id),
+            "session_id": str(self.session_id),
+            "added": self.added,
+            "prompt_ignored": self.prompt_ignored,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class Lease:
     """A claim held by a worker: the job and the token that fences its writes."""
 
