@@ -294,7 +294,7 @@ def _finite_jitter(ctx: click.Context, param: click.Parameter, value: float | No
     type=Duration(minimum=HEARTBEAT_TIMEOUT_MIN, maximum=HEARTBEAT_TIMEOUT_MAX),
     default=None,
     help="The reaper requeues a processing job silent for longer than this; keep it at 3x the "
-    "workers' --heartbeat-interval or more, and equal to the supervisors' --heartbeat-timeout.",
+    "workers' --heartbeat-interval or more (each supervisor reads it at start).",
 )
 @click.option(
     "--retain-completed",
