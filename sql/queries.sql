@@ -82,7 +82,8 @@ SELECT EXISTS (SELECT 1 FROM coding_jobs WHERE status IN ('pending', 'processing
 
 -- name: queue_stats
 SELECT pending_count, processing_count, completed_count, failed_count, oldest_pending_age,
-       waiting_retry_count, next_run_at, cancelled_count, events_dropped, event_bytes_dropped,
+       waiting_retry_count, next_run_at, cancelled_count, delayed_count, next_retry_at,
+       events_dropped, event_bytes_dropped,
        releases_counted
 FROM get_queue_stats()
 
