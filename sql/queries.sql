@@ -40,6 +40,9 @@ FROM queue_renew_leases(%(job_ids)s::uuid[], %(lease_tokens)s::uuid[])
 -- name: add_events
 SELECT queue_add_events(%(job_id)s, %(lease_token)s, %(kinds)s::text[], %(payloads)s::jsonb[])
 
+-- name: set_output
+SELECT queue_set_output(%(job_id)s, %(lease_token)s, %(output)s)
+
 -- name: release_job
 SELECT queue_release_job(%(job_id)s, %(lease_token)s, %(reason)s)
 

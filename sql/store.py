@@ -216,6 +216,16 @@ def add_events(
     return int(row[0]) if row else 0
 
 
+def set_output(conn: Conn, job_id: uuid.UUID, lease_token: uuid.UUID, output: str) -> bool:
+    """Keep the running attempt's output so far with the job; False: the lease is stale,
+    nothing written."""
+    row = conn.execute(
+        query("set_output"),
+        {"job_id": job_id, "lease_token": lease_token, "output": _storable(output)},
+    ).fetchone()
+    return bool(row and row[0])
+
+
 def heartbeat(conn: Conn, job_id: uuid.UUID, lease_token: uuid.UUID) -> bool:
     """Renew the attempt's lease; False: the lease is lost."""
     row = conn.execute(

@@ -275,6 +275,7 @@ class Worker:
             cancelled=lambda: (
                 self.slots.stop_requested(self.index, job.lease_token) == EndReason.CANCELLED
             ),
+            show_output=self._show_output,
         )
         self.in_handler = True
         try:
@@ -312,6 +313,24 @@ class Worker:
                 "progress events could not be written",
                 job_id=str(job.id),
                 events=len(events),
+                error=db.first_line(exc),
+            )
+
+    def _show_output(self, text: str) -> None:
+        """Keep the running attempt's output so far with its job, under the lease (a stale
+        one writes nothing; the attempt's end writes the final output all the same)."""
+        job = self.current
+        if job is None:
+            return
+        try:
+            store.set_output(self._db(), job.id, job.lease_token, text)
+        except DB_ERRORS as exc:
+            event(
+                log,
+                logging.WARNING,
+                "output_not_kept",
+                "the output so far could not be written",
+                job_id=str(job.id),
                 error=db.first_line(exc),
             )
 
