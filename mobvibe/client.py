@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -27,15 +28,21 @@ Conn = psycopg.Connection[Any]
 class JobQueue:
     """Enqueue, claim, heartbeat, complete, fail and inspect jobs.
 
-    Each call borrows a connection from a small pool; pass `conn=` to run an
-    enqueue inside the caller's own transaction instead. `prepare=False` when `url`
-    is a transaction pooler that keeps no prepared statements (PgBouncer before
-    1.21, or with max_prepared_statements 0): a statement sent often is otherwise
-    prepared on its fifth use, on one server connection of the pooler's.
+    `url` None: DATABASE_URL, or else the embedded PostgreSQL of a local run (started
+    if it is not running, as the commands start it). Each call borrows a connection
+    from a small pool; pass `conn=` to run an enqueue inside the caller's own
+    transaction instead. `prepare=False` when `url` is a transaction pooler that keeps
+    no prepared statements (PgBouncer before 1.21, or with max_prepared_statements 0):
+    a statement sent often is otherwise prepared on its fifth use, on one server
+    connection of the pooler's.
     """
 
-    def __init__(self, url: str, *, max_size: int = 4, prepare: bool = True) -> None:
-        self.url = db.validate_url(url)
+    def __init__(self, url: str | None = None, *, max_size: int = 4, prepare: bool = True) -> None:
+        self.url = (
+            db.validate_url(url)
+            if url is not None
+            else db.resolve_url(os.environ.get("DATABASE_URL"))  # as the commands find it
+        )
         self._pool = ConnectionPool(
             self.url,
             min_size=1,
@@ -269,13 +276,21 @@ class JobQueue:
         with self.connection() as c:
             return store.list_failed(c, limit)
 
+    def listen(self, channels: Sequence[str] = CHANNELS) -> Listener:
+        """A listener that LISTENs on `channels` from now on: open it before an enqueue,
+        then iterate() it, and no news of that job is missed (`with` closes it)."""
+        return Listener(self.url, channels).start()
+
     def notifications(
         self,
         channels: Sequence[str] = CHANNELS,
         *,
         timeout: float | None = None,
     ) -> Iterator[Notification]:
-        """Yield notifications from `channels`, reconnecting after a dropped connection."""
+        """Yield notifications from `channels`, reconnecting after a dropped connection.
+
+        It LISTENs from its first iteration on: to miss nothing that an enqueue made
+        before the loop sends, use listen()."""
         with Listener(self.url, channels) as listener:
             yield from listener.iterate(timeout=timeout)
 
