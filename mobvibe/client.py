@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -16,7 +17,7 @@ from mobvibe.errors import DatabaseUnavailableError, InvalidJobError
 from mobvibe.sql import db, store
 from mobvibe.sql.jobs import MAX_RETRIES_DEFAULT, PRIORITY_DEFAULT, Job, NewJob, parse_uuid
 from mobvibe.sql.notify import CHANNELS, Listener, Notification
-from mobvibe.sql.store import AttemptRow, DeadLetter, Event, JobRow, QueueStats
+from mobvibe.sql.store import AttemptRow, DeadLetter, Enqueued, Event, JobRow, QueueStats
 from mobvibe.vocabulary import EndReason
 
 MAX_CONCURRENCY_MIN, MAX_CONCURRENCY_MAX = 1, 100
@@ -27,15 +28,21 @@ Conn = psycopg.Connection[Any]
 class JobQueue:
     """Enqueue, claim, heartbeat, complete, fail and inspect jobs.
 
-    Each call borrows a connection from a small pool; pass `conn=` to run an
-    enqueue inside the caller's own transaction instead. `prepare=False` when `url`
-    is a transaction pooler that keeps no prepared statements (PgBouncer before
-    1.21, or with max_prepared_statements 0): a statement sent often is otherwise
-    prepared on its fifth use, on one server connection of the pooler's.
+    `url` None: DATABASE_URL, or else the embedded PostgreSQL of a local run (started
+    if it is not running, as the commands start it). Each call borrows a connection
+    from a small pool; pass `conn=` to run an enqueue inside the caller's own
+    transaction instead. `prepare=False` when `url` is a transaction pooler that keeps
+    no prepared statements (PgBouncer before 1.21, or with max_prepared_statements 0):
+    a statement sent often is otherwise prepared on its fifth use, on one server
+    connection of the pooler's.
     """
 
-    def __init__(self, url: str, *, max_size: int = 4, prepare: bool = True) -> None:
-        self.url = db.validate_url(url)
+    def __init__(self, url: str | None = None, *, max_size: int = 4, prepare: bool = True) -> None:
+        self.url = (
+            db.validate_url(url)
+            if url is not None
+            else db.resolve_url(os.environ.get("DATABASE_URL"))  # as the commands find it
+        )
         self._pool = ConnectionPool(
             self.url,
             min_size=1,
@@ -109,21 +116,29 @@ class JobQueue:
         """Add one job and return its id; with `conn`, inside the caller's transaction.
 
         A repeated `idempotency_key` in the same session (a double tap) adds nothing and
-        returns the first job's id."""
-        job = NewJob(
-            prompt, session_id, priority, max_retries, run_at, delay, idempotency_key
-        ).validated()
-        if job.session_id is None or conn is not None:
+        returns the first job's id (submit() says whether its prompt was another)."""
+        job = NewJob(prompt, session_id, priority, max_retries, run_at, delay, idempotency_key)
+        return self.submit(job, conn=conn).job_id
+
+    def submit(self, job: NewJob, *, conn: Conn | None = None) -> Enqueued:
+        """Add one job: its id and session, and whether it was added (False: the session's
+        job with its idempotency key, prompt_ignored when that one's prompt differs)."""
+        checked = job.validated()
+        if checked.session_id is None or conn is not None:
             # A new session too (two statements, one transaction), or the caller's
             # connection (a savepoint, so that a refused job leaves its work alone).
-            return self.enqueue_many([job], conn=conn)[0]
+            return self.submit_many([checked], conn=conn)[0]
         # One statement on our own connection, atomic by itself.
         with self.connection(conn) as c:
-            return store.enqueue(c, job)
+            return store.submit(c, checked)
 
     def enqueue_many(self, jobs: Iterable[NewJob], *, conn: Conn | None = None) -> list[uuid.UUID]:
         """Add many jobs in one round trip, all or none; return their ids in order (for a
         repeated idempotency key, the existing job's id)."""
+        return [done.job_id for done in self.submit_many(jobs, conn=conn)]
+
+    def submit_many(self, jobs: Iterable[NewJob], *, conn: Conn | None = None) -> list[Enqueued]:
+        """enqueue_many(), saying of each job what submit() says."""
         checked = [job.validated() for job in jobs]
         if not checked:
             return []
@@ -135,7 +150,7 @@ class JobQueue:
         created = [s for s in new_sessions if s is not None]
         with self.connection(conn) as c:
             if not created and conn is None:  # one INSERT on our connection: atomic by itself
-                return store.enqueue_many(c, checked, session_ids)
+                return store.submit_many(c, checked, session_ids)
             if not c.autocommit and c.info.transaction_status == pq.TransactionStatus.IDLE:
                 # transaction() on an idle connection would BEGIN and COMMIT, committing
                 # the caller's transaction early; open it first, so that ours is a savepoint.
@@ -143,7 +158,7 @@ class JobQueue:
             with c.transaction(), c.pipeline():
                 if created:
                     store.create_sessions(c, created)
-                return store.enqueue_many(c, checked, session_ids)
+                return store.submit_many(c, checked, session_ids)
 
     def create_session(
         self, session_id: uuid.UUID | str | None = None, max_concurrency: int = 1
@@ -261,13 +276,21 @@ class JobQueue:
         with self.connection() as c:
             return store.list_failed(c, limit)
 
+    def listen(self, channels: Sequence[str] = CHANNELS) -> Listener:
+        """A listener that LISTENs on `channels` from now on: open it before an enqueue,
+        then iterate() it, and no news of that job is missed (`with` closes it)."""
+        return Listener(self.url, channels).start()
+
     def notifications(
         self,
         channels: Sequence[str] = CHANNELS,
         *,
         timeout: float | None = None,
     ) -> Iterator[Notification]:
-        """Yield notifications from `channels`, reconnecting after a dropped connection."""
+        """Yield notifications from `channels`, reconnecting after a dropped connection.
+
+        It LISTENs from its first iteration on: to miss nothing that an enqueue made
+        before the loop sends, use listen()."""
         with Listener(self.url, channels) as listener:
             yield from listener.iterate(timeout=timeout)
 

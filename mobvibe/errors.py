@@ -15,6 +15,12 @@ class InvalidJobError(QueueError, ValueError):
     exit_code = 2
 
 
+class NotFoundError(QueueError):
+    """A job or a session that does not exist."""
+
+    exit_code = 1
+
+
 class ConfigError(QueueError):
     """A setting that cannot work (bad DATABASE_URL, 0 workers, ...)."""
 

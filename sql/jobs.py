@@ -18,6 +18,7 @@ MAX_RETRIES_MIN, MAX_RETRIES_MAX = 1, 100
 MAX_RETRIES_DEFAULT = 3
 PROMPT_MAX_BYTES = 1024 * 1024
 IDEMPOTENCY_KEY_MAX = 200  # characters
+ID_PREFIX_MIN = 4  # hex digits that name a job or a session, as git asks of a hash
 # The database refuses a run_at more than a year ahead of its clock (0010); a longer
 # delay is refused here, before a number too large for an interval reaches it.
 DELAY_MAX = 365 * 86400.0
@@ -126,6 +127,25 @@ def parse_uuid(value: object, what: str = "job id") -> uuid.UUID:
             pass
     shown = repr(value)[:40]
     raise InvalidJobError(f"{what} must be a UUID, got {shown}")
+
+
+def prefix_bounds(text: str, what: str = "job id") -> tuple[uuid.UUID, uuid.UUID]:
+    """The lowest and the highest id that start with `text`, the first hex digits of a UUID
+    as `jobs list` shows them (dashes where a UUID has them); InvalidJobError if it is not
+    such a start."""
+    start = text.strip().lower()
+    digits = start.replace("-", "")
+    canonical = str(uuid.UUID(int=0)).replace("0", "x")  # xxxxxxxx-xxxx-...
+    shaped = len(start) <= len(canonical) and all(
+        (c == "-") == (shape == "-") for c, shape in zip(start, canonical, strict=False)
+    )
+    hex_only = all(c in "0123456789abcdef" for c in digits)
+    if not (shaped and hex_only and ID_PREFIX_MIN <= len(digits) < 32):
+        raise InvalidJobError(
+            f"{what} must be a UUID or the start of one (at least {ID_PREFIX_MIN} hex digits), "
+            f"got {repr(text)[:40]}"
+        )
+    return uuid.UUID(digits.ljust(32, "0")), uuid.UUID(digits.ljust(32, "f"))
 
 
 def _int_in_range(name: str, value: object, low: int, high: int) -> int:

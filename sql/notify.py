@@ -63,6 +63,14 @@ class Listener:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def start(self) -> Listener:
+        """Connect and LISTEN now (an unreachable database raises at once): whatever is
+        sent from here on is iterated, the news of an enqueue made next included."""
+        self.close()
+        self.conn = db.connect(self.url, application_name="mobvibe-listener")
+        listen(self.conn, self.channels)
+        return self
+
     def close(self) -> None:
         if self.conn is not None:
             self.conn.close()

@@ -93,6 +93,7 @@ BEGIN
         public.queue_end_and_claim(uuid, uuid, text, text, text, text),
         public.queue_heartbeat(uuid, uuid), public.queue_renew_leases(uuid[], uuid[]),
         public.queue_add_events(uuid, uuid, text[], jsonb[]),
+        public.queue_set_output(uuid, uuid, text),
         public.queue_release_job(uuid, uuid, text),
         public.queue_claims_of_worker(text), public.queue_reap_expired(integer),
         public.queue_prune(text, integer), public.queue_sweep(text, integer, integer),

@@ -40,6 +40,9 @@ FROM queue_renew_leases(%(job_ids)s::uuid[], %(lease_tokens)s::uuid[])
 -- name: add_events
 SELECT queue_add_events(%(job_id)s, %(lease_token)s, %(kinds)s::text[], %(payloads)s::jsonb[])
 
+-- name: set_output
+SELECT queue_set_output(%(job_id)s, %(lease_token)s, %(output)s)
+
 -- name: release_job
 SELECT queue_release_job(%(job_id)s, %(lease_token)s, %(reason)s)
 
@@ -82,7 +85,8 @@ SELECT EXISTS (SELECT 1 FROM coding_jobs WHERE status IN ('pending', 'processing
 
 -- name: queue_stats
 SELECT pending_count, processing_count, completed_count, failed_count, oldest_pending_age,
-       waiting_retry_count, next_run_at, cancelled_count, events_dropped, event_bytes_dropped,
+       waiting_retry_count, next_run_at, cancelled_count, delayed_count, next_retry_at,
+       events_dropped, event_bytes_dropped,
        releases_counted
 FROM get_queue_stats()
 
@@ -128,11 +132,22 @@ FROM unnest(%(session_ids)b::uuid[], %(prompts)b::text[], %(priorities)b::smalli
 ON CONFLICT (session_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING id, session_id, idempotency_key
 
+-- The session's job with each key (n: the position asked), and whether its
+-- prompt differs from the one given (a double tap with another prompt: ignored).
 -- name: jobs_by_idempotency_key
-SELECT j.session_id, j.idempotency_key, j.id
-FROM coding_jobs j
-JOIN unnest(%(session_ids)s::uuid[], %(keys)s::text[]) AS t(s, k)
-  ON j.session_id = t.s AND j.idempotency_key = t.k
+SELECT t.n, j.id, j.prompt IS DISTINCT FROM t.p AS prompt_differs
+FROM unnest(%(session_ids)s::uuid[], %(keys)s::text[], %(prompts)s::text[])
+     WITH ORDINALITY AS t(s, k, p, n)
+JOIN coding_jobs j ON j.session_id = t.s AND j.idempotency_key = t.k
+
+-- The ids from low to high (those that start with the hex digits a person
+-- typed): the primary key's order is the uuid's bytes', the hex text's. Two
+-- at most: one is the id, two say the start is not enough.
+-- name: job_ids_between
+SELECT id FROM coding_jobs WHERE id BETWEEN %(low)s AND %(high)s ORDER BY id LIMIT 2
+
+-- name: session_ids_between
+SELECT id FROM coding_sessions WHERE id BETWEEN %(low)s AND %(high)s ORDER BY id LIMIT 2
 
 -- name: cancel_job
 SELECT cancel_job(%(job_id)s)

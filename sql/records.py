@@ -26,6 +26,26 @@ class Ended:
 
 
 @dataclass(frozen=True, slots=True)
+class Enqueued:
+    """What an enqueue did with one job: the job's id and session; added False when the
+    session had a job with its idempotency key already (whose id this is), and then
+    prompt_ignored True when that job's prompt differs from the one given."""
+
+    job_id: uuid.UUID
+    session_id: uuid.UUID
+    added: bool = True
+    prompt_ignored: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "job_id": str(self.job_id),
+            "session_id": str(self.session_id),
+            "added": self.added,
+            "prompt_ignored": self.prompt_ignored,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class Lease:
     """A claim held by a worker: the job and the token that fences its writes."""
 
@@ -112,7 +132,9 @@ class NextRun:
 
 @dataclass(frozen=True)
 class QueueStats:
-    """The plan's queue statistics, plus the retries waiting for their run_at."""
+    """The plan's queue statistics, then the pending jobs whose run_at is ahead: retries
+    waiting for their backoff, and jobs enqueued with a delay (never attempted).
+    oldest_pending_age: how long the job due longest has waited since it came due."""
 
     pending_count: int
     processing_count: int
@@ -126,6 +148,8 @@ class QueueStats:
     events_dropped: int = 0
     event_bytes_dropped: int = 0
     releases_counted: int = 0  # releases past max_releases_per_job, counted as failures
+    delayed_count: int = 0  # never attempted, scheduled for later: not late, not a retry
+    next_retry_at: datetime | None = None  # when the first retry waiting is due
 
     def by_status(self) -> dict[JobStatus, int]:
         """The jobs in each status."""
@@ -146,7 +170,9 @@ class QueueStats:
             "failed_count": self.failed_count,
             "oldest_pending_age_seconds": None if age is None else age.total_seconds(),
             "waiting_retry_count": self.waiting_retry_count,
-            "next_run_at": None if self.next_run_at is None else self.next_run_at.isoformat(),
+            "next_run_at": _iso(self.next_run_at),
+            "delayed_count": self.delayed_count,
+            "next_retry_at": _iso(self.next_retry_at),
             "cancelled_count": self.cancelled_count,
             "events_dropped": self.events_dropped,
             "event_bytes_dropped": self.event_bytes_dropped,
@@ -208,6 +234,10 @@ class JobDetail:
             "events": [_fields(e) for e in self.events],
             "events_truncated": self.events_truncated,
         }
+
+
+def _iso(when: datetime | None) -> str | None:
+    return None if when is None else when.isoformat()
 
 
 def _fields(record: AttemptRow | Event) -> dict[str, Any]:

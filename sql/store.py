@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 from psycopg.rows import class_row, dict_row
@@ -28,6 +28,7 @@ from mobvibe.sql.records import (
     DeadLetter,
     DoctorRow,
     Ended,
+    Enqueued,
     Event,
     JobDetail,
     JobRow,
@@ -56,6 +57,7 @@ __all__ = [
     "DeadLetter",
     "DoctorRow",
     "Ended",
+    "Enqueued",
     "Event",
     "JobDetail",
     "JobRow",
@@ -76,6 +78,7 @@ __all__ = [
 ]
 
 Conn = psycopg.Connection[Any]
+IdKind = Literal["job", "session"]
 
 
 # -- attempts: claim, heartbeat, finish -------------------------------------------
@@ -213,6 +216,16 @@ def add_events(
     return int(row[0]) if row else 0
 
 
+def set_output(conn: Conn, job_id: uuid.UUID, lease_token: uuid.UUID, output: str) -> bool:
+    """Keep the running attempt's output so far with the job; False: the lease is stale,
+    nothing written."""
+    row = conn.execute(
+        query("set_output"),
+        {"job_id": job_id, "lease_token": lease_token, "output": _storable(output)},
+    ).fetchone()
+    return bool(row and row[0])
+
+
 def heartbeat(conn: Conn, job_id: uuid.UUID, lease_token: uuid.UUID) -> bool:
     """Renew the attempt's lease; False: the lease is lost."""
     row = conn.execute(
@@ -273,8 +286,15 @@ def session_exists(conn: Conn, session_id: uuid.UUID) -> bool:
 def enqueue(conn: Conn, job: NewJob) -> uuid.UUID:
     """Insert one validated job of an existing session; its id, or the id of the session's
     job with the same idempotency key."""
+    return submit(conn, job).job_id
+
+
+def submit(conn: Conn, job: NewJob) -> Enqueued:
+    """enqueue(), saying whether the job was added, or the session's job with its key
+    returned (and whether that one's prompt differs from the one given)."""
+    session = uuid.UUID(str(job.session_id))
     params = {
-        "session_id": job.session_id,
+        "session_id": session,
         "prompt": job.prompt,
         "priority": job.priority,
         "max_retries": job.max_retries,
@@ -284,13 +304,12 @@ def enqueue(conn: Conn, job: NewJob) -> uuid.UUID:
     if job.idempotency_key is None:
         row = conn.execute(query("enqueue_job"), params).fetchone()
         assert row is not None
-        return row[0]  # type: ignore[no-any-return]
+        return Enqueued(row[0], session)
     params["idempotency_key"] = job.idempotency_key
     row = conn.execute(query("enqueue_job_idempotent"), params).fetchone()
     if row is not None:
-        return row[0]  # type: ignore[no-any-return]
-    key = (uuid.UUID(str(job.session_id)), job.idempotency_key)
-    return _existing_jobs(conn, [key])[key]
+        return Enqueued(row[0], session)
+    return _existing_jobs(conn, [(session, job)])[0]
 
 
 def enqueue_many(
@@ -301,6 +320,15 @@ def enqueue_many(
     A job whose idempotency key its session already has (or that an earlier job of
     the batch has) is not inserted: its id is that job's.
     """
+    return [done.job_id for done in submit_many(conn, jobs, session_ids)]
+
+
+def submit_many(
+    conn: Conn, jobs: Sequence[NewJob], session_ids: Sequence[uuid.UUID]
+) -> list[Enqueued]:
+    """enqueue_many(), saying of each job what submit() says."""
+    if not jobs:
+        return []
     # The placing trigger locks each existing session: rows go in session order
     # (stable: a session's prompts keep theirs), so that two batches never lock
     # the same sessions in different orders (a deadlock).
@@ -318,45 +346,72 @@ def enqueue_many(
         "delays": [float(job.delay) for job in batch],
     }
     if all(job.idempotency_key is None for job in batch):
-        ids = [row[0] for row in conn.execute(query("enqueue_jobs"), params).fetchall()]
+        rows = conn.execute(query("enqueue_jobs"), params).fetchall()
+        done = [Enqueued(row[0], s) for row, s in zip(rows, sessions, strict=True)]
     else:
-        ids = _enqueue_idempotent(conn, batch, sessions, params)
-    in_order: list[uuid.UUID] = [uuid.UUID(int=0)] * len(jobs)
-    for position, job_id in zip(order, ids, strict=True):
-        in_order[position] = job_id
+        done = _submit_idempotent(conn, batch, sessions, params)
+    in_order: list[Enqueued] = [done[0]] * len(jobs)
+    for position, result in zip(order, done, strict=True):
+        in_order[position] = result
     return in_order
 
 
-def _enqueue_idempotent(
+def _submit_idempotent(
     conn: Conn, jobs: Sequence[NewJob], sessions: Sequence[uuid.UUID], params: dict[str, Any]
-) -> list[uuid.UUID]:
+) -> list[Enqueued]:
     params["keys"] = [job.idempotency_key for job in jobs]
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(query("enqueue_jobs_idempotent"), params).fetchall()
-    inserted = {
-        (r["session_id"], r["idempotency_key"]): r["id"]
-        for r in rows
-        if r["idempotency_key"] is not None
-    }
+    # Rows come back in insertion order, the batch's: of two jobs of the batch with
+    # one key, the first is the one inserted.
+    inserted = {(r["session_id"], r["idempotency_key"]): r["id"] for r in rows}
     unkeyed = iter([r["id"] for r in rows if r["idempotency_key"] is None])
-    wanted = [(s, job.idempotency_key) for s, job in zip(sessions, jobs, strict=True)]
-    missing = [(s, k) for s, k in wanted if k is not None and (s, k) not in inserted]
-    found = {**_existing_jobs(conn, missing), **inserted} if missing else inserted
-    return [next(unkeyed) if k is None else found[(s, k)] for s, k in wanted]
+    kept: dict[tuple[uuid.UUID, str], str] = {}  # the prompt of each key's inserted job
+    done: list[Enqueued | None] = []
+    for session, job in zip(sessions, jobs, strict=True):
+        key = job.idempotency_key
+        if key is None:
+            done.append(Enqueued(next(unkeyed), session))
+        elif (session, key) not in inserted:
+            done.append(None)  # the session had it before: read below
+        elif (session, key) in kept:
+            ignored = kept[(session, key)] != job.prompt
+            done.append(Enqueued(inserted[(session, key)], session, False, ignored))
+        else:
+            kept[(session, key)] = job.prompt
+            done.append(Enqueued(inserted[(session, key)], session))
+    missing = [i for i, result in enumerate(done) if result is None]
+    found = iter(_existing_jobs(conn, [(sessions[i], jobs[i]) for i in missing]))
+    return [result or next(found) for result in done]
 
 
-def _existing_jobs(
-    conn: Conn, keys: Sequence[tuple[uuid.UUID, str | None]]
-) -> dict[tuple[uuid.UUID, str | None], uuid.UUID]:
-    """The ids of the jobs with these (session, idempotency key) pairs."""
-    params = {"session_ids": [s for s, _ in keys], "keys": [k for _, k in keys]}
+def _existing_jobs(conn: Conn, wanted: Sequence[tuple[uuid.UUID, NewJob]]) -> list[Enqueued]:
+    """The jobs of these sessions with these jobs' idempotency keys, in order."""
+    if not wanted:
+        return []
+    params = {
+        "session_ids": [session for session, _ in wanted],
+        "keys": [job.idempotency_key for _, job in wanted],
+        "prompts": [job.prompt for _, job in wanted],
+    }
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(query("jobs_by_idempotency_key"), params).fetchall()
-    found = {(r["session_id"], r["idempotency_key"]): r["id"] for r in rows}
-    if any(key not in found for key in keys):
+    found = {row["n"]: row for row in rows}
+    if len(found) < len(wanted):
         # Its twin was inserted, then deleted (pruned) before we could read it.
         raise QueueError("a job with this idempotency key vanished meanwhile: enqueue again")
-    return found
+    return [
+        Enqueued(found[n]["id"], session, False, found[n]["prompt_differs"])
+        for n, (session, _) in enumerate(wanted, start=1)
+    ]
+
+
+def ids_starting(conn: Conn, kind: IdKind, low: uuid.UUID, high: uuid.UUID) -> list[uuid.UUID]:
+    """At most two ids of jobs or sessions from `low` to `high` (the ids that start with
+    the same hex digits): none, the one, or two when more than one does."""
+    name = "job_ids_between" if kind == "job" else "session_ids_between"
+    rows = conn.execute(query(name), {"low": low, "high": high}).fetchall()
+    return [row[0] for row in rows]
 
 
 # -- reading jobs ---------------------------------------------------------------------

@@ -45,6 +45,7 @@ class Attempt:
     flush: Callable[..., None]  # write them (force=True: all of them, now)
     fenced: Callable[[], bool]  # the lease could not be renewed for too long: stop now
     cancelled: Callable[[], bool]  # a cancel of the job was requested
+    show_output: Callable[[str], None]  # keep the output so far with the job
 
 
 class Handler:

@@ -1,7 +1,7 @@
 """`--exec CMD`: a job run by a command, watched until it ends, with all its processes.
 
-The prompt goes to its stdin; its stdout's end is the job's output, its
-stderr's end the error of a failed attempt; lines on descriptor 3
+The prompt goes to its stdin; its stdout's end is the job's output (kept as it
+grows, progress.LiveOutput), its stderr's end the error of a failed attempt; lines on descriptor 3
 (MOBVIBE_PROGRESS_FD) are progress. Every pipe is read as the command writes,
 so the command never blocks on a full pipe, and only the ends are kept.
 
@@ -38,6 +38,7 @@ from mobvibe.supervisor.attempt import (
     Handler,
     Outcome,
 )
+from mobvibe.supervisor.progress import LiveOutput
 from mobvibe.supervisor.sandbox import Sandbox
 from mobvibe.vocabulary import EndReason
 
@@ -129,13 +130,15 @@ def check_command(command: str) -> str | None:
 
 
 class Tail:
-    """The last `limit` bytes written to a pipe."""
+    """The last `limit` bytes written to a pipe, and how many were written in all."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.data = bytearray()
+        self.total = 0
 
     def add(self, chunk: bytes) -> None:
+        self.total += len(chunk)
         self.data += chunk
         if len(self.data) > 2 * self.limit:  # trim now and then, not at every chunk
             del self.data[: -self.limit]
@@ -238,9 +241,11 @@ class ExecHandler(Handler):
     def _watch(
         self, proc: subprocess.Popen[bytes], group: int, progress_fd: int, attempt: Attempt
     ) -> tuple[Outcome | None, str, Tail]:
-        """Serve the pipes until the command exits; stop it on an abort, the fence or the
-        deadline. (the outcome if it was stopped, its output, its stderr)"""
+        """Serve the pipes until the command exits, keeping its output with the job as it
+        grows; stop it on an abort, the fence or the deadline. (the outcome if it was
+        stopped, its output, its stderr)"""
         stopper = _Stopper(group, sandboxed=self.sandbox is not None)
+        live = LiveOutput()
         with _Pipes(proc, progress_fd, attempt, self._wake_r) as pipes:
             while proc.poll() is None:
                 if stopper.outcome is None:
@@ -249,6 +254,9 @@ class ExecHandler(Handler):
                 pipes.serve(TICK)
                 if attempt.progress_due():
                     attempt.flush()
+                if live.due(pipes.output.total):
+                    attempt.show_output(pipes.output.text())
+                    live.wrote(pipes.output.total)
         return stopper.outcome, pipes.output.text(), pipes.errors
 
     def _stop_reason(self, attempt: Attempt) -> tuple[Outcome | None, float]:

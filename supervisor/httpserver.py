@@ -90,13 +90,18 @@ class QueueCollector(Collector):
         age_seconds = age.total_seconds() if age is not None else 0.0
         yield GaugeMetricFamily(
             "mobvibe_queue_oldest_pending_age_seconds",
-            "Age of the oldest pending job (0 when none).",
+            "How long the pending job due longest has waited since it came due (0 when none).",
             value=age_seconds,
         )
         yield GaugeMetricFamily(
             "mobvibe_queue_retries_waiting",
             "Pending jobs waiting for their backoff to pass.",
             value=stats.waiting_retry_count,
+        )
+        yield GaugeMetricFamily(
+            "mobvibe_queue_jobs_delayed",
+            "Pending jobs never attempted whose run_at is ahead (enqueued with a delay).",
+            value=stats.delayed_count,
         )
         if last_sweep is not None:
             yield GaugeMetricFamily(

@@ -1,4 +1,5 @@
-"""Progress lines of a running attempt, on their way to coding_job_events.
+"""Progress lines of a running attempt, on their way to coding_job_events, and its output so
+far, on its way to coding_jobs.output.
 
 A command writes lines to descriptor 3; a Python handler calls progress().
 Each line becomes an event: a JSON object as it is (its "kind", when it is a
@@ -6,11 +7,16 @@ short string, names the event), anything else as {"text": line}. A chatty
 command is rate-limited by a token bucket (RATE events a second, bursts of
 BURST); the lines over the limit are counted, never queued, and reported as
 one "dropped" event, so memory stays bounded and the command never waits.
+
+What a command prints to stdout is kept with its job as it grows (LiveOutput):
+at once the first time, then at most once every OUTPUT_EVERY seconds and only
+when it changed, each time its end rewritten in one UPDATE of the job's row.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from mobvibe import clock
@@ -20,6 +26,7 @@ BURST = 100
 LINE_MAX = 16 * 1024  # bytes of one line kept (the rest is cut)
 FLUSH_EVERY = 0.2  # seconds between writes of a burst of events
 KIND_MAX = 64
+OUTPUT_EVERY = 3.0  # seconds between two writes of a running command's output
 
 Event = tuple[str, dict[str, Any]]
 
@@ -86,3 +93,23 @@ class Progress:
         self._last_flush = clock.monotonic()
         self.written += len(events)
         return events
+
+
+class LiveOutput:
+    """When a running command's output is written again: at once the first time, then when
+    it grew and `every` seconds have passed since the last write."""
+
+    def __init__(self, every: float = OUTPUT_EVERY, now: Callable[[], float] = clock.monotonic):
+        self.every, self.now = every, now
+        self.written = 0  # bytes of output seen at the last write
+        self._at: float | None = None
+
+    def due(self, seen: int) -> bool:
+        """Whether output `seen` bytes long (all it ever received) is to be written now."""
+        if seen == self.written:
+            return False
+        return self._at is None or self.now() - self._at >= self.every
+
+    def wrote(self, seen: int) -> None:
+        """The output, `seen` bytes long, was written."""
+        self.written, self._at = seen, self.now()

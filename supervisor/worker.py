@@ -11,6 +11,7 @@ import os
 import random
 import select
 import signal
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -275,6 +276,7 @@ class Worker:
             cancelled=lambda: (
                 self.slots.stop_requested(self.index, job.lease_token) == EndReason.CANCELLED
             ),
+            show_output=self._show_output,
         )
         self.in_handler = True
         try:
@@ -296,23 +298,49 @@ class Worker:
 
     def _flush(self, *, force: bool = False) -> None:
         """Write the progress events waiting (all of them with `force`), under the lease."""
-        job = self.current
-        if job is None or not (force or self.progress.due()):
+        if self.current is None or not (force or self.progress.due()):
             return
         events = self.progress.take()
-        if not events:
+        if events:
+            self._under_lease(
+                lambda conn, job: store.add_events(conn, job.id, job.lease_token, events),
+                "progress_lost",
+                "progress events could not be written",
+                events=len(events),
+            )
+
+    def _show_output(self, text: str) -> None:
+        """Keep the running attempt's output so far with its job, under the lease (a stale
+        one writes nothing; the attempt's end writes the final output all the same)."""
+        self._under_lease(
+            lambda conn, job: store.set_output(conn, job.id, job.lease_token, text),
+            "output_not_kept",
+            "the output so far could not be written",
+        )
+
+    def _under_lease(
+        self,
+        write: Callable[[psycopg.Connection[Any], Job], object],
+        lost: str,
+        message: str,
+        **fields: Any,
+    ) -> None:
+        """A write of the running attempt's: a database error loses it (logged as `lost`),
+        and the attempt goes on; its end is what must be recorded."""
+        job = self.current
+        if job is None:
             return
         try:
-            store.add_events(self._db(), job.id, job.lease_token, events)
+            write(self._db(), job)
         except DB_ERRORS as exc:
             event(
                 log,
                 logging.WARNING,
-                "progress_lost",
-                "progress events could not be written",
+                lost,
+                message,
                 job_id=str(job.id),
-                events=len(events),
                 error=db.first_line(exc),
+                **fields,
             )
 
     def _finish(self, job: Job, outcome: Outcome, duration: float) -> Job | None:

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -16,6 +17,7 @@ import click
 import psycopg
 
 from mobvibe import logs
+from mobvibe.cli import ids
 from mobvibe.cli.cancel import cancel
 from mobvibe.cli.dlq import dlq
 from mobvibe.cli.doctor import doctor
@@ -27,21 +29,24 @@ from mobvibe.cli.options import (
     choice,
     connect,
     database_option,
+    echo_json,
     friendly_errors,
     resolve_database,
 )
+from mobvibe.cli.sessions import sessions
 from mobvibe.cli.stats import stats
 from mobvibe.cli.web import web
 from mobvibe.client import JobQueue
 from mobvibe.durations import Duration, format_duration
-from mobvibe.errors import ConfigError
+from mobvibe.errors import ConfigError, NotFoundError
 from mobvibe.sizes import ByteSize
 from mobvibe.sql import db, store
 from mobvibe.sql.jobs import MAX_RETRIES_DEFAULT, PRIORITY_MAX, PRIORITY_MIN, NewJob
 from mobvibe.sql.migrate import LOCK_WAIT_DEFAULT, MigrationReport
 from mobvibe.sql.migrate import migrate as run_migrations
 from mobvibe.sql.notify import Listener
-from mobvibe.sql.store import ConfigChange, QueueSettings
+from mobvibe.sql.store import ConfigChange, Enqueued, QueueSettings
+from mobvibe.terminal import visible
 from mobvibe.vocabulary import Channel
 
 DAY = 86400.0
@@ -105,7 +110,12 @@ def _migrate_lines(report: MigrationReport) -> list[str]:
 
 @main.command()
 @click.argument("prompts", nargs=-1)
-@click.option("--session", "session_id", default=None, help="Session id (default: a new session).")
+@click.option(
+    "--session",
+    "session_id",
+    default=None,
+    help="Session id, or its start (default: a new session per job; `sessions create` makes one).",
+)
 @click.option("--priority", type=int, default=0, help=f"{PRIORITY_MIN} (low) to {PRIORITY_MAX}.")
 @click.option(
     "--max-retries",
@@ -113,7 +123,12 @@ def _migrate_lines(report: MigrationReport) -> list[str]:
     default=MAX_RETRIES_DEFAULT,
     help="Failed attempts before the job is dead-lettered.",
 )
-@click.option("--delay", type=float, default=0.0, help="Seconds before the job is due.")
+@click.option(
+    "--delay",
+    type=Duration(zero="due now"),
+    default="0",
+    help="How long before the job is due (seconds, or 500ms, 30s, 5m, 2h, 7d).",
+)
 @click.option(
     "--count",
     type=click.IntRange(1, 1_000_000),
@@ -127,45 +142,87 @@ def _migrate_lines(report: MigrationReport) -> list[str]:
     help="A repeated key in the same session adds nothing and prints the first job's id "
     "(one prompt only).",
 )
+@click.option(
+    "--json", "as_json", is_flag=True, help="One JSON object per job: ids, added, prompt_ignored."
+)
 @click.pass_context
 @friendly_errors
 def enqueue(
     ctx: click.Context,
+    /,
     prompts: tuple[str, ...],
     session_id: str | None,
-    priority: int,
-    max_retries: int,
-    delay: float,
-    count: int,
     from_stdin: bool,
-    idempotency_key: str | None,
+    as_json: bool,
+    **settings: Any,
 ) -> None:
-    """Add jobs; prints one job id per line."""
-    texts = list(prompts)
-    if from_stdin:
-        texts += [line.rstrip("\n") for line in sys.stdin if line.strip()]
-    if not texts:
-        raise click.UsageError("give at least one PROMPT (or --stdin)")
-    if idempotency_key is not None and (len(texts) > 1 or count > 1):
-        raise click.UsageError("--idempotency-key names one job: give one PROMPT and no --count")
-    if idempotency_key is not None and session_id is None:
-        raise click.UsageError(
-            "--idempotency-key needs --session: a key is unique within its session"
-        )
-    jobs = [
-        NewJob(t, session_id, priority, max_retries, None, delay, idempotency_key) for t in texts
-    ] * count
-    for job in jobs[:1]:
-        job.validated()  # one clear error before connecting
+    """Add jobs; prints a line per job: its id and its session's id."""
+    texts = _prompts(prompts, from_stdin)
+    key, count = settings.pop("idempotency_key"), settings.pop("count")
+    _check_key(key, texts, count, session_id)
+    NewJob(texts[0], idempotency_key=key, **settings).validated()  # an error before connecting
+    given = ids.session_id(session_id)
     with JobQueue(_url(ctx)) as queue:
         with queue.connection() as conn:
             check_schema(conn)
-        ids = [
-            job_id
+            session = None if given is None else _existing_session(conn, given)
+        jobs = [NewJob(text, session, idempotency_key=key, **settings) for text in texts] * count
+        done = [
+            result
             for start in range(0, len(jobs), 5000)
-            for job_id in queue.enqueue_many(jobs[start : start + 5000])
+            for result in queue.submit_many(jobs[start : start + 5000])
         ]
-    click.echo("\n".join(str(i) for i in ids))
+    _report_enqueued(done, key, as_json)
+
+
+def _prompts(prompts: tuple[str, ...], from_stdin: bool) -> list[str]:
+    """The prompts given, then one per non-blank line of standard input."""
+    texts = list(prompts)
+    if from_stdin:
+        lines = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+        if not lines and not texts:
+            raise click.UsageError("--stdin: standard input held no prompt (only blank lines)")
+        texts += lines
+    if not texts:
+        raise click.UsageError("give at least one PROMPT (or --stdin)")
+    return texts
+
+
+def _check_key(key: str | None, texts: list[str], count: int, session_id: str | None) -> None:
+    if key is not None and (len(texts) > 1 or count > 1):
+        raise click.UsageError("--idempotency-key names one job: give one PROMPT and no --count")
+    if key is not None and session_id is None:
+        raise click.UsageError(
+            "--idempotency-key needs --session: a key is unique within its session"
+        )
+
+
+def _existing_session(conn: psycopg.Connection[Any], given: ids.Wanted) -> uuid.UUID:
+    """The session --session names; a missing one is an error that says how to make it."""
+    session = ids.resolve(conn, given)
+    if not store.session_exists(conn, session):
+        raise NotFoundError(
+            f"session {session} does not exist: `mobvibe-queue sessions create {session}` "
+            "makes it (enqueue without --session starts a new session)"
+        )
+    return session
+
+
+def _report_enqueued(done: list[Enqueued], key: str | None, as_json: bool) -> None:
+    """A line per job (its id and session's, or a JSON object); a word on stderr when a
+    repeated idempotency key kept the first job's prompt."""
+    if as_json:
+        for result in done:
+            echo_json(result.as_dict())
+    else:
+        click.echo("\n".join(f"{result.job_id} {result.session_id}" for result in done))
+    for result in done:
+        if result.prompt_ignored:
+            click.echo(
+                f"the session's job {result.job_id} has idempotency key {visible(repr(key))} "
+                "with another prompt: this prompt was ignored (nothing was added)",
+                err=True,
+            )
 
 
 @main.command()
@@ -237,7 +294,7 @@ def _finite_jitter(ctx: click.Context, param: click.Parameter, value: float | No
     type=Duration(minimum=HEARTBEAT_TIMEOUT_MIN, maximum=HEARTBEAT_TIMEOUT_MAX),
     default=None,
     help="The reaper requeues a processing job silent for longer than this; keep it at 3x the "
-    "workers' --heartbeat-interval or more, and equal to the supervisors' --heartbeat-timeout.",
+    "workers' --heartbeat-interval or more (each supervisor reads it at start).",
 )
 @click.option(
     "--retain-completed",
@@ -343,5 +400,5 @@ def psql(ctx: click.Context, psql_args: tuple[str, ...]) -> None:
 
 
 # The other commands live in modules of their own.
-for command in (stats, jobs, workers, cancel, dlq, doctor, web):
+for command in (stats, jobs, workers, sessions, cancel, dlq, doctor, web):
     main.add_command(command)

@@ -8,9 +8,9 @@ from typing import Any
 import click
 import psycopg
 
+from mobvibe.cli import ids
 from mobvibe.cli.options import connect, friendly_errors
 from mobvibe.sql import store
-from mobvibe.sql.jobs import parse_uuid
 from mobvibe.vocabulary import JobStatus
 
 
@@ -29,11 +29,13 @@ def cancel(ctx: click.Context, job_ids: tuple[str, ...], session_id: str | None)
     """
     if bool(job_ids) == (session_id is not None):
         raise click.UsageError("give the JOB_IDs to cancel, or --session SESSION_ID")
-    ids = [parse_uuid(job_id) for job_id in job_ids]  # all checked before any is touched
-    session = None if session_id is None else parse_uuid(session_id, "session id")
+    given = [ids.job_id(job_id) for job_id in job_ids]  # all checked before any is touched
+    session_given = ids.session_id(session_id)
     with connect(ctx.obj) as conn:
+        wanted = [ids.resolve(conn, job_id) for job_id in given]
+        session = None if session_given is None else ids.resolve(conn, session_given)
         if session is None:
-            outcomes = [(job_id, store.cancel(conn, job_id)) for job_id in ids]
+            outcomes = [(job_id, store.cancel(conn, job_id)) for job_id in wanted]
         elif not store.session_exists(conn, session):
             click.echo(f"Error: session {session} not found", err=True)
             ctx.exit(1)

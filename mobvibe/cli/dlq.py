@@ -12,12 +12,12 @@ import click
 import psycopg
 
 from mobvibe import logs
+from mobvibe.cli import ids
 from mobvibe.cli.options import choice, connect, friendly_errors
 from mobvibe.columns import head
 from mobvibe.durations import Duration, format_duration
 from mobvibe.logs import event
 from mobvibe.sql import store
-from mobvibe.sql.jobs import parse_uuid
 from mobvibe.sql.store import DeadLetter
 from mobvibe.terminal import visible
 
@@ -64,14 +64,16 @@ def list_(ctx: click.Context, as_json: bool, limit: int) -> None:
         for job in jobs:
             click.echo(json.dumps(job.as_dict(), default=_jsonable))
     else:
-        click.echo(_table(jobs, total))
+        click.echo(_table(jobs))
+    if total > len(jobs) and not as_json:  # a hint for the person, not a row for a pipe
+        click.echo(f"showing the newest {len(jobs)} of {total}: --limit shows more", err=True)
 
 
 def _jsonable(value: object) -> str:
     return value.isoformat() if hasattr(value, "isoformat") else str(value)
 
 
-def _table(jobs: list[DeadLetter], total: int) -> str:
+def _table(jobs: list[DeadLetter]) -> str:
     if not jobs:
         return "no dead-lettered jobs"
     lines = [f"{'JOB ID':<36}  {'SESSION ID':<36}  {'FAILED AT':<19}  TRIES  {'REASON':<17}  ERROR"]
@@ -83,8 +85,6 @@ def _table(jobs: list[DeadLetter], total: int) -> str:
             f"{job.retry_count:>2}/{job.max_retries:<2}  "
             f"{visible(job.end_reason or '-'):<17}  {error}"
         )
-    if total > len(jobs):
-        lines.append(f"showing the newest {len(jobs)} of {total}: --limit shows more")
     return "\n".join(lines)
 
 
@@ -97,14 +97,15 @@ def requeue(ctx: click.Context, job_ids: tuple[str, ...], every: bool) -> None:
     """Put dead-lettered jobs back to pending, due now, with their retry count reset."""
     if bool(job_ids) == every:
         raise click.UsageError("give the job IDs to requeue, or --all")
-    ids = [parse_uuid(job_id) for job_id in job_ids]  # all checked before any is touched
+    given = [ids.job_id(job_id) for job_id in job_ids]  # all checked before any is touched
     with _connect(ctx) as conn:
+        wanted = [ids.resolve(conn, job_id) for job_id in given]
         if every:
-            ids = store.failed_ids(conn)
-        problems = [problem for job_id in ids if (problem := _requeue_one(conn, job_id))]
+            wanted = store.failed_ids(conn)
+        problems = [problem for job_id in wanted if (problem := _requeue_one(conn, job_id))]
     for problem in problems:
         click.echo(f"Error: {problem}", err=True)
-    click.echo(f"requeued {len(ids) - len(problems)} job(s)")
+    click.echo(f"requeued {len(wanted) - len(problems)} job(s)")
     if problems:
         ctx.exit(1)
 

@@ -29,20 +29,22 @@ def format_stats(stats: QueueStats, title: str = "Queue statistics:") -> str:
         f"  Cancelled:  {stats.cancelled_count}",
     ]
     if age is not None:
-        lines.append(f"  Oldest pending: {age.total_seconds():.1f} s")
+        lines.append(f"  Oldest pending: {age.total_seconds():.1f} s (since it came due)")
     if stats.waiting_retry_count:
         lines.append(
             f"  Retries waiting: {stats.waiting_retry_count} "
-            f"(next at {stats.next_run_at:%Y-%m-%d %H:%M:%S%z})"
+            f"(next at {stats.next_retry_at:%Y-%m-%d %H:%M:%S%z})"
         )
+    if stats.delayed_count:
+        lines.append(f"  Delayed: {stats.delayed_count} (scheduled for later, not yet due)")
     return "\n".join(lines)
 
 
 def progress_line(stats: QueueStats, now: datetime) -> str:
     """One line of a run followed to its end: what is left, and when a waiting retry is due."""
     pending = f"pending {stats.pending_count}"
-    if stats.waiting_retry_count and stats.next_run_at is not None:
-        due = max(0.0, (stats.next_run_at - now).total_seconds())
+    if stats.waiting_retry_count and stats.next_retry_at is not None:
+        due = max(0.0, (stats.next_retry_at - now).total_seconds())
         pending += (
             f" ({stats.waiting_retry_count} waiting for a retry, the next due in {due:.0f} s)"
         )

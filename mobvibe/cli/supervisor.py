@@ -65,8 +65,10 @@ interval = Duration()
     envvar="MOBVIBE_EXEC",
     show_envvar=True,
     metavar="CMD",
-    help="Run CMD per job (with sh -c): prompt on stdin, JOB_ID, SESSION_ID, ATTEMPT in "
-    "the environment; exit 0 completes, non-zero fails with the end of stderr.",
+    help="Run CMD per job (with sh -c, in a sandbox): prompt on stdin, JOB_ID, SESSION_ID, "
+    "ATTEMPT in the environment; each line it writes to descriptor 3 "
+    "(MOBVIBE_PROGRESS_FD=3; a JSON object, or text) is a progress event; the end of stdout "
+    "is the job's output; exit 0 completes, non-zero fails with the end of stderr.",
 )
 @click.option(
     "--exec-env",
@@ -74,7 +76,8 @@ interval = Duration()
     multiple=True,
     metavar="NAME",
     help="Pass environment variable NAME to the --exec command (repeatable); it otherwise "
-    "gets PATH, HOME, LANG and the like, never DATABASE_URL, PG* or MOBVIBE_*.",
+    "gets PATH, HOME, LANG and the like and MOBVIBE_PROGRESS_FD, never DATABASE_URL, PG* or "
+    "the supervisor's MOBVIBE_* settings.",
 )
 @click.option(
     "--sandbox-network",

@@ -8,7 +8,8 @@
 -- returns them: will_retry and new_status NULL when it passed one over), then
 -- one row with job_id NULL that carries the rest. The retries waiting are the
 -- jobs of coding_jobs_run_at_idx (waiting_for = 'run_at'), not every pending
--- row with a future run_at: read from the index, not the table.
+-- row with a future run_at: read from the index, not the table; a job never
+-- attempted (enqueued with a delay) waits for no retry.
 CREATE OR REPLACE FUNCTION public.queue_sweep(reaper_param text, batch_size integer DEFAULT 500,
                                               prune_batch integer DEFAULT 1000)
 RETURNS TABLE (job_id uuid, session_id uuid, will_retry boolean, new_status text,
@@ -47,7 +48,9 @@ BEGIN
     pruned_failed := pf;
     pruned_cancelled := px;
     more := reaped >= batch_size OR greatest(pc, pf, px) >= prune_batch;
-    SELECT count(*), min(j.run_at) INTO waiting_retries, next_retry_at
+    -- attempt in FILTER, not in WHERE: the scan stays the index's whatever the plan
+    SELECT count(*) FILTER (WHERE j.attempt > 0), min(j.run_at) FILTER (WHERE j.attempt > 0)
+    INTO waiting_retries, next_retry_at
     FROM public.coding_jobs j
     WHERE j.status = 'pending' AND j.waiting_for = 'run_at' AND j.run_at > public.queue_now();
     SELECT c.heartbeat_timeout, c.retain_completed, c.retain_failed

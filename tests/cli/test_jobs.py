@@ -75,8 +75,9 @@ def test_jobs_list_filters_by_status_and_session_and_says_when_there_are_more(
     assert [json.loads(line)["id"] for line in cancelled] == [str(mine[0])]
     assert cli("jobs", "list", "--status", "failed").stdout.strip() == "no failed job"
 
-    limited = cli("jobs", "list", "--limit", "2").stdout.splitlines()
-    assert len(limited) == 4 and limited[-1] == "showing the newest 2: --limit shows more"
+    limited = cli("jobs", "list", "--limit", "2")
+    assert len(limited.stdout.splitlines()) == 3  # a header and two jobs, for a pipe
+    assert limited.stderr == "showing the newest 2: --limit shows more\n"  # for the person
 
 
 def test_jobs_list_json_has_the_row_and_heads_of_prompt_and_error(
@@ -146,7 +147,9 @@ def test_jobs_show_of_an_unknown_job_is_one_line_and_exit_1(cli: Cli) -> None:
     result = cli("jobs", "show", UNKNOWN)
     assert result.exit_code == 1
     assert result.stderr.strip() == f"Error: job {UNKNOWN} not found"
-    assert cli("jobs", "show", "nope").stderr.strip() == "Error: job id must be a UUID, got 'nope'"
+    assert cli("jobs", "show", "nope").stderr.strip() == (
+        "Error: job id must be a UUID or the start of one (at least 4 hex digits), got 'nope'"
+    )
 
 
 def test_jobs_retry_submits_a_failed_or_cancelled_job_again(
@@ -212,3 +215,19 @@ def test_workers_shows_what_each_worker_runs_since_when_and_its_heartbeat(
         ("host:1:11:abc", str(second), True),
     ]
     assert records[1]["heartbeat_age_seconds"] > 290 and records[0]["started_at"]
+
+
+def test_jobs_show_prints_the_head_of_a_long_prompt_and_its_size(queue: JobQueue, cli: Cli) -> None:
+    prompt = "".join(f"line {i} " + "x" * 1000 + "\n" for i in range(1000))
+    job_id = queue.enqueue(prompt)
+    shown = cli("jobs", "show", str(job_id)).stdout
+    assert len(shown) < 5000 and "line 1 xxx" in shown and "line 2 " not in shown
+    assert (
+        f"Prompt (its first 2,000 of {len(prompt):,} characters, {len(prompt):,} bytes: "
+        "--full shows it whole, --json too):"
+    ) in shown
+    whole = cli("jobs", "show", "--full", str(job_id)).stdout
+    assert "line 999 " in whole and len(whole) > len(prompt)
+    assert json.loads(cli("jobs", "show", "--json", str(job_id)).stdout)["job"]["prompt"] == prompt
+    short = cli("jobs", "show", str(queue.enqueue("Fix the crash\non startup"))).stdout
+    assert "Prompt:\n  Fix the crash\n  on startup\nAttempts:" in short

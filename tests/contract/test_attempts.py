@@ -224,6 +224,22 @@ def test_an_output_with_nul_is_stored_through_the_store(conn: Any) -> None:
     assert job_row(conn, job)["output"] == "a\ufffdb"
 
 
+def test_the_output_so_far_is_kept_under_the_lease_and_the_end_writes_the_last(
+    conn: Any,
+) -> None:
+    job, lease = started(conn)
+    assert store.set_output(conn, job, lease, "step one\n") is True
+    assert job_row(conn, job)["output"] == "step one\n"
+    assert job_row(conn, job)["status"] == "processing"
+    long = "x" * 70_000 + "the end"
+    assert store.set_output(conn, job, lease, long) is True
+    assert job_row(conn, job)["output"] == long[-65536:]  # the end, as at the end
+    assert store.set_output(conn, job, uuid.uuid4(), "forged") is False  # a stale lease
+    assert end_attempt(conn, job, lease, "completed", None, "all done\n") == "completed"
+    assert store.set_output(conn, job, lease, "late") is False  # the attempt has ended
+    assert job_row(conn, job)["output"] == "all done\n"
+
+
 def test_the_direct_output_column_is_limited_to_64_kib(conn: Any) -> None:
     insert_job(conn, new_session(conn))
     conn.execute("UPDATE coding_jobs SET output = repeat('é', 32768)")  # 65,536 bytes

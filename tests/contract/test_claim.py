@@ -225,11 +225,13 @@ def _buffers(conn: Any, statement: str, *, generic: bool = False) -> int:
 
 
 def _back_off(conn: Any, session_id: Any, count: int) -> None:
-    """`count` pending jobs of the session, each waiting a day for its run_at."""
+    """`count` pending jobs of the session, each failed once and waiting a day for its
+    retry."""
     with triggers_off(conn):
         conn.execute(
-            "INSERT INTO coding_jobs (session_id, prompt, run_at, retry_count, waiting_for) "
-            "SELECT %s, 'backed off', %s, 1, 'run_at' FROM generate_series(1, %s)",
+            "INSERT INTO coding_jobs (session_id, prompt, run_at, retry_count, attempt, "
+            "waiting_for) "
+            "SELECT %s, 'backed off', %s, 1, 1, 'run_at' FROM generate_series(1, %s)",
             [session_id, T0 + timedelta(days=1), count],
         )
     conn.execute("ANALYZE coding_jobs")

@@ -396,6 +396,12 @@ def renew_leases(c: Ctx) -> bool:
     return rows == [(c.scene.running, True), (c.scene.expired, False)]
 
 
+def set_output(c: Ctx) -> bool:
+    return (
+        c.one("SELECT queue_set_output(%s, %s, 'so far')", c.scene.running, c.scene.lease) is True
+    )
+
+
 def add_events(c: Ctx) -> bool:
     added = c.one(
         "SELECT queue_add_events(%s, %s, ARRAY['log'], ARRAY['{\"text\": \"hi\"}'::jsonb])",
@@ -474,6 +480,7 @@ MATRIX: dict[Action, frozenset[str]] = {
     end_and_claim: frozenset({WORKER, OPERATOR}),
     renew_leases: frozenset({WORKER, OPERATOR}),
     add_events: frozenset({WORKER, OPERATOR}),
+    set_output: frozenset({WORKER, OPERATOR}),
     retry_job: frozenset({OPERATOR}),
     select_attempts: frozenset({PRODUCER, WORKER, OPERATOR}),
     select_events: frozenset({PRODUCER, WORKER, OPERATOR}),

@@ -33,6 +33,7 @@ DEFINER_FUNCTIONS = PLAN_FUNCTIONS | {
     "queue_end_and_claim",
     "queue_renew_leases",
     "queue_add_events",
+    "queue_set_output",
     "queue_retry_job",
     # the triggers that place jobs lock sessions, which a producer may not do itself
     "queue_place_new_job",

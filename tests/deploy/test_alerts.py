@@ -17,6 +17,7 @@ SCRAPE_TIME_METRICS = {
     "mobvibe_queue_jobs",
     "mobvibe_queue_oldest_pending_age_seconds",
     "mobvibe_queue_retries_waiting",
+    "mobvibe_queue_jobs_delayed",
     "mobvibe_reaper_last_sweep_timestamp_seconds",
     "mobvibe_jobs_in_progress",
     "mobvibe_queue_events_dropped_total",

@@ -248,3 +248,33 @@ def test_pod_disruption_budget_selects_the_supervisor_pods() -> None:
     pdb = one("PodDisruptionBudget")
     labels = one("Deployment")["spec"]["template"]["metadata"]["labels"]
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_the_supervisor_can_listen_past_a_transaction_pooler() -> None:
+    """Behind PgBouncer the hub needs PostgreSQL itself: the Secret's listen-url, optional,
+    since without a pooler DATABASE_URL serves for both."""
+    secret = documents(KUBE / "secret.example.yaml")[0]["stringData"]
+    container = pod_spec(one("Deployment", "mobvibe-supervisor"))["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    ref = env["MOBVIBE_LISTEN_URL"]["valueFrom"]["secretKeyRef"]
+    assert (ref["name"], ref["key"], ref["optional"]) == ("mobvibe-database", "listen-url", True)
+    assert ref["key"] in secret and ":6432/" not in secret["listen-url"]
+    assert "pgbouncer" in secret["database-url"] or ":6432/" in secret["database-url"]
+
+
+def test_the_secret_example_points_to_sections_that_exist() -> None:
+    text = (KUBE / "secret.example.yaml").read_text(encoding="utf-8")
+    for path, title in re.findall(r"\(([\w/.]+\.md), \"([^\"]+)\"", text):
+        headings = (ROOT / path).read_text(encoding="utf-8").splitlines()
+        assert any(line.lstrip("#").strip() == title for line in headings if line.startswith("#"))
+    assert re.search(r"\(([\w/.]+\.md), \"", text), "it points the reader somewhere"
+
+
+def test_the_pgbouncer_example_logs_in_as_a_login_not_a_group() -> None:
+    guide = (ROOT / "docs" / "backend" / "JOB_QUEUE.md").read_text(encoding="utf-8")
+    behind = guide.split("\n## Behind PgBouncer\n")[1].split("\n## ")[0]
+    logins = re.findall(r"postgresql://(\w+)[@:]", behind)
+    groups = {"mobvibe_producer", "mobvibe_worker", "mobvibe_monitor", "mobvibe_operator"}
+    assert logins and not set(logins) & groups, logins
+    for login in set(logins):
+        assert f"GRANT mobvibe_worker TO {login}" in behind

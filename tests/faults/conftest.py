@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from tests.processes.conftest import supervisor  # noqa: F401 - a fixture, used by name
+from tests.support.processes import processes_with
 
 FINDINGS = "findings.jsonl"
 # Rows of the hostile-job matrix, printed at the end of the run.
@@ -68,26 +69,12 @@ def job_processes(ledger: Path, *, roles_only: bool = False) -> list[int]:
     """Live processes of this test's jobs (found by the ledger in their environment): every
     one, the shells and sandboxes included, or only those of the jobs' own roles (the job
     scripts, run by their interpreter)."""
-    marker = f"TEST_LEDGER={ledger}".encode()
     found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
+    for pid, args in processes_with(f"TEST_LEDGER={ledger}"):
+        if any(b"mobvibe-supervisor" in arg for arg in args):  # it has the marker too
             continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as environ:
-                if marker not in environ.read().split(b"\0"):
-                    continue
-            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
-                argv = cmdline.read()
-            with open(f"/proc/{entry}/stat", "rb") as stat:
-                zombie = stat.read().rpartition(b")")[2].split()[0] == b"Z"
-        except OSError:
-            continue
-        if zombie or b"mobvibe-supervisor" in argv:  # the supervisor has the marker too
-            continue
-        args = argv.split(b"\0")
         if not roles_only or (len(args) > 1 and args[1].endswith(b"_job.py")):
-            found.append(int(entry))
+            found.append(pid)
     return found
 
 

@@ -79,7 +79,11 @@ def test_requeue_a_bad_id_is_a_usage_error_and_changes_nothing(
     (job_id,) = dead_letter(queue)
     result = cli("dlq", "requeue", str(job_id), "not-a-uuid")
     assert result.exit_code == 2
-    assert result.stderr.strip() == "Error: job id must be a UUID, got 'not-a-uuid'"
+    assert (
+        result.stderr.strip()
+        == "Error: job id must be a UUID or the start of one (at least 4 hex digits), "
+        "got 'not-a-uuid'"
+    )
     assert status(conn, job_id) == "failed"
 
 
@@ -108,11 +112,13 @@ def test_list_shows_the_newest_dead_letters(queue: JobQueue, cli: Cli) -> None:
     assert cli("dlq", "list").stdout.strip() == "no dead-lettered jobs"
     old = dead_letter(queue, 1, "old failure", days_ago=2)
     new = dead_letter(queue, 2, "new failure\nwith a second line")
-    text = cli("dlq", "list", "--limit", "2").stdout.splitlines()
-    assert text[0].startswith("JOB ID")
+    limited = cli("dlq", "list", "--limit", "2")
+    text = limited.stdout.splitlines()
+    assert text[0].startswith("JOB ID") and len(text) == 3
     assert {line.split()[0] for line in text[1:3]} == {str(i) for i in new}
     assert "new failure with a second line" in text[1]
-    assert text[3] == "showing the newest 2 of 3: --limit shows more"
+    # a hint for the person, not a row for a pipe
+    assert limited.stderr == "showing the newest 2 of 3: --limit shows more\n"
 
     rows = [json.loads(line) for line in cli("dlq", "list", "--json").stdout.splitlines()]
     assert [r["id"] for r in rows][-1] == str(old[0])

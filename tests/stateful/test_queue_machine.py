@@ -35,7 +35,8 @@ Checked after every step (the database against the model):
       end_reason, error_message, cancel_requested_at, idempotency_key, seq (a requeue
       or retry draws a new one, and so does every INSERT, a refused one too);
   I3  get_queue_stats() equals the model: the five counts (cancelled_count too),
-      oldest_pending_age, waiting_retry_count, next_run_at; queue_next_run_at() too
+      oldest_pending_age (since the job came due), waiting_retry_count (jobs attempted
+      before), next_run_at; queue_next_run_at() too
       (the jobs waiting for their session left out);
   I4  0 <= retry_count <= max_retries; `failed` exactly when retry_count = max_retries
       (workers, operator or reaper exhausted the attempts), and then its session is
@@ -820,16 +821,17 @@ class QueueMachine(RuleBasedStateMachine):
         jobs = list(self.model.jobs.values())
         counts = {s: sum(j.status == s for j in jobs) for s in STATUSES}
         pending = [j for j in jobs if j.status == "pending"]
-        waiting = [j.run_at for j in pending if j.run_at > clock]
-        oldest = min((j.created_at for j in pending), default=None)
+        retries = [j.run_at for j in pending if j.run_at > clock and j.attempt > 0]
+        ahead = [j.run_at for j in pending if j.run_at > clock]  # retries and delayed jobs
+        due_since = min((j.run_at for j in pending if j.run_at <= clock), default=None)
         return (
             counts["pending"],
             counts["processing"],
             counts["completed"],
             counts["failed"],
-            None if oldest is None else clock - oldest,
-            len(waiting),
-            min(waiting, default=None),
+            None if due_since is None else clock - due_since,
+            len(retries),
+            min(ahead, default=None),
             counts["cancelled"],
             self.model.next_run_at(),
         )

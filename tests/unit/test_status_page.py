@@ -266,7 +266,8 @@ def test_a_command_lines_table_aligns_its_columns() -> None:
 
 
 def test_the_progress_line_says_when_the_next_retry_is_due() -> None:
-    stats = QueueStats(1, 0, 4, 0, timedelta(seconds=9), 1, NOW + timedelta(seconds=8), 0)
+    retry = NOW + timedelta(seconds=8)
+    stats = QueueStats(1, 0, 4, 0, None, 1, retry, 0, next_retry_at=retry)
     line = progress_line(stats, NOW)
     assert line.endswith(
         "pending 1 (1 waiting for a retry, the next due in 8 s), processing 0, completed 4, "

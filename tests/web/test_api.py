@@ -37,7 +37,8 @@ def test_the_api_answers_with_the_database_numbers_and_rows(
     stats = api(every_state, "/api/stats")
     counts = db_counts(conn)
     assert {name: stats[f"{name}_count"] for name in counts} == counts
-    assert stats["waiting_retry_count"] == 2  # the retry and the job scheduled for later
+    assert stats["waiting_retry_count"] == 1  # the retry
+    assert stats["delayed_count"] == 1  # the job scheduled for later, never attempted
     assert (
         stats["completed_in_window"],
         stats["dead_lettered_in_window"],
