@@ -161,12 +161,17 @@ class JobQueue:
                 return store.submit_many(c, checked, session_ids)
 
     def create_session(
-        self, session_id: uuid.UUID | str | None = None, max_concurrency: int = 1
+        self,
+        session_id: uuid.UUID | str | None = None,
+        max_concurrency: int = 1,
+        user_id: uuid.UUID | str | None = None,
     ) -> uuid.UUID:
         """Create a coding session (the table belongs to another phase) and return its id.
 
-        `max_concurrency`: how many of its prompts may run at once (1 to 100), in order."""
+        `max_concurrency`: how many of its prompts may run at once (1 to 100), in order.
+        `user_id`: the phone user who owns it (None: the backend's own session)."""
         sid = uuid.uuid4() if session_id is None else parse_uuid(session_id, "session id")
+        owner = None if user_id is None else parse_uuid(user_id, "user id")
         if (
             isinstance(max_concurrency, bool)
             or not isinstance(max_concurrency, int)
@@ -177,7 +182,7 @@ class JobQueue:
                 f"{MAX_CONCURRENCY_MAX}, got {max_concurrency!r}"
             )
         with self.connection() as c:
-            store.create_session(c, sid, max_concurrency)
+            store.create_session(c, sid, max_concurrency, owner)
         return sid
 
     def cancel(self, job_id: uuid.UUID | str) -> bool:

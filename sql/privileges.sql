@@ -72,7 +72,7 @@ BEGIN
 
     -- mobvibe_producer: creates sessions and jobs (the plan's plain INSERTs, the
     -- columns a job may be given), cancels and reads them.
-    GRANT SELECT, INSERT (id, max_concurrency) ON public.coding_sessions TO mobvibe_producer;
+    GRANT SELECT, INSERT (id, max_concurrency, user_id) ON public.coding_sessions TO mobvibe_producer;
     GRANT SELECT, INSERT (session_id, prompt, priority, max_retries, run_at, idempotency_key)
         ON public.coding_jobs TO mobvibe_producer;
     GRANT SELECT ON public.coding_job_attempts, public.coding_job_events TO mobvibe_producer;

@@ -94,7 +94,8 @@ FROM get_queue_stats()
 SELECT queue_next_run_at() AS next_run_at, queue_now() AS now
 
 -- name: create_session
-INSERT INTO coding_sessions (id, max_concurrency) VALUES (%(session_id)s, %(max_concurrency)s)
+INSERT INTO coding_sessions (id, max_concurrency, user_id)
+VALUES (%(session_id)s, %(max_concurrency)s, %(user_id)s)
 ON CONFLICT (id) DO NOTHING
 
 -- name: enqueue_job

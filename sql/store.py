@@ -264,17 +264,21 @@ def next_run(conn: Conn) -> NextRun:
 # -- producers ----------------------------------------------------------------------
 
 
-def create_session(conn: Conn, session_id: uuid.UUID, max_concurrency: int = 1) -> None:
-    """Create the session if it does not exist (an existing one is left as it is)."""
+def create_session(
+    conn: Conn, session_id: uuid.UUID, max_concurrency: int = 1, user_id: uuid.UUID | None = None
+) -> None:
+    """Create the session, owned by `user_id` (None: the backend's own), if it does not exist
+    (an existing one is left as it is)."""
     conn.execute(
-        query("create_session"), {"session_id": session_id, "max_concurrency": max_concurrency}
+        query("create_session"),
+        {"session_id": session_id, "max_concurrency": max_concurrency, "user_id": user_id},
     )
 
 
 def create_sessions(conn: Conn, session_ids: Sequence[uuid.UUID]) -> None:
     """Create each session that does not exist (in one pipeline when `conn` has one open)."""
     conn.cursor().executemany(
-        query("create_session"), [{"session_id": s, "max_concurrency": 1} for s in session_ids]
+        query("create_session"), [{"session_id": s, "max_concurrency": 1, "user_id": None} for s in session_ids]
     )
 
 

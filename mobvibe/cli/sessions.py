@@ -27,20 +27,39 @@ def sessions() -> None:
     default=1,
     help="How many of its prompts may run at once (in the order they were sent).",
 )
+@click.option(
+    "--user",
+    "user_id",
+    metavar="USER_ID",
+    help="The phone user (uuid) who owns the session (default: none, the backend's own).",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object: session_id.")
 @click.pass_context
 @friendly_errors
-def create(ctx: click.Context, session_id: str | None, max_concurrency: int, as_json: bool) -> None:
+def create(
+    ctx: click.Context,
+    session_id: str | None,
+    max_concurrency: int,
+    user_id: str | None,
+    as_json: bool,
+) -> None:
     """Create a session (with this id, or a new one) and print its id: `enqueue --session
     ID` sends prompts to it."""
     created = uuid.uuid4() if session_id is None else parse_uuid(session_id, "session id")
+    owner = None if user_id is None else parse_uuid(user_id, "user id")
     with connect(ctx.obj) as conn:
         if store.session_exists(conn, created):
             raise InvalidJobError(
                 f"session {created} exists already: `enqueue --session` sends prompts to it"
             )
-        store.create_session(conn, created, max_concurrency)
+        store.create_session(conn, created, max_concurrency, owner)
     if as_json:
-        echo_json({"session_id": str(created), "max_concurrency": max_concurrency})
+        echo_json(
+            {
+                "session_id": str(created),
+                "max_concurrency": max_concurrency,
+                "user_id": None if owner is None else str(owner),
+            }
+        )
     else:
         click.echo(created)

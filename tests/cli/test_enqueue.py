@@ -49,11 +49,29 @@ def test_sessions_create_makes_a_session_that_enqueue_sends_prompts_to(cli: Cli,
 
     chosen = str(uuid.uuid4())
     as_json = cli("sessions", "create", chosen, "--json")
-    assert json.loads(as_json.stdout) == {"session_id": chosen, "max_concurrency": 1}
+    assert json.loads(as_json.stdout) == {
+        "session_id": chosen,
+        "max_concurrency": 1,
+        "user_id": None,
+    }
     again = cli("sessions", "create", chosen)
     assert again.exit_code == 2 and again.stderr.strip() == (
         f"Error: session {chosen} exists already: `enqueue --session` sends prompts to it"
     )
+
+
+def test_sessions_create_records_the_user_who_owns_the_session(cli: Cli, conn: Any) -> None:
+    owner = str(uuid.uuid4())
+    made = cli("sessions", "create", "--user", owner, "--json")
+    assert made.exit_code == 0, made.output
+    record = json.loads(made.stdout)
+    assert record["user_id"] == owner
+    assert conn.execute(
+        "SELECT user_id::text FROM coding_sessions WHERE id = %s", [record["session_id"]]
+    ).fetchone() == (owner,)
+    refused = cli("sessions", "create", "--user", "me")
+    assert refused.exit_code == 2
+    assert refused.stderr.strip() == "Error: user id must be a UUID, got 'me'"
 
 
 def test_enqueue_to_a_missing_session_says_how_to_make_it(cli: Cli, conn: Any) -> None:

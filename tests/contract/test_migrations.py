@@ -182,6 +182,18 @@ def test_a_migration_this_version_does_not_ship_is_refused(new_database: Callabl
             migrate(conn)
 
 
+def test_the_owner_column_of_another_phase_is_kept_as_it_is(
+    new_database: Callable[[], str],
+) -> None:
+    with connect(new_database()) as conn:
+        conn.execute("CREATE TABLE coding_sessions (id uuid PRIMARY KEY, user_id uuid NOT NULL)")
+        migrate(conn)
+        assert conn.execute(
+            "SELECT is_nullable FROM information_schema.columns "
+            "WHERE table_name = 'coding_sessions' AND column_name = 'user_id'"
+        ).fetchone() == ("NO",)
+
+
 def test_a_sessions_table_of_another_phase_gains_the_queue_columns(
     new_database: Callable[[], str],
 ) -> None:
@@ -195,7 +207,14 @@ def test_a_sessions_table_of_another_phase_gains_the_queue_columns(
                 "WHERE table_name = 'coding_sessions'"
             )
         }
-        assert columns == {"id", "status", "error_message", "updated_at", "max_concurrency"}
+        assert columns == {
+            "id",
+            "status",
+            "error_message",
+            "updated_at",
+            "max_concurrency",
+            "user_id",
+        }
         session = uuid.uuid4()
         conn.execute("INSERT INTO coding_sessions (id) VALUES (%s)", [session])
         job = insert_job(conn, session, max_retries=1)
