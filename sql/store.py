@@ -278,7 +278,8 @@ def create_session(
 def create_sessions(conn: Conn, session_ids: Sequence[uuid.UUID]) -> None:
     """Create each session that does not exist (in one pipeline when `conn` has one open)."""
     conn.cursor().executemany(
-        query("create_session"), [{"session_id": s, "max_concurrency": 1, "user_id": None} for s in session_ids]
+        query("create_session"),
+        [{"session_id": s, "max_concurrency": 1, "user_id": None} for s in session_ids],
     )
 
 
