@@ -230,6 +230,14 @@ REAPER_LAST_SUCCESS = Gauge(
     "mobvibe_reaper_last_success_timestamp_seconds",
     "Unix time of the last successful sweep of this reaper.",
 )
+HUB_DOORMAN = Gauge(
+    "mobvibe_hub_doorman",
+    "1 while this pod's hub is the doorman, the one listener for new jobs in the database.",
+)
+REAPER_LEADER = Gauge(
+    "mobvibe_reaper_leader",
+    "1 while this pod's embedded reaper leads: the one of all pods that sweeps.",
+)
 
 # One child per reason, made once, for the hot path.
 ENDED = {reason: ATTEMPTS_ENDED.labels(reason) for reason in EndReason}

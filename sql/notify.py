@@ -44,6 +44,11 @@ def listen(conn: psycopg.Connection[Any], channels: Sequence[Channel]) -> None:
         conn.execute(_LISTEN[channel])
 
 
+def unlisten(conn: psycopg.Connection[Any]) -> None:
+    """Stop listening on every channel on `conn`."""
+    conn.execute(sql.SQL("UNLISTEN *"))
+
+
 class Listener:
     """A LISTEN connection that reconnects; iterate() yields Notifications forever."""
 

@@ -98,12 +98,13 @@ BEGIN
         public.queue_claims_of_worker(text), public.queue_reap_expired(integer),
         public.queue_prune(text, integer), public.queue_sweep(text, integer, integer),
         public.queue_record_reaper_run(text, bigint, bigint, bigint),
-        public.get_queue_stats(), public.queue_next_run_at()
+        public.get_queue_stats(), public.queue_next_run_at(), public.queue_due_jobs(integer)
         TO mobvibe_worker;
 
     -- mobvibe_monitor: statistics; no prompts, no outputs, no events.
     GRANT SELECT ON public.queue_reaper_runs TO mobvibe_monitor;
-    GRANT EXECUTE ON FUNCTION public.get_queue_stats(), public.queue_next_run_at()
+    GRANT EXECUTE ON FUNCTION public.get_queue_stats(), public.queue_next_run_at(),
+                              public.queue_due_jobs(integer)
         TO mobvibe_monitor;
 
     -- mobvibe_operator: the plan's token-less calls, requeue and retry, purge,

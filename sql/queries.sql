@@ -93,6 +93,33 @@ FROM get_queue_stats()
 -- name: next_run_at
 SELECT queue_next_run_at() AS next_run_at, queue_now() AS now
 
+-- When the next pending job comes due, and how many could start now (up to limit):
+-- what the pod that answers for new jobs wakes its idle workers for.
+-- name: due_jobs
+SELECT queue_next_run_at() AS next_run_at, queue_now() AS now, queue_due_jobs(%(limit)s) AS due
+
+-- Many pods, one database (JOB_QUEUE.md). Two session-level advisory locks of
+-- the hub's direct connection, keyed (class 'MobV', 1) and (class 'MobV', 2):
+-- the doorman, the one pod that LISTENs for new jobs, and the leader, the one
+-- pod whose embedded reaper sweeps. A lock is freed when its session ends, a
+-- pod killed with -9 included, and the next in line has it at once.
+-- The doorman's lock, waited for at most lock_timeout_ms (>= 1; 0 would wait for
+-- ever) in the server: PostgreSQL hands a freed lock to the first in its queue,
+-- so a doorman that gives it up wakes exactly one waiting pod. The subquery
+-- (OFFSET 0 keeps it one) sets the timeout before the lock is asked for.
+-- name: wait_doorman
+SELECT pg_advisory_lock(1299145302, 1) IS NOT NULL AS taken
+FROM (SELECT set_config('lock_timeout', %(lock_timeout_ms)s::text || 'ms', true) OFFSET 0) t
+
+-- A doorman with no idle worker left offers its part: the lock goes to the pod
+-- first in line, if one waits; if none does, it is taken back.
+-- name: offer_doorman
+SELECT pg_try_advisory_lock(1299145302, 1) AS kept
+FROM (SELECT pg_advisory_unlock(1299145302, 1) OFFSET 0) t
+
+-- name: lead_reaper
+SELECT pg_try_advisory_lock(1299145302, 2) AS leader
+
 -- name: create_session
 INSERT INTO coding_sessions (id, max_concurrency, user_id)
 VALUES (%(session_id)s, %(max_concurrency)s, %(user_id)s)

@@ -130,6 +130,20 @@ class NextRun:
         return None if self.next_run_at is None else (self.next_run_at - self.now).total_seconds()
 
 
+@dataclass(frozen=True, slots=True)
+class DueJobs:
+    """How many jobs could start now (up to the limit asked), and when the next comes due."""
+
+    next_run_at: datetime | None
+    now: datetime
+    due: int
+
+    @property
+    def due_in(self) -> float | None:
+        """Seconds until the next job is due (<= 0: due now); None when none waits."""
+        return None if self.next_run_at is None else (self.next_run_at - self.now).total_seconds()
+
+
 @dataclass(frozen=True)
 class QueueStats:
     """The plan's queue statistics, then the pending jobs whose run_at is ahead: retries

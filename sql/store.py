@@ -27,6 +27,7 @@ from mobvibe.sql.records import (
     ConfigChange,
     DeadLetter,
     DoctorRow,
+    DueJobs,
     Ended,
     Enqueued,
     Event,
@@ -56,6 +57,7 @@ __all__ = [
     "ConfigChange",
     "DeadLetter",
     "DoctorRow",
+    "DueJobs",
     "Ended",
     "Enqueued",
     "Event",
@@ -259,6 +261,38 @@ def next_run(conn: Conn) -> NextRun:
         row = cur.execute(query("next_run_at")).fetchone()
     assert row is not None
     return row
+
+
+def due_jobs(conn: Conn, limit: int) -> DueJobs:
+    """How many jobs could start now, up to `limit`, and when the next comes due."""
+    with conn.cursor(row_factory=class_row(DueJobs)) as cur:
+        row = cur.execute(query("due_jobs"), {"limit": limit}).fetchone()
+    assert row is not None
+    return row
+
+
+# -- many pods: the doorman and the reaper's leader (session-level advisory locks) ----
+
+
+def wait_doorman(conn: Conn, timeout: float) -> bool:
+    """Become the doorman, waiting in the server at most `timeout` seconds; False if not."""
+    try:
+        conn.execute(query("wait_doorman"), {"lock_timeout_ms": max(1, round(timeout * 1000))})
+    except psycopg.errors.LockNotAvailable:
+        return False
+    return True
+
+
+def offer_doorman(conn: Conn) -> bool:
+    """Hand the doorman's lock to the pod first in line; True: none waited, it is ours still."""
+    row = conn.execute(query("offer_doorman")).fetchone()
+    return bool(row and row[0])
+
+
+def lead_reaper(conn: Conn) -> bool:
+    """Become the leader of the embedded reapers if no session is; True if it is this one."""
+    row = conn.execute(query("lead_reaper")).fetchone()
+    return bool(row and row[0])
 
 
 # -- producers ----------------------------------------------------------------------

@@ -1,14 +1,20 @@
 """The hub: the pod's one direct connection to PostgreSQL, in a child of the supervisor.
 
-It LISTENs for the pod (new_job, job_cancel) and wakes exactly one idle worker
-per new job; it renews the leases of every running attempt it sees in the
-slots with one statement per heartbeat interval; it tells a worker to stop a
-job whose cancel was requested or whose lease was lost; it polls, as the
-backstop for lost notifications, and wakes a worker when a retry comes due;
-it runs the embedded reaper's sweeps and, with --drain, watches for an empty
-queue. The workers' own connections hold no session state (no LISTEN), so
-they may go through PgBouncer in transaction mode; this one may not
-(--listen-url names the server itself).
+Many pods share one database, and one of them answers for new jobs: the
+doorman, the hub that holds the doorman's advisory lock. It alone LISTENs
+(new_job, job_cancel) and wakes exactly one idle worker per new job, its own,
+or, when it has none left, it hands the lock to the first pod that waits for it
+in the server (a pod with an idle worker waits there, not listening), which
+polls and wakes one of its own. A pod whose workers are all busy neither
+listens nor waits: it learns of a cancel at its next lease renewal. The hub
+renews the leases of every running attempt it sees in the slots with one
+statement per heartbeat interval; it tells a worker to stop a job whose cancel
+was requested or whose lease was lost; the doorman polls, as the backstop for
+lost notifications, and wakes a worker when a retry comes due; the embedded
+reaper sweeps on the one pod that holds the leader's lock; with --drain, it
+watches for an empty queue. The workers' own connections hold no session state
+(no LISTEN, no lock), so they may go through PgBouncer in transaction mode;
+this one may not (--listen-url names the server itself).
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from mobvibe import clock, metrics
 from mobvibe.errors import DatabaseUnavailableError
 from mobvibe.logs import event
 from mobvibe.sql import db, store
-from mobvibe.sql.notify import listen
+from mobvibe.sql.notify import listen, unlisten
 from mobvibe.sql.store import Lease
 from mobvibe.supervisor.settings import Settings
 from mobvibe.supervisor.slots import Holding, Slots
@@ -46,6 +52,11 @@ DRAIN_CHECK = 0.5  # seconds between the --drain checks
 LOST_RECHECK = 0.5
 RECONNECT_DELAY_MAX = 5.0
 CHANNELS = (Channel.NEW_JOB, Channel.JOB_CANCEL)
+# A pod in line for the doorman's lock polls too, every --poll-interval, and wakes a
+# worker for a job due longer than this: the backstop for a doorman that holds the
+# lock and does not answer (stopped, or any login's session: advisory locks are
+# anyone's). A job the doorman serves is claimed well within it.
+OVERDUE = 2.0
 
 
 class Duty(StrEnum):
@@ -73,6 +84,9 @@ class Hub:
         self.stopping = False
         self.woken = [0] * slots.count  # per worker, the idle generation last woken
         self.last_woken = -1
+        self.doorman = False  # holds the doorman's lock: LISTENs for the database
+        self.leader = False  # holds the leader's lock: the embedded reaper sweeps
+        self.in_line = False  # waiting in the server for the doorman's lock
         now = clock.monotonic()
         self.due = {
             Duty.HEARTBEAT: now,
@@ -118,6 +132,9 @@ class Hub:
 
     def _on_term(self, signum: int, frame: Any) -> None:
         self.stopping = True
+        if self.in_line and self.conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self.conn.cancel()  # the wait for the doorman's lock ends now
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self.conn is None or self.conn.closed:
@@ -127,14 +144,16 @@ class Hub:
                 application_name="mobvibe-hub",
                 options="-c synchronous_commit=off",
             )
-            listen(self.conn, CHANNELS)
-            self.due[Duty.POLL] = clock.monotonic()  # what was sent while we were away
         return self.conn
 
     def _close(self) -> None:
         if self.conn is not None:
             self.conn.close()
         self.conn = None
+        # Its session's locks went with it: another pod is doorman and leader now.
+        self.doorman = self.leader = False
+        metrics.HUB_DOORMAN.set(0)
+        metrics.REAPER_LEADER.set(0)
 
     def _sleep(self, seconds: float) -> None:
         ready, _, _ = select.select([self._signal_r], [], [], seconds)
@@ -144,11 +163,17 @@ class Hub:
     # -- the loop ------------------------------------------------------------------------
 
     def _turn(self, conn: psycopg.Connection[Any]) -> None:
-        """Wait for a notification or the next due duty; do what is due."""
+        """Wait for a notification, the doorman's lock or the next due duty; do what is due."""
         wait = max(0.0, min(self.due.values()) - clock.monotonic())
-        ready, _, _ = select.select([conn.fileno(), self._signal_r], [], [], wait)
+        if not self.doorman and self.idle_count() and not self.stopping:
+            self._wait_in_line(conn, wait)
+            wait = 0.0
+        fds = [conn.fileno(), self._signal_r, self.wakeups.hub_fd()]
+        ready, _, _ = select.select(fds, [], [], wait)
         if self._signal_r in ready:
             os.read(self._signal_r, 512)
+        if self.wakeups.hub_fd() in ready:
+            self.wakeups.clear_hub()  # a worker went idle: the next turn stands in line
         if conn.fileno() in ready:
             conn.pgconn.consume_input()
             while (note := conn.pgconn.notifies()) is not None:
@@ -166,7 +191,8 @@ class Hub:
             self._poll(conn)
         if now >= self.due[Duty.SWEEP]:  # never without an embedded reaper
             self.due[Duty.SWEEP] = now + self.settings.reaper_interval
-            self._sweep(conn)
+            if self.leader or self._lead(conn):
+                self._sweep(conn)
         if now >= self.due[Duty.LOST]:
             self._recheck_unrenewed(now)
         if now >= self.due[Duty.DRAIN]:  # never without --drain
@@ -177,12 +203,72 @@ class Hub:
         # A payload is never trusted: anyone may NOTIFY. new_job only makes a worker
         # look; a cancel is asked of the database before a worker is told.
         if channel == Channel.NEW_JOB:
-            self.wake_one()
+            if self.doorman and not self.wake_one():
+                self._offer(conn)  # no idle worker here: the next pod in line has it
         elif channel == Channel.JOB_CANCEL:
             job_id = _job_id(payload)
             held = [(i, h) for i, h in self.holdings() if h.job_id == job_id]
             if held:
                 self._renew(conn, held)
+
+    # -- many pods: the doorman and the leader -------------------------------------------
+
+    def idle_count(self) -> int:
+        """Idle workers not woken since they went idle."""
+        count = 0
+        for index in range(self.slots.count):
+            generation = self.slots.idle_generation(index)
+            count += bool(generation) and generation != self.woken[index]
+        return count
+
+    def _wait_in_line(self, conn: psycopg.Connection[Any], wait: float) -> None:
+        """Wait in the server for the doorman's lock, until the next duty at most."""
+        self.in_line = True
+        try:
+            taken = store.wait_doorman(conn, wait)
+        except psycopg.errors.QueryCanceled:
+            if not self.stopping:
+                raise
+            return
+        finally:
+            self.in_line = False
+        if taken:
+            listen(conn, CHANNELS)
+            self.doorman = True
+            metrics.HUB_DOORMAN.set(1)
+            event(
+                log,
+                logging.INFO,
+                "hub_doorman",
+                "this pod now listens for new jobs",
+                backend_pid=conn.info.backend_pid,
+            )
+            # A job handed over, or sent while no one listened: the poll finds it.
+            self.due[Duty.POLL] = clock.monotonic()
+
+    def _offer(self, conn: psycopg.Connection[Any]) -> None:
+        """No idle worker here: hand the doorman's lock to the pod first in line, if any."""
+        if store.offer_doorman(conn):
+            return  # no pod waits: ours still, and a job waits for a worker to finish
+        unlisten(conn)
+        self.doorman = False
+        metrics.HUB_DOORMAN.set(0)
+        event(log, logging.DEBUG, "hub_doorman_handed_over", "another pod listens for new jobs")
+
+    def _lead(self, conn: psycopg.Connection[Any]) -> bool:
+        """Take the lead of the embedded reapers if no pod has it (its pod died, or none
+        swept yet): a leader's sweeps alone run, once per interval for the cluster."""
+        self.leader = store.lead_reaper(conn)
+        if self.leader:
+            metrics.REAPER_LEADER.set(1)
+            event(
+                log,
+                logging.INFO,
+                "reaper_leader",
+                "this pod's embedded reaper now sweeps",
+                backend_pid=conn.info.backend_pid,
+            )
+        return self.leader
 
     # -- duties --------------------------------------------------------------------------
 
@@ -281,23 +367,31 @@ class Hub:
             )
 
     def _poll(self, conn: psycopg.Connection[Any]) -> None:
-        """The backstop: wake the idle workers when a job is due, plan the next due time.
+        """The doorman's backstop: wake an idle worker per job due, plan the next due time.
 
-        With no worker idle there is no one to wake, and no statement is sent: a busy
-        worker claims on its own when its job ends, and an idle one before it waits.
+        With no worker idle the doorman offers its lock to a pod with one. A pod in
+        line polls as the backstop of a doorman that does not answer; a pod with
+        every worker busy sends no statement: a busy worker claims on its own when
+        its job ends, and an idle one before it waits.
         """
-        if not any(self.slots.idle_generation(i) for i in range(self.slots.count)):
-            self.due[Duty.NEXT_RUN] = float("inf")
+        idle = self.idle_count()
+        self.due[Duty.NEXT_RUN] = float("inf")
+        if not idle:
+            if self.doorman:
+                self._offer(conn)
             return
-        due_in = store.next_run(conn).due_in
-        if due_in is None:
-            self.due[Duty.NEXT_RUN] = float("inf")
-        elif due_in <= 0:
-            self.due[Duty.NEXT_RUN] = float("inf")
-            while self.wake_one():
-                pass
-        else:
-            self.due[Duty.NEXT_RUN] = clock.monotonic() + due_in
+        if not self.doorman:
+            due_in = store.next_run(conn).due_in
+            if due_in is not None and due_in < -OVERDUE:
+                self.wake_one()
+            return
+        plan = store.due_jobs(conn, idle + 1)
+        for _ in range(min(plan.due, idle)):
+            self.wake_one()
+        if plan.due_in is not None and plan.due_in > 0:
+            self.due[Duty.NEXT_RUN] = clock.monotonic() + plan.due_in
+        if plan.due > idle:
+            self._offer(conn)  # more are due than this pod can start
 
     def _check_drain(self, conn: psycopg.Connection[Any]) -> None:
         if not store.has_unfinished_jobs(conn):

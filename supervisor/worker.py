@@ -218,6 +218,7 @@ class Worker:
         self.slots.idle(self.index, self.waits)
         job = store.claim(self._db(), self.worker_id)
         if job is None and not self.stopping:
+            self.wakeups.idle_to_hub()
             self._wait(BACKSTOP * random.uniform(0.8, 1.0))  # noqa: S311 - jitter
         self.slots.idle(self.index, 0)
         return job

@@ -287,6 +287,10 @@ def next_run_at(c: Ctx) -> bool:
     return c.one("SELECT queue_next_run_at()") is not None
 
 
+def due_jobs(c: Ctx) -> bool:
+    return c.one("SELECT queue_due_jobs(10)") is not None
+
+
 def settings(c: Ctx) -> bool:
     row = c.conn.execute("SELECT schema_version, heartbeat_timeout FROM queue_settings()")
     version, timeout = row.fetchone() or (None, None)
@@ -463,6 +467,7 @@ MATRIX: dict[Action, frozenset[str]] = {
     move_clock: NOBODY,
     stats: frozenset({WORKER, MONITOR, OPERATOR}),
     next_run_at: frozenset({WORKER, MONITOR, OPERATOR}),
+    due_jobs: frozenset({WORKER, MONITOR, OPERATOR}),
     settings: EVERYONE,
     select_reaper_runs: frozenset({WORKER, MONITOR, OPERATOR}),
     select_migrations: frozenset({OPERATOR}),

@@ -24,6 +24,7 @@ DEFINER_FUNCTIONS = PLAN_FUNCTIONS | {
     "queue_purge_failed",
     "queue_record_reaper_run",
     "queue_next_run_at",
+    "queue_due_jobs",
     "queue_settings",
     "queue_test_clock",
     # sessions, cancel, attempts and events (0006)
