@@ -65,6 +65,9 @@ class Worker:
         self.releasing = False
         self.jobs_done = 0
         self.waits = 0  # idle generations: the hub wakes each wait once
+        # The end of the last job claimed the next and found none, idle already: the
+        # worker waits at once rather than look again.
+        self.looked = False
         self.current: Job | None = None
         self.holding: Holding | None = None
         self.progress = Progress()
@@ -214,14 +217,21 @@ class Worker:
         """Say we are idle, claim a job; if none is due, wait to be woken (or the backstop)."""
         # Idle before the claim: a job that comes after the claim's look still gets
         # us woken (the wake-up waits in the pipe), never lost in between.
-        self.waits += 1
-        self.slots.idle(self.index, self.waits)
-        job = store.claim(self._db(), self.worker_id)
+        job = None
+        if not self.looked:
+            self._idle()
+            job = store.claim(self._db(), self.worker_id)
+        self.looked = False
         if job is None and not self.stopping:
             self.wakeups.idle_to_hub()
             self._wait(BACKSTOP * random.uniform(0.8, 1.0))  # noqa: S311 - jitter
         self.slots.idle(self.index, 0)
         return job
+
+    def _idle(self) -> None:
+        """From now on the hub may wake us: a new idle generation."""
+        self.waits += 1
+        self.slots.idle(self.index, self.waits)
 
     def _wait(self, seconds: float, *, woken_by_hub: bool = True) -> None:
         """Sleep up to `seconds`; a wake-up from the hub or a signal ends it early."""
@@ -350,7 +360,12 @@ class Worker:
         if self.lost or outcome.reason == EndReason.LEASE_LOST:
             outcome = replace(LEASE_LOST, output=outcome.output)
         chain = not self.stopping and not self._recycle_due()
-        return finish.finish_job(
+        # The end claims the next job: idle from before its look, as before a claim, so
+        # that a job it does not see still wakes us, and none is looked for twice.
+        looks = chain and outcome.reason != EndReason.LEASE_LOST
+        if looks:
+            self._idle()
+        next_job = finish.finish_job(
             self._db,
             self.worker_id,
             job,
@@ -359,6 +374,10 @@ class Worker:
             chain,
             retry_for=self.settings.heartbeat_timeout,
         )
+        self.looked = looks and next_job is None
+        if next_job is not None:
+            self.slots.idle(self.index, 0)
+        return next_job
 
     def _recycle_due(self) -> bool:
         limit = self.settings.max_jobs_per_worker
