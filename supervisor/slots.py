@@ -183,8 +183,10 @@ class Slots:
         return None
 
     def clear(self, index: int) -> None:
-        """Forget slot `index` (its worker is gone and its job dealt with)."""
+        """Forget slot `index` (its worker is gone and its job dealt with): it holds no job
+        and waits for none, so the hub counts no idle worker there until the next starts."""
         self._write(index, 0, _EMPTY_UUID, _EMPTY_UUID, 0, 0.0)
+        self.idle(index, 0)
 
     def tick(self, now: float, workers_alive: int) -> None:
         """The parent's loop turned at `now` with `workers_alive` workers."""

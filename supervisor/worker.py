@@ -64,7 +64,9 @@ class Worker:
         self.stopping = False
         self.releasing = False
         self.jobs_done = 0
-        self.waits = 0  # idle generations: the hub wakes each wait once
+        # Idle generations: the hub wakes each wait once. They start from the pid, so
+        # that a worker started again in the slot is never taken for one woken already.
+        self.waits = self.pid << 32
         # The end of the last job claimed the next and found none, idle already: the
         # worker waits at once rather than look again.
         self.looked = False

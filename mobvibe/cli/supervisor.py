@@ -174,14 +174,15 @@ interval = Duration()
     "--reaper/--no-reaper",
     default=True,
     show_envvar=True,
-    help="Run the reaper as a child (--no-reaper when a CronJob runs it).",
+    help="Run the embedded reaper; of all pods, the one that leads sweeps "
+    "(--no-reaper when a CronJob runs it).",
 )
 @click.option(
     "--reaper-interval",
     type=interval,
     default=format_duration(defaults.REAPER_INTERVAL_DEFAULT),
     show_envvar=True,
-    help="Time between sweeps of the embedded reaper.",
+    help="Time between sweeps of the embedded reaper (and between tries to lead).",
 )
 @click.option(
     "--migrate",
