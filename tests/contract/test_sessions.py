@@ -185,6 +185,24 @@ def test_next_run_at_is_null_when_every_pending_job_waits_for_its_session(conn: 
     assert scalar(conn, "SELECT queue_next_run_at()") is None
 
 
+# -- queue_due_jobs ------------------------------------------------------------------------------
+
+
+def test_due_jobs_counts_the_jobs_that_could_start_now_up_to_the_limit(conn: Any) -> None:
+    set_clock(conn, T0)
+    session = new_session(conn)
+    insert_job(conn, session)  # ready
+    insert_job(conn, session)  # behind it in its session: not counted
+    later = insert_job(conn, new_session(conn), run_at=T0 + timedelta(minutes=1))
+    insert_job(conn, new_session(conn))  # ready
+    assert waiting(conn, later) == ["run_at"]
+    assert scalar(conn, "SELECT queue_due_jobs(10)") == 2
+    assert scalar(conn, "SELECT queue_due_jobs(1)") == 1
+    assert scalar(conn, "SELECT queue_due_jobs(0)") == 0
+    set_clock(conn, T0 + timedelta(minutes=2))  # the head whose run_at came due: a claim takes it
+    assert scalar(conn, "SELECT queue_due_jobs(10)") == 3
+
+
 # -- max_concurrency changed ---------------------------------------------------------------------
 
 
