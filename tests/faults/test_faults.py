@@ -373,11 +373,12 @@ SILENT_POLL = 1.0
 
 
 def both_idle(conn: psycopg.Connection[Any]) -> bool:
-    """Both workers are waiting: their last statement was a claim that found nothing."""
+    """Both workers are waiting: their last statement was a claim that found nothing, or
+    the end of a job that looked for the next (none is pending here)."""
     row = conn.execute(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
         "AND application_name = 'mobvibe-worker' AND state = 'idle' "
-        "AND query LIKE '%claim_next_job%'"
+        "AND (query LIKE '%claim_next_job%' OR query LIKE '%queue_end_and_claim%')"
     ).fetchone()
     return row is not None and row[0] == 2
 
@@ -553,3 +554,79 @@ def test_a_hung_job_is_ended_by_the_job_timeout(
     assert waited >= HUNG_BACKOFF - 0.01  # the retry waited out its backoff
     assert during > 0, "the other worker went on while one hung"
     assert all_completed(queue, others)
+
+
+# -- 8. the reaper's leader and the doorman killed among pods ----------------------
+
+PODS_JOBS = 600
+REAPER_INTERVAL = 0.5  # QUICK's
+LOCK_HOLDER = (
+    "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = 1299145302"
+    " AND objid = %s AND granted"
+    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+)
+
+
+class Pods:
+    """Several supervisors' logs read as one, for the oracle."""
+
+    def __init__(self, pods: list[Running]) -> None:
+        self.pods = pods
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        return [e for pod in self.pods for e in pod.events(name)]
+
+    def holding(self, conn: psycopg.Connection[Any], objid: int, event: str) -> Running:
+        """The pod whose hub holds advisory lock `objid` (it logged `event` with its session)."""
+        pid = wait_for(lambda: (row := conn.execute(LOCK_HOLDER, [objid]).fetchone()) and row[0])
+        return wait_for(
+            lambda: next(
+                (p for p in self.pods if pid in {e.get("backend_pid") for e in p.events(event)}),
+                None,
+            ),
+            message=f"the pod that logged {event}",
+        )
+
+
+def test_the_leader_and_the_doorman_killed_mid_drain_lose_nothing(
+    queue: JobQueue, conn: Any, supervisor: Any, tmp_path: Path, report: Any
+) -> None:
+    """Three pods drain; the one whose embedded reaper leads is killed with -9, then the
+    doorman. The others go on: one of them leads and requeues the dead pods' attempts
+    once their heartbeats expire, one answers for new jobs, and every job completes,
+    none lost, a repeated run only of an attempt that was lost."""
+    set_backoff(conn)
+    log = tmp_path / "executions"
+    ids = {str(i) for i in queue.enqueue_many([NewJob(f"rec:{log}:0.01")] * PODS_JOBS)}
+    pod = ("--workers", "2", "--drain", *HANDLER, *QUICK)
+    pods = Pods([supervisor(*pod, heartbeat_timeout=QUICK_TIMEOUT) for _ in range(3)])
+    killed: set[int] = set()
+    kill_times = []
+    for objid, event, after in ((2, "reaper_leader", 100), (1, "hub_doorman", 250)):
+        wait_for(lambda after=after: completed(conn) >= after, timeout=60, message=f"{after} done")
+        victim = pods.holding(conn, objid, event)
+        if victim.proc.poll() is not None:
+            continue  # the same pod held both: already killed
+        killed |= victim.worker_pids()
+        os.killpg(victim.pid, signal.SIGKILL)
+        victim.proc.wait(10)
+        kill_times.append(time.time())
+    survivors = [p for p in pods.pods if p.proc.returncode is None]
+    for pod in survivors:
+        assert pod.wait_exit(120) == 0, pod.log()[-3000:]
+    rows = final_rows(conn)
+    assert set(rows) == ids, "a job disappeared or appeared"
+    assert Counter(row[0] for row in rows.values()) == {"completed": len(ids)}
+    again = repeated(log)
+    assert not unexplained(again, log, pods, frozenset(killed))  # type: ignore[arg-type]
+    new_leaders = [log_time(e) for p in survivors for e in p.events("reaper_leader")]
+    failover = min(t for t in new_leaders if t > kill_times[0]) - kill_times[0]
+    report(
+        "pods-leader-doorman-killed",
+        jobs=len(ids),
+        pods_killed=len(kill_times),
+        duplicates=len(again),
+        requeued=len(pods.events("job_requeued")),
+        leader_failover_s=f"{failover:.2f}",
+    )
+    assert failover <= 2 * REAPER_INTERVAL
