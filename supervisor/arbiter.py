@@ -26,6 +26,7 @@ from mobvibe.supervisor.rescue import Rescuer
 from mobvibe.supervisor.settings import Settings
 from mobvibe.supervisor.slots import Holding, Slots
 from mobvibe.supervisor.wakeups import Wakeups
+from mobvibe.supervisor.workspaces import Keeper
 from mobvibe.vocabulary import EndReason, ExitCause
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,14 @@ class Arbiter:
         self.retire_queue: deque[int] = deque()
         # per worker index: (lease token, when) of a cancel the parent saw requested
         self.cancels_seen: dict[int, tuple[uuid.UUID, float]] = {}
+        self.keeper = (
+            Keeper(
+                settings.workspaces, settings.workspaces_max_bytes, settings.workspaces_max_count
+            )
+            if settings.workspaces is not None
+            else None
+        )
+        self.attempts_ended = -1  # as last swept: -1 sweeps at start
         self._pipe_r, self._pipe_w = os.pipe()
 
     # -- the loop --------------------------------------------------------------
@@ -101,6 +110,7 @@ class Arbiter:
         # The orphans of every job's processes come back here when their worker
         # is gone (contain.py): the loop kills the children it does not know.
         contain.become_subreaper()
+        self.keep_workspaces()
         for name in self.aux:
             self.spawn_aux(name)
         event(
@@ -119,6 +129,7 @@ class Arbiter:
             self.murder()
             self.roll()
             self.check_drain()
+            self.keep_workspaces()
             self.stop_aux()
             if self.stopping and not self.children:
                 break
@@ -238,6 +249,7 @@ class Arbiter:
         )
         if holding is not None:
             self._end_attempt(holding)
+            self.attempts_ended = -1  # its workspace is free: sweep
         reason = policy.rescue_reason(how, child.killed_for)
         if holding is not None and reason is not None:
             message = policy.rescue_message(how, child.killed_for, self.settings.job_timeout)
@@ -297,6 +309,25 @@ class Arbiter:
             child=child.kind,
         )
         self.aux_restart_at[child.kind] = now + delay
+
+    # -- workspaces --------------------------------------------------------------
+
+    def keep_workspaces(self) -> None:
+        """At start and after attempts ended: evict workspaces beyond the limits. Here, in
+        the parent, off the workers' claims; a failure is logged, never fatal."""
+        ended = self.slots.attempts_ended()
+        if self.keeper is None or ended == self.attempts_ended:
+            return
+        self.attempts_ended = ended
+        try:
+            self.keeper.sweep()
+        except Exception as exc:  # noqa: BLE001 - the supervisor runs on without it
+            event(
+                log,
+                logging.ERROR,
+                "workspace_sweep_failed",
+                f"the workspaces could not be swept: {type(exc).__name__}: {exc}",
+            )
 
     # -- deadlines and fencing ---------------------------------------------------
 

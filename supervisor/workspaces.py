@@ -1,0 +1,296 @@
+"""A session's workspace on this pod: `--workspaces DIR`, one directory per session, kept
+between its prompts (docs/backend/JOB_QUEUE.md, "Workspaces").
+
+A worker takes its job's session's workspace for the attempt (`take`): DIR/<session
+uuid>, its path made from the uuid alone, created 0700 when missing (a cold start) or
+found there (warm). The worker holds a shared lock (flock) on it while the attempt runs;
+when the attempt has ended, and its processes with it, the worker sets the directory's
+modification time (its last use, which the agent cannot move afterwards) and lets go.
+
+The parent keeps DIR within --workspaces-max-bytes and --workspaces-max-count
+(`Keeper.sweep`, at start and after an attempt ends): the least recently used first,
+never one that an attempt holds (an exclusive lock is tried, never waited for). An evicted
+workspace is first renamed out of the sessions' names under that lock, so its session's
+next attempt starts cold rather than in a half-removed tree, then removed without
+following a link (trees.py). What cannot be removed is logged and left; nothing here
+stops the supervisor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import secrets
+import stat
+import uuid
+from dataclasses import dataclass
+
+from mobvibe import clock, metrics
+from mobvibe.errors import ConfigError
+from mobvibe.logs import event
+from mobvibe.supervisor import trees
+from mobvibe.supervisor.sandbox import shows_system
+from mobvibe.vocabulary import WorkspaceLimit, WorkspaceStart
+
+log = logging.getLogger(__name__)
+WORKSPACE_MODE = 0o700
+EVICTED_PREFIX = ".evicted-"  # an evicted workspace, renamed: never a session's name
+TAKE_TRIES = 5  # evicted between our look and our lock this often in a row: give up
+OPEN_ROOT = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+def prepare_root(directory: str) -> str:
+    """The workspaces' directory, absolute and made (0700) if missing; ConfigError if jobs
+    could not keep workspaces there."""
+    path = os.path.realpath(directory)
+    if shows_system(path):
+        raise ConfigError(
+            f"--workspaces {directory}: it lies in /usr, /etc or a link to them, which every "
+            "sandboxed job sees: every session would see every workspace"
+        )
+    try:
+        os.makedirs(path, WORKSPACE_MODE, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--workspaces {directory}: {exc.strerror}") from None
+    if not os.path.isdir(path) or not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"--workspaces {directory}: not a directory this user can write")
+    return path
+
+
+def is_session_name(name: str) -> bool:
+    """True for a name that a session's workspace has: its uuid, as str() spells it."""
+    try:
+        return str(uuid.UUID(name)) == name
+    except ValueError:
+        return False
+
+
+@dataclass
+class Taken:
+    """A workspace an attempt holds: its path, whether it was there before, its lock."""
+
+    path: str
+    warm: bool
+    fd: int  # the directory, shared-locked
+
+    @property
+    def start(self) -> WorkspaceStart:
+        return WorkspaceStart.WARM if self.warm else WorkspaceStart.COLD
+
+    def give_back(self) -> None:
+        """The attempt has ended, its processes too: now is the workspace's last use."""
+        try:
+            os.utime(self.fd)
+        finally:
+            os.close(self.fd)  # and with it the lock
+
+
+def take(root: str, session_id: uuid.UUID) -> Taken:
+    """The workspace of `session_id` in `root`, made if missing and locked for an attempt;
+    OSError if it cannot be had."""
+    name = str(session_id)
+    root_fd = os.open(root, OPEN_ROOT)
+    try:
+        for _ in range(TAKE_TRIES):
+            found = _try_take(root_fd, name)
+            if found is not None:
+                taken = Taken(os.path.join(root, name), *found)
+                metrics.WORKSPACE_STARTS.inc(label=taken.start)
+                return taken
+    finally:
+        os.close(root_fd)
+    raise OSError(errno.EAGAIN, f"workspace {name} was removed each time it was taken")
+
+
+def _try_take(root_fd: int, name: str) -> tuple[bool, int] | None:
+    """(whether it was there, the locked workspace); None if it went away meanwhile."""
+    warm = _made_or_found(root_fd, name)
+    try:
+        fd = trees.open_dir(root_fd, name)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno not in trees.NOT_A_DIRECTORY:
+            raise
+        os.unlink(name, dir_fd=root_fd)  # a link or a file in its place: a fresh one
+        return None
+    fcntl.flock(fd, fcntl.LOCK_SH)  # the parent holds it exclusively only to rename it
+    try:
+        here = os.stat(name, dir_fd=root_fd, follow_symlinks=False)
+        if os.path.samestat(here, os.fstat(fd)):
+            os.fchmod(fd, WORKSPACE_MODE)
+            return warm, fd
+    except FileNotFoundError:
+        pass
+    os.close(fd)  # evicted while we waited for the lock
+    return None
+
+
+def _made_or_found(root_fd: int, name: str) -> bool:
+    """Make the workspace; True if it was there already."""
+    try:
+        os.mkdir(name, WORKSPACE_MODE, dir_fd=root_fd)
+    except FileExistsError:
+        return True
+    return False
+
+
+@dataclass(frozen=True)
+class Kept:
+    """A workspace on disk: its session's name, its last use (ns), its size."""
+
+    name: str
+    used_ns: int
+    size: int
+
+
+class Keeper:
+    """The parent's side: measures the workspaces and evicts beyond the limits (0: none)."""
+
+    def __init__(self, root: str, max_bytes: int = 0, max_count: int = 0) -> None:
+        self.root = root
+        self.max_bytes = max_bytes
+        self.max_count = max_count
+        self.sizes: dict[str, tuple[int, int, int]] = {}  # name -> (inode, mtime, bytes)
+        self.reported: set[str] = set()  # leftovers already logged as not removable
+
+    def sweep(self) -> list[Kept]:
+        """Remove what earlier evictions left, evict beyond the limits; the workspaces kept."""
+        root_fd = os.open(self.root, OPEN_ROOT)
+        try:
+            self._remove_leftovers(root_fd)
+            kept = self._evict(root_fd, self._survey(root_fd))
+        finally:
+            os.close(root_fd)
+        metrics.WORKSPACES.set(len(kept))
+        metrics.WORKSPACE_BYTES.set(sum(k.size for k in kept))
+        return kept
+
+    def over(self, kept: list[Kept]) -> WorkspaceLimit | None:
+        """Which limit `kept` exceeds, or None."""
+        if self.max_count and len(kept) > self.max_count:
+            return WorkspaceLimit.COUNT
+        if self.max_bytes and sum(k.size for k in kept) > self.max_bytes:
+            return WorkspaceLimit.BYTES
+        return None
+
+    def _survey(self, root_fd: int) -> list[Kept]:
+        found = []
+        for entry in trees.entries(root_fd):
+            with contextlib.suppress(OSError):
+                st = entry.stat(follow_symlinks=False)
+                if is_session_name(entry.name) and stat.S_ISDIR(st.st_mode):
+                    found.append(Kept(entry.name, st.st_mtime_ns, self._size(root_fd, st, entry)))
+        self.sizes = {k.name: self.sizes[k.name] for k in found}  # forget the gone
+        return found
+
+    def _size(self, root_fd: int, st: os.stat_result, entry: os.DirEntry[str]) -> int:
+        """Measured again only when it was used since (its modification time moved)."""
+        cached = self.sizes.get(entry.name)
+        if cached is not None and cached[:2] == (st.st_ino, st.st_mtime_ns):
+            return cached[2]
+        size = trees.tree_bytes(root_fd, entry.name)
+        self.sizes[entry.name] = (st.st_ino, st.st_mtime_ns, size)
+        return size
+
+    def _evict(self, root_fd: int, kept: list[Kept]) -> list[Kept]:
+        """Evict the least recently used while a limit is exceeded; the ones kept."""
+        left = sorted(kept, key=lambda k: k.used_ns)
+        for oldest in list(left):
+            over = self.over(left)
+            if over is None:
+                break
+            if self._evict_one(root_fd, oldest, over):
+                left.remove(oldest)
+        if self.over(left):
+            event(
+                log,
+                logging.WARNING,
+                "workspaces_over_limit",
+                "workspaces beyond their limits are in use or could not be removed",
+                workspaces=len(left),
+                bytes=sum(k.size for k in left),
+            )
+        return left
+
+    def _evict_one(self, root_fd: int, kept: Kept, over: WorkspaceLimit) -> bool:
+        """Rename `kept` out of the sessions' names unless an attempt holds it, then remove
+        it; True if its session will start cold."""
+        trash = f"{EVICTED_PREFIX}{kept.name}-{secrets.token_hex(4)}"
+        try:
+            if not _rename_unless_held(root_fd, kept.name, trash):
+                event(
+                    log,
+                    logging.DEBUG,
+                    "workspace_in_use",
+                    "a workspace to evict is held by a running attempt: kept",
+                    session_id=kept.name,
+                )
+                return False
+        except OSError as exc:
+            _skipped(kept, exc)
+            return False
+        self.sizes.pop(kept.name, None)
+        metrics.WORKSPACE_EVICTIONS.inc()
+        event(
+            log,
+            logging.INFO,
+            "workspace_evicted",
+            f"workspace evicted: {over} over the limit",
+            session_id=kept.name,
+            bytes=kept.size,
+            idle_seconds=round(max(0.0, clock.wall() - kept.used_ns / 1e9), 1),
+            over=over,
+        )
+        self._remove(root_fd, trash)
+        return True
+
+    def _remove_leftovers(self, root_fd: int) -> None:
+        for entry in trees.entries(root_fd):
+            if entry.name.startswith(EVICTED_PREFIX):
+                self._remove(root_fd, entry.name)
+
+    def _remove(self, root_fd: int, name: str) -> None:
+        problems = trees.remove_tree(root_fd, name)
+        if problems and name not in self.reported:
+            self.reported.add(name)
+            event(
+                log,
+                logging.WARNING,
+                "workspace_not_removed",
+                "an evicted workspace could not be removed entirely; tried again at each sweep",
+                path=os.path.join(self.root, name),
+                problem=problems[0],
+                problems=len(problems),
+            )
+        elif not problems:
+            self.reported.discard(name)
+
+
+def _rename_unless_held(root_fd: int, name: str, trash: str) -> bool:
+    """Rename workspace `name` to `trash` under an exclusive lock; False if an attempt holds
+    it (the lock is not waited for)."""
+    fd = trees.open_dir(root_fd, name)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        os.rename(name, trash, src_dir_fd=root_fd, dst_dir_fd=root_fd)
+        return True
+    finally:
+        os.close(fd)
+
+
+def _skipped(kept: Kept, exc: OSError) -> None:
+    event(
+        log,
+        logging.WARNING,
+        "workspace_eviction_skipped",
+        "a workspace to evict could not be removed; skipped",
+        session_id=kept.name,
+        error=exc.strerror or str(exc),
+    )
