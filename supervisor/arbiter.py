@@ -31,6 +31,10 @@ from mobvibe.vocabulary import EndReason, ExitCause
 
 log = logging.getLogger(__name__)
 TICK = 0.25
+# While evicted workspaces are being removed: the slice of each loop turn spent on it, and
+# the shorter wait between turns (the loop still turns every REMOVAL_TICK + REMOVAL_SLICE).
+REMOVAL_SLICE = 0.05
+REMOVAL_TICK = 0.01
 RELEASE_GRACE = 3.0  # after USR1 ("release now"), how long before KILL
 # How long the processes of a dead worker's job may take to die after SIGKILL
 # before its rescue goes ahead anyway (only a process stuck in the kernel lasts).
@@ -123,7 +127,7 @@ class Arbiter:
         while True:
             self.manage_workers()
             self.slots.tick(clock.monotonic(), self.workers_alive())
-            self.wait()
+            self.wait(REMOVAL_TICK if self.keeper and self.keeper.removing else TICK)
             self.reap()
             contain.kill_strays(self.children)
             self.murder()
@@ -145,10 +149,10 @@ class Arbiter:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGQUIT):
             signal.signal(sig, lambda signum, frame: None)  # the pipe carries the signal number
 
-    def wait(self) -> None:
+    def wait(self, tick: float = TICK) -> None:
         """Sleep until a signal or the next tick; handle the signals that arrived."""
         try:
-            ready, _, _ = select.select([self._pipe_r], [], [], TICK)
+            ready, _, _ = select.select([self._pipe_r], [], [], tick)
         except InterruptedError:
             return
         if ready:
@@ -313,14 +317,17 @@ class Arbiter:
     # -- workspaces --------------------------------------------------------------
 
     def keep_workspaces(self) -> None:
-        """At start and after attempts ended: evict workspaces beyond the limits. Here, in
-        the parent, off the workers' claims; a failure is logged, never fatal."""
-        ended = self.slots.attempts_ended()
-        if self.keeper is None or ended == self.attempts_ended:
+        """At start and after attempts ended: evict workspaces beyond the limits; at every
+        turn, a slice of the removal of those evicted. Here, in the parent, off the workers'
+        claims; a failure is logged, never fatal."""
+        if self.keeper is None:
             return
-        self.attempts_ended = ended
+        ended = self.slots.attempts_ended()
         try:
-            self.keeper.sweep()
+            if ended != self.attempts_ended:
+                self.attempts_ended = ended
+                self.keeper.sweep()
+            self.keeper.step(REMOVAL_SLICE)
         except Exception as exc:  # noqa: BLE001 - the supervisor runs on without it
             event(
                 log,

@@ -10,7 +10,9 @@ open. (shutil.rmtree's descriptor mode opens what it listed without O_NOFOLLOW a
 afterwards: a FIFO swapped in would block it.)
 
 A tree too deep for the descriptors this process may hold is left where the walk stops:
-the caller logs what could not be removed and goes on.
+the caller logs what could not be removed and goes on. A removal can go a step at a time
+(`removal`), so that the supervisor's parent removes a large tree in slices between the
+turns of its loop.
 """
 
 from __future__ import annotations
@@ -118,48 +120,57 @@ def remove_tree(parent_fd: int, name: str) -> list[str]:
     link (a link is removed itself). What could not be removed, one line each (empty: all
     gone); a failure never stops the rest."""
     problems: list[str] = []
+    for _ in removal(parent_fd, name, problems):
+        pass
+    return problems
+
+
+def removal(parent_fd: int, name: str, problems: list[str]) -> Iterator[None]:
+    """remove_tree() a step at a time: it yields after each entry (a few microseconds), so
+    that a large tree is removed in slices between other work; what could not be removed
+    is added to `problems`. Its descriptors close when it ends or is closed."""
     try:
-        top = _Frame(open_dir(parent_fd, name), name)
+        stack = [_Frame(open_dir(parent_fd, name), name)]
     except OSError as exc:
         if exc.errno in NOT_A_DIRECTORY:
             _unlink(parent_fd, name, name, problems)
         else:
             problems.append(f"{name}: {exc.strerror}")
-        return problems
-    stack = [top]
-    _empty_files(top, name, problems)
-    while stack:
-        frame = stack[-1]
-        if frame.subdirectories:
-            child = _enter(frame, frame.subdirectories.pop(), problems)
-            if child is not None:
-                stack.append(child)
-            continue
-        stack.pop()
-        os.close(frame.fd)
-        _rmdir(stack[-1].fd if stack else parent_fd, frame.name, problems)
-    return problems
+        return
+    try:
+        yield from _empty_files(stack[0], name, problems)
+        while stack:
+            frame = stack[-1]
+            if frame.subdirectories:
+                child = _enter(frame, frame.subdirectories.pop(), problems)
+                if child is not None:
+                    stack.append(child)
+                    yield from _empty_files(child, child.name, problems)
+                continue
+            os.close(stack.pop().fd)
+            _rmdir(stack[-1].fd if stack else parent_fd, frame.name, problems)
+    finally:
+        for left in stack:
+            os.close(left.fd)
 
 
 def _enter(frame: _Frame, name: str, problems: list[str]) -> _Frame | None:
-    """The subdirectory `name` of `frame`, its files removed; None if it is gone, or was a
-    link (swapped in after the listing: removed itself), or cannot be opened."""
+    """The subdirectory `name` of `frame`; None if it is gone, or was a link (swapped in
+    after the listing: removed itself), or cannot be opened."""
     try:
-        child = _Frame(open_dir(frame.fd, name), name)
+        return _Frame(open_dir(frame.fd, name), name)
     except OSError as exc:
         if exc.errno in NOT_A_DIRECTORY:
             _unlink(frame.fd, name, name, problems)
         elif exc.errno != errno.ENOENT:
             problems.append(f"{name}: {exc.strerror}")
         return None
-    _empty_files(child, name, problems)
-    return child
 
 
-def _empty_files(frame: _Frame, where: str, problems: list[str]) -> None:
+def _empty_files(frame: _Frame, where: str, problems: list[str]) -> Iterator[None]:
     """Unlink every entry of `frame` that is not a directory (links included, never their
-    targets); note its subdirectories. Made writable by its owner first (a read-only
-    directory of a Go module cache, say)."""
+    targets), yielding after each; note its subdirectories. Made writable by its owner
+    first (a read-only directory of a Go module cache, say)."""
     with contextlib.suppress(OSError):
         os.fchmod(frame.fd, OWNER_ALL)
     try:
@@ -172,6 +183,7 @@ def _empty_files(frame: _Frame, where: str, problems: list[str]) -> None:
             frame.subdirectories.append(entry.name)
         else:
             _unlink(frame.fd, entry.name, where, problems)
+        yield
 
 
 def _is_dir(entry: os.DirEntry[str]) -> bool:

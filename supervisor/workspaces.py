@@ -12,8 +12,9 @@ The parent keeps DIR within --workspaces-max-bytes and --workspaces-max-count
 never one that an attempt holds (an exclusive lock is tried, never waited for). An evicted
 workspace is first renamed out of the sessions' names under that lock, so its session's
 next attempt starts cold rather than in a half-removed tree, then removed without
-following a link (trees.py). What cannot be removed is logged and left; nothing here
-stops the supervisor.
+following a link (trees.py), a slice at each turn of the parent's loop (`Keeper.step`),
+which a large tree must not hold up. What cannot be removed is logged and left; nothing
+here stops the supervisor.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import os
 import secrets
 import stat
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from mobvibe import clock, metrics
@@ -156,18 +158,31 @@ class Keeper:
         self.max_count = max_count
         self.sizes: dict[str, tuple[int, int, int]] = {}  # name -> (inode, mtime, bytes)
         self.reported: set[str] = set()  # leftovers already logged as not removable
+        # Opened at the first sweep and kept: removals go on from it between sweeps.
+        self.root_fd: int | None = None
+        # Evicted workspaces being removed, a slice at a time (step()), with their problems.
+        self.removing: dict[str, tuple[Iterator[None], list[str]]] = {}
 
     def sweep(self) -> list[Kept]:
-        """Remove what earlier evictions left, evict beyond the limits; the workspaces kept."""
-        root_fd = os.open(self.root, OPEN_ROOT)
-        try:
-            self._remove_leftovers(root_fd)
-            kept = self._evict(root_fd, self._survey(root_fd))
-        finally:
-            os.close(root_fd)
+        """Evict beyond the limits, and have what earlier evictions left removed too (by
+        step()); the workspaces kept."""
+        if self.root_fd is None:
+            self.root_fd = os.open(self.root, OPEN_ROOT)
+        self._remove_leftovers(self.root_fd)
+        kept = self._evict(self.root_fd, self._survey(self.root_fd))
         metrics.WORKSPACES.set(len(kept))
         metrics.WORKSPACE_BYTES.set(sum(k.size for k in kept))
         return kept
+
+    def step(self, budget: float) -> None:
+        """Go on removing evicted workspaces for about `budget` seconds."""
+        deadline = clock.monotonic() + budget
+        for name, (steps, problems) in list(self.removing.items()):
+            for _ in steps:
+                if clock.monotonic() >= deadline:
+                    return
+            del self.removing[name]
+            self._removed(name, problems)
 
     def over(self, kept: list[Kept]) -> WorkspaceLimit | None:
         """Which limit `kept` exceeds, or None."""
@@ -254,7 +269,13 @@ class Keeper:
                 self._remove(root_fd, entry.name)
 
     def _remove(self, root_fd: int, name: str) -> None:
-        problems = trees.remove_tree(root_fd, name)
+        """Have evicted workspace `name` removed, unless it is being removed already."""
+        if name not in self.removing:
+            problems: list[str] = []
+            self.removing[name] = (trees.removal(root_fd, name, problems), problems)
+
+    def _removed(self, name: str, problems: list[str]) -> None:
+        """A removal went through the whole tree: log once what it left."""
         if problems and name not in self.reported:
             self.reported.add(name)
             event(

@@ -143,7 +143,7 @@ def test_beyond_the_count_the_idle_workspace_goes_and_the_running_ones_stays(
         message="one workspace kept after the held attempt's end",
     )
     assert value(get_text(running.port, "/metrics")[1], "mobvibe_workspace_bytes") > 0
-    assert os.listdir(root) == [str(held)]
+    wait_for(lambda: os.listdir(root) == [str(held)], message="the evicted one removed")
 
 
 def test_at_start_the_supervisor_evicts_beyond_the_limits_oldest_first(
@@ -169,7 +169,7 @@ def test_at_start_the_supervisor_evicts_beyond_the_limits_oldest_first(
     )
     evicted = [e["session_id"] for e in running.events("workspace_evicted")]
     assert evicted == sessions[:2], running.log()[-3000:]  # before the first worker
-    assert sorted(os.listdir(root)) == [sessions[2]]
+    wait_for(lambda: os.listdir(root) == [sessions[2]], message="the evicted ones removed")
     assert (root / sessions[2] / "data").stat().st_size == 50_000
 
 

@@ -4,6 +4,7 @@ first, never one an attempt holds, and a failure to remove one logged and skippe
 from __future__ import annotations
 
 import logging
+import math
 import os
 import stat
 import uuid
@@ -14,7 +15,7 @@ import pytest
 from mobvibe import metrics
 from mobvibe.errors import ConfigError
 from mobvibe.supervisor import workspaces
-from mobvibe.supervisor.workspaces import Keeper, take
+from mobvibe.supervisor.workspaces import Keeper, Kept, take
 from mobvibe.vocabulary import WorkspaceStart
 
 
@@ -30,6 +31,14 @@ def kept_for(root: Path, size: int = 0, used: float = 1_000_000.0) -> Path:
     (made / "data").write_bytes(b"x" * size)
     os.utime(made, (used, used))
     return made
+
+
+def swept(keeper: Keeper) -> list[Kept]:
+    """The workspaces a sweep kept, once the removals it started are done."""
+    kept = keeper.sweep()
+    keeper.step(math.inf)
+    assert not keeper.removing
+    return kept
 
 
 def events(caplog: pytest.LogCaptureFixture, name: str) -> list[logging.LogRecord]:
@@ -69,7 +78,7 @@ def test_a_link_in_place_of_a_workspace_gives_way_to_a_fresh_directory(
 def test_the_least_recently_used_go_first_beyond_the_count(root: Path) -> None:
     old, middle, new = (kept_for(root, used=t) for t in (1e6, 2e6, 3e6))
     evictions = metrics.WORKSPACE_EVICTIONS.value()
-    kept = Keeper(str(root), max_count=2).sweep()
+    kept = swept(Keeper(str(root), max_count=2))
     assert {k.name for k in kept} == {middle.name, new.name}
     assert not old.exists()
     assert metrics.WORKSPACE_EVICTIONS.value() == evictions + 1
@@ -79,13 +88,13 @@ def test_the_least_recently_used_go_first_beyond_the_count(root: Path) -> None:
 def test_the_least_recently_used_go_first_beyond_the_bytes(root: Path) -> None:
     old, middle, new = (kept_for(root, 100_000, used=t) for t in (1e6, 2e6, 3e6))
     keeper = Keeper(str(root), max_bytes=250_000)
-    kept = keeper.sweep()
+    kept = swept(keeper)
     assert [k.name for k in kept] == [middle.name, new.name]
     assert not old.exists()
     assert metrics.WORKSPACE_BYTES.value() == sum(k.size for k in kept) <= 250_000
     Path(new, "more").write_bytes(b"y" * 100_000)
     os.utime(new, (4e6, 4e6))  # used again since: measured again
-    assert [k.name for k in keeper.sweep()] == [new.name]
+    assert [k.name for k in swept(keeper)] == [new.name]
 
 
 def test_a_workspace_an_attempt_holds_is_never_evicted(root: Path) -> None:
@@ -94,7 +103,7 @@ def test_a_workspace_an_attempt_holds_is_never_evicted(root: Path) -> None:
     os.utime(held.path, (1, 1))  # the oldest of all
     newer = kept_for(root, used=2e6)
     try:
-        kept = Keeper(str(root), max_count=1).sweep()
+        kept = swept(Keeper(str(root), max_count=1))
         assert [k.name for k in kept] == [str(held_session)]
         assert not newer.exists() and os.path.isdir(held.path)
     finally:
@@ -109,7 +118,7 @@ def test_an_evicted_workspace_is_out_of_its_sessions_reach_at_once(root: Path) -
     taken.give_back()
     os.utime(taken.path, (1, 1))
     kept_for(root, used=2e6)
-    Keeper(str(root), max_count=1).sweep()
+    swept(Keeper(str(root), max_count=1))
     again = take(str(root), session)
     assert not again.warm and os.listdir(again.path) == []
     again.give_back()
@@ -128,7 +137,7 @@ def test_one_that_cannot_be_removed_is_logged_and_skipped(
 
     monkeypatch.setattr(os, "rename", refuse)
     caplog.set_level(logging.INFO)
-    kept = Keeper(str(root), max_count=2).sweep()
+    kept = swept(Keeper(str(root), max_count=2))
     assert {k.name for k in kept} == {stuck.name, new.name} and not old.exists()
     (skipped,) = events(caplog, "workspace_eviction_skipped")
     assert skipped.session_id == stuck.name and "not permitted" in skipped.error  # type: ignore[attr-defined]
@@ -147,7 +156,7 @@ def test_leftovers_are_removed_and_other_entries_left_alone(
     (root / "lost+found").mkdir()
     (root / "notes.txt").write_text("an operator's")
     (root / str(uuid.uuid4())).symlink_to(sibling)  # not a directory: not a workspace
-    kept = Keeper(str(root), max_count=1).sweep()
+    kept = swept(Keeper(str(root), max_count=1))
     assert [k.name for k in kept] == [sibling.name]
     assert not leftover.exists()
     assert (root / "lost+found").is_dir() and (root / "notes.txt").exists()
@@ -162,3 +171,23 @@ def test_a_directory_every_job_would_see_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="every session would see"):
         workspaces.prepare_root(str(link / "ws"))
     assert not os.path.exists("/etc/mobvibe-workspaces")
+
+
+def test_a_large_removal_goes_a_slice_at_a_time(root: Path) -> None:
+    """The parent's loop must keep turning: an evicted tree is removed in steps."""
+    big = kept_for(root, used=1e6)
+    for d in range(20):
+        (big / f"d{d}").mkdir()
+        for f in range(100):
+            (big / f"d{d}" / f"f{f}").touch()
+    os.utime(big, (1e6, 1e6))
+    kept_for(root, used=2e6)
+    keeper = Keeper(str(root), max_count=1)
+    keeper.sweep()
+    assert not big.exists() and keeper.removing  # out of its session's reach at once
+    (trash,) = (p for p in root.iterdir() if p.name.startswith(workspaces.EVICTED_PREFIX))
+    slices = 0
+    while keeper.removing:
+        keeper.step(0.0)  # one step each
+        slices += 1
+    assert slices > 2 and not trash.exists()
