@@ -1,5 +1,6 @@
 """A session's workspace on this pod: `--workspaces DIR`, one directory per session, kept
-between its prompts (docs/backend/JOB_QUEUE.md, "Workspaces").
+between its prompts (docs/backend/JOB_QUEUE.md, "Workspaces: a session's work stays on
+its pod").
 
 A worker takes its job's session's workspace for the attempt (`take`): DIR/<session
 uuid>, its path made from the uuid alone, created 0700 when missing (a cold start) or
