@@ -120,16 +120,25 @@ def _try_take(root_fd: int, name: str) -> tuple[bool, int] | None:
             raise
         os.unlink(name, dir_fd=root_fd)  # a link or a file in its place: a fresh one
         return None
-    fcntl.flock(fd, fcntl.LOCK_SH)  # the parent holds it exclusively only to rename it
     try:
-        here = os.stat(name, dir_fd=root_fd, follow_symlinks=False)
-        if os.path.samestat(here, os.fstat(fd)):
+        fcntl.flock(fd, fcntl.LOCK_SH)  # the parent holds it exclusively only to rename it
+        if _still_there(root_fd, name, fd):
             os.fchmod(fd, WORKSPACE_MODE)
             return warm, fd
-    except FileNotFoundError:
-        pass
+    except BaseException:
+        os.close(fd)
+        raise
     os.close(fd)  # evicted while we waited for the lock
     return None
+
+
+def _still_there(root_fd: int, name: str, fd: int) -> bool:
+    """True if `name` is still the directory open as `fd` (not renamed away meanwhile)."""
+    try:
+        here = os.stat(name, dir_fd=root_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return os.path.samestat(here, os.fstat(fd))
 
 
 def _made_or_found(root_fd: int, name: str) -> bool:

@@ -191,3 +191,28 @@ def test_a_large_removal_goes_a_slice_at_a_time(root: Path) -> None:
         keeper.step(0.0)  # one step each
         slices += 1
     assert slices > 2 and not trash.exists()
+
+
+def test_a_workspace_evicted_while_its_lock_was_awaited_is_made_anew(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The parent renames a workspace under its exclusive lock; a worker waiting for its
+    shared lock then holds a directory no longer at its session's name, and starts over."""
+    session = uuid.uuid4()
+    first = take(str(root), session)
+    Path(first.path, "old").write_text("old")
+    first.give_back()
+    real_flock = workspaces.fcntl.flock
+    evicted = []
+
+    def evicted_meanwhile(fd: int, operation: int) -> None:
+        if not evicted:
+            evicted.append(root / f"{workspaces.EVICTED_PREFIX}{session}-x")
+            os.rename(first.path, evicted[0])
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(workspaces.fcntl, "flock", evicted_meanwhile)
+    again = take(str(root), session)
+    assert not again.warm and os.listdir(again.path) == []
+    assert (evicted[0] / "old").read_text() == "old"
+    again.give_back()
