@@ -31,8 +31,9 @@ from mobvibe.vocabulary import EndReason, ExitCause
 
 log = logging.getLogger(__name__)
 TICK = 0.25
-# While evicted workspaces are being removed: the slice of each loop turn spent on it, and
-# the shorter wait between turns (the loop still turns every REMOVAL_TICK + REMOVAL_SLICE).
+# While workspaces are being measured or evicted ones removed: the slice of each loop turn
+# spent on it, and the shorter wait between turns (the loop still turns every
+# REMOVAL_TICK + REMOVAL_SLICE).
 REMOVAL_SLICE = 0.05
 REMOVAL_TICK = 0.01
 RELEASE_GRACE = 3.0  # after USR1 ("release now"), how long before KILL
@@ -127,7 +128,7 @@ class Arbiter:
         while True:
             self.manage_workers()
             self.slots.tick(clock.monotonic(), self.workers_alive())
-            self.wait(REMOVAL_TICK if self.keeper and self.keeper.removing else TICK)
+            self.wait(REMOVAL_TICK if self.keeper and self.keeper.busy else TICK)
             self.reap()
             contain.kill_strays(self.children)
             self.murder()
@@ -317,14 +318,14 @@ class Arbiter:
     # -- workspaces --------------------------------------------------------------
 
     def keep_workspaces(self) -> None:
-        """At start and after attempts ended: evict workspaces beyond the limits; at every
-        turn, a slice of the removal of those evicted. Here, in the parent, off the workers'
-        claims; a failure is logged, never fatal."""
+        """At start, after attempts ended and when a measure ended: evict workspaces beyond
+        the limits; at every turn, a slice of the measures and removals. Here, in the
+        parent, off the workers' claims; a failure is logged, never fatal."""
         if self.keeper is None:
             return
         ended = self.slots.attempts_ended()
         try:
-            if ended != self.attempts_ended:
+            if ended != self.attempts_ended or self.keeper.resweep:
                 self.attempts_ended = ended
                 self.keeper.sweep()
             self.keeper.step(REMOVAL_SLICE)

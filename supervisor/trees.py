@@ -10,9 +10,9 @@ open. (shutil.rmtree's descriptor mode opens what it listed without O_NOFOLLOW a
 afterwards: a FIFO swapped in would block it.)
 
 A tree too deep for the descriptors this process may hold is left where the walk stops:
-the caller logs what could not be removed and goes on. A removal can go a step at a time
-(`removal`), so that the supervisor's parent removes a large tree in slices between the
-turns of its loop.
+the caller logs what could not be removed and goes on. A measure and a removal can go a
+step at a time (`measuring`, `removal`), so that the supervisor's parent works through a
+large tree in slices between the turns of its loop.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import contextlib
 import errno
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 
 OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -55,12 +55,26 @@ def tree_bytes(parent_fd: int, name: str) -> int:
     """Disk bytes of directory `name` of `parent_fd` and all under it: links counted as
     themselves and never followed, a file with several hard links once. What cannot be
     read is not counted."""
+    total = 0
+    for total in measuring(parent_fd, name):  # noqa: B007 - the last one is the total
+        pass
+    return total
+
+
+def measuring(parent_fd: int, name: str) -> Generator[int, None, None]:
+    """tree_bytes() a step at a time: the bytes counted so far, after each entry; the last
+    is the total."""
     seen: set[tuple[int, int]] = set()
-    total = _charge(os.stat(name, dir_fd=parent_fd, follow_symlinks=False), seen)
+    try:
+        total = _charge(os.stat(name, dir_fd=parent_fd, follow_symlinks=False), seen)
+    except OSError:
+        yield 0
+        return
+    yield total
     for entry in _walk(parent_fd, name):
         with contextlib.suppress(OSError):
             total += _charge(entry.stat(follow_symlinks=False), seen)
-    return total
+        yield total
 
 
 def _charge(st: os.stat_result, seen: set[tuple[int, int]]) -> int:

@@ -28,7 +28,7 @@ import os
 import secrets
 import stat
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 
 from mobvibe import clock, metrics
@@ -172,12 +172,22 @@ class Keeper:
         self.root_fd: int | None = None
         # Evicted workspaces being removed, a slice at a time (step()), with their problems.
         self.removing: dict[str, tuple[Iterator[None], list[str]]] = {}
+        # Workspaces being measured, a slice at a time; until done, what is counted so far
+        # stands for their size (never more than it: no eviction too many).
+        self.measuring: dict[str, _Measure] = {}
+        self.resweep = False  # a measure ended: look at the limits again
+
+    @property
+    def busy(self) -> bool:
+        """Work is left for step()."""
+        return bool(self.measuring or self.removing)
 
     def sweep(self) -> list[Kept]:
         """Evict beyond the limits, and have what earlier evictions left removed too (by
         step()); the workspaces kept."""
         if self.root_fd is None:
             self.root_fd = os.open(self.root, OPEN_ROOT)
+        self.resweep = False
         self._remove_leftovers(self.root_fd)
         kept = self._evict(self.root_fd, self._survey(self.root_fd))
         metrics.WORKSPACES.set(len(kept))
@@ -185,8 +195,24 @@ class Keeper:
         return kept
 
     def step(self, budget: float) -> None:
-        """Go on removing evicted workspaces for about `budget` seconds."""
+        """Go on measuring, then removing evicted workspaces, for about `budget` seconds."""
         deadline = clock.monotonic() + budget
+        if self._measure_some(deadline):
+            self._remove_some(deadline)
+
+    def _measure_some(self, deadline: float) -> bool:
+        """Measure until `deadline`; True if every measure is done."""
+        for name, measure in list(self.measuring.items()):
+            for counted in measure.steps:
+                measure.counted = counted
+                if clock.monotonic() >= deadline:
+                    return False
+            del self.measuring[name]
+            self.sizes[name] = (*measure.key, measure.counted)
+            self.resweep = True
+        return True
+
+    def _remove_some(self, deadline: float) -> None:
         for name, (steps, problems) in list(self.removing.items()):
             for _ in steps:
                 if clock.monotonic() >= deadline:
@@ -209,17 +235,26 @@ class Keeper:
                 st = entry.stat(follow_symlinks=False)
                 if is_session_name(entry.name) and stat.S_ISDIR(st.st_mode):
                     found.append(Kept(entry.name, st.st_mtime_ns, self._size(root_fd, st, entry)))
-        self.sizes = {k.name: self.sizes[k.name] for k in found}  # forget the gone
+        names = {k.name for k in found}  # forget the gone
+        self.sizes = {n: size for n, size in self.sizes.items() if n in names}
+        for name in set(self.measuring) - names:
+            self.measuring.pop(name).steps.close()
         return found
 
     def _size(self, root_fd: int, st: os.stat_result, entry: os.DirEntry[str]) -> int:
-        """Measured again only when it was used since (its modification time moved)."""
+        """Its size as last measured, measured again (by step()) when it was used since (its
+        modification time moved), unless an attempt holds it now: after its end."""
+        key = (st.st_ino, st.st_mtime_ns)
         cached = self.sizes.get(entry.name)
-        if cached is not None and cached[:2] == (st.st_ino, st.st_mtime_ns):
+        if cached is not None and (cached[:2] == key or _held(root_fd, entry.name)):
             return cached[2]
-        size = trees.tree_bytes(root_fd, entry.name)
-        self.sizes[entry.name] = (st.st_ino, st.st_mtime_ns, size)
-        return size
+        measure = self.measuring.get(entry.name)
+        if measure is None or measure.key != key:
+            if measure is not None:
+                measure.steps.close()
+            measure = _Measure(key, trees.measuring(root_fd, entry.name))
+            self.measuring[entry.name] = measure
+        return measure.counted
 
     def _evict(self, root_fd: int, kept: list[Kept]) -> list[Kept]:
         """Evict the least recently used while a limit is exceeded; the ones kept."""
@@ -299,6 +334,31 @@ class Keeper:
             )
         elif not problems:
             self.reported.discard(name)
+
+
+@dataclass
+class _Measure:
+    """A workspace being measured: its (inode, modification time), the walk, the bytes
+    counted so far."""
+
+    key: tuple[int, int]
+    steps: Generator[int, None, None]
+    counted: int = 0
+
+
+def _held(root_fd: int, name: str) -> bool:
+    """True if an attempt holds workspace `name` now (its lock is shared-held)."""
+    try:
+        fd = trees.open_dir(root_fd, name)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # and with it our lock, if we got it
+    return False
 
 
 def _rename_unless_held(root_fd: int, name: str, trash: str) -> bool:

@@ -142,7 +142,10 @@ def test_beyond_the_count_the_idle_workspace_goes_and_the_running_ones_stays(
         lambda: value(get_text(running.port, "/metrics")[1], "mobvibe_workspaces") == 1,
         message="one workspace kept after the held attempt's end",
     )
-    assert value(get_text(running.port, "/metrics")[1], "mobvibe_workspace_bytes") > 0
+    wait_for(
+        lambda: value(get_text(running.port, "/metrics")[1], "mobvibe_workspace_bytes") > 0,
+        message="the kept workspace measured",
+    )
     wait_for(lambda: os.listdir(root) == [str(held)], message="the evicted one removed")
 
 
@@ -167,8 +170,8 @@ def test_at_start_the_supervisor_evicts_beyond_the_limits_oldest_first(
         "100KiB",
         *FAST,
     )
-    evicted = [e["session_id"] for e in running.events("workspace_evicted")]
-    assert evicted == sessions[:2], running.log()[-3000:]  # before the first worker
+    evicted = [e["session_id"] for e in running.wait_event("workspace_evicted", 2)]
+    assert evicted == sessions[:2], running.log()[-3000:]
     wait_for(lambda: os.listdir(root) == [sessions[2]], message="the evicted ones removed")
     assert (root / sessions[2] / "data").stat().st_size == 50_000
 

@@ -34,10 +34,14 @@ def kept_for(root: Path, size: int = 0, used: float = 1_000_000.0) -> Path:
 
 
 def swept(keeper: Keeper) -> list[Kept]:
-    """The workspaces a sweep kept, once the removals it started are done."""
+    """The workspaces kept once the sweeps, measures and removals are done, as the parent's
+    loop goes through them."""
     kept = keeper.sweep()
     keeper.step(math.inf)
-    assert not keeper.removing
+    while keeper.resweep:
+        kept = keeper.sweep()
+        keeper.step(math.inf)
+    assert not keeper.busy
     return kept
 
 
@@ -216,3 +220,27 @@ def test_a_workspace_evicted_while_its_lock_was_awaited_is_made_anew(
     assert not again.warm and os.listdir(again.path) == []
     assert (evicted[0] / "old").read_text() == "old"
     again.give_back()
+
+
+def test_sizes_are_measured_a_slice_at_a_time_and_count_once_measured(root: Path) -> None:
+    """Until a workspace is measured, what is counted so far stands for its size: never an
+    eviction too many while the parent's loop goes through a large tree."""
+    old, new = (kept_for(root, 100_000, used=t) for t in (1e6, 2e6))
+    keeper = Keeper(str(root), max_bytes=150_000)
+    assert [k.size for k in keeper.sweep()] == [0, 0] and keeper.busy
+    assert old.exists()
+    keeper.step(math.inf)
+    assert keeper.resweep  # measured: the limits are looked at again
+    assert [k.name for k in keeper.sweep()] == [new.name]
+    assert not old.exists()
+
+
+def test_a_workspace_in_use_is_measured_again_after_its_attempt(root: Path) -> None:
+    session = uuid.uuid4()
+    taken = take(str(root), session)
+    keeper = Keeper(str(root))
+    first = swept(keeper)[0].size
+    Path(taken.path, "more").write_bytes(b"z" * 100_000)  # moves its modification time
+    assert swept(keeper)[0].size == first  # not while the attempt runs
+    taken.give_back()
+    assert swept(keeper)[0].size >= first + 100_000
