@@ -21,12 +21,12 @@ from mobvibe.logs import event
 from mobvibe.supervisor import children, contain, policy
 from mobvibe.supervisor.attempt import KILL_GRACE
 from mobvibe.supervisor.children import ChildKind, Exit
+from mobvibe.supervisor.eviction import Keeper
 from mobvibe.supervisor.policy import CrashLoop, ExitCode, RestartDelays
 from mobvibe.supervisor.rescue import Rescuer
 from mobvibe.supervisor.settings import Settings
 from mobvibe.supervisor.slots import Holding, Slots
 from mobvibe.supervisor.wakeups import Wakeups
-from mobvibe.supervisor.workspaces import Keeper
 from mobvibe.vocabulary import EndReason, ExitCause
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,8 @@ import pytest
 from mobvibe import metrics
 from mobvibe.errors import ConfigError
 from mobvibe.supervisor import workspaces
-from mobvibe.supervisor.workspaces import Keeper, Kept, take
+from mobvibe.supervisor.eviction import Keeper, Kept
+from mobvibe.supervisor.workspaces import take
 from mobvibe.vocabulary import WorkspaceStart
 
 
