@@ -96,16 +96,19 @@ def test_beyond_the_count_the_idle_workspace_goes_and_the_running_ones_stays(
     queue: JobQueue, supervisor: Callable[..., Running], tmp_path: Path
 ) -> None:
     root = tmp_path / "workspaces"
+    held, idle = queue.create_session(), queue.create_session()
     agent = script(
         tmp_path / "agent",
         'cd "$MOBVIBE_WORKSPACE"\n'
         'echo "mine" > kept\n'
+        # links for the eviction to trip on: to /, to every workspace, to the held one
+        'ln -s / to-root; ln -s "$(dirname "$PWD")" to-all\n'
+        f"ln -s {root / str(held)} to-held\n"
         'if [ "$(cat)" = hold ]; then\n'
         "  while [ ! -e go ]; do sleep 0.05; done\n"
         "fi\n"
         "cat kept\n",
     )
-    held, idle = queue.create_session(), queue.create_session()
     hold = queue.enqueue("hold", session_id=held)
     running = supervisor(
         "--exec",
@@ -142,8 +145,9 @@ def test_beyond_the_count_the_idle_workspace_goes_and_the_running_ones_stays(
         lambda: value(get_text(running.port, "/metrics")[1], "mobvibe_workspaces") == 1,
         message="one workspace kept after the held attempt's end",
     )
+    # measured without following its links to /, to every workspace and to itself
     wait_for(
-        lambda: value(get_text(running.port, "/metrics")[1], "mobvibe_workspace_bytes") > 0,
+        lambda: 0 < value(get_text(running.port, "/metrics")[1], "mobvibe_workspace_bytes") < 1e6,
         message="the kept workspace measured",
     )
     wait_for(lambda: os.listdir(root) == [str(held)], message="the evicted one removed")
