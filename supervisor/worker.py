@@ -241,6 +241,7 @@ class Worker:
         self.holding = self.slots.hold(
             self.index, self.pid, job.id, job.lease_token, job.attempt, now
         )
+        metrics.JOBS_CLAIMED.inc()
         outcome = self._run_in_workspace(job, now)
         try:
             return self._finish(job, outcome, clock.monotonic() - now)
@@ -278,7 +279,6 @@ class Worker:
             taken.give_back()
 
     def _run_handler(self, job: Job, started: float, workspace: str | None) -> Outcome:
-        metrics.JOBS_CLAIMED.inc()
         timeout = self.settings.job_timeout
         event(
             log,
