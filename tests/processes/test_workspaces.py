@@ -194,3 +194,21 @@ def test_limits_without_a_directory_and_a_bad_pod_id_are_refused_in_one_line(
         result = run_command("mobvibe-supervisor", *handler, *args, url=db_url)
         assert said in assert_one_error_line(result, 2), args
     assert not os.path.exists("/etc/mobvibe")
+
+
+def test_an_attempt_without_its_workspace_fails_and_the_supervisor_runs_on(
+    queue: JobQueue, supervisor: Callable[..., Running], tmp_path: Path
+) -> None:
+    root = tmp_path / "workspaces"
+    running = supervisor(
+        "--handler", "tests.processes.handlers:by_prompt", "--workspaces", str(root), *FAST
+    )
+    root.rmdir()
+    root.write_text("not a directory any more")  # the volume gone from under it
+    job = queue.enqueue("ok", max_retries=1)
+    wait_for(lambda: getattr(queue.get(job), "status", None) == "failed", 30)
+    row = queue.get(job)
+    assert row is not None and "the session's workspace cannot be had" in (row.error_message or "")
+    (unavailable,) = running.wait_event("workspace_unavailable")
+    assert unavailable["job_id"] == str(job)
+    assert running.proc.poll() is None
