@@ -202,8 +202,37 @@ def complete_and_claim(c: Ctx) -> bool:
 
 
 def claims_of_worker(c: Ctx) -> bool:
-    rows = c.conn.execute("SELECT job_id, lease_token FROM queue_claims_of_worker('w1')")
-    return rows.fetchall() == [(c.scene.running, c.scene.lease)]
+    rows = c.conn.execute("SELECT job_id, attempt FROM queue_claims_of_worker('w1')")
+    return rows.fetchall() == [(c.scene.running, 1)]
+
+
+def select_lease_tokens(c: Ctx) -> bool:
+    """A lease token is a secret of its attempt: no role reads one from the table."""
+    return bool(c.conn.execute("SELECT lease_token FROM coding_jobs").fetchall())
+
+
+def end_attempt_knowing_ids(c: Ctx) -> bool:
+    """The attack of a stolen worker login: it knows the job id and the worker id of
+    another pod's attempt, and tries every id it can read as the lease."""
+    found: set[uuid.UUID] = {c.scene.running}
+    for statement in (
+        "SELECT job_id FROM queue_claims_of_worker('w1')",
+        "SELECT id, session_id FROM coding_jobs",
+        "SELECT job_id FROM coding_job_attempts",
+        "SELECT id FROM coding_sessions",
+    ):
+        try:
+            for row in c.conn.execute(statement).fetchall():
+                found.update(v for v in row if isinstance(v, uuid.UUID))
+        except psycopg.errors.InsufficientPrivilege:
+            pass
+    for guess in found:
+        try:
+            c.one("SELECT queue_end_attempt(%s, %s, 'error', 'stolen')", c.scene.running, guess)
+            c.one("SELECT queue_release_job(%s, %s)", c.scene.running, guess)
+        except psycopg.errors.InsufficientPrivilege:
+            pass
+    return c.status(c.scene.running) != "processing"
 
 
 def reap(c: Ctx) -> bool:
@@ -452,6 +481,8 @@ MATRIX: dict[Action, frozenset[str]] = {
     release: frozenset({WORKER, OPERATOR}),
     complete_and_claim: frozenset({WORKER, OPERATOR}),
     claims_of_worker: frozenset({WORKER, OPERATOR}),
+    select_lease_tokens: NOBODY,
+    end_attempt_knowing_ids: NOBODY,
     reap: frozenset({WORKER, OPERATOR}),
     reap_early: NOBODY,
     prune: frozenset({WORKER, OPERATOR}),
