@@ -54,6 +54,7 @@ from mobvibe.vocabulary import FINISHED, EndReason, JobStatus
 __all__ = [
     "AppliedMigration",
     "AttemptRow",
+    "Claim",
     "ConfigChange",
     "DeadLetter",
     "DoctorRow",
@@ -63,7 +64,6 @@ __all__ = [
     "JobDetail",
     "JobRow",
     "JobSummary",
-    "Claim",
     "Lease",
     "LockHolder",
     "MinuteCount",

@@ -736,8 +736,8 @@ class Phone:
     ):
         self.conn, self.owner, self.scene = conn, owner, s
 
-    def ids(self, statement: str) -> set[Any]:
-        return {row[0] for row in self.conn.execute(statement).fetchall()}
+    def ids(self, statement: str, *params: Any) -> set[Any]:
+        return {row[0] for row in self.conn.execute(statement.encode(), params).fetchall()}
 
     def status(self, job: uuid.UUID) -> Any:
         return scalar(self.owner, "SELECT status FROM coding_jobs WHERE id = %s", (job,))
@@ -756,7 +756,7 @@ def phone_reads_jobs(p: Phone) -> bool:
 
 
 def phone_reads_a_job_by_id(p: Phone) -> bool:
-    return p.ids(f"SELECT id FROM coding_jobs WHERE id = '{p.scene.running}'") != set()
+    return p.ids("SELECT id FROM coding_jobs WHERE id = %s", p.scene.running) != set()
 
 
 def phone_reads_attempts(p: Phone) -> bool:
@@ -793,7 +793,8 @@ def phone_submits(p: Phone) -> bool:
 def phone_submits_with_key(p: Phone) -> bool:
     made = p.ids(
         "INSERT INTO coding_jobs (session_id, prompt, idempotency_key) "
-        f"VALUES ('{p.scene.session}', 'tap', 'k1') RETURNING id"
+        "VALUES (%s, 'tap', 'k1') RETURNING id",
+        p.scene.session,
     )
     return len(made) == 1
 
@@ -1019,7 +1020,8 @@ def test_the_backend_roles_keep_their_rights_under_row_security(
     every row whoever calls them."""
     rows = phone_owner.execute(
         "SELECT c.relname, c.relrowsecurity, c.relowner = p.proowner "
-        "FROM pg_class c, pg_proc p WHERE p.oid = 'public.claim_next_job(text, uuid)'::regprocedure "
+        "FROM pg_class c, pg_proc p "
+        "WHERE p.oid = 'public.claim_next_job(text, uuid)'::regprocedure "
         "AND c.oid = ANY (ARRAY['coding_sessions', 'coding_jobs', 'coding_job_events', "
         "'coding_job_attempts']::regclass[]) ORDER BY 1"
     ).fetchall()

@@ -42,14 +42,15 @@ def private_cluster(**settings: str) -> Iterator[str]:
     data = root / "data"
     if user is not None:
         shutil.chown(root, user)
-    run = {"check": True, "capture_output": True, "timeout": 120}
     port = _free_port()
     try:
-        subprocess.run(  # noqa: S603 - fixed binaries, our own arguments
+        subprocess.run(
             _as_owner(
                 [str(BIN / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"], user
             ),
-            **run,  # type: ignore[call-overload]
+            check=True,
+            capture_output=True,
+            timeout=120,
         )
         lines = [f"{name} = '{value}'" for name, value in settings.items()]
         lines += [
@@ -59,18 +60,20 @@ def private_cluster(**settings: str) -> Iterator[str]:
         ]
         with (data / "postgresql.conf").open("a") as conf:
             conf.write("\n".join(lines) + "\n")
-        subprocess.run(  # noqa: S603
+        subprocess.run(
             _as_owner(
                 [str(BIN / "pg_ctl"), "-D", str(data), "-w", "-l", str(root / "log"), "start"], user
             ),
-            **run,  # type: ignore[call-overload]
+            check=True,
+            capture_output=True,
+            timeout=120,
         )
         try:
             yield conninfo.make_conninfo(
                 host="127.0.0.1", port=port, user="postgres", dbname="postgres"
             )
         finally:
-            subprocess.run(  # noqa: S603
+            subprocess.run(
                 _as_owner(
                     [str(BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"], user
                 ),
