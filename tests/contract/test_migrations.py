@@ -444,7 +444,8 @@ def test_a_changed_function_file_is_applied_again_with_the_privileges_and_no_oth
         }
         assert scalar(
             conn,
-            "SELECT has_function_privilege('mobvibe_worker', 'claim_next_job(text, uuid)', 'EXECUTE')",
+            "SELECT has_function_privilege('mobvibe_worker', 'claim_next_job(text, uuid)', "
+            "'EXECUTE')",
         )
         assert schema_is_current(conn)
         # unchanged since: applied no more
