@@ -815,6 +815,14 @@ def phone_submits_with_retries(p: Phone) -> bool:
     return True
 
 
+def phone_submits_with_a_run_at(p: Phone) -> bool:
+    p.conn.execute(
+        "INSERT INTO coding_jobs (session_id, prompt, run_at) VALUES (%s, 'later', now())",
+        [p.scene.session],
+    )
+    return True
+
+
 def phone_submits_into_the_backends_session(p: Phone) -> bool:
     """(Into another user's: phone_submits, by that other user.)"""
     p.conn.execute(
@@ -903,6 +911,7 @@ PHONE_MATRIX: dict[PhoneAction, frozenset[str]] = {
     phone_submits_with_key: ONLY_THE_OWNER,
     phone_submits_with_priority: frozenset(),
     phone_submits_with_retries: frozenset(),
+    phone_submits_with_a_run_at: frozenset(),
     phone_submits_into_the_backends_session: frozenset(),
     phone_cancels_pending: ONLY_THE_OWNER,
     phone_cancels_running: ONLY_THE_OWNER,
@@ -997,6 +1006,43 @@ def test_the_phone_may_do_exactly_what_its_user_may(
     )
     if not allowed:
         assert snapshot(phone_owner) == before, "a refused call changed something"
+
+
+def test_the_phone_inserts_three_columns_and_reads_every_column_but_the_lease(
+    phone_owner: psycopg.Connection[Any],
+) -> None:
+    def columns(privilege: str) -> set[str]:
+        rows = phone_owner.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = 'coding_jobs'::regclass "
+            "AND attnum > 0 AND NOT attisdropped "
+            "AND has_column_privilege('authenticated', attrelid, attnum, %s)",
+            [privilege],
+        ).fetchall()
+        return {name for (name,) in rows}
+
+    assert columns("INSERT") == {"session_id", "prompt", "idempotency_key"}
+    every = {
+        name
+        for (name,) in phone_owner.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = 'coding_jobs'::regclass "
+            "AND attnum > 0 AND NOT attisdropped"
+        ).fetchall()
+    }
+    assert columns("SELECT") == every - {"lease_token"}
+    for privilege in ("UPDATE", "REFERENCES"):
+        assert columns(privilege) == set()
+    for role in (
+        "anon",
+        "mobvibe_producer",
+        "mobvibe_worker",
+        "mobvibe_monitor",
+        "mobvibe_operator",
+    ):
+        assert not scalar(
+            phone_owner,
+            "SELECT has_column_privilege(%s, 'coding_jobs', 'lease_token', 'SELECT')",
+            (role,),
+        ), role
 
 
 def test_a_sub_that_is_not_a_uuid_is_refused_with_a_clear_message(
