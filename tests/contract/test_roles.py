@@ -553,6 +553,10 @@ def connections(
 
 @pytest.fixture
 def scene(owner: psycopg.Connection[Any]) -> Scene:
+    return make_scene(owner)
+
+
+def make_scene(owner: psycopg.Connection[Any]) -> Scene:
     owner.execute(
         "TRUNCATE coding_jobs, coding_job_attempts, coding_job_events, coding_sessions, "
         "queue_reaper_runs"
@@ -591,18 +595,23 @@ def test_a_role_may_do_exactly_what_its_job_includes(
     conn = connections[role, how]
     if how == "set role":
         assert scalar(conn, "SELECT current_user", ()) == f"mobvibe_{role}"
-    before = snapshot(owner)
+    check_role(action, role, how, Ctx(conn, owner, scene))
+
+
+def check_role(action: Action, role: str, how: str, ctx: Ctx) -> None:
+    """The action takes effect exactly when the role's job includes it."""
+    before = snapshot(ctx.owner)
     try:
-        took_effect = action(Ctx(conn, owner, scene))
+        took_effect = action(ctx)
     except psycopg.errors.InsufficientPrivilege:
-        assert snapshot(owner) == before, "a refused call changed something"
+        assert snapshot(ctx.owner) == before, "a refused call changed something"
         took_effect = False
     allowed = role in MATRIX[action]
     assert took_effect is allowed, (
         f"mobvibe_{role} ({how}) {'could not' if allowed else 'could'} {action.__name__}"
     )
     if not allowed:
-        assert snapshot(owner) == before or action in (reap_early, move_clock, prune), (
+        assert snapshot(ctx.owner) == before or action in (reap_early, move_clock, prune), (
             "a refused call changed something"
         )
 
@@ -1087,6 +1096,21 @@ def test_the_backend_roles_keep_their_rights_under_row_security(
         with psycopg.connect(roles.make("mobvibe_worker"), autocommit=True) as worker:
             claimed = worker.execute("SELECT job_id FROM claim_next_job('w')").fetchall()
             assert len(claimed) == 1
+    finally:
+        roles.drop()
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_the_backend_roles_keep_exactly_their_rights_under_row_security(
+    role: str, phone_owner: psycopg.Connection[Any]
+) -> None:
+    """The whole matrix again, where the phone's row security is on."""
+    roles = LoginRoles(phone_owner, phone_owner.info.dsn)
+    try:
+        with psycopg.connect(roles.make(f"mobvibe_{role}"), autocommit=True) as conn:
+            for action in MATRIX:
+                ctx = Ctx(conn, phone_owner, make_scene(phone_owner))
+                check_role(action, role, "member, row security on", ctx)
     finally:
         roles.drop()
 
