@@ -6,6 +6,7 @@ import os
 import re
 import secrets
 import socket
+import uuid
 from dataclasses import dataclass, field
 
 from mobvibe.durations import format_duration
@@ -72,6 +73,9 @@ class Settings:
     # Tells this supervisor's workers from another's with the same host name and
     # pids (two PID namespaces on one host).
     instance: str = field(default_factory=lambda: secrets.token_hex(3))
+    # The pod's secret, in memory only: its workers' lease tokens derive from it, so
+    # that the parent can end a dead worker's attempts without reading any token.
+    lease_key: uuid.UUID = field(default_factory=uuid.uuid4, repr=False)
 
     def validate(self) -> Settings:
         """Return self, or raise ConfigError naming the first setting that cannot work."""

@@ -216,7 +216,7 @@ class Worker:
         # us woken (the wake-up waits in the pipe), never lost in between.
         self.waits += 1
         self.slots.idle(self.index, self.waits)
-        job = store.claim(self._db(), self.worker_id)
+        job = store.claim(self._db(), self.worker_id, self.settings.lease_key)
         if job is None and not self.stopping:
             self._wait(BACKSTOP * random.uniform(0.8, 1.0))  # noqa: S311 - jitter
         self.slots.idle(self.index, 0)
@@ -383,6 +383,7 @@ class Worker:
             duration,
             chain,
             retry_for=self.settings.heartbeat_timeout,
+            lease_key=self.settings.lease_key,
         )
 
     def _recycle_due(self) -> bool:
