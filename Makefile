@@ -10,7 +10,7 @@ TOOLS := .tools
 PROMTOOL := $(TOOLS)/promtool
 WORKERS ?= 4
 
-.PHONY: venv bubblewrap pgbouncer chromium run demo-jobs lint format test test-unit test-contract \
+.PHONY: venv bubblewrap pgbouncer chromium wal2json run demo-jobs lint format test test-unit test-contract \
         test-processes test-reaper test-cli test-web test-stateful test-faults test-deploy soak \
         bench image deploy-check seccomp-profile screenshots clean
 
@@ -63,6 +63,16 @@ pgbouncer:
 	    (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q pgbouncer >/dev/null 2>&1)) ) || \
 	  echo "pgbouncer unavailable: the PgBouncer test will be skipped"
 
+# wal2json, the logical decoding plugin Supabase Realtime reads the
+# supabase_realtime publication with, for the test of what the phone receives
+# live (tests/contract/test_realtime.py): Debian's package for the machine's
+# PostgreSQL 15, installed as root where the package lists are reachable.
+wal2json:
+	@[ -f /usr/lib/postgresql/15/lib/wal2json.so ] || \
+	  ( [ "$$(id -u)" = 0 ] && (apt-get install -y -q postgresql-15-wal2json >/dev/null 2>&1 || \
+	    (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q postgresql-15-wal2json >/dev/null 2>&1)) ) || \
+	  echo "wal2json unavailable: the Realtime test will be skipped"
+
 # Headless Chromium, for the browser tests of the status pages: Debian's package,
 # installed as root where the package lists are reachable.
 chromium:
@@ -99,13 +109,13 @@ format: venv
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: venv $(PROMTOOL) $(SECCOMP_DEFAULT) $(APPARMOR) bubblewrap pgbouncer chromium
+test: venv $(PROMTOOL) $(SECCOMP_DEFAULT) $(APPARMOR) bubblewrap pgbouncer chromium wal2json
 	PATH="$(CURDIR)/$(TOOLS):$$PATH" $(PYTEST) -m "not soak" -q
 
 test-unit: venv
 	$(PYTEST) tests/unit -q
 
-test-contract: venv
+test-contract: venv wal2json
 	$(PYTEST) tests/contract -q
 
 test-processes: venv $(PROMTOOL) bubblewrap pgbouncer

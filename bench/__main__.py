@@ -1,7 +1,7 @@
 """`python -m bench [PART ...]`: run the benchmark (all parts by default), print the table.
 
-Parts: floors, enqueue, drain, latency, claim, cancel, pod, recovery, rss. A run of every
-part writes bench/results/latest.json; a run of some parts writes
+Parts: floors, enqueue, drain, listeners, latency, claim, cancel, pod, pods, recovery,
+rss. A run of every part writes bench/results/latest.json; a run of some parts writes
 bench/results/<parts>.json. Targets that compare two figures are judged only
 when both were measured in the same run.
 
@@ -35,6 +35,7 @@ PARTS = (
     "claim",
     "cancel",
     "pod",
+    "pods",
     "recovery",
     "rss",
 )

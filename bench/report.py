@@ -22,6 +22,11 @@ CLAIM_GROWTH_MAX = 1.5
 RECOVERY_FAST_MAX_S = 1.0
 RSS_MAX_MB = 60.0
 RSS_GROWTH_MAX_MB = 1.0  # "no growth", allowing for allocator noise
+CLAIMS_PER_JOB_GROWTH_MAX = 0.2  # most idle pods over one pod, claims per job
+IDLE_PODS_CPU_GROWTH_MAX = 1.3  # most idle pods over one pod, server CPU per job
+BUSY_PODS_CPU_GROWTH_MAX = 1.1  # most busy pods over one, the drain's server CPU per job
+SWEEPS_GROWTH_MAX = 1.1
+FAILOVER_MAX_INTERVALS = 2.0
 
 
 @dataclass(frozen=True)
@@ -373,6 +378,78 @@ def _rss(r: dict[str, Any]) -> list[Check]:
     ]
 
 
+def _grows(
+    figure: str, by_count: dict[str, Any], unit: str, limit: float, added: bool = False
+) -> list[Check]:
+    """One line per count: the smallest is the reference, the largest is judged against it
+    (at most `limit` times it, or `limit` more than it when `added`)."""
+    marks = _by_count(by_count)
+    if not marks:
+        return []
+    (first, base), (last, _) = marks[0], marks[-1]
+    rows = [Check(f"{figure}[{first}]", base, unit, "reference")]
+    for count, value in marks[1:]:
+        if count != last:
+            rows.append(Check(f"{figure}[{count}]", value, unit, f"info: x [{first}]"))
+        elif added:
+            target = f"<= [{first}] + {limit:g}"
+            rows.append(
+                Check(f"{figure}[{count}]", value, unit, target, None, value <= base + limit)
+            )
+        else:
+            ratio = _ratio(value, base)
+            ok = None if ratio is None else ratio <= limit
+            rows.append(
+                Check(f"{figure}[{count}]", value, unit, f"<= {limit:g} x [{first}]", ratio, ok)
+            )
+    return rows
+
+
+def _pods(r: dict[str, Any]) -> list[Check]:
+    rows = [
+        *_grows(
+            "claims_per_job_by_pods",
+            _get(r, "claims_per_job_by_pods") or {},
+            "",
+            CLAIMS_PER_JOB_GROWTH_MAX,
+            added=True,
+        ),
+        *_grows(
+            "server_cpu_us_per_job_by_pods",
+            _get(r, "server_cpu_us_per_job_by_pods") or {},
+            "us",
+            IDLE_PODS_CPU_GROWTH_MAX,
+        ),
+        *_grows(
+            "drain_server_cpu_by_busy_pods",
+            _get(r, "drain_server_cpu_by_busy_pods") or {},
+            "us",
+            BUSY_PODS_CPU_GROWTH_MAX,
+        ),
+        *_grows(
+            "sweeps_per_s_by_pods",
+            _get(r, "sweeps_per_s_by_pods") or {},
+            "/s",
+            SWEEPS_GROWTH_MAX,
+        ),
+    ]
+    failover = _get(r, "reaper_failover_s")
+    interval = _get(r, "pods", "sweep_interval_s")
+    if failover is not None and interval:
+        limit = FAILOVER_MAX_INTERVALS * interval
+        rows.append(
+            Check(
+                "reaper_failover_s",
+                failover,
+                "s",
+                f"<= {FAILOVER_MAX_INTERVALS:g} sweep intervals ({limit:g} s)",
+                failover / limit,
+                failover <= limit,
+            )
+        )
+    return rows
+
+
 def checks(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Every figure of the run, with its target and verdict where there is one."""
     rows = [
@@ -387,6 +464,7 @@ def checks(results: dict[str, Any]) -> list[dict[str, Any]]:
             _cancel,
             _recovery,
             _rss,
+            _pods,
         )
         for row in part(results)
     ]

@@ -24,6 +24,8 @@ from bench.cpu import postmaster_of
 from bench.queries import query
 from mobvibe.sql.migrate import migrate
 
+MAX_CONNECTIONS = 300  # the embedded server's: 64 busy pods of two connections, and more
+
 # The settings that decide how fast a queue can commit and how many clients it takes.
 SETTINGS = (
     "server_version",
@@ -142,10 +144,27 @@ def server() -> Iterator[Server]:
     directory = tempfile.mkdtemp(prefix="mobvibe-bench-pg-")
     embedded = pgserver.get_server(directory, cleanup_mode="delete")  # type: ignore[attr-defined]
     try:
+        _allow_connections(embedded, MAX_CONNECTIONS)
         yield Server(str(embedded.get_uri()), embedded=True)
     finally:
+        with contextlib.suppress(Exception):  # pgserver stops only the postmaster it started
+            _pg_ctl(embedded, "stop")
         embedded.cleanup()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def _allow_connections(embedded: Any, count: int) -> None:
+    """Raise the embedded server's max_connections to `count` (the pods part runs a hundred
+    and more supervisors at once), restarting it with the options it was started with."""
+    with psycopg.connect(str(embedded.get_uri()), autocommit=True) as conn:
+        conn.execute(sql.SQL("ALTER SYSTEM SET max_connections = {}").format(sql.Literal(count)))
+    _pg_ctl(embedded, "restart")
+
+
+def _pg_ctl(embedded: Any, action: str) -> None:
+    from pgserver._commands import pg_ctl
+
+    pg_ctl(["-w", "-m", "fast", action], pgdata=embedded.pgdata, user=embedded.system_user)
 
 
 def machine() -> dict[str, Any]:

@@ -27,7 +27,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from mobvibe.vocabulary import FINISHED, EndReason, ExitCause, SweepOutcome
+from mobvibe.vocabulary import FINISHED, EndReason, ExitCause, SweepOutcome, WorkspaceStart
 
 _CELL = 8  # one double
 
@@ -201,6 +201,23 @@ WORKER_EXITS = Counter(
     "mobvibe_worker_exits", "Worker process exits, by cause.", "cause", tuple(ExitCause)
 )
 WORKERS_ALIVE = Gauge("mobvibe_workers_alive", "Worker processes running.")
+
+WORKSPACES = Gauge("mobvibe_workspaces", "Session workspaces kept on this pod (--workspaces).")
+WORKSPACE_BYTES = Gauge(
+    "mobvibe_workspace_bytes",
+    "Disk bytes of the workspaces kept on this pod (links counted, never followed).",
+)
+WORKSPACE_EVICTIONS = Counter(
+    "mobvibe_workspace_evictions",
+    "Workspaces evicted, least recently used first, beyond --workspaces-max-bytes or "
+    "--workspaces-max-count.",
+)
+WORKSPACE_STARTS = Counter(
+    "mobvibe_workspace_starts",
+    "Attempts started in their session's workspace: warm (it was there) or cold (made).",
+    "start",
+    tuple(WorkspaceStart),
+)
 
 REAPER_REQUEUED = Counter(
     "mobvibe_reaper_jobs_requeued", "Expired attempts requeued by the reaper."

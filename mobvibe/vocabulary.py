@@ -74,3 +74,17 @@ class SweepOutcome(StrEnum):
 
     OK = "ok"
     ERROR = "error"
+
+
+class WorkspaceStart(StrEnum):
+    """How an attempt found its session's workspace on its pod (--workspaces)."""
+
+    WARM = "warm"  # there already: kept from an earlier prompt
+    COLD = "cold"  # made for it, empty
+
+
+class WorkspaceLimit(StrEnum):
+    """Which limit an eviction of workspaces keeps."""
+
+    COUNT = "count"  # --workspaces-max-count
+    BYTES = "bytes"  # --workspaces-max-bytes

@@ -16,6 +16,9 @@ _FUNCTION_FILE = re.compile(r"^\w+\.sql$")
 # Applied after every function file, whenever one was applied: it grants what a
 # function dropped and created again lost.
 PRIVILEGES = "privileges.sql"
+# Applied after the privileges, every time they are, and whenever the database gains
+# or loses Supabase's shape (anon, authenticated, auth.uid()): the phone's rows.
+ROW_SECURITY = "row_security.sql"
 
 
 def _sha256(text: str) -> str:
@@ -78,7 +81,8 @@ def migrations() -> tuple[Migration, ...]:
 
 @functools.cache
 def repeatables() -> tuple[Repeatable, ...]:
-    """The function files of sql/functions in name order, then sql/privileges.sql."""
+    """The function files of sql/functions in name order, then sql/privileges.sql, then
+    sql/row_security.sql."""
     root = files("mobvibe.sql")
     found = sorted(
         (
@@ -88,8 +92,11 @@ def repeatables() -> tuple[Repeatable, ...]:
         ),
         key=lambda r: r.name,
     )
-    privileges = Repeatable(PRIVILEGES, (root / PRIVILEGES).read_text(encoding="utf-8"))
-    return (*found, privileges)
+    trailing = (
+        Repeatable(name, (root / name).read_text(encoding="utf-8"))
+        for name in (PRIVILEGES, ROW_SECURITY)
+    )
+    return (*found, *trailing)
 
 
 def repeatables_checksum(checksums: dict[str, str]) -> str:

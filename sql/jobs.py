@@ -6,6 +6,7 @@ other MobVibe parts insert jobs directly.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -170,3 +171,10 @@ def _delay(delay: object) -> float:
             f"most a year ahead, got {delay!r}"
         )
     return float(delay)
+
+
+def lease_token(lease_key: uuid.UUID, job_id: uuid.UUID, attempt: int) -> uuid.UUID:
+    """The lease token of attempt `attempt` of `job_id` claimed with `lease_key`: what the
+    claim stored (public.queue_lease_token), known to whoever chose the key and nobody else."""
+    digest = hashlib.sha256(f"{lease_key} {job_id} {attempt}".encode()).digest()
+    return uuid.UUID(bytes=digest[:16])

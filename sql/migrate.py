@@ -1,6 +1,8 @@
 """Bring the schema up to date: the numbered migrations of sql/migrations (tables,
 indexes, data), once each, then the repeatable files (one per function in sql/functions,
-then sql/privileges.sql) whose text changed since they were last applied.
+then sql/privileges.sql and sql/row_security.sql) whose text changed since they were
+last applied; sql/row_security.sql also whenever the database gained or lost Supabase's
+shape (the roles anon and authenticated, auth.uid()) since.
 
 Everything a run applies is one transaction: the database moves from one schema to the
 next at once, never to new tables with old functions, and a failure changes nothing.
@@ -28,6 +30,7 @@ from mobvibe.sql import store
 from mobvibe.sql.db import first_line
 from mobvibe.sql.files import (
     PRIVILEGES,
+    ROW_SECURITY,
     Migration,
     Repeatable,
     migrations,
@@ -77,13 +80,16 @@ def migrate(conn: psycopg.Connection[Any], lock_wait: float = LOCK_WAIT_DEFAULT)
         check_drift(applied)
         pending = [m for m in migrations() if m.version not in applied]
         recorded = store.applied_repeatables(conn)
-        stale = stale_repeatables(recorded)
+        supabase = store.supabase_shape(conn)
+        stale = stale_repeatables(recorded, store.row_security_shape(conn) is not supabase)
         if any(m.version <= LAST_UNPINNED for m in pending):
             check_public_is_closed(conn)
         if pending or stale or recorded.keys() - _shipped_names():
             for migration in pending:
                 _apply(conn, migration)
             _apply_repeatables(conn, stale)
+            if any(r.name == ROW_SECURITY for r in stale):
+                store.record_row_security_shape(conn, supabase)
     done = tuple(f"{m.version:04d}_{m.name}" for m in pending)
     files = tuple(r.name for r in stale)
     return MigrationReport(done, len(applied), files, len(repeatables()))
@@ -169,13 +175,21 @@ def changed_repeatables(recorded: dict[str, str]) -> list[Repeatable]:
     return [r for r in repeatables() if recorded.get(r.name) != r.checksum]
 
 
-def stale_repeatables(recorded: dict[str, str]) -> tuple[Repeatable, ...]:
-    """The repeatable files to apply: those changed, then the privileges if any was (a
-    function dropped and created again lost its grants)."""
-    changed = changed_repeatables(recorded)
-    if changed and changed[-1].name != PRIVILEGES:
-        changed.append(repeatables()[-1])
-    return tuple(changed)
+def stale_repeatables(
+    recorded: dict[str, str], shape_changed: bool = False
+) -> tuple[Repeatable, ...]:
+    """The repeatable files to apply: the function files changed, then the privileges and
+    the row security if any file was (a function dropped and created again lost its
+    grants, and the privileges start from nothing); the row security alone when only it
+    changed, or the database's shape did."""
+    changed = {r.name for r in changed_repeatables(recorded)}
+    *functions, privileges, row_security = repeatables()
+    stale = [r for r in functions if r.name in changed]
+    if stale or PRIVILEGES in changed:
+        return (*stale, privileges, row_security)
+    if ROW_SECURITY in changed or shape_changed:
+        return (row_security,)
+    return ()
 
 
 def _shipped_names() -> set[str]:
@@ -298,7 +312,7 @@ def _apply_repeatables(conn: psycopg.Connection[Any], stale: tuple[Repeatable, .
             extra={"event": "function_file_applied", "file": repeatable.name},
         )
     store.forget_repeatables(conn, sorted(_shipped_names()))
-    _check_bodies(conn, [_function_of(r) for r in stale if r.name != PRIVILEGES])
+    _check_bodies(conn, [_function_of(r) for r in stale if r.name.startswith("functions/")])
 
 
 def _function_of(repeatable: Repeatable) -> str:

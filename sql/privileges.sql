@@ -9,6 +9,9 @@
 -- coding_sessions belongs to another phase: only the queue's own roles lose
 -- their grants on it.
 --
+-- Supabase's phone role, authenticated, is granted its rights by
+-- sql/row_security.sql, applied after this file every time.
+--
 -- A new function is revoked from PUBLIC here without a word (the loop below
 -- finds it by name); grant it below to the role that calls it.
 
@@ -73,7 +76,7 @@ BEGIN
     -- mobvibe_producer: creates sessions and jobs (the plan's plain INSERTs, the
     -- columns a job may be given), cancels and reads them.
     GRANT SELECT, INSERT (id, max_concurrency, user_id) ON public.coding_sessions TO mobvibe_producer;
-    GRANT SELECT, INSERT (session_id, prompt, priority, max_retries, run_at, idempotency_key)
+    GRANT INSERT (session_id, prompt, priority, max_retries, run_at, idempotency_key)
         ON public.coding_jobs TO mobvibe_producer;
     GRANT SELECT ON public.coding_job_attempts, public.coding_job_events TO mobvibe_producer;
     GRANT EXECUTE ON FUNCTION public.cancel_job(uuid), public.queue_cancel_session(uuid)
@@ -82,15 +85,15 @@ BEGIN
     -- mobvibe_worker: the supervisor, its workers and the reaper. Every write is
     -- a function that wants the attempt's lease or keeps to the configured
     -- limits; reads of jobs and sweeps for the status pages and metrics.
-    GRANT SELECT ON public.coding_jobs, public.coding_sessions, public.queue_reaper_runs,
+    GRANT SELECT ON public.coding_sessions, public.queue_reaper_runs,
                     public.coding_job_attempts, public.coding_job_events
         TO mobvibe_worker;
     GRANT EXECUTE ON FUNCTION
-        public.claim_next_job(text), public.complete_job(uuid, uuid, text),
+        public.claim_next_job(text, uuid), public.complete_job(uuid, uuid, text),
         public.fail_job(uuid, text, uuid, text, text),
         public.queue_complete_and_claim(uuid, uuid, text),
         public.queue_end_attempt(uuid, uuid, text, text, text),
-        public.queue_end_and_claim(uuid, uuid, text, text, text, text),
+        public.queue_end_and_claim(uuid, uuid, text, text, text, text, uuid),
         public.queue_heartbeat(uuid, uuid), public.queue_renew_leases(uuid[], uuid[]),
         public.queue_add_events(uuid, uuid, text[], jsonb[]),
         public.queue_set_output(uuid, uuid, text),
@@ -127,6 +130,17 @@ BEGIN
     IF pg_catalog.to_regclass('public.queue_repeatables') IS NOT NULL THEN
         GRANT SELECT ON public.queue_repeatables TO mobvibe_operator;
     END IF;
+
+    -- A lease token is a secret of its attempt: its claim returns it to the
+    -- claimer, and no role reads it from the table. The producer and the
+    -- worker read every other column of coding_jobs (the operator, a member of
+    -- both, as well).
+    EXECUTE pg_catalog.format(
+        'GRANT SELECT (%s) ON public.coding_jobs TO mobvibe_producer, mobvibe_worker',
+        (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum)
+         FROM pg_catalog.pg_attribute a
+         WHERE a.attrelid = 'public.coding_jobs'::regclass AND a.attnum > 0
+           AND NOT a.attisdropped AND a.attname <> 'lease_token'));
 
     -- Supabase: the edge functions' service_role keeps the plan's calls as an
     -- operator; anon and authenticated keep nothing (revoked above).

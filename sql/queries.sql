@@ -3,7 +3,7 @@
 
 -- name: claim_next_job
 SELECT job_id AS id, session_id, prompt, lease_token, attempt, retry_count, max_retries, priority
-FROM claim_next_job(%(worker_id)s)
+FROM claim_next_job(%(worker_id)s, %(lease_key)s::uuid)
 
 -- The attempt's own writes carry its lease; the plan's token-less calls are the
 -- operator's overloads, a path of their own.
@@ -30,7 +30,7 @@ SELECT queue_end_attempt(%(job_id)s, %(lease_token)s, %(end_reason)s, %(error)s,
 SELECT ended, job_id AS id, session_id, prompt, lease_token, attempt, retry_count, max_retries,
        priority
 FROM queue_end_and_claim(%(job_id)s, %(lease_token)s, %(end_reason)s, %(error)s, %(output)s,
-                         %(worker_id)s)
+                         %(worker_id)s, %(lease_key)s::uuid)
 
 -- A pod's heartbeat: every running attempt in one statement.
 -- name: renew_leases
@@ -47,9 +47,9 @@ SELECT queue_set_output(%(job_id)s, %(lease_token)s, %(output)s)
 SELECT queue_release_job(%(job_id)s, %(lease_token)s, %(reason)s)
 
 -- The jobs a dead worker holds, for the supervisor to give back those it never
--- started.
+-- started (their tokens: the supervisor's to derive from its lease key).
 -- name: claims_of_worker
-SELECT job_id, lease_token FROM queue_claims_of_worker(%(worker_id)s)
+SELECT job_id, attempt FROM queue_claims_of_worker(%(worker_id)s)
 
 -- A sweep in one statement: a row per expired attempt looked at, then one row
 -- (job_id NULL) with what was pruned, the limits and the retries waiting.
@@ -203,7 +203,7 @@ SELECT run_at FROM coding_jobs WHERE id = %(job_id)s AND status = 'pending'
 -- name: get_job
 SELECT id, session_id, prompt, priority, status, retry_count, max_retries, error_message,
        created_at, started_at, completed_at, updated_at, run_at, heartbeat_at, worker_id,
-       lease_token, attempt, end_reason, idempotency_key, cancel_requested_at, output,
+       attempt, end_reason, idempotency_key, cancel_requested_at, output,
        waiting_for
 FROM coding_jobs WHERE id = %(job_id)s
 
@@ -410,6 +410,22 @@ ON CONFLICT (name) DO UPDATE SET checksum = excluded.checksum, applied_at = now(
 
 -- A file this version does not ship is forgotten: its function is dropped by a
 -- numbered migration, and its record would make the schema look stale forever.
+-- Whether the database has Supabase's shape: the roles anon and authenticated,
+-- and auth.uid() (sql/row_security.sql checks the same).
+-- name: supabase_shape
+SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'authenticated')
+       AND EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'anon')
+       AND pg_catalog.to_regprocedure('auth.uid()') IS NOT NULL
+
+-- The shape sql/row_security.sql was applied for; NULL if it never was, or
+-- before migration 0013 (which made the column).
+-- name: row_security_shape
+SELECT (pg_catalog.to_jsonb(r) ->> 'supabase')::boolean FROM public.queue_repeatables r
+WHERE r.name = 'row_security.sql'
+
+-- name: record_row_security_shape
+UPDATE public.queue_repeatables SET supabase = %(supabase)s WHERE name = 'row_security.sql'
+
 -- name: forget_repeatables
 DELETE FROM public.queue_repeatables WHERE name <> ALL (%(shipped)s::text[])
 
@@ -481,7 +497,7 @@ SELECT id AS job_id, session_id, worker_id,
        count(*) OVER () AS total
 FROM coding_jobs
 WHERE status = 'processing'
-  AND (lease_token IS NULL OR heartbeat_at IS NULL OR heartbeat_at < queue_now() - %(timeout)s)
+  AND (heartbeat_at IS NULL OR heartbeat_at < queue_now() - %(timeout)s)
 ORDER BY heartbeat_at NULLS FIRST, seq
 LIMIT %(limit)s
 

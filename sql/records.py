@@ -54,6 +54,14 @@ class Lease:
 
 
 @dataclass(frozen=True, slots=True)
+class Claim:
+    """A job processing under a worker id, and its attempt (no token: see jobs.lease_token)."""
+
+    job_id: uuid.UUID
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
 class Renewal:
     """One lease of a pod's heartbeat: renewed False means it is lost (stop the attempt),
     None that another transaction holds the job's row locked (not renewed this time, not
@@ -213,7 +221,6 @@ class JobRow:
     run_at: datetime
     heartbeat_at: datetime | None
     worker_id: str | None
-    lease_token: uuid.UUID | None
     attempt: int
     end_reason: str | None
     idempotency_key: str | None = None
@@ -238,10 +245,8 @@ class JobDetail:
     events_truncated: bool  # more events than were read
 
     def as_dict(self) -> dict[str, Any]:
-        """The whole as one JSON-ready object of plain values, without the lease token (the
-        attempt's fence, which no reader needs)."""
+        """The whole as one JSON-ready object of plain values."""
         job = self.job.as_dict()
-        del job["lease_token"]
         return {
             "job": job,
             "attempts": [_fields(a) for a in self.attempts],

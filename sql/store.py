@@ -24,6 +24,7 @@ from mobvibe.sql.jobs import Job, NewJob
 from mobvibe.sql.records import (
     AppliedMigration,
     AttemptRow,
+    Claim,
     ConfigChange,
     DeadLetter,
     DoctorRow,
@@ -54,6 +55,7 @@ from mobvibe.vocabulary import FINISHED, EndReason, JobStatus
 __all__ = [
     "AppliedMigration",
     "AttemptRow",
+    "Claim",
     "ConfigChange",
     "DeadLetter",
     "DoctorRow",
@@ -86,10 +88,13 @@ IdKind = Literal["job", "session"]
 # -- attempts: claim, heartbeat, finish -------------------------------------------
 
 
-def claim(conn: Conn, worker_id: str | None) -> Job | None:
-    """Claim the due pending job of highest priority, oldest first; None when none is due."""
+def claim(conn: Conn, worker_id: str | None, lease_key: uuid.UUID | None = None) -> Job | None:
+    """Claim the due pending job of highest priority, oldest first; None when none is due.
+
+    With `lease_key`, the lease token is derived from it (jobs.lease_token)."""
+    params = {"worker_id": worker_id, "lease_key": lease_key}
     with conn.cursor(row_factory=class_row(Job)) as cur:
-        return cur.execute(query("claim_next_job"), {"worker_id": worker_id}).fetchone()
+        return cur.execute(query("claim_next_job"), params).fetchone()
 
 
 def complete(conn: Conn, job_id: uuid.UUID, lease_token: uuid.UUID | None) -> bool:
@@ -163,8 +168,9 @@ def end_and_claim(
     error: str | None,
     output: str | None,
     worker_id: str,
+    lease_key: uuid.UUID | None = None,
 ) -> Ended:
-    """end_attempt, then claim the next job, in one round trip and one commit."""
+    """end_attempt, then claim the next job (as claim()), in one round trip and one commit."""
     params = {
         "job_id": job_id,
         "lease_token": lease_token,
@@ -172,6 +178,7 @@ def end_and_claim(
         "error": error,
         "output": _storable(output),
         "worker_id": worker_id,
+        "lease_key": lease_key,
     }
     with conn.cursor(row_factory=dict_row) as cur:
         row = cur.execute(query("end_and_claim"), params).fetchone()
@@ -249,9 +256,9 @@ def _storable(text: str | None) -> str | None:
     return None if text is None else text.replace("\x00", "\ufffd")
 
 
-def claims_of_worker(conn: Conn, worker_id: str) -> list[Lease]:
-    """The processing jobs claimed under `worker_id`."""
-    with conn.cursor(row_factory=class_row(Lease)) as cur:
+def claims_of_worker(conn: Conn, worker_id: str) -> list[Claim]:
+    """The processing jobs claimed under `worker_id`, with their attempts."""
+    with conn.cursor(row_factory=class_row(Claim)) as cur:
         return cur.execute(query("claims_of_worker"), {"worker_id": worker_id}).fetchall()
 
 
@@ -761,6 +768,22 @@ def applied_repeatables(conn: Conn) -> dict[str, str]:
     """name -> checksum of the repeatable files as last applied."""
     rows = conn.execute(query("applied_repeatables")).fetchall()
     return dict(rows)
+
+
+def supabase_shape(conn: Conn) -> bool:
+    """Whether the database has Supabase's roles anon and authenticated and auth.uid()."""
+    row = conn.execute(query("supabase_shape")).fetchone()
+    return bool(row and row[0])
+
+
+def row_security_shape(conn: Conn) -> bool | None:
+    """The supabase_shape() sql/row_security.sql was last applied for; None: not known."""
+    row = conn.execute(query("row_security_shape")).fetchone()
+    return None if row is None or row[0] is None else bool(row[0])
+
+
+def record_row_security_shape(conn: Conn, supabase: bool) -> None:
+    conn.execute(query("record_row_security_shape"), {"supabase": supabase})
 
 
 def repeatables_readable(conn: Conn) -> bool:

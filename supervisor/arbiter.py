@@ -21,6 +21,7 @@ from mobvibe.logs import event
 from mobvibe.supervisor import children, contain, policy
 from mobvibe.supervisor.attempt import KILL_GRACE
 from mobvibe.supervisor.children import ChildKind, Exit
+from mobvibe.supervisor.eviction import Keeper
 from mobvibe.supervisor.policy import CrashLoop, ExitCode, RestartDelays
 from mobvibe.supervisor.rescue import Rescuer
 from mobvibe.supervisor.settings import Settings
@@ -30,6 +31,11 @@ from mobvibe.vocabulary import EndReason, ExitCause
 
 log = logging.getLogger(__name__)
 TICK = 0.25
+# While workspaces are being measured or evicted ones removed: the slice of each loop turn
+# spent on it, and the shorter wait between turns (the loop still turns every
+# REMOVAL_TICK + REMOVAL_SLICE).
+REMOVAL_SLICE = 0.05
+REMOVAL_TICK = 0.01
 RELEASE_GRACE = 3.0  # after USR1 ("release now"), how long before KILL
 # How long the processes of a dead worker's job may take to die after SIGKILL
 # before its rescue goes ahead anyway (only a process stuck in the kernel lasts).
@@ -91,6 +97,14 @@ class Arbiter:
         self.retire_queue: deque[int] = deque()
         # per worker index: (lease token, when) of a cancel the parent saw requested
         self.cancels_seen: dict[int, tuple[uuid.UUID, float]] = {}
+        self.keeper = (
+            Keeper(
+                settings.workspaces, settings.workspaces_max_bytes, settings.workspaces_max_count
+            )
+            if settings.workspaces is not None
+            else None
+        )
+        self.attempts_ended = -1  # as last swept: -1 sweeps at start
         self._pipe_r, self._pipe_w = os.pipe()
 
     # -- the loop --------------------------------------------------------------
@@ -101,6 +115,7 @@ class Arbiter:
         # The orphans of every job's processes come back here when their worker
         # is gone (contain.py): the loop kills the children it does not know.
         contain.become_subreaper()
+        self.keep_workspaces()
         for name in self.aux:
             self.spawn_aux(name)
         event(
@@ -113,12 +128,13 @@ class Arbiter:
         while True:
             self.manage_workers()
             self.slots.tick(clock.monotonic(), self.workers_alive())
-            self.wait()
+            self.wait(REMOVAL_TICK if self.keeper and self.keeper.busy else TICK)
             self.reap()
             contain.kill_strays(self.children)
             self.murder()
             self.roll()
             self.check_drain()
+            self.keep_workspaces()
             self.stop_aux()
             if self.stopping and not self.children:
                 break
@@ -134,10 +150,10 @@ class Arbiter:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGQUIT):
             signal.signal(sig, lambda signum, frame: None)  # the pipe carries the signal number
 
-    def wait(self) -> None:
+    def wait(self, tick: float = TICK) -> None:
         """Sleep until a signal or the next tick; handle the signals that arrived."""
         try:
-            ready, _, _ = select.select([self._pipe_r], [], [], TICK)
+            ready, _, _ = select.select([self._pipe_r], [], [], tick)
         except InterruptedError:
             return
         if ready:
@@ -238,6 +254,7 @@ class Arbiter:
         )
         if holding is not None:
             self._end_attempt(holding)
+            self.attempts_ended = -1  # its workspace is free: sweep
         reason = policy.rescue_reason(how, child.killed_for)
         if holding is not None and reason is not None:
             message = policy.rescue_message(how, child.killed_for, self.settings.job_timeout)
@@ -297,6 +314,28 @@ class Arbiter:
             child=child.kind,
         )
         self.aux_restart_at[child.kind] = now + delay
+
+    # -- workspaces --------------------------------------------------------------
+
+    def keep_workspaces(self) -> None:
+        """At start, after attempts ended and when a measure ended: evict workspaces beyond
+        the limits; at every turn, a slice of the measures and removals. Here, in the
+        parent, off the workers' claims; a failure is logged, never fatal."""
+        if self.keeper is None:
+            return
+        ended = self.slots.attempts_ended()
+        try:
+            if ended != self.attempts_ended or self.keeper.resweep:
+                self.attempts_ended = ended
+                self.keeper.sweep()
+            self.keeper.step(REMOVAL_SLICE)
+        except Exception as exc:  # noqa: BLE001 - the supervisor runs on without it
+            event(
+                log,
+                logging.ERROR,
+                "workspace_sweep_failed",
+                f"the workspaces could not be swept: {type(exc).__name__}: {exc}",
+            )
 
     # -- deadlines and fencing ---------------------------------------------------
 

@@ -46,6 +46,7 @@ class Attempt:
     fenced: Callable[[], bool]  # the lease could not be renewed for too long: stop now
     cancelled: Callable[[], bool]  # a cancel of the job was requested
     show_output: Callable[[str], None]  # keep the output so far with the job
+    workspace: str | None = None  # the session's workspace on this pod (--workspaces)
 
 
 class Handler:
@@ -71,6 +72,12 @@ class RunningJob(Job):
         self.attempt_context.progress(message)
         if self.attempt_context.progress_due():
             self.attempt_context.flush()
+
+    @property
+    def workspace(self) -> str | None:
+        """The session's workspace on this pod, kept between its prompts (None without
+        --workspaces): MOBVIBE_WORKSPACE of an --exec command."""
+        return self.attempt_context.workspace
 
     @property
     def cancelled(self) -> bool:

@@ -24,6 +24,7 @@ import shlex
 import signal
 import subprocess
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import IO
 
 from mobvibe import clock
@@ -76,8 +77,11 @@ def base_environment(passed: Sequence[str] = ()) -> dict[str, str]:
     }
 
 
-def job_environment(job: Job, passed: Sequence[str] = ()) -> dict[str, str]:
+def job_environment(
+    job: Job, passed: Sequence[str] = (), workspace: str | None = None
+) -> dict[str, str]:
     """The command's environment: the inherited part, then the job's own variables."""
+    own = {"MOBVIBE_WORKSPACE": workspace} if workspace is not None else {}
     return {
         **base_environment(passed),
         "JOB_ID": str(job.id),
@@ -86,6 +90,7 @@ def job_environment(job: Job, passed: Sequence[str] = ()) -> dict[str, str]:
         "RETRY_COUNT": str(job.retry_count),
         "PRIORITY": str(job.priority),
         "MOBVIBE_PROGRESS_FD": str(PROGRESS_FD),
+        **own,
     }
 
 
@@ -209,7 +214,10 @@ class ExecHandler(Handler):
         argv = ["sh", "-c", self.command]
         if self.sandbox is not None:
             info_w = _above_stdio(info_w)
-            argv = self.sandbox.argv(argv, info_fd=info_w)
+            # The session's workspace, writable at its own path; nothing else of the
+            # workspaces' directory.
+            jail = replace(self.sandbox, writable=attempt.workspace)
+            argv = jail.argv(argv, info_fd=info_w)
 
         def prelude() -> None:  # in the child, before exec: no lock is taken here
             contain.die_with_parent(signal.SIGKILL)
@@ -223,7 +231,7 @@ class ExecHandler(Handler):
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                env=job_environment(attempt.job, self.env_names),
+                env=job_environment(attempt.job, self.env_names, attempt.workspace),
                 start_new_session=True,
                 pass_fds=(PROGRESS_FD, info_w) if info_w >= 0 else (PROGRESS_FD,),
                 preexec_fn=prelude,  # noqa: PLW1509 - prctl and dup2 only

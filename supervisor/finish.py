@@ -32,6 +32,7 @@ def finish_job(
     duration: float,
     chain: bool,
     retry_for: float,
+    lease_key: uuid.UUID | None = None,
 ) -> Job | None:
     """Record how `job` ended; with `chain` (a completion) also claim the next job.
 
@@ -43,7 +44,7 @@ def finish_job(
     delay = FIRST_RETRY
     while True:
         try:
-            return _finish_once(connect(), worker_id, job, outcome, duration, chain)
+            return _finish_once(connect(), worker_id, job, outcome, duration, chain, lease_key)
         except (psycopg.OperationalError, psycopg.InterfaceError, DatabaseUnavailableError) as exc:
             if delay == FIRST_RETRY:
                 event(
@@ -68,6 +69,7 @@ def _finish_once(
     outcome: Outcome,
     duration: float,
     chain: bool,
+    lease_key: uuid.UUID | None,
 ) -> Job | None:
     metrics.JOB_DURATION.observe(duration)
     fields = {
@@ -84,7 +86,7 @@ def _finish_once(
     error = None if outcome.ok else outcome.error
     if chain:
         ended = store.end_and_claim(
-            conn, job.id, job.lease_token, reason, error, outcome.output, worker_id
+            conn, job.id, job.lease_token, reason, error, outcome.output, worker_id, lease_key
         )
         status, next_job = ended.status, ended.next_job
     else:

@@ -17,6 +17,7 @@ from mobvibe import clock
 from mobvibe.errors import DatabaseUnavailableError
 from mobvibe.logs import event
 from mobvibe.sql import db, store
+from mobvibe.sql.jobs import lease_token
 from mobvibe.supervisor.finish import note_retry, record_end
 from mobvibe.supervisor.settings import Settings
 from mobvibe.supervisor.slots import Holding
@@ -105,8 +106,9 @@ class Rescuer:
                 for claim in store.claims_of_worker(conn, worker_id):
                     if claim.job_id == started:
                         continue
+                    token = lease_token(self.settings.lease_key, claim.job_id, claim.attempt)
                     status = store.end_attempt(
-                        conn, claim.job_id, claim.lease_token, EndReason.RELEASED, UNSTARTED
+                        conn, claim.job_id, token, EndReason.RELEASED, UNSTARTED
                     )
                     if status is not None:
                         event(

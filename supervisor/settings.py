@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import socket
+import uuid
 from dataclasses import dataclass, field
 
 from mobvibe.durations import format_duration
@@ -24,6 +26,9 @@ REAPER_INTERVAL_DEFAULT = 5.0
 CRASH_LOOP_LIMIT_DEFAULT = 10
 CRASH_LOOP_WINDOW_DEFAULT = 60.0
 WORKERS_MAX = 256
+# A pod id goes into every worker id (pod:index:pid:instance): no colon, no space. A
+# Kubernetes pod's name and a host name fit.
+POD_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
 
 
 @dataclass(frozen=True)
@@ -58,10 +63,19 @@ class Settings:
     crash_loop_window: float = CRASH_LOOP_WINDOW_DEFAULT
     durable_completions: bool = True
     status_notifications: bool = True  # job_status_changed from the workers' transitions
-    node: str = field(default_factory=socket.gethostname)
+    # This supervisor's id, kept across its restarts as long as its workspaces are: in
+    # Kubernetes, the pod's name (the host name there).
+    pod_id: str = field(default_factory=socket.gethostname)
+    # Each session's workspace, kept between its prompts: DIR/<session uuid> (None: none).
+    workspaces: str | None = None
+    workspaces_max_bytes: int = 0  # 0: no limit
+    workspaces_max_count: int = 0  # 0: no limit
     # Tells this supervisor's workers from another's with the same host name and
     # pids (two PID namespaces on one host).
     instance: str = field(default_factory=lambda: secrets.token_hex(3))
+    # The pod's secret, in memory only: its workers' lease tokens derive from it, so
+    # that the parent can end a dead worker's attempts without reading any token.
+    lease_key: uuid.UUID = field(default_factory=uuid.uuid4, repr=False)
 
     def validate(self) -> Settings:
         """Return self, or raise ConfigError naming the first setting that cannot work."""
@@ -88,7 +102,22 @@ class Settings:
             )
         if not 0 <= self.metrics_port <= 65535:
             raise ConfigError(f"--metrics-port must be from 0 to 65535, got {self.metrics_port}")
+        self._validate_pod()
         return self
+
+    def _validate_pod(self) -> None:
+        if not POD_ID.fullmatch(self.pod_id):
+            raise ConfigError(
+                f"--pod-id must be 1 to 253 letters, digits, '.', '-' or '_' (a pod's name), "
+                f"got {self.pod_id!r}"
+            )
+        limits = self.workspaces_max_bytes or self.workspaces_max_count
+        if limits and self.workspaces is None:
+            raise ConfigError(
+                "--workspaces-max-bytes and --workspaces-max-count need --workspaces DIR"
+            )
+        if self.workspaces_max_bytes < 0 or self.workspaces_max_count < 0:
+            raise ConfigError("--workspaces-max-bytes and --workspaces-max-count must be >= 0")
 
     @property
     def pooled(self) -> bool:
@@ -97,9 +126,9 @@ class Settings:
         return self.listen_url is not None
 
     def worker_id(self, index: int, pid: int) -> str:
-        """The id worker `index` (process `pid`) claims under; the supervisor finds a dead
-        worker's claims by it."""
-        return f"{self.node}:{index}:{pid}:{self.instance}"
+        """The id worker `index` (process `pid`) claims under, pod:index:pid:instance; the
+        supervisor finds a dead worker's claims by it."""
+        return f"{self.pod_id}:{index}:{pid}:{self.instance}"
 
     @property
     def fence_after(self) -> float:

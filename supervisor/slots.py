@@ -21,9 +21,10 @@ from mobvibe.vocabulary import EndReason
 
 # seq, then pid, job_id, lease_token, attempt, started (monotonic), the process
 # group of the job's command (0: none) and a CRC-32 of those fields, then
-# outside the seqlock three words, each one aligned 8-byte store by one writer:
+# outside the seqlock four words, each one aligned 8-byte store by one writer:
 # the last good heartbeat (monotonic; the hub), the worker's idle generation (0:
-# busy; the worker) and a stop request (the hub or the parent; see stop()).
+# busy; the worker), a stop request (the hub or the parent; see stop()) and the
+# attempts ended in the slot (the workers that had it, one after another).
 # The sequence number and the words use the native format: struct's standard
 # ("=") formats read and write 8-byte integers one byte at a time, so a reader
 # could see half of a new value. The checksum makes a torn copy of the fields
@@ -37,7 +38,8 @@ _WORD = struct.Struct("q")
 _HEARTBEAT_AT = _SEQ.size + _BODY + 4  # 8-byte aligned
 _IDLE_AT = _HEARTBEAT_AT + 8
 _STOP_AT = _IDLE_AT + 8
-_SLOT_SIZE = _STOP_AT + 8
+_ENDED_AT = _STOP_AT + 8
+_SLOT_SIZE = _ENDED_AT + 8
 # parent's last loop turn (monotonic), workers alive, the queue drained (--drain)
 _HEADER = struct.Struct("=dqq")
 # A stop request: the reason's code in the top byte, the low 56 bits of the lease
@@ -148,7 +150,19 @@ class Slots:
             return STOP_REASONS[word >> 56]
         return None
 
+    def attempt_ended(self, index: int) -> None:
+        """Worker `index` has ended an attempt (and given its workspace back)."""
+        offset = self._offset(index) + _ENDED_AT
+        _WORD.pack_into(self._map, offset, _WORD.unpack_from(self._map, offset)[0] + 1)
+
     # -- read by the parent ----------------------------------------------------
+
+    def attempts_ended(self) -> int:
+        """Attempts ended by every worker so far: the parent sweeps workspaces when it moves."""
+        return sum(
+            int(_WORD.unpack_from(self._map, self._offset(i) + _ENDED_AT)[0])
+            for i in range(self.count)
+        )
 
     def holding(self, index: int) -> Holding | None:
         """The job worker `index` holds, or None (also when its slot is half-written)."""

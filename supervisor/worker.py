@@ -23,7 +23,7 @@ from mobvibe.errors import DatabaseUnavailableError
 from mobvibe.logs import event
 from mobvibe.sql import db, store
 from mobvibe.sql.jobs import Job
-from mobvibe.supervisor import contain, finish
+from mobvibe.supervisor import contain, finish, workspaces
 from mobvibe.supervisor.attempt import KILL_GRACE, Aborted, Attempt, Handler, Outcome
 from mobvibe.supervisor.policy import ExitCode
 from mobvibe.supervisor.progress import Progress
@@ -222,7 +222,7 @@ class Worker:
         job = None
         if not self.looked:
             self._idle()
-            job = store.claim(self._db(), self.worker_id)
+            job = store.claim(self._db(), self.worker_id, self.settings.lease_key)
         self.looked = False
         if job is None and not self.stopping:
             self.wakeups.idle_to_hub()
@@ -254,19 +254,44 @@ class Worker:
         self.holding = self.slots.hold(
             self.index, self.pid, job.id, job.lease_token, job.attempt, now
         )
-        outcome = self._run_handler(job, now)
+        metrics.JOBS_CLAIMED.inc()
+        outcome = self._run_in_workspace(job, now)
         try:
             return self._finish(job, outcome, clock.monotonic() - now)
         finally:
             self.current = None
             self.slots.release(self.index, self.pid)
+            self.slots.attempt_ended(self.index)
             self.jobs_done += 1
             limit = self.settings.max_jobs_per_worker
             if limit and self.jobs_done >= limit:
                 self.stopping = True
 
-    def _run_handler(self, job: Job, started: float) -> Outcome:
-        metrics.JOBS_CLAIMED.inc()
+    def _run_in_workspace(self, job: Job, started: float) -> Outcome:
+        """Run `job` in its session's workspace (--workspaces), given back when it ends."""
+        if self.settings.workspaces is None:
+            return self._run_handler(job, started, None)
+        try:
+            taken = workspaces.take(self.settings.workspaces, job.session_id)
+        except OSError as exc:
+            error = f"the session's workspace cannot be had: {exc.strerror or exc}"
+            event(log, logging.ERROR, "workspace_unavailable", error, job_id=str(job.id))
+            return Outcome(False, error, EndReason.ERROR)
+        event(
+            log,
+            logging.DEBUG,
+            "workspace_taken",
+            "attempt runs in its session's workspace",
+            job_id=str(job.id),
+            session_id=str(job.session_id),
+            start=taken.start,
+        )
+        try:
+            return self._run_handler(job, started, taken.path)
+        finally:
+            taken.give_back()
+
+    def _run_handler(self, job: Job, started: float, workspace: str | None) -> Outcome:
         timeout = self.settings.job_timeout
         event(
             log,
@@ -290,6 +315,7 @@ class Worker:
                 self.slots.stop_requested(self.index, job.lease_token) == EndReason.CANCELLED
             ),
             show_output=self._show_output,
+            workspace=workspace,
         )
         self.in_handler = True
         try:
@@ -375,6 +401,7 @@ class Worker:
             duration,
             chain,
             retry_for=self.settings.heartbeat_timeout,
+            lease_key=self.settings.lease_key,
         )
         self.looked = looks and next_job is None
         if next_job is not None:

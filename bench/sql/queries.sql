@@ -196,3 +196,23 @@ SELECT job_id FROM claim_next_job('bench:elsewhere')
 -- Another pod's hub, as far as the server's notification signals go.
 -- name: listen_like_a_hub
 LISTEN job_cancel
+
+-- Every call of a function counted, nested ones included, by every backend of
+-- this database that starts after it.
+-- name: track_functions
+DO $$ BEGIN
+    EXECUTE format('ALTER DATABASE %I SET track_functions = ''all''', current_database());
+END $$
+
+-- name: function_calls
+SELECT sum(calls) FROM pg_stat_user_functions WHERE funcname = %(name)s
+
+-- name: processing_count
+SELECT count(*) FROM coding_jobs WHERE status = 'processing'
+
+-- name: last_sweeper
+SELECT reaper FROM queue_reaper_runs ORDER BY last_sweep_at DESC LIMIT 1
+
+-- name: sweeps_since
+SELECT reaper, extract(epoch FROM last_sweep_at) FROM queue_reaper_runs
+WHERE last_sweep_at > to_timestamp(%(since)s)

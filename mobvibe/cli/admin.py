@@ -96,7 +96,7 @@ def _migrate_lines(report: MigrationReport) -> list[str]:
     if len(report.files) == report.files_shipped:
         lines.append(
             f"applied all {report.files_shipped} repeatable files "
-            "(sql/functions, sql/privileges.sql)"
+            "(sql/functions, sql/privileges.sql, sql/row_security.sql)"
         )
     elif report.files:
         lines.append(f"applied {len(report.files)} repeatable file(s): {', '.join(report.files)}")

@@ -19,10 +19,11 @@ from mobvibe.durations import Duration, format_duration
 from mobvibe.errors import ConfigError
 from mobvibe.logs import event
 from mobvibe.reaper.sweep import ReaperSettings, run_once
+from mobvibe.sizes import ByteSize
 from mobvibe.sql import db, store
 from mobvibe.sql.migrate import migrate as run_migrations
 from mobvibe.sql.migrate import schema_is_current
-from mobvibe.supervisor import contain, sandbox
+from mobvibe.supervisor import contain, sandbox, workspaces
 from mobvibe.supervisor import settings as defaults
 from mobvibe.supervisor.arbiter import Arbiter, Shared
 from mobvibe.supervisor.children import ChildKind
@@ -37,6 +38,7 @@ from mobvibe.supervisor.worker import run_worker
 log = logging.getLogger("mobvibe.supervisor")
 # Durations: seconds, or a number with a unit (500ms, 30s, 5m), as every command takes them.
 interval = Duration()
+WORKSPACES_BYTES_MAX = 1024**5
 
 
 @click.command(cls=Command, context_settings=CONTEXT)
@@ -96,6 +98,40 @@ interval = Duration()
     help="Run --exec commands without a sandbox, where none can be made: the job can then "
     "read the supervisor's database credentials and signal its processes. Never for "
     "untrusted code.",
+)
+@click.option(
+    "--workspaces",
+    default=None,
+    show_envvar=True,
+    metavar="DIR",
+    help="Keep each session's workspace on this pod: an attempt gets MOBVIBE_WORKSPACE="
+    "DIR/<session id> (made 0700 if missing, writable in its sandbox, kept for the "
+    "session's next prompt; a Python handler gets job.workspace). Unset: none.",
+)
+@click.option(
+    "--workspaces-max-bytes",
+    type=ByteSize(0, WORKSPACES_BYTES_MAX),
+    default="0",
+    show_envvar=True,
+    help="Evict the least recently used workspaces (never one in use) beyond this size "
+    "(bytes, or 512MiB, 20GiB; 0: no limit).",
+)
+@click.option(
+    "--workspaces-max-count",
+    type=click.IntRange(min=0),
+    default=0,
+    show_envvar=True,
+    help="Evict the least recently used workspaces (never one in use) beyond this many "
+    "(0: no limit).",
+)
+@click.option(
+    "--pod-id",
+    default=socket.gethostname,
+    show_default="the host name",
+    show_envvar=True,
+    metavar="ID",
+    help="This supervisor's id, part of each worker id: keep it across restarts for as long "
+    "as the workspaces are kept (in Kubernetes, the pod's name).",
 )
 @click.option(
     "--handler",
@@ -240,7 +276,13 @@ def main(
     url = db.resolve_url(database_url)
     _check_sockets_hidden(jail, url, config.listen_url)
     timeout = _check_database(url, migrate)
-    config = replace(config, database_url=url, heartbeat_timeout=timeout, sandbox=jail)
+    config = replace(
+        config,
+        database_url=url,
+        heartbeat_timeout=timeout,
+        sandbox=jail,
+        workspaces=_workspaces(config),
+    )
     _say_where_jobs_run(config.validate())
     sys.exit(_run(config))
 
@@ -269,6 +311,25 @@ def _settings(options: dict[str, Any], *, demo: bool, async_completions: bool) -
         durable_completions=not async_completions,
         **given,
     ).validate()
+
+
+def _workspaces(config: Settings) -> str | None:
+    """The workspaces' directory, checked and made (said in the log); None without
+    --workspaces."""
+    if config.workspaces is None:
+        return None
+    root = workspaces.prepare_root(config.workspaces)
+    event(
+        log,
+        logging.INFO,
+        "workspaces_ready",
+        f"each session's workspace is kept in {root}",
+        path=root,
+        pod_id=config.pod_id,
+        max_bytes=config.workspaces_max_bytes,
+        max_count=config.workspaces_max_count,
+    )
+    return root
 
 
 def _sandbox(config: Settings, network: bool, unsandboxed: bool) -> Sandbox | None:

@@ -15,7 +15,15 @@
 -- attempt, the heartbeat): a SQL function's body is parsed and planned again at
 -- every call (before PostgreSQL 18), a PL/pgSQL one's plans are cached per
 -- session; that was three quarters of the server's CPU per job.
-CREATE OR REPLACE FUNCTION public.claim_next_job(worker_id_param text DEFAULT NULL)
+--
+-- lease_key_param: a supervisor's secret; the lease token is then derived from
+-- it (queue_lease_token), so that the supervisor can end the attempt of a
+-- worker that died before telling it, without any role reading a token from
+-- the table. Without a key, the token is random: the caller alone knows it.
+DROP FUNCTION IF EXISTS public.claim_next_job(text);
+
+CREATE OR REPLACE FUNCTION public.claim_next_job(worker_id_param text DEFAULT NULL,
+                                                 lease_key_param uuid DEFAULT NULL)
 RETURNS TABLE (job_id uuid, session_id uuid, prompt text, lease_token uuid,
                attempt integer, retry_count integer, max_retries integer, priority smallint)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -40,7 +48,8 @@ BEGIN
     WITH claimed AS (
         UPDATE public.coding_jobs j
         SET status = 'processing', started_at = ts, updated_at = ts, heartbeat_at = ts,
-            worker_id = worker_id_param, lease_token = gen_random_uuid(),
+            worker_id = worker_id_param, lease_token = coalesce(public.queue_lease_token(lease_key_param, j.id, j.attempt + 1),
+                                        gen_random_uuid()),
             attempt = j.attempt + 1, end_reason = NULL
         WHERE j.id = (
             SELECT c.id FROM public.coding_jobs c

@@ -14,7 +14,7 @@ import pytest
 
 from mobvibe.errors import MigrationError
 from mobvibe.sql import migrate as migrate_module
-from mobvibe.sql.files import PRIVILEGES, Repeatable, migrations, repeatables
+from mobvibe.sql.files import PRIVILEGES, ROW_SECURITY, Repeatable, migrations, repeatables
 from mobvibe.sql.migrate import migrate, schema_is_current
 from tests.support.commands import QUEUE_CLI, assert_one_error_line, run_queue_cli
 from tests.support.migrations import FROZEN, migrate_as_before
@@ -88,7 +88,8 @@ def test_four_processes_migrating_one_database_at_once_all_succeed(
         == [
             (
                 f"applied {len(SHIPPED)} migration(s): {', '.join(SHIPPED)}\n"
-                f"applied all {len(FILES)} repeatable files (sql/functions, sql/privileges.sql)"
+                f"applied all {len(FILES)} repeatable files "
+                "(sql/functions, sql/privileges.sql, sql/row_security.sql)"
             )
         ]
         + [f"schema up to date ({len(SHIPPED)} migrations, {len(FILES)} repeatable files)"] * 3
@@ -336,7 +337,7 @@ def test_a_database_with_the_plans_schema_migrates_and_keeps_working(
             "ORDER BY 1"
         ).fetchall()
         assert [signature for (signature,) in overloads] == [
-            "claim_next_job(text)",
+            "claim_next_job(text,uuid)",
             "complete_job(uuid)",
             "complete_job(uuid,uuid,text)",
             "fail_job(uuid,text)",
@@ -392,8 +393,9 @@ def ship(monkeypatch: pytest.MonkeyPatch, changes: dict[str, str | None]) -> Non
     text; None: the file removed), as a version of the package that changed them would."""
     texts = {r.name: r.sql for r in repeatables()}
     texts.update(changes)
-    functions = sorted(name for name, text in texts.items() if text and name != PRIVILEGES)
-    shipped = tuple(Repeatable(name, texts[name] or "") for name in [*functions, PRIVILEGES])
+    trailing = [PRIVILEGES, ROW_SECURITY]
+    functions = sorted(name for name, text in texts.items() if text and name not in trailing)
+    shipped = tuple(Repeatable(name, texts[name] or "") for name in [*functions, *trailing])
     monkeypatch.setattr(migrate_module, "repeatables", lambda: shipped)
 
 
@@ -431,14 +433,19 @@ def test_a_changed_function_file_is_applied_again_with_the_privileges_and_no_oth
         assert not schema_is_current(conn)
 
         report = migrate(conn)
-        assert (report.applied, report.files) == ((), (CLAIM, PRIVILEGES))
+        assert (report.applied, report.files) == ((), (CLAIM, PRIVILEGES, ROW_SECURITY))
         body = scalar(conn, "SELECT prosrc FROM pg_proc WHERE proname = 'claim_next_job'")
         assert "-- The casts (changed):" in body
         after = applied_at(conn)
-        assert {name for name in after if after[name] != before[name]} == {CLAIM, PRIVILEGES}
+        assert {name for name in after if after[name] != before[name]} == {
+            CLAIM,
+            PRIVILEGES,
+            ROW_SECURITY,
+        }
         assert scalar(
             conn,
-            "SELECT has_function_privilege('mobvibe_worker', 'claim_next_job(text)', 'EXECUTE')",
+            "SELECT has_function_privilege('mobvibe_worker', 'claim_next_job(text, uuid)', "
+            "'EXECUTE')",
         )
         assert schema_is_current(conn)
         # unchanged since: applied no more
@@ -464,14 +471,14 @@ def test_a_new_file_a_changed_signature_and_a_removed_file_follow_the_rules(
     with connect(new_database()) as conn:
         migrate(conn)
         ship(monkeypatch, {ECHO: ECHO_V1})
-        assert migrate(conn).files == (ECHO, PRIVILEGES)
+        assert migrate(conn).files == (ECHO, PRIVILEGES, ROW_SECURITY)
         assert signatures(conn, "queue_test_echo") == ["queue_test_echo(text)"]
         # a new function is executable by PUBLIC; the privileges, applied after it, revoke it
         assert not executable_by_public(conn, "queue_test_echo(text)")
 
         # the file starts with a DROP of the old signature: one function, still revoked
         ship(monkeypatch, {ECHO: ECHO_V2})
-        assert migrate(conn).files == (ECHO, PRIVILEGES)
+        assert migrate(conn).files == (ECHO, PRIVILEGES, ROW_SECURITY)
         assert signatures(conn, "queue_test_echo") == ["queue_test_echo(text,integer)"]
         assert not executable_by_public(conn, "queue_test_echo(text,integer)")
         assert schema_is_current(conn)
@@ -492,7 +499,9 @@ def test_a_function_that_does_not_compile_changes_nothing(
         migrate_as_before(conn, up_to=FROZEN - 1)
         text = next(r.sql for r in repeatables() if r.name == CLAIM)
         ship(monkeypatch, {CLAIM: text.replace("BEGIN\n", "BEGIN\n    NOT PL/pgSQL;\n", 1)})
-        with pytest.raises(MigrationError, match=r"^function claim_next_job\(text\) does not "):
+        with pytest.raises(
+            MigrationError, match=r"^function claim_next_job\(text,uuid\) does not "
+        ):
             migrate(conn)
         # one transaction: neither the pending migration nor any file was applied
         assert scalar(conn, "SELECT max(version) FROM queue_migrations") == FROZEN - 1
@@ -522,5 +531,7 @@ def test_functions_other_than_the_shipped_files_are_not_current(
         )
         assert (refused.returncode, refused.stderr.strip()) == (2, NOT_CURRENT), command
     result = run_queue_cli("migrate", database_url=url)
-    assert result.stdout.strip() == f"applied 2 repeatable file(s): {CLAIM}, {PRIVILEGES}"
+    assert result.stdout.strip() == (
+        f"applied 3 repeatable file(s): {CLAIM}, {PRIVILEGES}, {ROW_SECURITY}"
+    )
     assert run_queue_cli("stats", database_url=url).returncode == 0

@@ -23,6 +23,7 @@ from psycopg import conninfo, sql
 from mobvibe.sql.migrate import migrate
 from tests.support.roles import LoginRoles
 from tests.support.rows import scalar, triggers_off
+from tests.support.supabase import act_as, drop_api_roles, jwt, make_api_roles, make_auth
 
 ROLES = ("producer", "worker", "monitor", "operator")
 
@@ -202,8 +203,37 @@ def complete_and_claim(c: Ctx) -> bool:
 
 
 def claims_of_worker(c: Ctx) -> bool:
-    rows = c.conn.execute("SELECT job_id, lease_token FROM queue_claims_of_worker('w1')")
-    return rows.fetchall() == [(c.scene.running, c.scene.lease)]
+    rows = c.conn.execute("SELECT job_id, attempt FROM queue_claims_of_worker('w1')")
+    return rows.fetchall() == [(c.scene.running, 1)]
+
+
+def select_lease_tokens(c: Ctx) -> bool:
+    """A lease token is a secret of its attempt: no role reads one from the table."""
+    return bool(c.conn.execute("SELECT lease_token FROM coding_jobs").fetchall())
+
+
+def end_attempt_knowing_ids(c: Ctx) -> bool:
+    """The attack of a stolen worker login: it knows the job id and the worker id of
+    another pod's attempt, and tries every id it can read as the lease."""
+    found: set[uuid.UUID] = {c.scene.running}
+    for statement in (
+        "SELECT job_id FROM queue_claims_of_worker('w1')",
+        "SELECT id, session_id FROM coding_jobs",
+        "SELECT job_id FROM coding_job_attempts",
+        "SELECT id FROM coding_sessions",
+    ):
+        try:
+            for row in c.conn.execute(statement).fetchall():
+                found.update(v for v in row if isinstance(v, uuid.UUID))
+        except psycopg.errors.InsufficientPrivilege:
+            pass
+    for guess in found:
+        try:
+            c.one("SELECT queue_end_attempt(%s, %s, 'error', 'stolen')", c.scene.running, guess)
+            c.one("SELECT queue_release_job(%s, %s)", c.scene.running, guess)
+        except psycopg.errors.InsufficientPrivilege:
+            pass
+    return c.status(c.scene.running) != "processing"
 
 
 def reap(c: Ctx) -> bool:
@@ -456,6 +486,8 @@ MATRIX: dict[Action, frozenset[str]] = {
     release: frozenset({WORKER, OPERATOR}),
     complete_and_claim: frozenset({WORKER, OPERATOR}),
     claims_of_worker: frozenset({WORKER, OPERATOR}),
+    select_lease_tokens: NOBODY,
+    end_attempt_knowing_ids: NOBODY,
     reap: frozenset({WORKER, OPERATOR}),
     reap_early: NOBODY,
     prune: frozenset({WORKER, OPERATOR}),
@@ -526,6 +558,10 @@ def connections(
 
 @pytest.fixture
 def scene(owner: psycopg.Connection[Any]) -> Scene:
+    return make_scene(owner)
+
+
+def make_scene(owner: psycopg.Connection[Any]) -> Scene:
     owner.execute(
         "TRUNCATE coding_jobs, coding_job_attempts, coding_job_events, coding_sessions, "
         "queue_reaper_runs"
@@ -564,18 +600,23 @@ def test_a_role_may_do_exactly_what_its_job_includes(
     conn = connections[role, how]
     if how == "set role":
         assert scalar(conn, "SELECT current_user", ()) == f"mobvibe_{role}"
-    before = snapshot(owner)
+    check_role(action, role, how, Ctx(conn, owner, scene))
+
+
+def check_role(action: Action, role: str, how: str, ctx: Ctx) -> None:
+    """The action takes effect exactly when the role's job includes it."""
+    before = snapshot(ctx.owner)
     try:
-        took_effect = action(Ctx(conn, owner, scene))
+        took_effect = action(ctx)
     except psycopg.errors.InsufficientPrivilege:
-        assert snapshot(owner) == before, "a refused call changed something"
+        assert snapshot(ctx.owner) == before, "a refused call changed something"
         took_effect = False
     allowed = role in MATRIX[action]
     assert took_effect is allowed, (
         f"mobvibe_{role} ({how}) {'could not' if allowed else 'could'} {action.__name__}"
     )
     if not allowed:
-        assert snapshot(owner) == before or action in (reap_early, move_clock, prune), (
+        assert snapshot(ctx.owner) == before or action in (reap_early, move_clock, prune), (
             "a refused call changed something"
         )
 
@@ -663,3 +704,451 @@ def test_supabase_service_role_becomes_an_operator_and_the_api_roles_keep_nothin
                 [list(SUPABASE_ROLES)],
             )
             owner.execute(sql.SQL("DROP ROLE {}").format(api_roles))
+
+
+# -- the phone: Supabase's authenticated and anon, with and without a JWT -----------------------
+
+
+@dataclass(frozen=True)
+class PhoneScene:
+    """User A's session with a pending and a running job (its attempt and an event), user B's
+    session with a pending job, the backend's session (no user) with a pending job."""
+
+    user: uuid.UUID  # A
+    other_user: uuid.UUID  # B
+    session: uuid.UUID
+    pending: uuid.UUID
+    running: uuid.UUID
+    lease: uuid.UUID
+    other_session: uuid.UUID
+    other_pending: uuid.UUID
+    backend_session: uuid.UUID
+    backend_pending: uuid.UUID
+
+
+PHONE_SCENE = """
+INSERT INTO coding_sessions (id, user_id) VALUES
+ (%(session)s, %(user)s), (%(other_session)s, %(other_user)s), (%(backend_session)s, NULL);
+INSERT INTO coding_jobs (id, session_id, prompt, status, attempt, worker_id, lease_token,
+                         heartbeat_at, started_at) VALUES
+ (%(pending)s, %(session)s, 'mine', 'pending', 0, NULL, NULL, NULL, NULL),
+ (%(running)s, %(session)s, 'mine, running', 'processing', 1, 'w1', %(lease)s, now(), now()),
+ (%(other_pending)s, %(other_session)s, 'theirs', 'pending', 0, NULL, NULL, NULL, NULL),
+ (%(backend_pending)s, %(backend_session)s, 'backend', 'pending', 0, NULL, NULL, NULL, NULL);
+INSERT INTO coding_job_attempts (job_id, attempt, worker_id, started_at)
+ VALUES (%(running)s, 1, 'w1', now());
+INSERT INTO coding_job_events (job_id, session_id, attempt, kind, payload)
+ VALUES (%(running)s, %(session)s, 1, 'progress', '{"pct": 10}');
+"""
+
+
+class Phone:
+    """What a phone's action sees: its request's connection, the owner's, and the scene."""
+
+    def __init__(
+        self, conn: psycopg.Connection[Any], owner: psycopg.Connection[Any], s: PhoneScene
+    ):
+        self.conn, self.owner, self.scene = conn, owner, s
+
+    def ids(self, statement: str, *params: Any) -> set[Any]:
+        return {row[0] for row in self.conn.execute(statement.encode(), params).fetchall()}
+
+    def status(self, job: uuid.UUID) -> Any:
+        return scalar(self.owner, "SELECT status FROM coding_jobs WHERE id = %s", (job,))
+
+
+PhoneAction = Callable[[Phone], bool]
+
+
+def phone_reads_sessions(p: Phone) -> bool:
+    return p.ids("SELECT id FROM coding_sessions") == {p.scene.session}
+
+
+def phone_reads_jobs(p: Phone) -> bool:
+    mine = {p.scene.pending, p.scene.running}
+    return p.ids("SELECT id FROM coding_jobs") == mine
+
+
+def phone_reads_a_job_by_id(p: Phone) -> bool:
+    return p.ids("SELECT id FROM coding_jobs WHERE id = %s", p.scene.running) != set()
+
+
+def phone_reads_attempts(p: Phone) -> bool:
+    return p.ids("SELECT job_id FROM coding_job_attempts") == {p.scene.running}
+
+
+def phone_reads_events(p: Phone) -> bool:
+    return p.ids("SELECT job_id FROM coding_job_events") == {p.scene.running}
+
+
+def phone_reads_the_backends_jobs(p: Phone) -> bool:
+    """(Another user's rows are no one's but that user's: phone_reads_jobs.)"""
+    theirs = {p.scene.backend_pending, p.scene.backend_session}
+    seen = p.ids("SELECT id FROM coding_jobs") | p.ids("SELECT id FROM coding_sessions")
+    return bool(seen & theirs)
+
+
+def phone_reads_lease_tokens(p: Phone) -> bool:
+    return bool(p.ids("SELECT lease_token FROM coding_jobs"))
+
+
+def phone_reads_whole_rows(p: Phone) -> bool:
+    return bool(p.ids("SELECT j FROM coding_jobs j"))
+
+
+def phone_submits(p: Phone) -> bool:
+    p.conn.execute(
+        "INSERT INTO coding_jobs (session_id, prompt) VALUES (%s, 'from the phone')",
+        [p.scene.session],
+    )
+    return True
+
+
+def phone_submits_with_key(p: Phone) -> bool:
+    made = p.ids(
+        "INSERT INTO coding_jobs (session_id, prompt, idempotency_key) "
+        "VALUES (%s, 'tap', 'k1') RETURNING id",
+        p.scene.session,
+    )
+    return len(made) == 1
+
+
+def phone_submits_with_priority(p: Phone) -> bool:
+    p.conn.execute(
+        "INSERT INTO coding_jobs (session_id, prompt, priority) VALUES (%s, 'me first', 100)",
+        [p.scene.session],
+    )
+    return True
+
+
+def phone_submits_with_retries(p: Phone) -> bool:
+    p.conn.execute(
+        "INSERT INTO coding_jobs (session_id, prompt, max_retries) VALUES (%s, 'again', 1000)",
+        [p.scene.session],
+    )
+    return True
+
+
+def phone_submits_with_a_run_at(p: Phone) -> bool:
+    p.conn.execute(
+        "INSERT INTO coding_jobs (session_id, prompt, run_at) VALUES (%s, 'later', now())",
+        [p.scene.session],
+    )
+    return True
+
+
+def phone_submits_into_the_backends_session(p: Phone) -> bool:
+    """(Into another user's: phone_submits, by that other user.)"""
+    p.conn.execute(
+        "INSERT INTO coding_jobs (session_id, prompt) VALUES (%s, 'not mine')",
+        [p.scene.backend_session],
+    )
+    return True
+
+
+def phone_cancels_pending(p: Phone) -> bool:
+    return scalar(p.conn, "SELECT cancel_job(%s)", (p.scene.pending,)) is True
+
+
+def phone_cancels_running(p: Phone) -> bool:
+    return scalar(p.conn, "SELECT cancel_job(%s)", (p.scene.running,)) is True
+
+
+def phone_cancels_the_backends_job(p: Phone) -> bool:
+    """(Another user's: phone_cancels_pending, by that other user.)"""
+    scalar(p.conn, "SELECT cancel_job(%s)", (p.scene.backend_pending,))
+    return p.status(p.scene.backend_pending) != "pending"
+
+
+def phone_cancels_through_the_inner_function(p: Phone) -> bool:
+    p.conn.execute(
+        "SELECT queue_cancel_locked(%s, %s, 1, now())",
+        [p.scene.other_pending, p.scene.other_session],
+    )
+    return p.status(p.scene.other_pending) != "pending"
+
+
+def phone_cancels_a_session(p: Phone) -> bool:
+    return bool(scalar(p.conn, "SELECT queue_cancel_session(%s)", (p.scene.session,)))
+
+
+def phone_updates_a_job(p: Phone) -> bool:
+    p.conn.execute("UPDATE coding_jobs SET priority = 100, status = 'completed'")
+    return p.status(p.scene.pending) != "pending"
+
+
+def phone_deletes_a_job(p: Phone) -> bool:
+    p.conn.execute("DELETE FROM coding_jobs")
+    return p.status(p.scene.pending) is None
+
+
+def phone_makes_a_session(p: Phone) -> bool:
+    p.conn.execute(
+        "INSERT INTO coding_sessions (id, user_id) VALUES (%s, %s)", [uuid.uuid4(), p.scene.user]
+    )
+    return True
+
+
+def phone_claims(p: Phone) -> bool:
+    return p.conn.execute("SELECT * FROM claim_next_job('phone')").fetchone() is not None
+
+
+def phone_ends_an_attempt(p: Phone) -> bool:
+    scalar(
+        p.conn, "SELECT queue_end_attempt(%s, %s, 'completed')", (p.scene.running, p.scene.lease)
+    )
+    return p.status(p.scene.running) != "processing"
+
+
+def phone_reads_the_queue(p: Phone) -> bool:
+    for statement in ("SELECT * FROM queue_config", "SELECT * FROM get_queue_stats()"):
+        if p.conn.execute(statement).fetchall():
+            return True
+    return False
+
+
+OWNER_JWT, OTHER_JWT, NO_JWT, BAD_SUB, ANON = "owner", "other user", "no jwt", "bad sub", "anon"
+PHONE_CALLERS = (OWNER_JWT, OTHER_JWT, NO_JWT, BAD_SUB, ANON)
+ONLY_THE_OWNER = frozenset({OWNER_JWT})
+
+# action -> the callers that may take it
+PHONE_MATRIX: dict[PhoneAction, frozenset[str]] = {
+    phone_reads_sessions: ONLY_THE_OWNER,
+    phone_reads_jobs: ONLY_THE_OWNER,
+    phone_reads_a_job_by_id: ONLY_THE_OWNER,
+    phone_reads_attempts: ONLY_THE_OWNER,
+    phone_reads_events: ONLY_THE_OWNER,
+    phone_reads_the_backends_jobs: frozenset(),
+    phone_reads_lease_tokens: frozenset(),
+    phone_reads_whole_rows: frozenset(),
+    phone_submits: ONLY_THE_OWNER,
+    phone_submits_with_key: ONLY_THE_OWNER,
+    phone_submits_with_priority: frozenset(),
+    phone_submits_with_retries: frozenset(),
+    phone_submits_with_a_run_at: frozenset(),
+    phone_submits_into_the_backends_session: frozenset(),
+    phone_cancels_pending: ONLY_THE_OWNER,
+    phone_cancels_running: ONLY_THE_OWNER,
+    phone_cancels_the_backends_job: frozenset(),
+    phone_cancels_through_the_inner_function: frozenset(),
+    phone_cancels_a_session: frozenset(),
+    phone_updates_a_job: frozenset(),
+    phone_deletes_a_job: frozenset(),
+    phone_makes_a_session: frozenset(),
+    phone_claims: frozenset(),
+    phone_ends_an_attempt: frozenset(),
+    phone_reads_the_queue: frozenset(),
+}
+
+
+@pytest.fixture(scope="module")
+def phone_owner(new_database: Callable[..., str]) -> Iterator[psycopg.Connection[Any]]:
+    """The owner's connection to a database set up as Supabase's, migrated after."""
+    if os.environ.get("TEST_DATABASE_URL"):
+        pytest.skip("makes Supabase's cluster-wide roles: only on the private embedded server")
+    url = new_database("mobvibe_phone")
+    with psycopg.connect(url, autocommit=True) as conn:
+        make_api_roles(conn)
+        try:
+            make_auth(conn)
+            migrate(conn)
+            yield conn
+        finally:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
+                "AND pid <> pg_backend_pid()",
+                [conn.info.dbname],
+            )
+            drop_api_roles(conn)
+
+
+@pytest.fixture(scope="module")
+def requests(phone_owner: psycopg.Connection[Any]) -> Iterator[psycopg.Connection[Any]]:
+    """A connection as PostgREST's: a NOINHERIT login that takes anon or authenticated."""
+    roles = LoginRoles(phone_owner, phone_owner.info.dsn)
+    try:
+        url = roles.make("anon", "authenticated", inherit=False, prefix="authenticator")
+        with psycopg.connect(url, autocommit=True) as conn:
+            yield conn
+    finally:
+        roles.drop()
+
+
+@pytest.fixture
+def phone_scene(phone_owner: psycopg.Connection[Any]) -> PhoneScene:
+    phone_owner.execute(
+        "TRUNCATE coding_jobs, coding_job_attempts, coding_job_events, coding_sessions"
+    )
+    ids = {name: uuid.uuid4() for name in PhoneScene.__dataclass_fields__}
+    with triggers_off(phone_owner):
+        for statement in PHONE_SCENE.strip().split(";\n"):
+            phone_owner.execute(statement, ids)
+    return PhoneScene(**ids)
+
+
+def claims_of(caller: str, scene: PhoneScene) -> tuple[str, dict[str, Any] | None]:
+    return {
+        OWNER_JWT: ("authenticated", jwt(scene.user)),
+        OTHER_JWT: ("authenticated", jwt(scene.other_user)),
+        NO_JWT: ("authenticated", None),
+        BAD_SUB: ("authenticated", jwt("not-a-uuid")),
+        ANON: ("anon", jwt(scene.user)),
+    }[caller]
+
+
+@pytest.mark.parametrize("caller", PHONE_CALLERS)
+@pytest.mark.parametrize("action", list(PHONE_MATRIX), ids=[a.__name__ for a in PHONE_MATRIX])
+def test_the_phone_may_do_exactly_what_its_user_may(
+    action: PhoneAction,
+    caller: str,
+    phone_scene: PhoneScene,
+    phone_owner: psycopg.Connection[Any],
+    requests: psycopg.Connection[Any],
+) -> None:
+    role, claims = claims_of(caller, phone_scene)
+    act_as(requests, role, claims)
+    before = snapshot(phone_owner)
+    try:
+        took_effect = action(Phone(requests, phone_owner, phone_scene))
+    except psycopg.errors.InsufficientPrivilege:
+        took_effect = False
+    finally:
+        requests.execute("RESET ROLE")
+    allowed = caller in PHONE_MATRIX[action]
+    assert took_effect is allowed, (
+        f"the phone ({caller}) {'could not' if allowed else 'could'} {action.__name__}"
+    )
+    if not allowed:
+        assert snapshot(phone_owner) == before, "a refused call changed something"
+
+
+def test_the_phone_inserts_three_columns_and_reads_every_column_but_the_lease(
+    phone_owner: psycopg.Connection[Any],
+) -> None:
+    def columns(privilege: str) -> set[str]:
+        rows = phone_owner.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = 'coding_jobs'::regclass "
+            "AND attnum > 0 AND NOT attisdropped "
+            "AND has_column_privilege('authenticated', attrelid, attnum, %s)",
+            [privilege],
+        ).fetchall()
+        return {name for (name,) in rows}
+
+    assert columns("INSERT") == {"session_id", "prompt", "idempotency_key"}
+    every = {
+        name
+        for (name,) in phone_owner.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = 'coding_jobs'::regclass "
+            "AND attnum > 0 AND NOT attisdropped"
+        ).fetchall()
+    }
+    assert columns("SELECT") == every - {"lease_token"}
+    for privilege in ("UPDATE", "REFERENCES"):
+        assert columns(privilege) == set()
+    for role in (
+        "anon",
+        "mobvibe_producer",
+        "mobvibe_worker",
+        "mobvibe_monitor",
+        "mobvibe_operator",
+    ):
+        assert not scalar(
+            phone_owner,
+            "SELECT has_column_privilege(%s, 'coding_jobs', 'lease_token', 'SELECT')",
+            (role,),
+        ), role
+
+
+def test_a_sub_that_is_not_a_uuid_is_refused_with_a_clear_message(
+    phone_scene: PhoneScene, requests: psycopg.Connection[Any]
+) -> None:
+    act_as(requests, "authenticated", jwt("12345"))
+    try:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="sub is not a user id"):
+            requests.execute("SELECT id FROM coding_jobs")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="sub is not a user id"):
+            requests.execute("SELECT cancel_job(%s)", [phone_scene.pending])
+    finally:
+        requests.execute("RESET ROLE")
+
+
+def test_the_backend_roles_keep_their_rights_under_row_security(
+    phone_scene: PhoneScene, phone_owner: psycopg.Connection[Any]
+) -> None:
+    """Every table of the phone has row security, and the owner of the SECURITY DEFINER
+    functions owns the tables (or has a policy of its own): the queue's functions see
+    every row whoever calls them."""
+    rows = phone_owner.execute(
+        "SELECT c.relname, c.relrowsecurity, c.relowner = p.proowner "
+        "FROM pg_class c, pg_proc p "
+        "WHERE p.oid = 'public.claim_next_job(text, uuid)'::regprocedure "
+        "AND c.oid = ANY (ARRAY['coding_sessions', 'coding_jobs', 'coding_job_events', "
+        "'coding_job_attempts']::regclass[]) ORDER BY 1"
+    ).fetchall()
+    assert [(name, rls) for name, rls, _ in rows] == [
+        ("coding_job_attempts", True),
+        ("coding_job_events", True),
+        ("coding_jobs", True),
+        ("coding_sessions", True),
+    ]
+    roles = LoginRoles(phone_owner, phone_owner.info.dsn)
+    try:
+        for group in ROLES:
+            with psycopg.connect(roles.make(f"mobvibe_{group}"), autocommit=True) as conn:
+                if group in (PRODUCER, WORKER, OPERATOR):
+                    count = scalar(conn, "SELECT count(*) FROM coding_jobs", ())
+                    assert count == 4, f"mobvibe_{group} sees {count} of 4 jobs"
+        with psycopg.connect(roles.make("mobvibe_worker"), autocommit=True) as worker:
+            claimed = worker.execute("SELECT job_id FROM claim_next_job('w')").fetchall()
+            assert len(claimed) == 1
+    finally:
+        roles.drop()
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_the_backend_roles_keep_exactly_their_rights_under_row_security(
+    role: str, phone_owner: psycopg.Connection[Any]
+) -> None:
+    """The whole matrix again, where the phone's row security is on."""
+    roles = LoginRoles(phone_owner, phone_owner.info.dsn)
+    try:
+        with psycopg.connect(roles.make(f"mobvibe_{role}"), autocommit=True) as conn:
+            for action in MATRIX:
+                ctx = Ctx(conn, phone_owner, make_scene(phone_owner))
+                check_role(action, role, "member, row security on", ctx)
+    finally:
+        roles.drop()
+
+
+def test_the_phones_rows_come_when_supabase_comes_after_the_migrations(
+    new_database: Callable[..., str], phone_owner: psycopg.Connection[Any]
+) -> None:
+    """Migrated before auth.uid() existed, then migrate again: row security is applied."""
+    url = new_database("mobvibe_phone_later")
+    with psycopg.connect(url, autocommit=True) as conn:
+        migrate(conn)
+        assert (
+            scalar(
+                conn, "SELECT relrowsecurity FROM pg_class WHERE oid = 'coding_jobs'::regclass", ()
+            )
+            is False
+        )
+        assert migrate(conn).files == ()
+        make_auth(conn)
+        assert migrate(conn).files == ("row_security.sql",)
+        assert (
+            scalar(
+                conn, "SELECT relrowsecurity FROM pg_class WHERE oid = 'coding_jobs'::regclass", ()
+            )
+            is True
+        )
+        assert migrate(conn).files == ()
+        conn.execute("DROP SCHEMA auth CASCADE")
+        assert migrate(conn).files == ("row_security.sql",)
+        assert (
+            scalar(
+                conn, "SELECT relrowsecurity FROM pg_class WHERE oid = 'coding_jobs'::regclass", ()
+            )
+            is False
+        )
+        conn.execute("DROP OWNED BY anon, authenticated, service_role")

@@ -11,6 +11,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from mobvibe.sizes import parse_size
 from mobvibe.supervisor.settings import HEARTBEAT_TIMEOUT_DEFAULT, SHUTDOWN_TIMEOUT_DEFAULT
 from tests.deploy.support import (
     COMPOSE,
@@ -235,6 +236,34 @@ def test_the_deployment_names_the_agent_and_listens_on_every_address() -> None:
     assert supervisor_settings().get("MOBVIBE_EXEC", "").startswith("/")
     image_env = (ROOT / "deploy" / "docker" / "Dockerfile").read_text()
     assert "MOBVIBE_METRICS_HOST=0.0.0.0" in image_env
+
+
+def quantity(text: str) -> int:
+    """Bytes in a Kubernetes quantity with a binary suffix ("24Gi")."""
+    units = {"Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "Ti": 1024**4}
+    found = re.fullmatch(r"(\d+)(Ki|Mi|Gi|Ti)?", text)
+    assert found, f"not a binary quantity: {text}"
+    return int(found.group(1)) * units.get(found.group(2) or "", 1)
+
+
+def test_the_workspaces_live_in_an_empty_dir_whose_limit_eviction_stays_below() -> None:
+    """The kubelet evicts the whole pod beyond the emptyDir's sizeLimit: the supervisor's
+    own limit must leave room for what running attempts add."""
+    container = _supervisor_container()
+    settings = supervisor_settings()
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod_spec(one("Deployment"))["volumes"]}
+    size_limit = quantity(volumes[mounts[settings["MOBVIBE_WORKSPACES"]]]["emptyDir"]["sizeLimit"])
+    max_bytes = parse_size(settings["MOBVIBE_WORKSPACES_MAX_BYTES"])
+    workers = int(option(container["args"], "--workers") or 1)
+    assert max_bytes > 0 and max_bytes + workers * 512 * 1024**2 <= size_limit
+    assert int(settings["MOBVIBE_WORKSPACES_MAX_COUNT"]) > 0
+
+
+def test_the_pod_id_is_the_pods_name() -> None:
+    """Kept across restarts of the container, as the emptyDir of its workspaces is."""
+    env = {e["name"]: e for e in _supervisor_container()["env"]}
+    assert env["MOBVIBE_POD_ID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
 
 
 def test_migration_job_runs_migrate_as_the_owner() -> None:

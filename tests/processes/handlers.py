@@ -8,7 +8,8 @@ exit:N         leave the worker process with os._exit(N)
 hang           spin in pure Python forever
 mark:PATH      append the job id to PATH, then complete (counts executions)
 
-talk, stubborn and polite are handlers of their own (progress, cancels).
+talk, stubborn and polite are handlers of their own (progress, cancels); in_workspace
+keeps a file in the session's workspace.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import signal
 import time
 
 from mobvibe.sql.jobs import Job
+from mobvibe.supervisor.attempt import RunningJob
 
 
 def by_prompt(job: Job) -> None:
@@ -58,3 +60,13 @@ def polite(job: Job) -> str:
     while not job.cancelled:  # type: ignore[attr-defined]  # a RunningJob
         time.sleep(0.02)
     return "stopped as asked"
+
+
+def in_workspace(job: RunningJob) -> str:
+    """Keep a file of this prompt in the session's workspace; say where it is and what it
+    found there."""
+    assert job.workspace is not None
+    found = sorted(os.listdir(job.workspace))
+    with open(os.path.join(job.workspace, f"prompt-{job.id}"), "w") as out:
+        out.write(job.prompt)
+    return f"{job.workspace} {' '.join(found)}".strip()

@@ -101,7 +101,7 @@ def test_finds_a_failed_session_with_no_failed_job(queue: JobQueue, conn: Any, c
 
 def test_finds_queue_functions_executable_by_public(fresh_url: str, cli: Cli) -> None:
     with psycopg.connect(fresh_url, autocommit=True) as conn:
-        conn.execute("GRANT EXECUTE ON FUNCTION claim_next_job(text) TO PUBLIC")
+        conn.execute("GRANT EXECUTE ON FUNCTION claim_next_job(text, uuid) TO PUBLIC")
         conn.execute("CREATE FUNCTION queue_sneaky() RETURNS int LANGUAGE sql AS 'SELECT 1'")
     result = cli("doctor", url=fresh_url)
     assert result.exit_code == 1
@@ -109,7 +109,7 @@ def test_finds_queue_functions_executable_by_public(fresh_url: str, cli: Cli) ->
         line.split(" is executable")[0]
         for line in findings(result, "function_executable_by_public")
     ] == [
-        "function_executable_by_public: function claim_next_job(text)",
+        "function_executable_by_public: function claim_next_job(text,uuid)",
         "function_executable_by_public: function queue_sneaky()",
     ]
 

@@ -57,6 +57,7 @@ def test_every_sql_file_is_in_the_wheel_under_mobvibe_sql(wheel: zipfile.ZipFile
     assert "mobvibe/sql/migrations/0001_tables.sql" in shipped
     assert "mobvibe/sql/functions/claim_next_job.sql" in shipped
     assert "mobvibe/sql/privileges.sql" in shipped
+    assert "mobvibe/sql/row_security.sql" in shipped
     assert shipped <= set(wheel.namelist()), sorted(shipped - set(wheel.namelist()))
     for name in shipped:
         assert wheel.read(name) == (ROOT / "sql" / name.removeprefix("mobvibe/sql/")).read_bytes()
@@ -169,7 +170,7 @@ def test_the_installed_package_finds_every_sql_file_it_applies(
         p.relative_to(ROOT / "sql").as_posix()
         for folder in ("migrations", "functions")
         for p in (ROOT / "sql" / folder).glob("*.sql")
-    } | {"privileges.sql"}
+    } | {"privileges.sql", "row_security.sql"}
     assert "functions/claim_next_job.sql" in in_source
     assert set(shipped.stdout.split()) == in_source
 
