@@ -100,14 +100,14 @@ def drain_once(
         workers, "mobvibe.supervisor.handlers:noop_handler", "--drain", "--no-reaper", *extra
     )
     with Supervisor(url, *args) as sup:
-        cpu_use = _watch(url, sup, count, ctx.postmaster)
+        cpu_use = watch_cpu(url, sup, count, ctx.postmaster)
         code = sup.wait(TIMEOUT)
         if code != 0:
             raise RuntimeError(f"the supervisor exited {code}: {sup.log_tail()}")
     return cpu_use, time.monotonic() - started
 
 
-def _watch(url: str, sup: Supervisor, count: int, postmaster: int | None) -> dict[str, float]:
+def watch_cpu(url: str, sup: Supervisor, count: int, postmaster: int | None) -> dict[str, float]:
     """CPU per job of the workers, the supervisor and the server, from 25 % to 75 % of the drain."""
     marks = [count // 4, 3 * count // 4]
     snaps: list[cpu.Snapshot] = []

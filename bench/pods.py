@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import statistics
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -34,16 +35,18 @@ import psycopg
 
 from bench import cpu
 from bench.context import Context
-from bench.drain import enqueue_jobs
+from bench.drain import enqueue_jobs, watch_cpu
 from bench.procs import Supervisor, supervisor_args
 from bench.queries import query
 from mobvibe.client import JobQueue
+from mobvibe.sql import store
+from mobvibe.sql.records import Lease
 from tests.support.waiting import wait_for
 
 IDLE_PODS = (1, 8, 32)
 BUSY_PODS = (1, 16, 64)
 SWEEP_PODS = (1, 16)
-TRICKLE_JOBS = 100
+TRICKLE_JOBS = 200
 TRICKLE_SPACING_S = 0.1
 DRAIN_WORKERS = 8
 STATS_FLUSH_S = 11.0  # an idle backend reports its counts after 10 s
@@ -53,6 +56,7 @@ SWEEP_RUNS = 3
 NOOP = "mobvibe.supervisor.handlers:noop_handler"
 BUSY = "bench.handlers:long_job"
 TIMEOUT = 300.0
+HEARTBEAT_INTERVAL_S = 5.0  # the supervisor's default; also its reaper interval
 
 
 def run(ctx: Context) -> dict[str, Any]:
@@ -61,10 +65,11 @@ def run(ctx: Context) -> dict[str, Any]:
     for pods in IDLE_PODS:
         ctx.log(f"pods: {TRICKLE_JOBS} jobs, one per {TRICKLE_SPACING_S:g} s, {pods} idle pods")
         claims[str(pods)], server[str(pods)] = _trickle(ctx, pods)
-    busy = {}
+    busy: dict[str, dict[str, float]] = {"simulated": {}, "real": {}}
     for pods in BUSY_PODS:
-        ctx.log(f"pods: an {DRAIN_WORKERS}-worker drain beside {pods} busy pods")
-        busy[str(pods)] = _drain_beside_busy(ctx, pods)
+        for kind in ("simulated", "real"):
+            ctx.log(f"pods: an {DRAIN_WORKERS}-worker drain beside {pods} busy pods ({kind})")
+            busy[kind][str(pods)] = _drain_beside_busy(ctx, pods, kind == "real")
     sweeps = {}
     for pods in SWEEP_PODS:
         ctx.log(f"pods: sweeps per second with {pods} idle pods")
@@ -73,7 +78,8 @@ def run(ctx: Context) -> dict[str, Any]:
     return {
         "claims_per_job_by_pods": claims,
         "server_cpu_us_per_job_by_pods": server,
-        "drain_server_cpu_by_busy_pods": busy,
+        "drain_server_cpu_by_busy_pods": busy["simulated"],
+        "drain_server_cpu_by_real_busy_pods": busy["real"],
         "sweeps_per_s_by_pods": sweeps,
         "reaper_failover_s": _failover(ctx),
         "pods": {
@@ -81,7 +87,8 @@ def run(ctx: Context) -> dict[str, Any]:
             "trickle_spacing_s": TRICKLE_SPACING_S,
             "drain_jobs": ctx.sizes.listeners_drain_jobs,
             "sweep_interval_s": SWEEP_INTERVAL_S,
-            "real_pods": "every pod is a real mobvibe-supervisor process",
+            "real_pods": "every pod is a real mobvibe-supervisor process, but for the busy pods "
+            "of drain_server_cpu_by_busy_pods: connections that do what a busy pod's hub does",
         },
     }
 
@@ -151,25 +158,56 @@ def _trickle(ctx: Context, pods: int) -> tuple[float, float]:
     return round(calls / TRICKLE_JOBS, 2), round(spent / TRICKLE_JOBS * 1e6, 1)
 
 
-def _drain_beside_busy(ctx: Context, pods: int) -> float:
+def _drain_beside_busy(ctx: Context, pods: int, real: bool) -> float:
     url = _database(ctx, f"busy{pods}")
     count = ctx.sizes.listeners_drain_jobs
-    with _pods(url, pods, "--handler", BUSY):
-        enqueue_jobs(url, pods)
+    enqueue_jobs(url, pods)
+    busy = _pods(url, pods, "--handler", BUSY) if real else _simulated_busy_pods(url, pods)
+    with busy:
         wait_for(lambda: _processing(url) >= pods, 60, 0.2, f"{pods} long jobs running")
         enqueue_jobs(url, count)
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(query("vacuum_analyze_jobs"))
         args = supervisor_args(DRAIN_WORKERS, NOOP, "--no-reaper")
         with Supervisor(url, *args) as drain:
-            marks, snaps = (count // 4, 3 * count // 4), []
-            meter = cpu.Meter(ctx.postmaster)
-            for mark in marks:
-                wait_for(lambda m=mark: _completed(url) >= m, TIMEOUT, 0.05, f"{mark} completed")
-                snaps.append(meter.snapshot(_completed(url)))
-            if drain.proc.poll() is not None:
-                raise RuntimeError(f"the drain's supervisor exited: {drain.log_tail()}")
-    return float(cpu.per_job(snaps[0], snaps[1])["postgres"])
+            used = watch_cpu(url, drain, count, ctx.postmaster)
+            if "postgres" not in used:
+                raise RuntimeError(f"the drain did not reach its marks: {drain.log_tail()}")
+    return float(used["postgres"])
+
+
+@contextlib.contextmanager
+def _simulated_busy_pods(url: str, count: int) -> Iterator[None]:
+    """`count` pods whose one worker runs a long job, as the database sees them: a hub's
+    connection each that holds a claim and, as a busy pod's hub does, renews its lease once
+    per heartbeat interval and tries for the reaper's lead once per reaper interval (no
+    LISTEN, no wait), and the worker's, idle while its job runs. One thread drives them all,
+    so the machine's CPU stays the drain's."""
+    stop = threading.Event()
+    with contextlib.ExitStack() as stack:
+        hubs = [stack.enter_context(psycopg.connect(url, autocommit=True)) for _ in range(count)]
+        for _ in range(count):  # each pod's worker: connected, idle while its job runs
+            stack.enter_context(psycopg.connect(url, autocommit=True))
+        leases = []
+        for i, hub in enumerate(hubs):
+            job = store.claim(hub, f"busy-pod-{i}:1:0:0")
+            if job is None:
+                raise RuntimeError("a simulated busy pod found no job to hold")
+            leases.append(Lease(job.id, job.lease_token))
+
+        def beat() -> None:
+            while not stop.wait(HEARTBEAT_INTERVAL_S):
+                for hub, lease in zip(hubs, leases, strict=True):
+                    store.renew_leases(hub, [lease])
+                    hub.execute(query("lead_reaper"))
+
+        thread = threading.Thread(target=beat, name="busy-pods", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(30)
 
 
 def _sweeps_per_s(ctx: Context, pods: int) -> float:

@@ -426,6 +426,10 @@ def _pods(r: dict[str, Any]) -> list[Check]:
             "us",
             BUSY_PODS_CPU_GROWTH_MAX,
         ),
+        *(
+            Check(f"drain_server_cpu_by_real_busy_pods[{pods}]", value, "us", "info")
+            for pods, value in _by_count(_get(r, "drain_server_cpu_by_real_busy_pods") or {})
+        ),
         *_grows(
             "sweeps_per_s_by_pods",
             _get(r, "sweeps_per_s_by_pods") or {},

@@ -216,3 +216,7 @@ SELECT reaper FROM queue_reaper_runs ORDER BY last_sweep_at DESC LIMIT 1
 -- name: sweeps_since
 SELECT reaper, extract(epoch FROM last_sweep_at) FROM queue_reaper_runs
 WHERE last_sweep_at > to_timestamp(%(since)s)
+
+-- A hub's try for the embedded reaper's lead (sql/queries.sql: lead_reaper).
+-- name: lead_reaper
+SELECT pg_try_advisory_lock(1299145302, 2) AS leader
