@@ -47,6 +47,7 @@ class WaitingFor(StrEnum):
 
     SESSION = "session"  # earlier prompts of its session hold every place
     RUN_AT = "run_at"  # its run_at (a delay, a retry's backoff) is ahead
+    USER = "user"  # its user runs as many jobs as the user's limit allows
 
 
 class ExitCause(StrEnum):

@@ -298,6 +298,8 @@ class JobSummary:
         if self.status == JobStatus.PENDING:
             if self.waiting_for == WaitingFor.SESSION:
                 return "waits for its session"
+            if self.waiting_for == WaitingFor.USER:
+                return "waits for its user's limit"
             if self.waiting_for == WaitingFor.RUN_AT:
                 return f"due at {when(self.run_at)}"
             return "ready"
