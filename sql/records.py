@@ -362,13 +362,15 @@ class QueueSettings:
     max_events_per_attempt: int | None = None
     max_event_bytes_per_attempt: int | None = None
     max_releases_per_job: int | None = None
+    # users without a limit of their own (None: no limit; before migration 0012 too)
+    user_max_concurrency: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class ConfigChange:
     """The settings an operator changes, in seconds; None leaves one unchanged.
 
-    A retention of 0 keeps those jobs forever.
+    A retention of 0 keeps those jobs forever; a user_max_concurrency of 0 is no limit.
     """
 
     backoff_base: float | None = None
@@ -380,6 +382,7 @@ class ConfigChange:
     max_events_per_attempt: int | None = None
     max_event_bytes_per_attempt: int | None = None
     max_releases_per_job: int | None = None
+    user_max_concurrency: int | None = None  # 0: no limit
 
     @property
     def empty(self) -> bool:
@@ -449,3 +452,31 @@ class SweepBatch:
     heartbeat_timeout: timedelta
     retain_completed: timedelta | None
     retain_failed: timedelta | None
+
+
+@dataclass(frozen=True, slots=True)
+class UserRow:
+    """A user the queue knows (queue_user_list()); user_id None: the sessions with no user."""
+
+    user_id: uuid.UUID | None
+    max_concurrency: int | None  # the limit in force; None: none
+    limit_source: str | None  # "user" (its own), "default" (queue_config), None
+    running: int
+    ready: int  # pending jobs that may start
+    waiting: int  # pending jobs that wait for the user's limit
+    last_started_at: datetime | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True, slots=True)
+class UserWaiting:
+    """A user with jobs waiting for its limit, as the status page shows it."""
+
+    user_id: uuid.UUID
+    waiting: int
+    running: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
