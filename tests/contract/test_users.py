@@ -272,4 +272,4 @@ def test_the_list_of_users_counts_their_jobs(conn: Any) -> None:
         "SELECT user_id, max_concurrency, limit_source, running, ready, waiting "
         "FROM queue_user_list(true)"
     ).fetchall()
-    assert rows == [(user, 1, "user", 1, 0, 2)]
+    assert rows == [(user, 1, "own", 1, 0, 2)]
