@@ -273,3 +273,19 @@ def test_the_list_of_users_counts_their_jobs(conn: Any) -> None:
         "FROM queue_user_list(true)"
     ).fetchall()
     assert rows == [(user, 1, "own", 1, 0, 2)]
+
+
+def test_a_retry_that_comes_due_for_a_user_at_its_limit_waits_for_the_user(conn: Any) -> None:
+    user = uuid.uuid4()
+    retried, other = user_jobs(conn, user, 2)
+    limit(conn, user, 1)
+    set_clock(conn, T0)
+    assert claimed_ids(conn, 1) == [retried]
+    lease = job_row(conn, retried)["lease_token"]
+    assert scalar(conn, "SELECT fail_job(%s, 'boom', %s)", [retried, lease]) is True
+    assert claimed_ids(conn, 1) == [other]
+    set_clock(conn, job_row(conn, retried)["run_at"])
+    assert claimed_ids(conn, 1) == [None]  # due, but the user runs its limit
+    assert waiting(conn, retried) == ["user"]
+    complete(conn, other)
+    assert claimed_ids(conn, 2) == [retried, None]
