@@ -289,3 +289,14 @@ def test_a_retry_that_comes_due_for_a_user_at_its_limit_waits_for_the_user(conn:
     assert waiting(conn, retried) == ["user"]
     complete(conn, other)
     assert claimed_ids(conn, 2) == [retried, None]
+
+
+def test_a_sessions_user_cannot_change_while_it_has_unfinished_jobs(conn: Any) -> None:
+    user, other = uuid.uuid4(), uuid.uuid4()
+    session = new_session(conn, user_id=user)
+    job = insert_job(conn, session)
+    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="unfinished jobs"):
+        conn.execute("UPDATE coding_sessions SET user_id = %s WHERE id = %s", [other, session])
+    assert scalar(conn, "SELECT cancel_job(%s)", [job]) is True
+    conn.execute("UPDATE coding_sessions SET user_id = %s WHERE id = %s", [other, session])
+    assert job_row(conn, job)["user_key"] == other
