@@ -15,7 +15,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
-from mobvibe.sql.store import AttemptRow, Event, JobRow, JobSummary, RunningJobRow
+from mobvibe.sql.store import (
+    AttemptRow,
+    Event,
+    JobRow,
+    JobSummary,
+    RunningJobRow,
+    UserRow,
+    UserWaiting,
+)
 
 NONE = "-"
 PROMPT_WIDTH = 60
@@ -138,6 +146,31 @@ RUNNING: tuple[Column[Holder], ...] = (
     Column("heartbeat", "heartbeat", lambda h, _: f"{age(h.job.heartbeat_age_seconds)} ago"),
     Column("state", "state", lambda h, _: _holder_state(h)),
     Column("prompt", "prompt", lambda h, _: h.job.prompt_head, width=PROMPT_WIDTH),
+)
+
+
+def _user_limit(user: UserRow) -> str:
+    if user.max_concurrency is None:
+        return "none"
+    return f"{user.max_concurrency} ({user.limit_source})"
+
+
+# The users and their limits: `mobvibe-queue users list` and the front page (the users
+# with jobs waiting for their limit).
+USERS: tuple[Column[UserRow], ...] = (
+    Column("user", "user", lambda u, _: "(no user)" if u.user_id is None else str(u.user_id)),
+    Column("running", "running", lambda u, _: str(u.running), "number"),
+    Column("ready", "ready", lambda u, _: str(u.ready), "number"),
+    Column("waiting", "waiting", lambda u, _: str(u.waiting), "number"),
+    Column("limit", "limit", lambda u, _: _user_limit(u)),
+    Column("last_start", "last start", lambda u, when: when(u.last_started_at), "time"),
+)
+
+# The users with jobs waiting for their limit: the front page.
+USERS_WAITING: tuple[Column[UserWaiting], ...] = (
+    Column("user", "user", lambda u, _: str(u.user_id)),
+    Column("running", "running", lambda u, _: str(u.running), "number"),
+    Column("waiting", "waiting for the limit", lambda u, _: str(u.waiting), "number"),
 )
 
 

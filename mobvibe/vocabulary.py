@@ -47,6 +47,14 @@ class WaitingFor(StrEnum):
 
     SESSION = "session"  # earlier prompts of its session hold every place
     RUN_AT = "run_at"  # its run_at (a delay, a retry's backoff) is ahead
+    USER = "user"  # its user runs as many jobs as the user's limit allows
+
+
+class LimitSource(StrEnum):
+    """Whose a user's limit in force is (queue_user_list())."""
+
+    OWN = "own"  # the user's row in queue_user_limits (`users limit`)
+    DEFAULT = "default"  # queue_config.user_max_concurrency
 
 
 class ExitCause(StrEnum):

@@ -20,6 +20,10 @@
 -- whatever default privileges gave PUBLIC. The caps' totals are read through
 -- get_queue_stats().
 REVOKE ALL ON public.queue_migrations, public.queue_counters FROM PUBLIC;
+-- Users' limits and turns: kept through functions (queue_set_user_limit), read
+-- through queue_user_list().
+REVOKE ALL ON public.queue_users, public.queue_user_limits FROM PUBLIC;
+REVOKE ALL ON SEQUENCE public.queue_turn_seq FROM PUBLIC;
 
 DO $$
 DECLARE
@@ -45,7 +49,8 @@ BEGIN
     FOREACH grantee IN ARRAY coalesce(existing, '{}') LOOP
         EXECUTE pg_catalog.format(
             'REVOKE ALL ON public.coding_jobs, public.coding_job_attempts, '
-            'public.coding_job_events, public.queue_config, public.queue_reaper_runs FROM %I',
+            'public.coding_job_events, public.queue_config, public.queue_reaper_runs, '
+            'public.queue_users, public.queue_user_limits FROM %I',
             grantee);
         IF pg_catalog.to_regclass('public.queue_migrations') IS NOT NULL THEN
             EXECUTE pg_catalog.format('REVOKE ALL ON public.queue_migrations FROM %I', grantee);
@@ -104,25 +109,27 @@ BEGIN
         public.get_queue_stats(), public.queue_next_run_at(), public.queue_due_jobs(integer)
         TO mobvibe_worker;
 
-    -- mobvibe_monitor: statistics; no prompts, no outputs, no events.
+    -- mobvibe_monitor: statistics, users' limits and counts; no prompts, no
+    -- outputs, no events.
     GRANT SELECT ON public.queue_reaper_runs TO mobvibe_monitor;
     GRANT EXECUTE ON FUNCTION public.get_queue_stats(), public.queue_next_run_at(),
-                              public.queue_due_jobs(integer)
+                              public.queue_due_jobs(integer), public.queue_user_list(boolean)
         TO mobvibe_monitor;
 
     -- mobvibe_operator: the plan's token-less calls, requeue and retry, purge,
-    -- a session's concurrency, the configuration (not the test clock, which is
+    -- a session's concurrency, users' limits, the configuration (not the test clock, which is
     -- the owner's), the record of the migrations and function files (doctor).
     GRANT EXECUTE ON FUNCTION
         public.complete_job(uuid), public.fail_job(uuid, text),
         public.queue_requeue_failed(uuid), public.queue_retry_job(uuid),
-        public.queue_purge_failed(interval, integer)
+        public.queue_purge_failed(interval, integer),
+        public.queue_set_user_limit(uuid, integer), public.queue_user_list(boolean)
         TO mobvibe_operator;
     GRANT UPDATE (max_concurrency) ON public.coding_sessions TO mobvibe_operator;
     GRANT SELECT ON public.queue_config TO mobvibe_operator;
     GRANT UPDATE (backoff_base, backoff_cap, backoff_jitter, heartbeat_timeout,
                   retain_completed, retain_failed, max_events_per_attempt,
-                  max_event_bytes_per_attempt, max_releases_per_job)
+                  max_event_bytes_per_attempt, max_releases_per_job, user_max_concurrency)
         ON public.queue_config TO mobvibe_operator;
     IF pg_catalog.to_regclass('public.queue_migrations') IS NOT NULL THEN
         GRANT SELECT ON public.queue_migrations TO mobvibe_operator;

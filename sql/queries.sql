@@ -227,6 +227,8 @@ SELECT id, session_id, status, priority, attempt, retry_count, max_retries, crea
 FROM coding_jobs
 WHERE (%(status)s::text IS NULL OR status = %(status)s::text)
   AND (%(session_id)s::uuid IS NULL OR session_id = %(session_id)s::uuid)
+  AND (%(user_id)s::uuid IS NULL
+       OR session_id IN (SELECT s.id FROM coding_sessions s WHERE s.user_id = %(user_id)s::uuid))
 ORDER BY seq DESC
 LIMIT %(limit)s
 
@@ -308,7 +310,8 @@ SELECT schema_version, heartbeat_timeout, retain_completed, retain_failed, backo
        backoff_cap, backoff_jitter, to_jsonb(s) ->> 'functions_checksum' AS functions_checksum,
        (to_jsonb(s) ->> 'max_events_per_attempt')::integer AS max_events_per_attempt,
        (to_jsonb(s) ->> 'max_event_bytes_per_attempt')::bigint AS max_event_bytes_per_attempt,
-       (to_jsonb(s) ->> 'max_releases_per_job')::integer AS max_releases_per_job
+       (to_jsonb(s) ->> 'max_releases_per_job')::integer AS max_releases_per_job,
+       (to_jsonb(s) ->> 'user_max_concurrency')::integer AS user_max_concurrency
 FROM queue_settings() s
 
 -- name: queue_settings_exists
@@ -339,7 +342,10 @@ SET backoff_base = coalesce(%(backoff_base)s::float8 * interval '1 second', back
                                       max_events_per_attempt),
     max_event_bytes_per_attempt = coalesce(%(max_event_bytes_per_attempt)s::bigint,
                                            max_event_bytes_per_attempt),
-    max_releases_per_job = coalesce(%(max_releases_per_job)s::integer, max_releases_per_job)
+    max_releases_per_job = coalesce(%(max_releases_per_job)s::integer, max_releases_per_job),
+    user_max_concurrency = CASE WHEN %(user_max_concurrency)s::integer IS NULL
+                                THEN user_max_concurrency
+                                ELSE nullif(%(user_max_concurrency)s::integer, 0) END
 
 -- The migration runner. It runs as the owner, usually a superuser, so every
 -- statement of its own runs with search_path pinned (set_local) and names the
@@ -533,3 +539,28 @@ WHERE p.pronamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_sch
   AND EXISTS (SELECT 1 FROM aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
               WHERE a.grantee = 0::oid AND a.privilege_type = 'EXECUTE')
 ORDER BY 1 LIMIT %(limit)s
+
+-- Users: an operator's limit (NULL clears it), and the users the queue knows,
+-- with their jobs running, ready and waiting for their limit.
+-- name: set_user_limit
+SELECT queue_set_user_limit(%(user_id)s::uuid, %(max_concurrency)s::integer)
+
+-- name: user_list
+SELECT user_id, max_concurrency, limit_source, running, ready, waiting, last_started_at
+FROM queue_user_list(%(waiting_only)s::boolean)
+LIMIT %(limit)s
+
+-- The users with jobs waiting for their limit, most waiting first, with their
+-- jobs processing (the status page, read by the supervisor's role: from
+-- coding_jobs alone, by coding_jobs_user_idx).
+-- name: users_waiting
+WITH w AS (
+    SELECT user_key, count(*) AS waiting FROM coding_jobs
+    WHERE status = 'pending' AND waiting_for = 'user'
+    GROUP BY user_key)
+SELECT w.user_key AS user_id, w.waiting,
+       (SELECT count(*) FROM coding_jobs r
+        WHERE r.user_key = w.user_key AND r.status = 'processing') AS running
+FROM w
+ORDER BY w.waiting DESC, w.user_key
+LIMIT %(limit)s

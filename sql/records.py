@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from mobvibe.sql.jobs import Job
-from mobvibe.vocabulary import JobStatus, WaitingFor
+from mobvibe.vocabulary import JobStatus, LimitSource, WaitingFor
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,6 +317,8 @@ class JobSummary:
         if self.status == JobStatus.PENDING:
             if self.waiting_for == WaitingFor.SESSION:
                 return "waits for its session"
+            if self.waiting_for == WaitingFor.USER:
+                return "waits for its user's limit"
             if self.waiting_for == WaitingFor.RUN_AT:
                 return f"due at {when(self.run_at)}"
             return "ready"
@@ -379,13 +381,15 @@ class QueueSettings:
     max_events_per_attempt: int | None = None
     max_event_bytes_per_attempt: int | None = None
     max_releases_per_job: int | None = None
+    # users without a limit of their own (None: no limit; before migration 0012 too)
+    user_max_concurrency: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class ConfigChange:
     """The settings an operator changes, in seconds; None leaves one unchanged.
 
-    A retention of 0 keeps those jobs forever.
+    A retention of 0 keeps those jobs forever; a user_max_concurrency of 0 is no limit.
     """
 
     backoff_base: float | None = None
@@ -397,6 +401,7 @@ class ConfigChange:
     max_events_per_attempt: int | None = None
     max_event_bytes_per_attempt: int | None = None
     max_releases_per_job: int | None = None
+    user_max_concurrency: int | None = None  # 0: no limit
 
     @property
     def empty(self) -> bool:
@@ -466,3 +471,36 @@ class SweepBatch:
     heartbeat_timeout: timedelta
     retain_completed: timedelta | None
     retain_failed: timedelta | None
+
+
+@dataclass(frozen=True, slots=True)
+class UserRow:
+    """A user the queue knows (queue_user_list()); user_id None: the sessions with no user."""
+
+    user_id: uuid.UUID | None
+    max_concurrency: int | None  # the limit in force; None: none
+    limit_source: LimitSource | None  # whose the limit is; None: no limit
+
+    def __post_init__(self) -> None:
+        if self.limit_source is not None:
+            object.__setattr__(self, "limit_source", LimitSource(self.limit_source))
+
+    running: int
+    ready: int  # pending jobs that may start
+    waiting: int  # pending jobs that wait for the user's limit
+    last_started_at: datetime | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True, slots=True)
+class UserWaiting:
+    """A user with jobs waiting for its limit, as the status page shows it."""
+
+    user_id: uuid.UUID
+    waiting: int
+    running: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}

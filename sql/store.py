@@ -18,7 +18,7 @@ import psycopg
 from psycopg.rows import class_row, dict_row
 from psycopg.types.json import Jsonb
 
-from mobvibe.errors import QueueError
+from mobvibe.errors import NotFoundError, QueueError
 from mobvibe.sql.files import query
 from mobvibe.sql.jobs import Job, NewJob
 from mobvibe.sql.records import (
@@ -47,6 +47,8 @@ from mobvibe.sql.records import (
     RunningJobRow,
     SqlFunction,
     SweepBatch,
+    UserRow,
+    UserWaiting,
     WaitingRetries,
 )
 from mobvibe.vocabulary import FINISHED, EndReason, JobStatus
@@ -78,6 +80,8 @@ __all__ = [
     "RunningJobRow",
     "SqlFunction",
     "SweepBatch",
+    "UserRow",
+    "UserWaiting",
     "WaitingRetries",
 ]
 
@@ -494,12 +498,44 @@ def list_jobs(
     *,
     status: JobStatus | None = None,
     session_id: uuid.UUID | None = None,
+    user_id: uuid.UUID | None = None,
     limit: int = 50,
 ) -> list[JobSummary]:
-    """The newest-submitted jobs, of one status and one session when given."""
+    """The newest-submitted jobs, of one status, one session and one user's sessions when
+    given."""
+    params = {"status": status, "session_id": session_id, "user_id": user_id, "limit": limit}
     with conn.cursor(row_factory=class_row(JobSummary)) as cur:
+        return cur.execute(query("list_jobs"), params).fetchall()
+
+
+def set_user_limit(conn: Conn, user_id: uuid.UUID, max_concurrency: int | None) -> int | None:
+    """An operator's limit for the user (None clears it); the limit in force after it.
+    NotFoundError when no session belongs to the user."""
+    try:
+        row = conn.execute(
+            query("set_user_limit"), {"user_id": user_id, "max_concurrency": max_concurrency}
+        ).fetchone()
+    except psycopg.errors.NoDataFound:
+        raise NotFoundError(
+            f"no session belongs to user {user_id}: a user is known by the sessions it owns "
+            "(sessions create --user)"
+        ) from None
+    assert row is not None
+    return None if row[0] is None else int(row[0])
+
+
+def users_waiting(conn: Conn, limit: int = 100) -> list[UserWaiting]:
+    """The users with jobs waiting for their limit, the most waiting first."""
+    with conn.cursor(row_factory=class_row(UserWaiting)) as cur:
+        return cur.execute(query("users_waiting"), {"limit": limit}).fetchall()
+
+
+def user_list(conn: Conn, *, waiting_only: bool = False, limit: int = 1000) -> list[UserRow]:
+    """The users the queue knows, those with the most jobs waiting for their limit first
+    (waiting_only: only those); the sessions with no user are one row, user_id None."""
+    with conn.cursor(row_factory=class_row(UserRow)) as cur:
         return cur.execute(
-            query("list_jobs"), {"status": status, "session_id": session_id, "limit": limit}
+            query("user_list"), {"waiting_only": waiting_only, "limit": limit}
         ).fetchall()
 
 

@@ -21,11 +21,13 @@ from tests.support.roles import LoginRoles
 from tests.support.sqlclock import migrated
 
 RESET = """
-TRUNCATE coding_jobs, coding_job_attempts, coding_job_events, coding_sessions, queue_reaper_runs;
+TRUNCATE coding_jobs, coding_job_attempts, coding_job_events, coding_sessions, queue_reaper_runs,
+    queue_users, queue_user_limits;
+INSERT INTO queue_users (user_key) VALUES ('00000000-0000-0000-0000-000000000000');
 UPDATE queue_config SET backoff_base = DEFAULT, backoff_cap = DEFAULT, backoff_jitter = DEFAULT,
     heartbeat_timeout = DEFAULT, retain_completed = DEFAULT, retain_failed = DEFAULT,
     max_events_per_attempt = DEFAULT, max_event_bytes_per_attempt = DEFAULT,
-    max_releases_per_job = DEFAULT;
+    max_releases_per_job = DEFAULT, user_max_concurrency = DEFAULT;
 UPDATE queue_counters SET events_dropped = 0, event_bytes_dropped = 0, releases_counted = 0;
 """
 

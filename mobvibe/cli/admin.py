@@ -35,6 +35,7 @@ from mobvibe.cli.options import (
 )
 from mobvibe.cli.sessions import sessions
 from mobvibe.cli.stats import stats
+from mobvibe.cli.users import USER_LIMIT_MAX, USER_LIMIT_MIN, users
 from mobvibe.cli.web import web
 from mobvibe.client import JobQueue
 from mobvibe.durations import Duration, format_duration
@@ -263,6 +264,25 @@ EVENT_BYTES_MIN, EVENT_BYTES_MAX = 64 * 1024, 1024**3
 RELEASES_MAX = 1000
 
 
+class UserLimit(click.ParamType):  # type: ignore[type-arg]  # generic in newer click
+    """A user's limit, 1 to 1000, or none (read as 0: no limit)."""
+
+    name = "N|none"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        if str(value).strip().lower() == "none":
+            return 0
+        try:
+            n = int(str(value))
+        except ValueError:
+            self.fail(f"{value!r} is not a number of jobs (1 to 1000) or none", param, ctx)
+        if not USER_LIMIT_MIN <= n <= USER_LIMIT_MAX:
+            self.fail(f"{n} is not in the range {USER_LIMIT_MIN} to {USER_LIMIT_MAX}", param, ctx)
+        return n
+
+
 def _finite_jitter(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
     if value is not None and not math.isfinite(value):  # FloatRange lets NaN through
         raise click.BadParameter(f"{value} is not in the range 0<=x<=1.", ctx, param)
@@ -327,6 +347,14 @@ def _finite_jitter(ctx: click.Context, param: click.Parameter, value: float | No
     help="Releases (attempts given back, not failed) a job may have; the next one counts "
     "as a failed attempt.",
 )
+@click.option(
+    "--user-max-concurrency",
+    type=UserLimit(),
+    default=None,
+    metavar="N|none",
+    help="Jobs of one user that may run at once, for users without a limit of their own "
+    "(`users limit`); none: no limit.",
+)
 @click.pass_context
 @friendly_errors
 def config(ctx: click.Context, /, **settings: Any) -> None:
@@ -360,6 +388,7 @@ def _config_json(current: QueueSettings) -> dict[str, float | None]:
         "max_events_per_attempt": current.max_events_per_attempt,
         "max_event_bytes_per_attempt": current.max_event_bytes_per_attempt,
         "max_releases_per_job": current.max_releases_per_job,
+        "user_max_concurrency": current.user_max_concurrency,  # None: no limit
     }
 
 
@@ -400,5 +429,5 @@ def psql(ctx: click.Context, psql_args: tuple[str, ...]) -> None:
 
 
 # The other commands live in modules of their own.
-for command in (stats, jobs, workers, sessions, cancel, dlq, doctor, web):
+for command in (stats, jobs, workers, sessions, users, cancel, dlq, doctor, web):
     main.add_command(command)

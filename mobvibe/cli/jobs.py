@@ -14,6 +14,7 @@ from mobvibe.cli import ids
 from mobvibe.cli.options import choice, connect, echo_json, friendly_errors, jsonable
 from mobvibe.cli.tables import fields, table
 from mobvibe.sql import store
+from mobvibe.sql.jobs import parse_uuid
 from mobvibe.sql.store import JobDetail
 from mobvibe.terminal import visible
 from mobvibe.vocabulary import JobStatus
@@ -36,19 +37,28 @@ def jobs() -> None:
     default=None,
     help="Only the jobs of this session (or its id's start).",
 )
+@click.option(
+    "--user", "user_id", default=None, help="Only the jobs of the sessions this user owns (uuid)."
+)
 @click.option("--limit", type=click.IntRange(1, 100_000), default=50, help="Jobs shown.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.pass_context
 @friendly_errors
 def list_(
-    ctx: click.Context, status: str | None, session_id: str | None, limit: int, as_json: bool
+    ctx: click.Context,
+    status: str | None,
+    session_id: str | None,
+    user_id: str | None,
+    limit: int,
+    as_json: bool,
 ) -> None:
     """List jobs, the newest submitted first."""
     given = ids.session_id(session_id)  # checked before connecting
+    owner = None if user_id is None else parse_uuid(user_id, "user id")
     with connect(ctx.obj) as conn:
         session = None if given is None else ids.resolve(conn, given)
         wanted = None if status is None else JobStatus(status)
-        found = store.list_jobs(conn, status=wanted, session_id=session, limit=limit)
+        found = store.list_jobs(conn, status=wanted, session_id=session, user_id=owner, limit=limit)
     if as_json:
         for job in found:
             echo_json(job.as_dict())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,12 +11,13 @@ import psycopg
 from mobvibe import clock
 from mobvibe.columns import Holder, holders
 from mobvibe.sql import store
-from mobvibe.sql.store import JobSummary, MinuteCount, QueueStats
+from mobvibe.sql.store import JobSummary, MinuteCount, QueueStats, UserWaiting
 from mobvibe.vocabulary import JobStatus
 
 MINUTES = 15  # the throughput window
 RECENT = 10  # dead letters and cancellations on the front page
 RUNNING_SHOWN = 200
+USERS_SHOWN = 50  # users with jobs waiting for their limit
 # The ways a job ends that a MinuteCount counts: its fields after the minute.
 ENDINGS = tuple(field.name for field in fields(MinuteCount))[1:]
 
@@ -33,6 +34,7 @@ class Overview:
     dead_letters: list[JobSummary]
     cancellations: list[JobSummary]
     last_sweep: datetime | None
+    users_waiting: list[UserWaiting] = field(default_factory=list)
 
     def ended(self, field: str) -> int:
         """Jobs completed, dead_lettered or cancelled over the whole window."""
@@ -60,6 +62,7 @@ def read_overview(conn: psycopg.Connection[Any]) -> Overview:
         dead_letters=store.recently_ended(conn, JobStatus.FAILED, RECENT),
         cancellations=store.recently_ended(conn, JobStatus.CANCELLED, RECENT),
         last_sweep=None if sweep is None else datetime.fromtimestamp(sweep, UTC),
+        users_waiting=store.users_waiting(conn, USERS_SHOWN),
     )
 
 
@@ -77,4 +80,5 @@ def overview_json(overview: Overview) -> dict[str, Any]:
         "running_count": len(overview.running),
         "heartbeat_timeout_seconds": overview.heartbeat_timeout,
         "last_reaper_sweep": overview.last_sweep,
+        "users_waiting": [user.as_dict() for user in overview.users_waiting],
     }

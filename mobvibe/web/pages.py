@@ -21,7 +21,7 @@ from markupsafe import Markup
 
 from mobvibe import clock, columns
 from mobvibe.columns import NONE, Column, Holder, age
-from mobvibe.sql.store import AttemptRow, Event, JobDetail, JobSummary
+from mobvibe.sql.store import AttemptRow, Event, JobDetail, JobSummary, UserWaiting
 from mobvibe.vocabulary import JobStatus
 from mobvibe.web.chart import chart
 from mobvibe.web.data import Overview
@@ -50,6 +50,7 @@ class Table(Generic[R]):
 JOBS = Table[JobSummary](columns.JOBS, lambda j: {"data-job": j.id, "data-status": j.status})
 ENDED = Table[JobSummary](columns.ENDED, lambda j: {"data-job": j.id})
 RUNNING = Table[Holder](columns.RUNNING, lambda h: {"data-job": h.job.job_id})
+USERS_WAITING = Table[UserWaiting](columns.USERS_WAITING, lambda u: {"data-user": u.user_id})
 ATTEMPTS = Table[AttemptRow](columns.ATTEMPTS, lambda a: {"data-attempt": a.attempt})
 EVENTS = Table[Event](columns.EVENTS, lambda e: {"data-event": e.id})
 
@@ -78,6 +79,7 @@ def _environment() -> Environment:
         JOBS=JOBS,
         ENDED=ENDED,
         RUNNING=RUNNING,
+        USERS_WAITING=USERS_WAITING,
         ATTEMPTS=ATTEMPTS,
         EVENTS=EVENTS,
     )

@@ -1,7 +1,8 @@
 -- cancel_job on every unfinished job of the session; how many changed. The
 -- pending ones at once (none is left to promote), then the processing ones in
 -- id order (the order of a pod's queue_renew_leases: no crossed waits). The
--- session's row is locked first (the lock order: queue_finish.sql).
+-- session's row is locked first, then its user's (the lock order:
+-- queue_finish.sql).
 CREATE OR REPLACE FUNCTION public.queue_cancel_session(session_id_param uuid)
 RETURNS integer
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -9,11 +10,15 @@ DECLARE
     ts timestamptz := public.queue_now();
     cancelled integer;
     asked integer;
+    owner uuid;
+    usr record;
 BEGIN
-    PERFORM 1 FROM public.coding_sessions s WHERE s.id = session_id_param FOR NO KEY UPDATE;
+    SELECT coalesce(s.user_id, '00000000-0000-0000-0000-000000000000'::uuid) INTO owner
+    FROM public.coding_sessions s WHERE s.id = session_id_param FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         RETURN 0;
     END IF;
+    SELECT * INTO usr FROM public.queue_user_lock(owner);
     WITH done AS (
         UPDATE public.coding_jobs j
         SET status = 'cancelled', waiting_for = NULL, completed_at = ts, updated_at = ts,
@@ -36,6 +41,9 @@ BEGIN
                'job_id', m.id, 'session_id', session_id_param)::text))
     INTO asked
     FROM marked m;
+    IF cancelled > 0 AND usr.max_concurrency IS NOT NULL THEN
+        PERFORM public.queue_user_settle(owner, ts);
+    END IF;
     RETURN cancelled + asked;
 END
 $$;

@@ -1,13 +1,18 @@
 -- THE LOCK ORDER (no deadlock cycle). Each of these locks the job's SESSION ROW
 -- first (FOR NO KEY UPDATE: inserts and ends of one session serialize, so that
--- a promotion never misses a job being inserted), then rows of that session's
--- jobs only: the placing trigger (queue_place_new_job), every end of an attempt
+-- a promotion never misses a job being inserted), then its USER'S ROW in
+-- queue_users (queue_user_lock: none for sessions with no user), then rows of
+-- that session's jobs, and of that user's jobs: the placing trigger
+-- (queue_place_new_job), every end of an attempt
 -- (complete, fail, release, cancel, the reaper, a dead worker's rescue: all
 -- through this function), the operator's token-less complete/fail, cancel_job,
 -- queue_cancel_session, queue_retry_job, queue_requeue_failed, and an UPDATE of
--- max_concurrency. None of them holds a job row while it waits for a session.
+-- max_concurrency. None of them holds a job row while it waits for a session
+-- or a user. An operator's change of a user's limit locks the user's row FOR
+-- UPDATE, then the user's jobs (queue_user_replace): it waits for no session.
 -- Job rows are otherwise locked only by:
---   the claim (pending rows, SKIP LOCKED), which waits for nothing;
+--   the claim (pending rows and users' rows, SKIP LOCKED), which waits for
+--   nothing;
 --   heartbeats and renewals (processing rows): a pod's renewal takes them SKIP
 --   LOCKED, and a cancel of a whole session locks several in id order;
 --   prune and purge (finished rows, SKIP LOCKED).
@@ -59,10 +64,13 @@ DECLARE
     counted boolean;
     new_run_at timestamptz;
     placed text;
+    usr record;
+    locked_user boolean := false;
 BEGIN
     LOOP
         SELECT j.session_id, j.status, j.lease_token, j.attempt, j.retry_count, j.max_retries,
-               j.cancel_requested_at, j.seq, j.run_at, j.heartbeat_at, j.priority, j.release_count
+               j.cancel_requested_at, j.seq, j.run_at, j.heartbeat_at, j.priority, j.release_count,
+               j.user_key
         INTO cur FROM public.coding_jobs j WHERE j.id = job_id_param;
         IF NOT FOUND THEN
             RETURN NULL;
@@ -84,6 +92,11 @@ BEGIN
             IF NOT FOUND THEN
                 RETURN NULL;
             END IF;
+        END IF;
+        IF NOT locked_user THEN
+            -- The user next: its running count and its waiting jobs.
+            SELECT * INTO usr FROM public.queue_user_lock(cur.user_key);
+            locked_user := true;
         END IF;
 
         kind := kind_param;
@@ -108,6 +121,10 @@ BEGIN
                            ELSE ts + public.queue_backoff((cur.retry_count + 1)::integer) END;
         placed := CASE WHEN new_status = 'pending' THEN
                       public.queue_placement(cur.session_id, cur.seq, new_run_at, mc, ts) END;
+        IF new_status = 'pending' AND placed IS NULL
+           AND usr.running - (cur.status = 'processing')::integer >= usr.max_concurrency THEN
+            placed := 'user';
+        END IF;
 
         -- The row was read before the session's lock was ours: the guard sees
         -- any change since (an end, a cancel, a claim of a pending job, a
@@ -159,11 +176,23 @@ BEGIN
         UPDATE public.queue_counters SET releases_counted = releases_counted + 1;
     END IF;
 
+    IF cur.status = 'processing' AND usr.max_concurrency IS NOT NULL THEN
+        UPDATE public.queue_users u SET running = greatest(u.running - 1, 0)
+        WHERE u.user_key = cur.user_key;
+    END IF;
     IF new_status <> 'pending' THEN
         PERFORM public.queue_promote(cur.session_id, mc, ts);
-    ELSIF kind = 'release' AND placed IS NULL THEN
-        PERFORM pg_notify('new_job', json_build_object(
-            'job_id', job_id_param, 'session_id', cur.session_id, 'priority', cur.priority)::text);
+    ELSIF placed IS NULL THEN
+        PERFORM public.queue_user_mark_ready(cur.user_key, cur.seq);
+        IF kind = 'release' THEN
+            PERFORM pg_notify('new_job', json_build_object(
+                'job_id', job_id_param, 'session_id', cur.session_id,
+                'priority', cur.priority)::text);
+        END IF;
+    END IF;
+    IF usr.max_concurrency IS NOT NULL THEN
+        -- A place of the user's may have come free: its next job may start.
+        PERFORM public.queue_user_settle(cur.user_key, ts);
     END IF;
     RETURN new_status;
 END

@@ -2,12 +2,16 @@
 -- INSERT gave waiting_for is overwritten. The session's row is locked first
 -- (the lock order: queue_finish.sql), unless this transaction created or updated it: a row
 -- whose xmin is ours is invisible to others or already locked by us. SECURITY
--- DEFINER: a producer may not lock sessions itself. (The order rule:
--- queue_placement.sql.)
+-- DEFINER: a producer may not lock sessions itself. The job takes its
+-- session's user (user_key); when it may start by its session's rule, the
+-- user's row is locked next (queue_user_lock) and a user at its limit makes it
+-- wait for the user. (The order rule: queue_placement.sql.)
 CREATE OR REPLACE FUNCTION public.queue_place_new_job() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     mc integer;
+    owner uuid;
+    usr record;
     ours boolean;
     ahead bigint;
     overtaken boolean;
@@ -17,14 +21,15 @@ BEGIN
         RETURN NEW;  -- refused by queue_accept_new_jobs, with the reason
     END IF;
     -- One statement in the usual case, a session of an earlier transaction.
-    SELECT s.max_concurrency INTO mc
+    SELECT s.max_concurrency, s.user_id INTO mc, owner
     FROM public.coding_sessions s
     WHERE s.id = NEW.session_id
       AND s.xmin IS DISTINCT FROM pg_current_xact_id_if_assigned()::xid
     FOR NO KEY UPDATE;
     ours := NOT FOUND;
     IF ours THEN
-        SELECT s.max_concurrency INTO mc FROM public.coding_sessions s WHERE s.id = NEW.session_id;
+        SELECT s.max_concurrency, s.user_id INTO mc, owner
+        FROM public.coding_sessions s WHERE s.id = NEW.session_id;
         IF NOT FOUND THEN
             RETURN NEW;  -- no such session: the foreign key refuses the row
         END IF;
@@ -42,8 +47,17 @@ BEGIN
     IF overtaken THEN
         NEW.seq := nextval(pg_get_serial_sequence('public.coding_jobs', 'seq')::regclass);
     END IF;
+    NEW.user_key := coalesce(owner, '00000000-0000-0000-0000-000000000000'::uuid);
     NEW.waiting_for := CASE WHEN ahead >= mc THEN 'session'
                             WHEN NEW.run_at > public.queue_now() THEN 'run_at' END;
+    IF NEW.waiting_for IS NULL THEN
+        SELECT * INTO usr FROM public.queue_user_lock(NEW.user_key);
+        IF usr.running >= usr.max_concurrency THEN
+            NEW.waiting_for := 'user';
+        ELSE
+            PERFORM public.queue_user_mark_ready(NEW.user_key, NEW.seq);
+        END IF;
+    END IF;
     RETURN NEW;
 END
 $$;

@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.support.plans import buffers
 from tests.support.rows import (
     claim,
     count,
@@ -165,13 +166,16 @@ def claim_all(conn: Any, worker: str) -> list[uuid.UUID]:
 
 
 def _inner_select_of_claim(conn: Any) -> str:
-    """The claim's SELECT ... FOR UPDATE SKIP LOCKED of a ready job inside claim_next_job,
-    as the database has it (its clock variable made the clock function)."""
+    """The claim's SELECT ... FOR UPDATE SKIP LOCKED of the first ready job by priority and
+    seq inside claim_next_job, as the database has it (its clock variable made the clock
+    function, no user passed over)."""
     source = scalar(conn, "SELECT prosrc FROM pg_proc WHERE proname = 'claim_next_job'")
-    selects = re.findall(r"\(\s*(SELECT\b.*?SKIP LOCKED)\s*\)", source, re.DOTALL | re.IGNORECASE)
-    ready = [s for s in selects if "waiting_for IS NULL" in s]
+    selects = re.findall(r"(SELECT\b[^;]*?SKIP LOCKED)", source, re.DOTALL | re.IGNORECASE)
+    ready = [s for s in selects if "ORDER BY c.priority DESC, c.seq" in s]
     assert len(ready) == 1, source
-    return re.sub(r"\bts\b", "public.queue_now()", ready[0])
+    inner = re.sub(r"\bINTO first\b", "", ready[0])
+    inner = re.sub(r"\bts\b", "public.queue_now()", inner)
+    return re.sub(r"\bpassed\b", "'{}'::uuid[]", inner)
 
 
 def _plan_nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
@@ -206,24 +210,6 @@ def test_claim_walks_the_partial_index_without_a_sort(
     assert any(node.get("Index Name") == "coding_jobs_ready_idx" for node in nodes), kinds
 
 
-def _buffers(conn: Any, statement: str, *, generic: bool = False) -> int:
-    """Shared buffers that `statement` touched, the statements of the functions it calls
-    included, once warm (catalogs read, plans cached). `generic`: under generic plans,
-    which a function's statements may settle on after a few calls and which cannot know
-    the values of their variables."""
-    conn.execute(f"SET plan_cache_mode = {'force_generic_plan' if generic else 'auto'}")
-    try:
-        for _ in range(6):  # past the five custom plans of a cached plan's first calls
-            with conn.transaction(force_rollback=True):
-                conn.execute(statement)
-        with conn.transaction(force_rollback=True):
-            explained = scalar(conn, f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {statement}")
-    finally:
-        conn.execute("RESET plan_cache_mode")
-    plan = (json.loads(explained) if isinstance(explained, str) else explained)[0]["Plan"]
-    return int(plan["Shared Hit Blocks"]) + int(plan["Shared Read Blocks"])
-
-
 def _back_off(conn: Any, session_id: Any, count: int) -> None:
     """`count` pending jobs of the session, each failed once and waiting a day for its
     retry."""
@@ -242,9 +228,9 @@ def test_jobs_backed_off_add_nothing_to_the_cost_of_a_claim(conn: Any, session_i
     twenty thousand jobs backing off cost a claim what none do."""
     set_clock(conn, T0)
     insert_job(conn, new_session(conn))
-    alone = _buffers(conn, "SELECT * FROM claim_next_job('w')", generic=True)
+    alone = buffers(conn, "SELECT * FROM claim_next_job('w')", generic=True)
     _back_off(conn, session_id, 20_000)
-    busy = _buffers(conn, "SELECT * FROM claim_next_job('w')", generic=True)
+    busy = buffers(conn, "SELECT * FROM claim_next_job('w')", generic=True)
     assert busy <= alone + 10, (alone, busy)
 
 
@@ -253,14 +239,14 @@ def test_a_sweep_reads_the_retries_waiting_from_their_index(conn: Any, session_i
     not read every pending job (here twenty thousand that may start)."""
     set_clock(conn, T0)
     _back_off(conn, session_id, 3)
-    idle = _buffers(conn, "SELECT * FROM queue_sweep('test')")
+    idle = buffers(conn, "SELECT * FROM queue_sweep('test')")
     conn.execute(
         "WITH s AS (INSERT INTO coding_sessions (id) SELECT gen_random_uuid() "
         "           FROM generate_series(1, 20000) RETURNING id) "
         "INSERT INTO coding_jobs (session_id, prompt) SELECT s.id, 'todo' FROM s"
     )
     conn.execute("ANALYZE coding_jobs")
-    busy = _buffers(conn, "SELECT * FROM queue_sweep('test')")
+    busy = buffers(conn, "SELECT * FROM queue_sweep('test')")
     assert busy <= idle + 50, (idle, busy)
     row = conn.execute("SELECT waiting_retries FROM queue_sweep('test') WHERE job_id IS NULL")
     assert row.fetchone()[0] == 3

@@ -42,6 +42,8 @@ class Scene:
     new_completed: uuid.UUID  # completed an hour ago
     old_failed: uuid.UUID  # dead-lettered 40 days ago (retention: 30 days)
     new_failed: uuid.UUID  # dead-lettered an hour ago
+    user: uuid.UUID  # a phone user, who owns user_session (no jobs)
+    user_session: uuid.UUID
 
 
 SCENE = """
@@ -85,7 +87,9 @@ SELECT (SELECT coalesce(json_agg(j ORDER BY j.id), '[]') FROM coding_jobs j)::te
        (SELECT coalesce(json_agg(r ORDER BY r.reaper), '[]') FROM queue_reaper_runs r)::text,
        (SELECT coalesce(json_agg(a ORDER BY a.job_id, a.attempt), '[]')
         FROM coding_job_attempts a)::text,
-       (SELECT coalesce(json_agg(e ORDER BY e.id), '[]') FROM coding_job_events e)::text
+       (SELECT coalesce(json_agg(e ORDER BY e.id), '[]') FROM coding_job_events e)::text,
+       (SELECT coalesce(json_agg(l ORDER BY l.user_id), '[]') FROM queue_user_limits l)::text,
+       (SELECT coalesce(json_agg(u ORDER BY u.user_key), '[]') FROM queue_users u)::text
 """
 
 
@@ -461,6 +465,37 @@ def cancelled_count(c: Ctx) -> bool:
     return c.one("SELECT cancelled_count FROM get_queue_stats()") == 0
 
 
+# -- users' limits (0012) --------------------------------------------------------------------
+
+
+def set_user_limit(c: Ctx) -> bool:
+    got = c.one("SELECT queue_set_user_limit(%s, 2)", c.scene.user)
+    row = c.owner.execute("SELECT max_concurrency FROM queue_user_limits").fetchone()
+    return got == 2 and row == (2,)
+
+
+def update_user_default(c: Ctx) -> bool:
+    cur = c.conn.execute("UPDATE queue_config SET user_max_concurrency = 4")
+    return cur.rowcount == 1
+
+
+def list_users(c: Ctx) -> bool:
+    return bool(c.conn.execute("SELECT * FROM queue_user_list()").fetchall())
+
+
+def select_user_tables(c: Ctx) -> bool:
+    c.conn.execute("SELECT * FROM queue_users").fetchall()
+    c.conn.execute("SELECT * FROM queue_user_limits").fetchall()
+    return True
+
+
+def insert_user_limit(c: Ctx) -> bool:
+    c.conn.execute(
+        "INSERT INTO queue_user_limits (user_id, max_concurrency) VALUES (%s, 5)", [c.scene.user]
+    )
+    return True
+
+
 PRODUCER, WORKER, MONITOR, OPERATOR = ROLES
 NOBODY: frozenset[str] = frozenset()
 EVERYONE = frozenset(ROLES)
@@ -522,6 +557,11 @@ MATRIX: dict[Action, frozenset[str]] = {
     select_attempts: frozenset({PRODUCER, WORKER, OPERATOR}),
     select_events: frozenset({PRODUCER, WORKER, OPERATOR}),
     cancelled_count: frozenset({WORKER, MONITOR, OPERATOR}),
+    set_user_limit: frozenset({OPERATOR}),
+    update_user_default: frozenset({OPERATOR}),
+    list_users: frozenset({MONITOR, OPERATOR}),
+    select_user_tables: NOBODY,
+    insert_user_limit: NOBODY,
 }
 
 
@@ -564,15 +604,20 @@ def scene(owner: psycopg.Connection[Any]) -> Scene:
 def make_scene(owner: psycopg.Connection[Any]) -> Scene:
     owner.execute(
         "TRUNCATE coding_jobs, coding_job_attempts, coding_job_events, coding_sessions, "
-        "queue_reaper_runs"
+        "queue_reaper_runs, queue_user_limits"
     )
     owner.execute(
         "UPDATE queue_config SET backoff_base = DEFAULT, backoff_cap = DEFAULT, "
         "backoff_jitter = DEFAULT, heartbeat_timeout = DEFAULT, retain_completed = DEFAULT, "
-        "retain_failed = DEFAULT, test_clock = false"
+        "retain_failed = DEFAULT, test_clock = false, user_max_concurrency = DEFAULT"
     )
     ids = {name: uuid.uuid4() for name in Scene.__dataclass_fields__}
     owner.execute("INSERT INTO coding_sessions (id) VALUES (%s)", [ids["session"]])
+    owner.execute(
+        "INSERT INTO coding_sessions (id, user_id) VALUES (%s, %s)",
+        [ids["user_session"], ids["user"]],
+    )
+    owner.execute("UPDATE queue_users SET ready = false, turn = 0, last_started_at = NULL")
     with triggers_off(owner):
         owner.execute(SCENE, ids)
         for statement in SCENE_ATTEMPT:

@@ -41,6 +41,13 @@ DEFINER_FUNCTIONS = PLAN_FUNCTIONS | {
     "queue_replace_session_jobs",
     # a sweep in one statement (0007)
     "queue_sweep",
+    # users' limits (0012): an operator's limit, a monitor's list, and the trigger
+    # that places every user's jobs again when the default limit changes
+    "queue_set_user_limit",
+    "queue_user_list",
+    "queue_replace_all_users",
+    # a session's owner, kept while it has unfinished jobs
+    "queue_keep_session_owner",
 }
 
 

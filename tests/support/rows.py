@@ -15,13 +15,22 @@ from psycopg.rows import dict_row
 WORKER = "worker-a"  # the worker id of a test's claims, unless it names one
 
 
-def new_session(conn: psycopg.Connection[Any], max_concurrency: int = 1) -> uuid.UUID:
-    """A session as the producer makes one; up to `max_concurrency` of its prompts at once."""
+def new_session(
+    conn: psycopg.Connection[Any], max_concurrency: int = 1, user_id: uuid.UUID | None = None
+) -> uuid.UUID:
+    """A session as the producer makes one; up to `max_concurrency` of its prompts at once;
+    owned by `user_id` (None: the backend's own)."""
     session = uuid.uuid4()
-    conn.execute(
-        "INSERT INTO coding_sessions (id, max_concurrency) VALUES (%s, %s)",
-        [session, max_concurrency],
-    )
+    if user_id is None:  # a schema older than coding_sessions.user_id too
+        conn.execute(
+            "INSERT INTO coding_sessions (id, max_concurrency) VALUES (%s, %s)",
+            [session, max_concurrency],
+        )
+    else:
+        conn.execute(
+            "INSERT INTO coding_sessions (id, max_concurrency, user_id) VALUES (%s, %s, %s)",
+            [session, max_concurrency, user_id],
+        )
     return session
 
 

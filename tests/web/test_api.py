@@ -10,6 +10,8 @@ from typing import Any
 
 import psycopg
 
+from mobvibe.client import JobQueue
+from mobvibe.sql import store
 from tests.support.http import get
 from tests.web.conftest import EveryState, db_counts
 
@@ -112,3 +114,20 @@ def test_every_page_and_scrape_shares_the_http_childs_one_connection(
         thread.join(30)
     assert codes == [200] * len(paths)
     assert connections(conn, "mobvibe-metrics") == 1
+
+
+def test_the_users_waiting_for_their_limit_are_on_the_api_and_the_front_page(
+    queue: JobQueue, conn: psycopg.Connection[Any], web: tuple[Any, int]
+) -> None:
+    _, port = web
+    user = uuid.uuid4()
+    for n in range(3):
+        queue.enqueue(f"prompt {n}", session_id=queue.create_session(user_id=user))
+    queue.enqueue("the backend's")
+    conn.execute("SELECT queue_set_user_limit(%s, 1)", [user])
+    assert store.claim(conn, "host:0:1:abc") is not None  # the user's first
+    code, _, body = get(port, "/api/stats")
+    assert code == 200, body
+    assert json.loads(body)["users_waiting"] == [{"user_id": str(user), "waiting": 2, "running": 1}]
+    code, _, page = get(port, "/")
+    assert code == 200 and b'id="users-waiting"' in page and str(user).encode() in page
