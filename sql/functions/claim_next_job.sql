@@ -10,14 +10,15 @@
 -- priority and seq (coding_jobs_ready_idx) names the priority and a user U0;
 -- only the users before U0 in turn order that may have ready jobs
 -- (queue_users_turn_idx, ready) are read, each by one probe of
--- coding_jobs_user_ready_idx at that priority; the first that has one gives
--- its first job by seq, else U0 does. A user named ready with nothing ready is
--- cleared on the way. A user with a limit is locked (SKIP LOCKED: busy, it is
--- passed over) and counted; the claim that reaches its limit takes the user's
--- other ready jobs out of the index (waiting_for 'user'). Every other user's
--- row is only share-locked against a change of its limit, and its turn is
--- written SKIP LOCKED: concurrent claims of one user (every job of sessions
--- with no user is one user's) never queue behind each other's commits.
+-- coding_jobs_user_idx at that priority; the first that has one gives its
+-- first job by seq, else U0's job is the one. A user named ready with nothing
+-- ready is cleared on the way. A user with a limit is locked (SKIP LOCKED:
+-- busy, it is passed over) and counted; the claim that reaches its limit takes
+-- the user's other ready jobs out of the index (waiting_for 'user'). Another
+-- user's row is only locked against a change of its limit, and the turn is
+-- written only when it moves (queue_user_started); sessions with no user (one
+-- user, never limited) are not locked at all: concurrent claims of one user
+-- never queue behind each other's commits.
 --
 -- The probe for heads that came due reads the earliest run_at of
 -- coding_jobs_run_at_idx, then compares it: one index entry, whatever the plan.
@@ -28,7 +29,8 @@
 -- PL/pgSQL rather than SQL, as every hot function (the claim, the ends of an
 -- attempt, the heartbeat): a SQL function's body is parsed and planned again at
 -- every call (before PostgreSQL 18), a PL/pgSQL one's plans are cached per
--- session; that was three quarters of the server's CPU per job.
+-- session; that was three quarters of the server's CPU per job. One function
+-- for the usual path: each call of another costs as much as a statement.
 CREATE OR REPLACE FUNCTION public.claim_next_job(worker_id_param text DEFAULT NULL)
 RETURNS TABLE (job_id uuid, session_id uuid, prompt text, lease_token uuid,
                attempt integer, retry_count integer, max_retries integer, priority smallint)
@@ -37,7 +39,15 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 DECLARE
     ts timestamptz := public.queue_now();
     passed uuid[] := '{}';
-    pick record;
+    first record;
+    head record;
+    v record;
+    pick uuid;
+    chosen uuid;
+    chosen_turn bigint;
+    lim_max integer;
+    lim_running integer;
+    turn_ours boolean;
 BEGIN
     IF (SELECT c.run_at FROM public.coding_jobs c
         WHERE c.status = 'pending' AND c.waiting_for = 'run_at'
@@ -45,34 +55,91 @@ BEGIN
         LIMIT 1) <= ts THEN
         PERFORM public.queue_promote_due(ts);
     END IF;
-    -- A few rounds at most: each passes over a user (busy, at its limit, or
-    -- its jobs taken by other claims meanwhile).
+    -- A few rounds at most: each passes over a user (busy, or at its limit).
     FOR round IN 1..8 LOOP
-        SELECT * INTO pick FROM public.queue_pick(ts, passed);
-        IF pick.job IS NULL THEN
+        SELECT c.id, c.user_key, c.priority, c.seq INTO first FROM public.coding_jobs c
+        WHERE c.status = 'pending' AND c.waiting_for IS NULL AND c.run_at <= ts
+          AND c.user_key <> ALL (passed)
+        ORDER BY c.priority DESC, c.seq
+        LIMIT 1
+        FOR UPDATE SKIP LOCKED;
+        IF NOT FOUND THEN
             RETURN;
         END IF;
-        IF pick.user_ok THEN
-            RETURN QUERY
-            WITH claimed AS (
-                UPDATE public.coding_jobs j
-                SET status = 'processing', started_at = ts, updated_at = ts, heartbeat_at = ts,
-                    worker_id = worker_id_param, lease_token = gen_random_uuid(),
-                    attempt = j.attempt + 1, end_reason = NULL
-                WHERE j.id = pick.job
-                RETURNING j.id, j.session_id, j.prompt, j.lease_token, j.attempt,
-                          j.retry_count, j.max_retries, j.priority),
-            recorded AS (
-                INSERT INTO public.coding_job_attempts (job_id, attempt, worker_id, started_at)
-                SELECT c.id, c.attempt, worker_id_param, ts FROM claimed c)
-            -- The casts: a table made from the plan's schema has integer priorities.
-            SELECT c.id, c.session_id, c.prompt, c.lease_token, c.attempt::integer,
-                   c.retry_count::integer, c.max_retries::integer, c.priority::smallint
-            FROM claimed c;
-            PERFORM public.queue_user_started(pick.user_key, pick.turn_ours, ts);
-            RETURN;
+        pick := first.id;
+        chosen := first.user_key;
+        SELECT u.turn, u.ready INTO head FROM public.queue_users u
+        WHERE u.user_key = first.user_key;
+        chosen_turn := head.turn;
+        -- The users before U0 in turn order that may have a ready job.
+        FOR v IN SELECT u.user_key, u.turn FROM public.queue_users u
+                 WHERE u.ready AND u.turn < head.turn ORDER BY u.turn LOOP
+            CONTINUE WHEN v.user_key = ANY (passed);
+            SELECT c.id INTO pick FROM public.coding_jobs c
+            WHERE c.user_key = v.user_key AND c.status = 'pending' AND c.waiting_for IS NULL
+              AND c.priority = first.priority AND c.run_at <= ts
+            ORDER BY c.seq
+            LIMIT 1
+            FOR UPDATE SKIP LOCKED;
+            IF FOUND THEN
+                chosen := v.user_key;
+                chosen_turn := v.turn;
+                EXIT;
+            END IF;
+            pick := first.id;
+            PERFORM public.queue_user_unready(v.user_key);
+        END LOOP;
+        IF NOT head.ready AND chosen = first.user_key THEN
+            -- Left out of the walk by a race of two transactions: back in it.
+            PERFORM public.queue_user_mark_ready(chosen, first.seq);
         END IF;
-        passed := passed || pick.user_key;
+        turn_ours := false;
+        lim_max := NULL;
+        lim_running := NULL;
+        IF chosen <> '00000000-0000-0000-0000-000000000000'::uuid THEN
+            -- A user's row: locked to write its turn and count; busy, share-locked
+            -- against a change of its limit (without a limit); else passed over.
+            SELECT u.max_concurrency, u.running INTO lim_max, lim_running
+            FROM public.queue_users u
+            WHERE u.user_key = chosen FOR NO KEY UPDATE SKIP LOCKED;
+            turn_ours := FOUND;
+            IF NOT turn_ours THEN
+                SELECT u.max_concurrency, u.running INTO lim_max, lim_running
+                FROM public.queue_users u
+                WHERE u.user_key = chosen FOR KEY SHARE SKIP LOCKED;
+                IF NOT FOUND OR lim_max IS NOT NULL THEN
+                    passed := passed || chosen;
+                    CONTINUE;
+                END IF;
+            ELSIF lim_running >= lim_max THEN
+                -- At its limit (a retry came due, or a job was placed as another
+                -- started): none of its jobs stays in the claim's index.
+                PERFORM public.queue_user_settle(chosen, ts);
+                passed := passed || chosen;
+                CONTINUE;
+            END IF;
+        END IF;
+        RETURN QUERY
+        WITH claimed AS (
+            UPDATE public.coding_jobs j
+            SET status = 'processing', started_at = ts, updated_at = ts, heartbeat_at = ts,
+                worker_id = worker_id_param, lease_token = gen_random_uuid(),
+                attempt = j.attempt + 1, end_reason = NULL
+            WHERE j.id = pick
+            RETURNING j.id, j.session_id, j.prompt, j.lease_token, j.attempt,
+                      j.retry_count, j.max_retries, j.priority),
+        recorded AS (
+            INSERT INTO public.coding_job_attempts (job_id, attempt, worker_id, started_at)
+            SELECT c.id, c.attempt, worker_id_param, ts FROM claimed c)
+        -- The casts: a table made from the plan's schema has integer priorities.
+        SELECT c.id, c.session_id, c.prompt, c.lease_token, c.attempt::integer,
+               c.retry_count::integer, c.max_retries::integer, c.priority::smallint
+        FROM claimed c;
+        IF chosen_turn IS DISTINCT FROM (SELECT s.last_value FROM public.queue_turn_seq s)
+           OR lim_max IS NOT NULL THEN
+            PERFORM public.queue_user_started(chosen, turn_ours, ts);
+        END IF;
+        RETURN;
     END LOOP;
 END
 $$;

@@ -1,24 +1,50 @@
 -- After the claim started a job of the user: the user's turn moves to the back
--- (when the claim holds the user's row: turn_ours), its running count grows
--- when it has a limit; at the limit its other ready jobs leave the claim's
--- index, and a user with nothing ready leaves the claim's walk. (The order
--- rule: queue_placement.sql.)
+-- (the next number of queue_turn_seq), written only when it moves: while the
+-- user's turn is the last number drawn, no user started since, and the user is
+-- at the back already (so the backend's sessions, one user, cost no write while
+-- they alone start jobs). The row is written when the claim holds it
+-- (turn_ours), and for sessions with no user when no other claim holds it
+-- (SKIP LOCKED: one at the same instant is as good). With a limit, the running
+-- count grows, and at the limit the user's other ready jobs leave the claim's
+-- index; a user with nothing ready leaves the claim's walk. (The order rule:
+-- queue_placement.sql.)
 CREATE OR REPLACE FUNCTION public.queue_user_started(user_key_param uuid, turn_ours boolean,
                                                      now_param timestamptz)
 RETURNS void
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    lim record;
+    usr record;
+    last bigint := (SELECT s.last_value FROM public.queue_turn_seq s);
+    moves boolean;
 BEGIN
     IF NOT turn_ours THEN
-        RETURN;
+        IF user_key_param <> '00000000-0000-0000-0000-000000000000'::uuid THEN
+            RETURN;
+        END IF;
+        SELECT u.turn, u.max_concurrency, u.running INTO usr FROM public.queue_users u
+        WHERE u.user_key = user_key_param;
+        IF usr.turn = last THEN
+            RETURN;  -- at the back already: no write
+        END IF;
+        PERFORM 1 FROM public.queue_users u
+        WHERE u.user_key = user_key_param FOR NO KEY UPDATE SKIP LOCKED;
+        IF NOT FOUND THEN
+            RETURN;
+        END IF;
     END IF;
-    UPDATE public.queue_users u
-    SET turn = nextval('public.queue_turn_seq'::regclass), last_started_at = now_param,
-        running = u.running + 1
-    WHERE u.user_key = user_key_param
-    RETURNING u.max_concurrency, u.running INTO lim;
-    IF lim.running >= lim.max_concurrency THEN
+    SELECT u.turn, u.max_concurrency, u.running INTO usr FROM public.queue_users u
+    WHERE u.user_key = user_key_param;
+    moves := usr.turn IS DISTINCT FROM last;
+    IF moves OR usr.max_concurrency IS NOT NULL THEN
+        UPDATE public.queue_users u
+        SET turn = CASE WHEN moves THEN nextval('public.queue_turn_seq'::regclass)
+                        ELSE u.turn END,
+            last_started_at = CASE WHEN moves THEN now_param ELSE u.last_started_at END,
+            running = u.running + 1
+        WHERE u.user_key = user_key_param
+        RETURNING u.max_concurrency, u.running INTO usr;
+    END IF;
+    IF usr.running >= usr.max_concurrency THEN
         PERFORM public.queue_user_settle(user_key_param, now_param);
     ELSIF NOT EXISTS (SELECT 1 FROM public.coding_jobs c
                       WHERE c.user_key = user_key_param AND c.status = 'pending'

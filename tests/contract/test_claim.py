@@ -166,15 +166,15 @@ def claim_all(conn: Any, worker: str) -> list[uuid.UUID]:
 
 
 def _inner_select_of_claim(conn: Any) -> str:
-    """The claim's SELECT of the first ready job by priority and seq (queue_pick, which
-    claim_next_job calls), as the database has it (its variables made the clock function
-    and no user passed over)."""
-    source = scalar(conn, "SELECT prosrc FROM pg_proc WHERE proname = 'queue_pick'")
-    selects = re.findall(r"(SELECT\b.*?LIMIT 1)", source, re.DOTALL | re.IGNORECASE)
+    """The claim's SELECT ... FOR UPDATE SKIP LOCKED of the first ready job by priority and
+    seq inside claim_next_job, as the database has it (its clock variable made the clock
+    function, no user passed over)."""
+    source = scalar(conn, "SELECT prosrc FROM pg_proc WHERE proname = 'claim_next_job'")
+    selects = re.findall(r"(SELECT\b[^;]*?SKIP LOCKED)", source, re.DOTALL | re.IGNORECASE)
     ready = [s for s in selects if "ORDER BY c.priority DESC, c.seq" in s]
-    assert len(ready) == 2, source  # the first ready job, then the first that none holds
+    assert len(ready) == 1, source
     inner = re.sub(r"\bINTO first\b", "", ready[0])
-    inner = re.sub(r"\bnow_param\b", "public.queue_now()", inner)
+    inner = re.sub(r"\bts\b", "public.queue_now()", inner)
     return re.sub(r"\bpassed\b", "'{}'::uuid[]", inner)
 
 
