@@ -152,7 +152,7 @@ RUNNING: tuple[Column[Holder], ...] = (
 def _user_limit(user: UserRow) -> str:
     if user.max_concurrency is None:
         return "none"
-    return f"{user.max_concurrency} ({'own' if user.limit_source == 'user' else 'default'})"
+    return f"{user.max_concurrency} ({user.limit_source})"
 
 
 # The users and their limits: `mobvibe-queue users list` and the front page (the users

@@ -50,6 +50,13 @@ class WaitingFor(StrEnum):
     USER = "user"  # its user runs as many jobs as the user's limit allows
 
 
+class LimitSource(StrEnum):
+    """Whose a user's limit in force is (queue_user_list())."""
+
+    OWN = "own"  # the user's row in queue_user_limits (`users limit`)
+    DEFAULT = "default"  # queue_config.user_max_concurrency
+
+
 class ExitCause(StrEnum):
     """Why a worker process left, as the supervisor counts it."""
 

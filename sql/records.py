@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from mobvibe.sql.jobs import Job
-from mobvibe.vocabulary import JobStatus, WaitingFor
+from mobvibe.vocabulary import JobStatus, LimitSource, WaitingFor
 
 
 @dataclass(frozen=True, slots=True)
@@ -460,7 +460,12 @@ class UserRow:
 
     user_id: uuid.UUID | None
     max_concurrency: int | None  # the limit in force; None: none
-    limit_source: str | None  # "user" (its own), "default" (queue_config), None
+    limit_source: LimitSource | None  # whose the limit is; None: no limit
+
+    def __post_init__(self) -> None:
+        if self.limit_source is not None:
+            object.__setattr__(self, "limit_source", LimitSource(self.limit_source))
+
     running: int
     ready: int  # pending jobs that may start
     waiting: int  # pending jobs that wait for the user's limit

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,7 +34,7 @@ class Overview:
     dead_letters: list[JobSummary]
     cancellations: list[JobSummary]
     last_sweep: datetime | None
-    users_waiting: list[UserWaiting]
+    users_waiting: list[UserWaiting] = field(default_factory=list)
 
     def ended(self, field: str) -> int:
         """Jobs completed, dead_lettered or cancelled over the whole window."""

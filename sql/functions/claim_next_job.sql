@@ -93,8 +93,15 @@ BEGIN
             PERFORM public.queue_user_unready(v.user_key);
         END LOOP;
         IF NOT head.ready AND chosen = first.user_key THEN
-            -- Left out of the walk by a race of two transactions: back in it.
-            PERFORM public.queue_user_mark_ready(chosen, first.seq);
+            -- Left out of the walk by a race of two transactions: back in it
+            -- (SKIP LOCKED: the claim waits for nothing).
+            UPDATE public.queue_users u
+            SET ready = true,
+                turn = CASE WHEN u.last_started_at IS NULL
+                            THEN first.seq - 4611686018427387904 ELSE u.turn END
+            WHERE u.user_key = chosen AND NOT u.ready
+              AND u.user_key IN (SELECT x.user_key FROM public.queue_users x
+                                 WHERE x.user_key = chosen FOR NO KEY UPDATE SKIP LOCKED);
         END IF;
         turn_ours := false;
         lim_max := NULL;

@@ -1,5 +1,5 @@
 -- The users the queue knows (those that placed a job), for operators and
--- monitors: the limit in force and whose it is ('user': queue_user_limits,
+-- monitors: the limit in force and whose it is ('own': queue_user_limits,
 -- 'default': queue_config.user_max_concurrency, NULL: none), the user's jobs
 -- processing, ready to start, and waiting for the user's limit, and its most
 -- recent start. Sessions with no user are one row, user_id NULL. waiting_only:
@@ -21,7 +21,7 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
            u.max_concurrency,
            CASE WHEN u.max_concurrency IS NULL THEN NULL
                 WHEN EXISTS (SELECT 1 FROM public.queue_user_limits l
-                             WHERE l.user_id = u.user_key) THEN 'user'
+                             WHERE l.user_id = u.user_key) THEN 'own'
                 ELSE 'default' END,
            coalesce(n.running, 0), coalesce(n.ready, 0), coalesce(n.waiting, 0),
            u.last_started_at

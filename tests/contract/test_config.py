@@ -22,6 +22,7 @@ DEFAULTS = {
     "max_events_per_attempt": 10_000,
     "max_event_bytes_per_attempt": 10 * 1024 * 1024,
     "max_releases_per_job": 20,
+    "user_max_concurrency": None,  # no limit per user
 }
 
 

@@ -231,6 +231,7 @@ def test_the_config_command_sets_the_schedule_that_the_next_failure_uses(
         "max_events_per_attempt": 10_000,
         "max_event_bytes_per_attempt": 10 * 1024 * 1024,
         "max_releases_per_job": 20,
+        "user_max_concurrency": None,
     }
     assert backoff_config(conn) == (2.0, 3.0, 0.0)
     job = insert_job(conn, session_id, max_retries=10)

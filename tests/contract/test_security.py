@@ -45,6 +45,8 @@ DEFINER_FUNCTIONS = PLAN_FUNCTIONS | {
     "queue_set_user_limit",
     "queue_user_list",
     "queue_replace_all_users",
+    # a session's owner, kept while it has unfinished jobs
+    "queue_keep_session_owner",
 }
 
 

@@ -272,4 +272,31 @@ def test_the_list_of_users_counts_their_jobs(conn: Any) -> None:
         "SELECT user_id, max_concurrency, limit_source, running, ready, waiting "
         "FROM queue_user_list(true)"
     ).fetchall()
-    assert rows == [(user, 1, "user", 1, 0, 2)]
+    assert rows == [(user, 1, "own", 1, 0, 2)]
+
+
+def test_a_retry_that_comes_due_for_a_user_at_its_limit_waits_for_the_user(conn: Any) -> None:
+    user = uuid.uuid4()
+    retried, other = user_jobs(conn, user, 2)
+    limit(conn, user, 1)
+    set_clock(conn, T0)
+    assert claimed_ids(conn, 1) == [retried]
+    lease = job_row(conn, retried)["lease_token"]
+    assert scalar(conn, "SELECT fail_job(%s, 'boom', %s)", [retried, lease]) is True
+    assert claimed_ids(conn, 1) == [other]
+    set_clock(conn, job_row(conn, retried)["run_at"])
+    assert claimed_ids(conn, 1) == [None]  # due, but the user runs its limit
+    assert waiting(conn, retried) == ["user"]
+    complete(conn, other)
+    assert claimed_ids(conn, 2) == [retried, None]
+
+
+def test_a_sessions_user_cannot_change_while_it_has_unfinished_jobs(conn: Any) -> None:
+    user, other = uuid.uuid4(), uuid.uuid4()
+    session = new_session(conn, user_id=user)
+    job = insert_job(conn, session)
+    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="unfinished jobs"):
+        conn.execute("UPDATE coding_sessions SET user_id = %s WHERE id = %s", [other, session])
+    assert scalar(conn, "SELECT cancel_job(%s)", [job]) is True
+    conn.execute("UPDATE coding_sessions SET user_id = %s WHERE id = %s", [other, session])
+    assert job_row(conn, job)["user_key"] == other
