@@ -1,6 +1,7 @@
 """Claim cost as the table grows: 1 thousand, 100 thousand, 1 million rows, 99 % finished;
 then 1 million pending rows of which 99 % cannot start (behind their session's first
-prompt, or backed off for a day), against the 1 thousand.
+prompt, or backed off for a day, or waiting for their user's limit), against the 1
+thousand.
 
 Each size: the table is loaded (1 % due pending, the rest completed or failed,
 as a queue leaves them), vacuumed and analyzed; then on one connection, with
@@ -27,7 +28,8 @@ from mobvibe.sql import store
 PENDING_SHARE = 0.01
 SESSIONS = 100
 PER_SESSION = 100  # the blocked shape: 1 of each session's prompts may start
-BLOCKED, BACKOFF = -1.0, -2.0  # shapes, where the others give a pending share
+PER_USER = 100  # the user-limited shape: each user's prompts, in sessions of their own
+BLOCKED, BACKOFF, USER_LIMITED = -1.0, -2.0, -3.0  # shapes, where the others give a share
 WARM_UP = 20
 
 
@@ -37,6 +39,7 @@ def run(ctx: Context) -> dict[str, Any]:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(query("create_wide_sessions"), {"session_ids": sessions})
     costs: dict[str, float] = {}
+    buffers: dict[str, int] = {}
     detail: dict[str, Any] = {}
     shapes: list[tuple[str, int, float]] = [
         (str(rows), rows, PENDING_SHARE) for rows in ctx.sizes.claim_rows
@@ -44,6 +47,7 @@ def run(ctx: Context) -> dict[str, Any]:
     shapes.append((f"pending_{ctx.sizes.claim_pending_rows}", ctx.sizes.claim_pending_rows, 1.0))
     most = max(ctx.sizes.claim_rows)
     shapes += [(f"{most}-blocked", most, BLOCKED), (f"{most}-backoff", most, BACKOFF)]
+    shapes.append((f"{most}-user-limited", most, USER_LIMITED))
     for key, rows, share in shapes:
         with psycopg.connect(url, autocommit=True) as conn:
             started = time.monotonic()
@@ -51,12 +55,16 @@ def run(ctx: Context) -> dict[str, Any]:
                 _load_blocked(conn, rows)
             elif share == BACKOFF:
                 _load_backed_off(conn, rows)
+            elif share == USER_LIMITED:
+                _load_user_limited(conn, rows)
             else:
                 _load(conn, rows, share, sessions)
             load_s = time.monotonic() - started
-        shape = {BLOCKED: "99% behind their session", BACKOFF: "99% backing off"}.get(
-            share, f"{share:.0%} pending"
-        )
+        shape = {
+            BLOCKED: "99% behind their session",
+            BACKOFF: "99% backing off",
+            USER_LIMITED: "99% waiting for their user",
+        }.get(share, f"{share:.0%} pending")
         ctx.log(
             f"claim: {rows} rows ({shape}) loaded in {load_s:.1f} s; "
             f"{ctx.sizes.claim_cycles} claims"
@@ -64,10 +72,12 @@ def run(ctx: Context) -> dict[str, Any]:
         with psycopg.connect(url, autocommit=True, application_name="mobvibe-bench") as conn:
             result = _cycles(conn, ctx.sizes.claim_cycles)
             result["plan"] = _plan(conn)
+            result["buffers"] = _buffers(conn)
         result["load_s"] = round(load_s, 1)
         costs[key] = result["claim_ms"]["p50"]
+        buffers[key] = result["buffers"]
         detail[key] = result
-    return {"claim_ms": costs, "claim": detail}
+    return {"claim_ms": costs, "claim_buffers": buffers, "claim": detail}
 
 
 def _load(
@@ -108,6 +118,22 @@ def _load_backed_off(conn: psycopg.Connection[Any], rows: int) -> None:
     conn.execute(query("vacuum_analyze_jobs"))
 
 
+def _load_user_limited(conn: psycopg.Connection[Any], rows: int) -> None:
+    """`rows` jobs of users limited to one at a time, PER_USER each in sessions of their
+    own, one of each running and the others waiting for it; then one job of a user with
+    none running, placed by the queue's own trigger: the one job a claim may take."""
+    conn.execute(query("truncate_jobs"))
+    users = rows // PER_USER
+    with conn.transaction():
+        conn.execute(query("disable_user_triggers"))
+        conn.execute(query("set_user_max_concurrency"), {"limit": 1})
+        conn.execute(query("load_user_limited"), {"users": users, "per_user": PER_USER})
+        conn.execute(query("advance_turns"), {"users": users})
+        conn.execute(query("enable_user_triggers"))
+    conn.execute(query("ready_user_job"))
+    conn.execute(query("vacuum_analyze_jobs"))
+
+
 def _cycles(conn: psycopg.Connection[Any], cycles: int) -> dict[str, Any]:
     claim_ms: list[float] = []
     complete_ms: list[float] = []
@@ -137,3 +163,13 @@ def _plan(conn: psycopg.Connection[Any]) -> list[str]:
     """The claim's inner SELECT, explained (in a transaction rolled back: it locks a row)."""
     with conn.transaction(force_rollback=True):
         return [row[0] for row in conn.execute(query("explain_claim")).fetchall()]
+
+
+def _buffers(conn: psycopg.Connection[Any]) -> int:
+    """The buffers one whole claim_next_job() call touches (every statement of it, shared
+    hits and reads), in a transaction rolled back."""
+    with conn.transaction(force_rollback=True):
+        row = conn.execute(query("explain_claim_call")).fetchone()
+    assert row is not None
+    top = row[0][0]["Plan"]
+    return int(top["Shared Hit Blocks"]) + int(top["Shared Read Blocks"])

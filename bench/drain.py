@@ -8,6 +8,7 @@ time, start to exit, is reported beside it.
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Any
 
 import psycopg
@@ -21,21 +22,42 @@ from mobvibe.sql.jobs import NewJob
 
 CHUNK = 5000
 SHARED_SESSIONS = 100  # the info run where prompts queue behind their session's
+USERS = 1000  # the users run: a session each, the sessions owned by this many users
+USER_LIMIT = 100  # queue_config.user_max_concurrency in the users run: never reached
 PROMPT = "Build a todo app with React Native: benchmark job {}"
 TIMEOUT = 300.0
 WATCH_INTERVAL = 0.1
 
 
-def enqueue_jobs(url: str, count: int, sessions: int | None = None) -> None:
+def enqueue_jobs(
+    url: str, count: int, sessions: int | None = None, users: int | None = None
+) -> None:
     """`count` due pending jobs through the batch API, each in a session of its own (a
-    phone's prompt), or on `sessions` sessions whose prompts run one at a time."""
+    phone's prompt), or on `sessions` sessions whose prompts run one at a time; with
+    `users`, each in a session of its own owned by one of that many users, in turn."""
     with JobQueue(url) as queue:
         shared = [queue.create_session() for _ in range(sessions or 0)]
+        if users:
+            shared = _user_sessions(url, count, users)
         for first in range(0, count, CHUNK):
             queue.enqueue_many(
                 NewJob(PROMPT.format(i), shared[i % len(shared)] if shared else None)
                 for i in range(first, min(first + CHUNK, count))
             )
+
+
+def _user_sessions(url: str, count: int, users: int) -> list[uuid.UUID]:
+    """`count` sessions, the i-th owned by the (i mod `users`)-th of `users` users, all of
+    whom may run USER_LIMIT prompts at once."""
+    owners = [uuid.uuid4() for _ in range(users)]
+    ids = [uuid.uuid4() for _ in range(count)]
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            query("create_user_sessions"),
+            {"session_ids": ids, "user_ids": [owners[i % users] for i in range(count)]},
+        )
+        conn.execute(query("set_user_max_concurrency"), {"limit": USER_LIMIT})
+    return ids
 
 
 def run(ctx: Context) -> dict[str, Any]:
@@ -49,15 +71,20 @@ def run(ctx: Context) -> dict[str, Any]:
     # Last, the most workers on SHARED_SESSIONS sessions: each end promotes its
     # session's next prompt (info: the cost of the session order).
     most = max(ctx.sizes.drain_workers)
+    # Right after the most workers, the same drain with the sessions owned by USERS
+    # users (drain_server_cpu_us_per_job_users: the cost of the users' limits and turns).
     runs: list[tuple[str, int, tuple[str, ...], int | None]] = [
         (str(w), w, (), None) for w in ctx.sizes.drain_workers
     ]
+    runs.append((f"{most}-users", most, (), None))
     runs.append((f"{most}-quiet", most, ("--no-status-notifications",), None))
     runs.append((f"{most}-sessions", most, (), SHARED_SESSIONS))
     for key, workers, extra, sessions in runs:
+        users = USERS if key.endswith("-users") else None
         where = f"{sessions} sessions" if sessions else "a session each"
+        where += f", {users} users" if users else ""
         ctx.log(f"drain: {count} jobs ({where}), --workers {workers} {' '.join(extra)}".rstrip())
-        cpu_use, wall = drain_once(ctx, url, count, workers, extra, sessions)
+        cpu_use, wall = drain_once(ctx, url, count, workers, extra, sessions, users)
         with psycopg.connect(url, autocommit=True) as conn:
             completed, total, span = conn.execute(query("drain_span")).fetchone()  # type: ignore[misc]
         if completed != count or total != count:
@@ -65,7 +92,7 @@ def run(ctx: Context) -> dict[str, Any]:
         rate = count / float(span)
         if extra:
             quiet = rate
-        elif sessions is None:
+        elif sessions is None and users is None:
             rates[key] = rate
         detail[key] = {
             "processing_s": round(float(span), 3),
@@ -87,12 +114,14 @@ def drain_once(
     workers: int,
     extra: tuple[str, ...] = (),
     sessions: int | None = None,
+    users: int | None = None,
 ) -> tuple[dict[str, float], float]:
     """Enqueue `count` jobs on an empty queue and drain them with `workers` no-op workers:
     the CPU per job of the drain's middle half, and the wall time from start to exit."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(query("truncate_jobs"))
-    enqueue_jobs(url, count, sessions)
+        conn.execute(query("set_user_max_concurrency"), {"limit": None})
+    enqueue_jobs(url, count, sessions, users)
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(query("vacuum_analyze_jobs"))
     started = time.monotonic()

@@ -19,6 +19,7 @@ CONNECTIONS_OVER_WORKERS = 2  # a pod holds at most workers + 2 connections
 IDLE_STATEMENTS_MAX = 1.0  # per second, the whole idle pod
 CANCEL_P99_MAX_S = 1.0
 CLAIM_GROWTH_MAX = 1.5
+USERS_SERVER_CPU_MAX = 1.1  # the drain's server CPU per job with users, x without
 RECOVERY_FAST_MAX_S = 1.0
 RSS_MAX_MB = 60.0
 RSS_GROWTH_MAX_MB = 1.0  # "no growth", allowing for allocator noise
@@ -67,7 +68,8 @@ def _by_count(mapping: dict[str, Any]) -> list[tuple[str, Any]]:
 
 def costs(r: dict[str, Any]) -> dict[str, Any]:
     """The cost keys, from the parts' figures of this run: the server's CPU per job of the
-    drain (8 workers) and of the pgbench floor, and the drain's client CPU per job."""
+    drain (8 workers) and of the pgbench floor, the drain's client CPU per job, and the
+    server's CPU per job of the 8-worker drain whose sessions belong to users."""
     floor = _get(r, "floors", "pgbench", "floor_claim_complete", "cpu_us_per_run", "postgres")
     drain = _get(r, "drain", "runs", "8", "cpu_us_per_job") or {}
     found: dict[str, Any] = {}
@@ -76,6 +78,9 @@ def costs(r: dict[str, Any]) -> dict[str, Any]:
         found["server_cpu_us_per_job"] = {k: v for k, v in server.items() if v is not None}
     if "workers" in drain:
         found["client_cpu_us_per_job"] = round(drain["workers"] + drain.get("supervisor", 0.0), 1)
+    users = _get(r, "drain", "runs", "8-users", "cpu_us_per_job", "postgres")
+    if users is not None:
+        found["drain_server_cpu_us_per_job_users"] = users
     return found
 
 
@@ -226,6 +231,19 @@ def _costs(r: dict[str, Any]) -> list[Check]:
                 None if ratio is None else ratio <= SERVER_CPU_OVER_FLOOR,
             )
         )
+    users = _get(r, "drain_server_cpu_us_per_job_users")
+    if users is not None:
+        ratio = _ratio(users, server.get("drain"))
+        rows.append(
+            Check(
+                "drain_server_cpu_us_per_job_users",
+                users,
+                "us",
+                f"<= {USERS_SERVER_CPU_MAX:g} x server_cpu_us_per_job.drain",
+                ratio,
+                None if ratio is None else ratio <= USERS_SERVER_CPU_MAX,
+            )
+        )
     client = _get(r, "client_cpu_us_per_job")
     if client is not None:
         rows.append(Check("client_cpu_us_per_job", client, "us", "info: the drain's pod"))
@@ -317,6 +335,17 @@ def _claim(r: dict[str, Any]) -> list[Check]:
             )
         else:
             rows.append(Check(f"claim_ms[{key}]", cost, "ms", "x claim_ms[1000]", ratio))
+    buffers = _get(r, "claim_buffers") or {}
+    for key, count in buffers.items():
+        rows.append(
+            Check(
+                f"claim_buffers[{key}]",
+                count,
+                "buffers",
+                "info: a whole claim" if key == "1000" else "info: x claim_buffers[1000]",
+                None if key == "1000" else _ratio(count, buffers.get("1000")),
+            )
+        )
     return rows
 
 

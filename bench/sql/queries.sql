@@ -78,6 +78,15 @@ CROSS JOIN LATERAL (SELECT CASE
         ELSE 'completed' END AS status) AS st
 CROSS JOIN LATERAL (SELECT (%(session_ids)s::uuid[])[1 + g %% %(sessions)s] AS session_id) AS s
 
+-- Sessions owned by users: the i-th session by the i-th user id (repeated).
+-- name: create_user_sessions
+INSERT INTO coding_sessions (id, user_id)
+SELECT * FROM unnest(%(session_ids)s::uuid[], %(user_ids)s::uuid[])
+
+-- The limit of users without a row of queue_user_limits (NULL: none).
+-- name: set_user_max_concurrency
+UPDATE queue_config SET user_max_concurrency = %(limit)s
+
 -- name: create_sessions
 INSERT INTO coding_sessions (id) SELECT unnest(%(session_ids)s::uuid[])
 
@@ -107,6 +116,43 @@ SELECT s.id, 'Build a todo app with React Native: benchmark job ' || g,
        CASE WHEN g = 1 THEN NULL ELSE 'session' END
 FROM s, generate_series(1, %(per_session)s) AS g
 ORDER BY g, s.id
+
+-- "user-limited": `users` users, each with `per_user` prompts in as many
+-- sessions of its own, one of them processing (its start numbered in turn) and
+-- the others waiting for the user's limit of one (queue_config's default); the
+-- users' rows of queue_users as the claims and the placing trigger leave them.
+-- name: load_user_limited
+WITH u AS (SELECT gen_random_uuid() AS user_key, g AS turn
+           FROM generate_series(1, %(users)s) AS g),
+     users AS (INSERT INTO queue_users (user_key, max_concurrency, running, turn,
+                                        last_started_at, ready)
+               SELECT user_key, 1, 1, turn, now(), false FROM u),
+     s AS (INSERT INTO coding_sessions (id, user_id)
+           SELECT gen_random_uuid(), u.user_key FROM u, generate_series(1, %(per_user)s)
+           RETURNING id, user_id),
+     n AS (SELECT id, user_id, row_number() OVER (PARTITION BY user_id) AS k FROM s)
+INSERT INTO coding_jobs (session_id, user_key, prompt, status, waiting_for, started_at,
+                         heartbeat_at, worker_id, lease_token, attempt)
+SELECT n.id, n.user_id, 'Build a todo app with React Native: benchmark job ' || n.k,
+       CASE WHEN n.k = 1 THEN 'processing' ELSE 'pending' END,
+       CASE WHEN n.k = 1 THEN NULL ELSE 'user' END,
+       CASE WHEN n.k = 1 THEN now() END,
+       CASE WHEN n.k = 1 THEN now() END,
+       CASE WHEN n.k = 1 THEN 'bench:elsewhere' END,
+       CASE WHEN n.k = 1 THEN gen_random_uuid() END,
+       CASE WHEN n.k = 1 THEN 1 ELSE 0 END
+FROM n ORDER BY n.k, n.user_id
+
+-- The starts numbered by the load come before those of the claims.
+-- name: advance_turns
+SELECT setval('queue_turn_seq', %(users)s)
+
+-- A session of a new user and its one prompt, placed by the queue itself.
+-- name: ready_user_job
+WITH s AS (INSERT INTO coding_sessions (id, user_id)
+           VALUES (gen_random_uuid(), gen_random_uuid()) RETURNING id)
+INSERT INTO coding_jobs (session_id, prompt)
+SELECT id, 'Build a todo app with React Native: benchmark job' FROM s
 
 -- name: load_backed_off
 WITH s AS (INSERT INTO coding_sessions (id)
@@ -165,6 +211,12 @@ WHERE c.status = 'pending' AND c.waiting_for IS NULL AND c.run_at <= queue_now()
 ORDER BY c.priority DESC, c.seq
 LIMIT 1
 FOR UPDATE SKIP LOCKED
+
+-- A whole claim, its buffers: those of the statements the function runs count
+-- in the node that calls it.
+-- name: explain_claim_call
+EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON)
+SELECT * FROM claim_next_job('bench:explain')
 
 -- The pod's connections to this database, by application (the measuring one left out).
 -- name: pod_connections

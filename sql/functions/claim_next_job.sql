@@ -76,12 +76,15 @@ BEGIN
         END IF;
         pick := first.id;
         chosen := first.user_key;
-        SELECT u.turn, u.ready INTO head FROM public.queue_users u
+        SELECT u.turn, u.ready, u.last_started_at INTO head FROM public.queue_users u
         WHERE u.user_key = first.user_key;
         chosen_turn := head.turn;
-        -- The users before U0 in turn order that may have a ready job.
+        -- The users before U0 in turn order that may have a ready job; none when
+        -- U0 has no start yet: users with none come first, then by seq, and
+        -- U0's job is the first by seq at its priority.
         FOR v IN SELECT u.user_key, u.turn FROM public.queue_users u
-                 WHERE u.ready AND u.turn < head.turn ORDER BY u.turn LOOP
+                 WHERE u.ready AND u.turn < head.turn AND head.last_started_at IS NOT NULL
+                 ORDER BY u.turn LOOP
             CONTINUE WHEN v.user_key = ANY (passed);
             SELECT c.id INTO pick FROM public.coding_jobs c
             WHERE c.user_key = v.user_key AND c.status = 'pending' AND c.waiting_for IS NULL

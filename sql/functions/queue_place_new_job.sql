@@ -3,9 +3,10 @@
 -- (the lock order: queue_finish.sql), unless this transaction created or updated it: a row
 -- whose xmin is ours is invisible to others or already locked by us. SECURITY
 -- DEFINER: a producer may not lock sessions itself. The job takes its
--- session's user (user_key); when it may start by its session's rule, the
--- user's row is locked next (queue_user_lock) and a user at its limit makes it
--- wait for the user. (The order rule: queue_placement.sql.)
+-- session's user (user_key); the user's row is locked next (queue_user_lock,
+-- which makes it for a new user), and when the job may start by its session's
+-- rule a user at its limit makes it wait for the user. (The order rule:
+-- queue_placement.sql.)
 CREATE OR REPLACE FUNCTION public.queue_place_new_job() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -57,6 +58,11 @@ BEGIN
         ELSE
             PERFORM public.queue_user_mark_ready(NEW.user_key, NEW.seq);
         END IF;
+    ELSIF owner IS NOT NULL THEN
+        -- The user's row, made now if the user is new: the claim starts a job
+        -- only under its user's row, and a job that comes due later is promoted
+        -- by queue_promote_due, which makes none.
+        PERFORM public.queue_user_lock(NEW.user_key);
     END IF;
     RETURN NEW;
 END

@@ -70,6 +70,10 @@ class Job:
     completed_by: uuid.UUID | None = None
     # the session's max_concurrency when the job's latest attempt was claimed
     concurrency_at_claim: int = 0
+    # the user's limit when the job's latest attempt was claimed (None: no limit), and
+    # the number of that start among all starts
+    user_limit_at_claim: int | None = None
+    start: int = 0
 
 
 @dataclass
@@ -78,6 +82,7 @@ class Session:
     status: str = "active"
     error_message: str | None = None
     lowered: bool = False  # max_concurrency was lowered at some point
+    user: int | None = None  # the owner (coding_sessions.user_id), by index; None: no user
 
 
 @dataclass
@@ -91,6 +96,11 @@ class Model:
     keys: dict[uuid.UUID, int] = field(default_factory=dict)
     attempts: dict[tuple[int, int], Attempt] = field(default_factory=dict)  # (job key, attempt)
     last_seq: int = 0  # the identity sequence of coding_jobs.seq
+    user_limits: dict[int, int] = field(default_factory=dict)  # queue_user_limits
+    user_max_concurrency: int | None = None  # queue_config's, for users without a row
+    starts: int = 0  # claims so far: the order of starts
+    last_start: dict[int | None, int] = field(default_factory=dict)  # by user: its number
+    lowered_users: set[int] = field(default_factory=set)  # whose limit was ever lowered
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -112,7 +122,7 @@ class Model:
             None,
         )
 
-    def may_start(self, job: Job) -> bool:
+    def session_allows(self, job: Job) -> bool:
         """The order rule: fewer than max_concurrency unfinished jobs of its session were
         submitted before it (its run_at aside)."""
         ahead = sum(
@@ -122,23 +132,67 @@ class Model:
         )
         return ahead < self.sessions[job.session].max_concurrency
 
-    def next_due(self) -> Job | None:
-        """The job a claim must return: among the due jobs that may start, the highest
-        priority, then the first submitted."""
-        due = [
+    def user_of(self, job: Job) -> int | None:
+        return self.sessions[job.session].user
+
+    def user_limit(self, user: int | None) -> int | None:
+        """The limit in force for `user`: its row, else the default; None: no limit."""
+        if user is None:
+            return None
+        return self.user_limits.get(user, self.user_max_concurrency)
+
+    def user_running(self, user: int | None) -> int:
+        return sum(
+            1 for j in self.jobs.values() if j.status == "processing" and self.user_of(j) == user
+        )
+
+    def user_allows(self, job: Job) -> bool:
+        """The user rule: fewer than the user's limit of its jobs are processing."""
+        user = self.user_of(job)
+        limit = self.user_limit(user)
+        return limit is None or self.user_running(user) < limit
+
+    def may_start(self, job: Job) -> bool:
+        """Both rules: its session's and its user's (its run_at aside)."""
+        return self.session_allows(job) and self.user_allows(job)
+
+    def turn(self, job: Job) -> int:
+        """Its user's place in turns: the number of the user's most recent start, 0 for a
+        user with no start yet (so first)."""
+        return self.last_start.get(self.user_of(job), 0)
+
+    def order(self, job: Job) -> tuple[int, int, int]:
+        """The claim's order among jobs that may start: priority, turn, seq."""
+        return (-job.priority, self.turn(job), job.seq)
+
+    def startable(self) -> list[Job]:
+        """The due jobs that may start now."""
+        return [
             j
             for j in self.jobs.values()
             if j.status == "pending" and j.run_at <= self.clock and self.may_start(j)
         ]
-        return min(due, key=lambda j: (-j.priority, j.seq), default=None)
 
-    def next_run_at(self) -> datetime | None:
-        """queue_next_run_at(): the earliest run_at of a pending job that may start once
-        due; jobs waiting for their session are left out."""
-        return min(
-            (j.run_at for j in self.jobs.values() if j.status == "pending" and self.may_start(j)),
-            default=None,
-        )
+    def next_due(self) -> Job | None:
+        """The job a claim must return: among the due jobs that may start, the highest
+        priority, then the user whose most recent start is the oldest, then the first
+        submitted."""
+        return min(self.startable(), key=self.order, default=None)
+
+    def next_run_at(self) -> tuple[bool, datetime | None, bool]:
+        """What queue_next_run_at() may answer: (due, future, early). due: a job may start
+        now (the answer must not be in the future); else the earliest run_at of a pending
+        job that its session lets start once due, None when there is none (the answer must
+        be that), unless early: a due job that its session lets start waits only for its
+        user, and the answer may then also be any time not in the future (a job whose
+        run_at passed counts until a claim meets it and sees its user at its limit; one
+        wake of an idle worker, never a spin). Jobs waiting for their session are left
+        out."""
+        pending = [j for j in self.jobs.values() if j.status == "pending"]
+        allowed = [j for j in pending if self.session_allows(j)]
+        due = [j for j in allowed if j.run_at <= self.clock]
+        future = min((j.run_at for j in allowed if j.run_at > self.clock), default=None)
+        return any(map(self.user_allows, due)), future, bool(due)
 
     def expired(self) -> list[Job]:
         """Processing jobs whose heartbeat is older than the reaper's timeout."""
@@ -200,6 +254,24 @@ class Model:
         state.lowered |= value < state.max_concurrency
         state.max_concurrency = value
 
+    def set_user_limit(self, user: int, value: int | None) -> None:
+        """An operator's row of queue_user_limits for `user` set (or deleted: None); the
+        user rule reads it from now on; running jobs are never stopped."""
+        before = self.user_limit(user)
+        if value is None:
+            self.user_limits.pop(user, None)
+        else:
+            self.user_limits[user] = value
+        if _lower(self.user_limit(user), before):
+            self.lowered_users.add(user)
+
+    def set_user_max_concurrency(self, value: int | None) -> None:
+        """An operator's UPDATE of queue_config.user_max_concurrency (None: no limit)."""
+        users = {s.user for s in self.sessions if s.user is not None}
+        before = {u: self.user_limit(u) for u in users}
+        self.user_max_concurrency = value
+        self.lowered_users |= {u for u in users if _lower(self.user_limit(u), before[u])}
+
     # --- attempts --------------------------------------------------------------------------
 
     def claim(self, job: Job, token: uuid.UUID, worker: str) -> None:
@@ -209,6 +281,9 @@ class Model:
         job.attempt += 1
         job.end_reason = None
         job.concurrency_at_claim = self.sessions[job.session].max_concurrency
+        job.user_limit_at_claim = self.user_limit(self.user_of(job))
+        self.starts += 1
+        job.start = self.last_start[self.user_of(job)] = self.starts
         self.attempts[(job.key, job.attempt)] = Attempt(worker, self.clock)
 
     def heartbeat(self, lease: Lease) -> bool:
@@ -394,3 +469,8 @@ class Model:
             attempt.error_message = error or reason
         else:
             attempt.error_message = error
+
+
+def _lower(limit: int | None, before: int | None) -> bool:
+    """A change of limit from `before` to `limit` lowered it (None: no limit)."""
+    return limit is not None and (before is None or limit < before)

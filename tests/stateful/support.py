@@ -25,6 +25,7 @@ LEASE = timedelta(seconds=10)  # the reaper's heartbeat timeout
 BASE = timedelta(seconds=4)  # queue_config.backoff_base for these suites
 CAP = timedelta(seconds=10)  # queue_config.backoff_cap: reached at the third failure
 STATUSES = tuple(JobStatus)
+NIL = uuid.UUID(int=0)  # the user key of every session with no user
 REAPER_MESSAGE = "heartbeat expired: no heartbeat for 00:00:10"  # LEASE as interval text
 
 
@@ -102,14 +103,16 @@ class Clocked:
 
 
 def reset(conn: psycopg.Connection[Any], *, jitter: float = 0.0) -> None:
-    """Empty the queue and set the suites' backoff schedule and heartbeat timeout."""
+    """Empty the queue (no user, no start, no limit) and set the suites' backoff schedule
+    and heartbeat timeout."""
     conn.execute(
         "TRUNCATE coding_jobs, coding_job_attempts, coding_job_events, coding_sessions, "
-        "queue_reaper_runs RESTART IDENTITY"
+        "queue_reaper_runs, queue_users, queue_user_limits RESTART IDENTITY"
     )
+    conn.execute("INSERT INTO queue_users (user_key) VALUES (%s)", [NIL])  # sessions with no user
     conn.execute(
         "UPDATE queue_config SET backoff_base = %s, backoff_cap = %s, backoff_jitter = %s,"
-        " heartbeat_timeout = %s",
+        " heartbeat_timeout = %s, user_max_concurrency = NULL",
         [BASE, CAP, jitter, LEASE],
     )
 
@@ -194,6 +197,24 @@ def sessions(conn: psycopg.Connection[Any]) -> dict[uuid.UUID, tuple[str, str | 
     return {r[0]: (r[1], r[2], r[3]) for r in rows}
 
 
+def user_limits(conn: psycopg.Connection[Any]) -> tuple[dict[uuid.UUID, int], int | None]:
+    """The rows of queue_user_limits, and queue_config.user_max_concurrency."""
+    rows = conn.execute("SELECT user_id, max_concurrency FROM queue_user_limits").fetchall()
+    default = conn.execute("SELECT user_max_concurrency FROM queue_config").fetchone()
+    assert default is not None
+    return {r[0]: r[1] for r in rows}, default[0]
+
+
+def users_running(conn: psycopg.Connection[Any]) -> dict[uuid.UUID, int]:
+    """Every user's processing jobs."""
+    rows = conn.execute(
+        "SELECT s.user_id, count(*) FROM coding_jobs j JOIN coding_sessions s"
+        " ON s.id = j.session_id WHERE j.status = 'processing' AND s.user_id IS NOT NULL"
+        " GROUP BY s.user_id"
+    ).fetchall()
+    return {r[0]: r[1] for r in rows}
+
+
 AttemptTuple = tuple[
     str | None, datetime, datetime | None, str | None, str | None
 ]  # worker_id, started_at, ended_at, end_reason, error_message
@@ -213,16 +234,21 @@ def attempts(conn: psycopg.Connection[Any]) -> dict[tuple[uuid.UUID, int], Attem
 
 @dataclass(frozen=True)
 class Observed:
-    """One look at the whole queue: every job row, every session, the statistics."""
+    """One look at the whole queue: every job row, every session, the statistics, the
+    users' limits (queue_user_limits' rows, queue_config's default)."""
 
     rows: dict[uuid.UUID, Row]
     sessions: dict[uuid.UUID, tuple[str, str | None, int]]
     stats: tuple[Any, ...]
     attempts: dict[tuple[uuid.UUID, int], AttemptTuple]
+    user_limits: tuple[dict[uuid.UUID, int], int | None]
 
 
 def check_queue_invariants(
-    conn: psycopg.Connection[Any], expected_ids: set[Any], lowered: Iterable[Any] = ()
+    conn: psycopg.Connection[Any],
+    expected_ids: set[Any],
+    lowered: Iterable[Any] = (),
+    lowered_users: Iterable[Any] = (),
 ) -> Observed:
     """The invariants that hold whatever the interleaving; returns what it looked at.
 
@@ -233,13 +259,17 @@ def check_queue_invariants(
       processing jobs share a lease; a cancel is requested only of a job that ran;
     - no session has more processing jobs than its max_concurrency (`lowered`: the
       sessions whose max_concurrency was lowered, whose running jobs were not stopped);
+    - no user has more processing jobs than its limit (`lowered_users`: the users whose
+      limit was lowered, whose running jobs were not stopped);
     - one row per (session, idempotency key);
     - coding_job_attempts: a row per claim (numbered 1 to the job's attempt), open
       exactly while the job is processing, and then only its latest; a closed row has
       an end_reason;
     - get_queue_stats() counts (cancelled_count too) equal a direct count.
     """
-    seen = Observed(snapshot(conn), sessions(conn), tuple(stats(conn)), attempts(conn))
+    seen = Observed(
+        snapshot(conn), sessions(conn), tuple(stats(conn)), attempts(conn), user_limits(conn)
+    )
     rows = seen.rows
     assert set(rows) == expected_ids, (
         f"lost: {expected_ids - set(rows)}, appeared unasked: {set(rows) - expected_ids}"
@@ -262,6 +292,12 @@ def check_queue_invariants(
     for session_id, n in running.items():
         if session_id not in exempt:
             assert n <= seen.sessions[session_id][2], f"session {session_id}: {n} running"
+    rows_of, default = seen.user_limits
+    exempt_users = set(lowered_users)
+    for user_id, n in users_running(conn).items():
+        limit = rows_of.get(user_id, default)
+        if user_id not in exempt_users and limit is not None:
+            assert n <= limit, f"user {user_id}: {n} running, limit {limit}"
     keyed = Counter((r.session_id, r.idempotency_key) for r in rows.values() if r.idempotency_key)
     assert all(n == 1 for n in keyed.values()), "two rows of one (session, idempotency key)"
     numbers: dict[Any, list[int]] = {job_id: [] for job_id in rows}

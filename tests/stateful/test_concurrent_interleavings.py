@@ -55,7 +55,7 @@ from tests.stateful.support import (
     reset,
     snapshot,
 )
-from tests.support.rows import claim, insert_job, new_session, scalar
+from tests.support.rows import claim, end_attempt, insert_job, new_session, scalar
 from tests.support.threads import run_together
 
 LATE = T0 + LEASE + timedelta(seconds=1)  # every heartbeat from T0 has expired
@@ -703,3 +703,191 @@ def test_identical_submits_at_once_make_one_row_and_every_client_gets_its_id(
     row = seen.rows[job]
     assert (row.status, row.idempotency_key, row.session_id) == ("pending", "tap", session)
     assert claimed_by(rig, 0, T0 + timedelta(seconds=1))[0] == job
+
+
+# --- users: limits and turns ----------------------------------------------------------------
+
+
+def set_limit(conn: psycopg.Connection[Any], user: Any, limit: int | None) -> None:
+    """An operator's limit for `user` (its row of queue_user_limits), or none (None)."""
+    conn.execute("SELECT queue_set_user_limit(%s, %s)", [user, limit])
+
+
+def user_jobs(conn: psycopg.Connection[Any], user: Any, count: int, **columns: Any) -> list[Any]:
+    """`count` due jobs of `user`, each in a session of its own (a prompt per session)."""
+    return [
+        insert_job(conn, new_session(conn, user_id=user), run_at=T0, created_at=T0, **columns)
+        for _ in range(count)
+    ]
+
+
+def running_of(rows: dict[Any, Any], jobs: list[Any]) -> int:
+    return sum(rows[job].status == "processing" for job in jobs)
+
+
+@interleaving_settings()
+@given(
+    limit=st.integers(1, 3),
+    mine=st.integers(1, 10),
+    others=st.integers(0, 6),
+    by_default=st.booleans(),
+    rounds=st.integers(1, 2),
+    waits=st.lists(pauses, min_size=8, max_size=8),
+)
+def test_concurrent_claimers_of_one_limited_user_never_exceed_its_limit(
+    rig: Rig,
+    limit: int,
+    mine: int,
+    others: int,
+    by_default: bool,
+    rounds: int,
+    waits: list[int],
+) -> None:
+    """8 workers claim at once; one user's prompts, in sessions of their own, may run
+    `limit` at a time (its row of queue_user_limits, or queue_config's default), beside
+    prompts of another user with a row above anything that runs and of no user. No job is
+    claimed twice and the user never has more than its limit running; the others are
+    not held back by it: once the claims are over, claims one after another take every
+    other job, and none of the limited user's beyond its limit."""
+    rig.fresh()
+    op = rig.operator.at(T0)
+    user, other = uuid.uuid4(), uuid.uuid4()
+    limited = user_jobs(op, user, mine)
+    if by_default:
+        op.execute("UPDATE queue_config SET user_max_concurrency = %s", [limit])
+    else:
+        set_limit(op, user, limit)
+    free = user_jobs(op, other, others)
+    if free:
+        set_limit(op, other, 1000)
+    free += [insert_job(op, new_session(op), run_at=T0, created_at=T0) for _ in range(others)]
+
+    def worker(index: int) -> list[Any]:
+        conn = rig.workers[index].at(T0)
+        pause(waits[index])
+        return [row["job_id"] for _ in range(rounds) if (row := claim(conn, f"w{index}"))]
+
+    claimed = [job for got in run_all(worker, 8) for job in got]
+    assert len(claimed) == len(set(claimed)), "a job was claimed twice"
+    ids = set(limited) | set(free)
+    rows = check_queue_invariants(op, ids).rows
+    assert running_of(rows, limited) <= limit, "the user's limit was exceeded"
+    event(f"claims of the limited user: {running_of(rows, limited)} of limit {limit}")
+    while (row := claim(rig.workers[0].at(T0), "w0")) is not None:
+        claimed.append(row["job_id"])
+    rows = check_queue_invariants(op, ids).rows
+    assert running_of(rows, limited) == min(limit, mine), "the user's next prompt starved"
+    assert running_of(rows, free) == len(free), "another user's prompt was held back"
+
+
+LIMIT_CHANGES = ["row", "row", "delete", "default"]  # what the operator changes
+
+
+@interleaving_settings()
+@given(
+    before=st.integers(1, 3),
+    after=st.integers(1, 3),
+    running=st.integers(0, 3),
+    change=st.sampled_from(LIMIT_CHANGES),
+    waits=st.lists(pauses, min_size=2, max_size=2),
+)
+def test_a_claim_racing_a_change_of_the_users_limit_obeys_the_limit_before_or_after(
+    rig: Rig, before: int, after: int, running: int, change: str, waits: list[int]
+) -> None:
+    """A user runs `running` prompts (at most `before`, its limit) and has more waiting; a
+    worker claims as an operator changes the limit: its row set to `after`, or deleted
+    with queue_config's default `after` (or none) in force, or the default changed to
+    `after` with no row. The claim starts the user's next prompt only if the limit
+    before or after the change has room for it (or passes over the user while the change
+    holds it); then a claim starts it exactly when the new limit has room (raised: the
+    waiting prompt is not forgotten; lowered: no start beyond it)."""
+    running = min(running, before)
+    rig.fresh()
+    op = rig.operator.at(T0)
+    user = uuid.uuid4()
+    default = after if change == "delete" and after != before else None
+    op.execute("UPDATE queue_config SET user_max_concurrency = %s", [default])
+    jobs = user_jobs(op, user, running + 2)
+    if change == "default":
+        op.execute("UPDATE queue_config SET user_max_concurrency = %s", [before])
+    else:
+        set_limit(op, user, before)
+    for index in range(running):
+        assert claimed_by(rig, index + 2, T0)[0] == jobs[index]
+    new_limit = None if change == "delete" and default is None else after
+    operator = rig.reapers[0].at(T0)
+
+    def set_new() -> None:
+        pause(waits[0])
+        if change == "default":
+            operator.execute("UPDATE queue_config SET user_max_concurrency = %s", [after])
+        elif change == "delete":
+            set_limit(operator, user, None)
+        else:
+            set_limit(operator, user, after)
+
+    def take() -> Any:
+        pause(waits[1])
+        return claimed_by(rig, 0, T0)[0]
+
+    _, got = run_together(set_new, take)
+    allowed = running < before or new_limit is None or running < new_limit
+    assert got in (None, jobs[running])
+    assert got is None or allowed, f"claimed {got} with {running} running"
+    # A claim that meets the user's row locked by the change passes over the user: the
+    # change announces the prompt it lets start (new_job), and the claim below takes it.
+    event(f"{change}: {'claimed' if got else 'passed over' if allowed else 'nothing'}")
+    now_running = running + (got is not None)
+    lowered = [user] if new_limit is not None and new_limit < now_running else []
+    check_queue_invariants(op, set(jobs), lowered_users=lowered)
+    room = new_limit is None or now_running < new_limit
+    again = claimed_by(rig, 1, T0)[0]
+    assert (again is not None) == room, f"limit {new_limit}, {now_running} running: {again}"
+
+
+@interleaving_settings()
+@given(
+    end=st.sampled_from(["complete", "fail", "release", "cancel"]),
+    waits=st.lists(pauses, min_size=2, max_size=2),
+)
+def test_the_end_of_a_users_prompt_racing_a_claim_lets_its_next_prompt_start(
+    rig: Rig, end: str, waits: list[int]
+) -> None:
+    """A user limited to one prompt at a time runs one and has a second waiting (in
+    another session); its worker ends the attempt as another worker claims. The claim
+    gets the second prompt or nothing; either way the user never runs two, and a claim
+    after the end takes the second prompt (or, after a release, one of the two)."""
+    rig.fresh()
+    op = rig.operator.at(T0)
+    user = uuid.uuid4()
+    first, second = user_jobs(op, user, 2, max_retries=3)
+    set_limit(op, user, 1)
+    job, token = claimed_by(rig, 0, T0)
+    assert job == first
+    holder = rig.workers[0].at(T0)
+
+    def finish() -> None:
+        pause(waits[0])
+        if end == "complete":
+            assert scalar(holder, "SELECT complete_job(%s, %s)", [first, token]) is True
+        elif end == "fail":
+            assert scalar(holder, "SELECT fail_job(%s, 'boom', %s)", [first, token]) is True
+        elif end == "release":
+            assert scalar(holder, "SELECT queue_release_job(%s, %s)", [first, token]) is True
+        else:
+            assert scalar(holder, "SELECT cancel_job(%s)", [first]) is True
+            assert end_attempt(holder, first, token, "cancelled") == "cancelled"
+
+    def take() -> Any:
+        pause(waits[1])
+        return claimed_by(rig, 1, T0)[0]
+
+    _, got = run_together(finish, take)
+    assert got in (None, second) or (end == "release" and got == first), got
+    event(f"{end}: {'claimed at once' if got else 'claimed after'}")
+    rows = check_queue_invariants(op, {first, second}).rows
+    assert running_of(rows, [first, second]) == int(got is not None)
+    if got is None:
+        got = claimed_by(rig, 2, T0)[0]
+        assert got == second or (end == "release" and got == first), "the next prompt starved"
+    assert claimed_by(rig, 3, T0)[0] is None, "the user's limit of one was exceeded"

@@ -4,11 +4,16 @@ Three workers (w1, w2, w3), an operator and a reaper each drive the SQL interfac
 a connection of their own; every connection's queue_now() follows the model's clock,
 and the backoff has no jitter, so every timestamp is compared exactly.
 
-Three sessions, each created with a max_concurrency drawn from 1, 1, 2, 3. Rules:
-enqueue (priority 0..10, max_retries 1..4, run_at past/now/future, some plain INSERTs,
+Four sessions, each created with a max_concurrency drawn from 1, 1, 2, 3 and owned by
+one of two users or by none (drawn: a user often owns two sessions or more), and
+queue_config.user_max_concurrency drawn from none, 1, 2. Rules:
+enqueue (priority 0..10, half of them 0 so that turns decide, max_retries 1..4, run_at
+past/now/future, some plain INSERTs,
 some with an idempotency key: a raw INSERT of a key its session has is refused, the
 client's enqueue answers with the first job's id), a double tap (the same key twice in
-a row), an operator changing a session's max_concurrency (up or down), claim, heartbeat
+a row), an operator changing a session's max_concurrency (up or down), an operator
+setting, changing or clearing a user's own limit (queue_set_user_limit) or changing
+queue_config.user_max_concurrency (up, down, cleared) while jobs run, claim, heartbeat
 (one worker's, or a pod's queue_renew_leases of every held lease, which also says
 whether a cancel was asked), complete, complete-and-claim, fail, release at shutdown,
 queue_end_attempt / queue_end_and_claim with every kind of end, a worker dies, the
@@ -22,9 +27,13 @@ cancelled).
 The model follows the session order rule exactly (model.py): a job may start only when
 fewer than max_concurrency unfinished jobs of its session were submitted before it; a
 retry keeps its place, an operator's requeue or retry goes to the back; a job being
-cancelled holds its place until its attempt ends. A cancel-requested attempt that
-fails, is released, expires or is failed by an operator ends cancelled (not counted,
-not retried, its session not failed); one that completes ends completed.
+cancelled holds its place until its attempt ends. And the users' rules (model.py): a job
+of a user may start only while fewer than the user's limit of the user's jobs are
+processing; among the jobs that may start, priority, then the user whose most recent
+start is the oldest (none first; the sessions with no user are one user), then seq.
+A cancel-requested attempt that fails, is released, expires or is failed by an operator
+ends cancelled (not counted, not retried, its session not failed); one that completes
+ends completed.
 
 Checked after every step (the database against the model):
   I1  the set of job ids equals the model's: none disappears except by prune, none
@@ -36,8 +45,11 @@ Checked after every step (the database against the model):
       or retry draws a new one, and so does every INSERT, a refused one too);
   I3  get_queue_stats() equals the model: the five counts (cancelled_count too),
       oldest_pending_age (since the job came due), waiting_retry_count (jobs attempted
-      before), next_run_at; queue_next_run_at() too
-      (the jobs waiting for their session left out);
+      before), next_run_at; queue_next_run_at(): not in the future when a job may
+      start now, else the earliest run_at of a job that its session lets start (the
+      jobs waiting for their session left out); early (not in the future) only while
+      a due job waits for its user and no claim has met it since: never right after a
+      claim that found nothing (an idle worker does not spin);
   I4  0 <= retry_count <= max_retries; `failed` exactly when retry_count = max_retries
       (workers, operator or reaper exhausted the attempts), and then its session is
       failed; sessions' status, error_message and max_concurrency equal the model's;
@@ -57,10 +69,18 @@ Checked after every step (the database against the model):
       model's ended_at, end_reason (completed, released, cancelled, error,
       heartbeat_expired, deadline_exceeded, ...: what happened to the attempt, also
       when the job ended cancelled) and error_message ('completed by an operator' for
-      an operator's completion).
+      an operator's completion);
+  I13 a user's limit is never exceeded by a start. What the contract implies, and what
+      is checked: a user's processing jobs number at most its limit, unless the limit
+      was lowered while more ran (they are never stopped); precisely, the k-th of a
+      user's running jobs in the order they started was started while the user's
+      limit was at least k, so after a lowering the running jobs only dwindle until
+      they are under the limit, and none of the user's jobs starts meanwhile.
+      queue_user_limits and queue_config.user_max_concurrency equal the model's.
 Checked by the rules themselves:
-  I6  a claim returns the model's job (due, allowed by the order rule of its session,
-      then highest priority, then seq) with its attempt, retry_count, max_retries,
+  I6  a claim returns the model's job (due, allowed by the order rule of its session and
+      by its user's limit, then highest priority, then the user whose most recent start
+      is the oldest, then seq) with its attempt, retry_count, max_retries,
       priority, or none when none is due; nothing is claimed before its run_at; lease
       tokens never repeat; an end's answer (complete_job, fail_job, queue_end_attempt,
       cancel_job, queue_retry_job, ...) is the model's;
@@ -70,7 +90,11 @@ Checked by the rules themselves:
       byte-for-byte unchanged;
   I8  a reaper sweep returns exactly the jobs whose heartbeat is older than the
       timeout (the oldest ones when the batch is smaller), each with the model's
-      will_retry; prune deletes exactly the jobs finished before the age, oldest first.
+      will_retry; prune deletes exactly the jobs finished before the age, oldest first;
+  I14 nothing starves: a claim finds a job whenever one may start (I6), the start's
+      user had fewer than its limit running, and users take turns: while a user has a
+      job that may start at the highest priority among those that may start, no other
+      user starts twice at that priority.
 The summary line counts what the examples exercised (the ends of cancel-requested
 attempts by path, double taps, sessions running several jobs at once, ...).
 A companion test checks the backoff bounds with jitter: base*2^(n-1) .. *(1 + jitter).
@@ -79,6 +103,7 @@ A companion test checks the backoff bounds with jitter: base*2^(n-1) .. *(1 + ji
 from __future__ import annotations
 
 import time
+import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -111,6 +136,7 @@ from tests.stateful.support import (
     T0,
     AttemptTuple,
     Clocked,
+    Observed,
     Row,
     backoff,
     check_queue_invariants,
@@ -123,8 +149,11 @@ from tests.stateful.support import (
 from tests.support.rows import claim, insert_job, named_row, new_session, scalar
 
 WORKERS = ("w1", "w2", "w3")
-SESSIONS = 3
+SESSIONS = 4
 CONCURRENCY = [1, 1, 2, 3]  # each session's max_concurrency, drawn at the start
+USERS = 2
+OWNERS = [None, 0, 1]  # each session's user, drawn at the start (None: no user)
+USER_LIMITS = [1, 2, 3]  # a row of queue_user_limits, or queue_config's default
 # Clock steps around the heartbeat timeout (10 s) and the backoff values (4, 8, 10 s).
 CLOCK_STEPS = [0.5, 1, 3.999, 4, 6, 8, 9.999, 10, 10.001, 12, 30, 120]
 TAP_KEYS = ["tap-1", "tap-2"]  # a few keys, so that they repeat within a session
@@ -158,7 +187,7 @@ class Spec:
 
 specs = st.builds(
     Spec,
-    priority=st.integers(0, 10),
+    priority=st.one_of(st.just(0), st.integers(0, 10)),
     max_retries=st.integers(1, 4),
     delay=st.sampled_from([-30, -1, 0, 0, 0, 1, 4, 30]),
     age=st.sampled_from([0, 0, 0, 5]),
@@ -193,6 +222,11 @@ class QueueMachine(RuleBasedStateMachine):
         reset(db.conns["operator"].at(T0))
         self.model = Model()
         self.session_ids: list[Any] = []  # made by the seed
+        self.user_ids = [uuid.uuid4() for _ in range(USERS)]
+        # I14: by user, the users that started since its own last start, at the priority
+        # of its best job that could start then
+        self.passed: dict[int | None, set[int | None]] = defaultdict(set)
+        self.settled = False  # this step's claim found nothing (I3: no early wake then)
         self.holding: dict[str, Lease | None] = dict.fromkeys(WORKERS)
         self.issued: list[Lease] = []
         # I10: each cancelled job's row as the step that cancelled it left it, until an
@@ -320,13 +354,29 @@ class QueueMachine(RuleBasedStateMachine):
     @initialize(
         target=jobs,
         concurrency=st.lists(st.sampled_from(CONCURRENCY), min_size=SESSIONS, max_size=SESSIONS),
+        owners=st.lists(st.sampled_from(OWNERS), min_size=SESSIONS, max_size=SESSIONS),
+        default=st.sampled_from([None, None, 1, 2]),
         batch=st.lists(specs, max_size=8),
     )
-    def seed(self, concurrency: list[int], batch: list[Spec]) -> Any:
-        """Sessions created with their max_concurrency (the producer's INSERT), then jobs."""
+    def seed(
+        self,
+        concurrency: list[int],
+        owners: list[int | None],
+        default: int | None,
+        batch: list[Spec],
+    ) -> Any:
+        """Sessions created with their max_concurrency and owner (the producer's INSERT),
+        the users' default limit, then jobs."""
         conn = self.sql("operator")
-        self.session_ids = [new_session(conn, value) for value in concurrency]
-        self.model.sessions = [Session(value) for value in concurrency]
+        self.session_ids = [
+            new_session(conn, value, None if user is None else self.user_ids[user])
+            for value, user in zip(concurrency, owners, strict=True)
+        ]
+        self.model.sessions = [
+            Session(value, user=user) for value, user in zip(concurrency, owners, strict=True)
+        ]
+        if default is not None:
+            self.set_user_max_concurrency(default)
         return multiple(*(k for k in map(self.add, batch) if k is not None))
 
     @rule(target=jobs, batch=st.lists(specs, min_size=1, max_size=4))
@@ -357,6 +407,34 @@ class QueueMachine(RuleBasedStateMachine):
             self.db.seen["max_concurrency lowered below the running jobs"] += 1
         self.model.set_max_concurrency(session, value)
 
+    @rule(user=st.integers(0, USERS - 1), value=st.sampled_from([*USER_LIMITS, None]))
+    def set_user_limit(self, user: int, value: int | None) -> None:
+        """An operator sets, changes or clears a user's own limit (queue_set_user_limit: a
+        row of queue_user_limits); the limit in force comes back."""
+        if all(s.user != user for s in self.model.sessions):
+            return  # a user is known by its sessions: refused (tests/contract)
+        in_force = scalar(
+            self.sql("operator"),
+            "SELECT queue_set_user_limit(%s, %s)",
+            [self.user_ids[user], value],
+        )
+        self.note_limit(user, lambda: self.model.set_user_limit(user, value))
+        assert in_force == self.model.user_limit(user)
+
+    @rule(value=st.sampled_from([*USER_LIMITS, None]))
+    def set_user_max_concurrency(self, value: int | None) -> None:
+        """An operator changes (or clears) the limit of users without a row."""
+        self.sql("operator").execute("UPDATE queue_config SET user_max_concurrency = %s", [value])
+        self.note_limit(None, lambda: self.model.set_user_max_concurrency(value))
+
+    def note_limit(self, user: int | None, change: Any) -> None:
+        """Apply a change of limits to the model; count those that left a user over it."""
+        change()
+        for u in range(USERS) if user is None else [user]:
+            limit = self.model.user_limit(u)
+            if limit is not None and self.model.user_running(u) > limit:
+                self.db.seen["user limit lowered below the running jobs"] += 1
+
     # --- workers ---------------------------------------------------------------------------
 
     def took(self, worker: str, expected: Job | None, row: Any) -> None:
@@ -364,6 +442,7 @@ class QueueMachine(RuleBasedStateMachine):
         if expected is None:
             assert row is None or row["job_id"] is None, f"claimed {row} but none was due"
             self.holding[worker] = None
+            self.settled = True
             return
         assert row is not None and row["job_id"] == expected.id, (
             f"claimed {row and row['job_id']}, expected job {expected.key} ({expected.id})"
@@ -378,6 +457,7 @@ class QueueMachine(RuleBasedStateMachine):
             expected.priority,
         )
         assert all(lease.token != token for lease in self.issued), "a lease token came back"
+        self.check_start(expected)
         self.model.claim(expected, token, worker)
         lease = Lease(expected.key, token, worker)
         self.holding[worker] = lease
@@ -715,12 +795,17 @@ class QueueMachine(RuleBasedStateMachine):
         conn = self.sql("operator")
         model = self.model
         lowered = {self.session_ids[i] for i, s in enumerate(model.sessions) if s.lowered}
-        seen = check_queue_invariants(  # I1 I4 I5 I9 I11
-            conn, {j.id for j in model.jobs.values()}, lowered
+        seen = check_queue_invariants(  # I1 I4 I5 I9 I11 I13
+            conn,
+            {j.id for j in model.jobs.values()},
+            lowered,
+            {self.user_ids[u] for u in model.lowered_users},
         )
         for job in model.jobs.values():  # I2
             assert seen.rows[job.id] == self.expected_row(job), f"job {job.key} differs"
-        assert seen.stats == self.expected_stats()  # I3
+        assert seen.stats[:8] == self.expected_stats()  # I3
+        self.check_next_run_at(seen.stats[8])  # I3
+        self.settled = False
         assert seen.sessions == {
             self.session_ids[i]: (s.status, s.error_message, s.max_concurrency)  # I4
             for i, s in enumerate(model.sessions)
@@ -728,8 +813,42 @@ class QueueMachine(RuleBasedStateMachine):
         live = [lease.job for lease in self.holding.values() if lease and model.live(lease)]
         assert len(live) == len(set(live)), "two workers hold a live lease on one job"
         self.check_concurrency(seen.rows)  # I9
+        self.check_users(seen)  # I13
         self.check_cancelled(seen.rows, seen.sessions)  # I10
         self.check_attempts(seen.attempts)  # I12
+
+    def check_start(self, job: Job) -> None:
+        """I13 and I14 for a start, before the model records it: the user had fewer than
+        its limit running; no user starts twice at the priority of another's best job
+        that may start, unless that other user started in between."""
+        model = self.model
+        user = model.user_of(job)
+        limit = model.user_limit(user)
+        assert limit is None or model.user_running(user) < limit, (
+            f"job {job.key} started with {model.user_running(user)} of its user's running,"
+            f" limit {limit}"
+        )
+        startable = model.startable()
+        if min(startable, key=lambda j: (-j.priority, j.seq)) is not job:
+            self.db.seen["claims where a user's turn overtook submission order"] += 1
+        if any(
+            j.status == "pending"
+            and j.run_at <= model.clock
+            and model.session_allows(j)
+            and not model.user_allows(j)
+            for j in model.jobs.values()
+        ):
+            self.db.seen["claims while a user's limit held a due job back"] += 1
+        best: dict[int | None, int] = {}
+        for j in startable:
+            best[model.user_of(j)] = max(best.get(model.user_of(j), -1), j.priority)
+        self.passed[user] = set()
+        for waiting, top in best.items():
+            if waiting != user and top == job.priority:
+                assert user not in self.passed[waiting], (
+                    f"user {user} started twice at priority {top} while user {waiting} waited"
+                )
+                self.passed[waiting].add(user)
 
     def check_concurrency(self, rows: dict[Any, Row]) -> None:
         """I9: in each session, the k-th running job in submission order started when its
@@ -748,6 +867,29 @@ class QueueMachine(RuleBasedStateMachine):
                     f"job {job.key} runs as number {k} of its session, started under "
                     f"max_concurrency {job.concurrency_at_claim}"
                 )
+
+    def check_users(self, seen: Observed) -> None:
+        """I13: the k-th of a user's running jobs in the order they started was started
+        while the user's limit was at least k; the limits are the model's."""
+        model = self.model
+        running: dict[int, list[Job]] = defaultdict(list)
+        for row in seen.rows.values():
+            job = model.by_id(row.id)
+            user = model.user_of(job)
+            if row.status == "processing" and user is not None:
+                running[user].append(job)
+        for user, jobs in running.items():
+            if len(jobs) > 1:
+                self.db.seen[f"steps with {len(jobs)} jobs of a user running"] += 1
+            for k, job in enumerate(sorted(jobs, key=lambda j: j.start), start=1):
+                limit = job.user_limit_at_claim
+                assert limit is None or k <= limit, (
+                    f"job {job.key} runs as number {k} of user {user}, started under limit {limit}"
+                )
+        assert seen.user_limits == (
+            {self.user_ids[u]: n for u, n in model.user_limits.items()},
+            model.user_max_concurrency,
+        )
 
     def check_cancelled(self, rows: dict[Any, Row], sessions: dict[Any, Any]) -> None:
         """I10: a cancelled job never changes again (never claimed, retried by the queue,
@@ -833,8 +975,20 @@ class QueueMachine(RuleBasedStateMachine):
             len(retries),
             min(ahead, default=None),
             counts["cancelled"],
-            self.model.next_run_at(),
         )
+
+    def check_next_run_at(self, answer: Any) -> None:
+        """I3: queue_next_run_at() against what the model allows (model.next_run_at)."""
+        due, future, early = self.model.next_run_at()
+        now = answer is not None and answer <= self.model.clock
+        if due:
+            assert now, f"a job may start now; queue_next_run_at() says {answer}"
+        elif not (early and now):
+            assert answer == future, f"queue_next_run_at() says {answer}, expected {future}"
+        elif not self.settled:
+            self.db.seen["next_run_at early: a due job waits for its user"] += 1
+        else:
+            raise AssertionError(f"an idle worker would spin: {answer} after an empty claim")
 
 
 # The long profile runs for many minutes: no per-test timeout then.
@@ -904,3 +1058,24 @@ def test_backoff_with_jitter_stays_within_its_bounds(stateful_url: str) -> None:
         assert backoff(1) == BASE and backoff(5) == CAP
     finally:
         operator.close()
+
+
+@pytest.mark.parametrize("limit", [None, 2])
+def test_a_new_users_first_prompt_placed_to_run_later_starts_when_due(
+    stateful_url: str, limit: int | None
+) -> None:
+    """The machine's shrunk failure: a user's first prompt, placed to wait for its run_at,
+    made no row of queue_users for the user, and at its run_at every claim passed over
+    it: it never started."""
+    conn = Clocked(stateful_url, "regression")
+    try:
+        op = conn.at(T0)
+        reset(op)
+        op.execute("UPDATE queue_config SET user_max_concurrency = %s", [limit])
+        session = new_session(op, user_id=uuid.uuid4())
+        job_id = insert_job(op, session, run_at=T0 + timedelta(seconds=1), created_at=T0)
+        assert claim(op, "w1") is None
+        got = claim(conn.at(T0 + timedelta(seconds=1)), "w1")
+        assert got is not None and got["job_id"] == job_id
+    finally:
+        conn.close()
