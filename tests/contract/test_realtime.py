@@ -151,7 +151,10 @@ def test_the_owner_receives_every_transition_and_progress_event_and_no_lease_tok
         )
         other = one(
             conn,
-            "INSERT INTO coding_jobs (session_id, prompt) VALUES (%s, 'theirs') RETURNING id",
+            # Due tomorrow: the claims below take the owner's job, whose user has
+            # started before (users take turns).
+            "INSERT INTO coding_jobs (session_id, prompt, run_at) "
+            "VALUES (%s, 'theirs', now() + interval '1 day') RETURNING id",
             theirs,
         )
         cancelled = one(
