@@ -13,7 +13,9 @@
 -- coding_jobs_user_idx at that priority; the first that has one gives its
 -- first job by seq, else U0's job is the one. A user named ready with nothing
 -- ready is cleared on the way. A user with a limit is locked (SKIP LOCKED:
--- busy, it is passed over) and counted; the claim that reaches its limit takes
+-- busy, it is passed over and the walk goes on to the next user in turn order,
+-- so that concurrent claims spread over the users rather than all meet at the
+-- first and start over) and counted; the claim that reaches its limit takes
 -- the user's other ready jobs out of the index (waiting_for 'user'). Another
 -- user's row is only locked against a change of its limit, and the turn is
 -- written only when it moves (queue_user_started); sessions with no user (one
@@ -50,12 +52,17 @@ DECLARE
     first record;
     head record;
     v record;
+    walk CURSOR (before bigint, started boolean) FOR
+        SELECT u.user_key, u.turn FROM public.queue_users u
+        WHERE u.ready AND u.turn < before AND started
+        ORDER BY u.turn;
     pick uuid;
     chosen uuid;
     chosen_turn bigint;
     lim_max integer;
     lim_running integer;
     turn_ours boolean;
+    at_head boolean;
 BEGIN
     IF (SELECT c.run_at FROM public.coding_jobs c
         WHERE c.status = 'pending' AND c.waiting_for = 'run_at'
@@ -63,7 +70,8 @@ BEGIN
         LIMIT 1) <= ts THEN
         PERFORM public.queue_promote_due(ts);
     END IF;
-    -- A few rounds at most: each passes over a user (busy, or at its limit).
+    -- A few rounds at most: each passes over the user of its first job (busy, or
+    -- at its limit); the walk passes over the others and goes on.
     FOR round IN 1..8 LOOP
         SELECT c.id, c.user_key, c.priority, c.seq INTO first FROM public.coding_jobs c
         WHERE c.status = 'pending' AND c.waiting_for IS NULL AND c.run_at <= ts
@@ -74,49 +82,59 @@ BEGIN
         IF NOT FOUND THEN
             RETURN;
         END IF;
-        pick := first.id;
-        chosen := first.user_key;
         SELECT u.turn, u.ready, u.last_started_at INTO head FROM public.queue_users u
         WHERE u.user_key = first.user_key;
-        chosen_turn := head.turn;
         -- The users before U0 in turn order that may have a ready job; none when
         -- U0 has no start yet: users with none come first, then by seq, and
-        -- U0's job is the first by seq at its priority.
-        FOR v IN SELECT u.user_key, u.turn FROM public.queue_users u
-                 WHERE u.ready AND u.turn < head.turn AND head.last_started_at IS NOT NULL
-                 ORDER BY u.turn LOOP
-            CONTINUE WHEN v.user_key = ANY (passed);
-            SELECT c.id INTO pick FROM public.coding_jobs c
-            WHERE c.user_key = v.user_key AND c.status = 'pending' AND c.waiting_for IS NULL
-              AND c.priority = first.priority AND c.run_at <= ts
-            ORDER BY c.seq
-            LIMIT 1
-            FOR UPDATE SKIP LOCKED;
-            IF FOUND THEN
+        -- U0's job is the first by seq at its priority. Then U0 itself.
+        OPEN walk(head.turn, head.last_started_at IS NOT NULL);
+        LOOP
+            FETCH walk INTO v;
+            at_head := NOT FOUND;
+            IF NOT at_head THEN
+                CONTINUE WHEN v.user_key = ANY (passed);
+                SELECT c.id INTO pick FROM public.coding_jobs c
+                WHERE c.user_key = v.user_key AND c.status = 'pending' AND c.waiting_for IS NULL
+                  AND c.priority = first.priority AND c.run_at <= ts
+                ORDER BY c.seq
+                LIMIT 1
+                FOR UPDATE SKIP LOCKED;
+                IF NOT FOUND THEN
+                    -- None free: held by another claim (the usual case), or none.
+                    IF NOT EXISTS (SELECT 1 FROM public.coding_jobs c
+                                   WHERE c.user_key = v.user_key AND c.status = 'pending'
+                                     AND c.waiting_for IS NULL) THEN
+                        PERFORM public.queue_user_unready(v.user_key);
+                    END IF;
+                    CONTINUE;
+                END IF;
                 chosen := v.user_key;
                 chosen_turn := v.turn;
-                EXIT;
+            ELSE
+                pick := first.id;
+                chosen := first.user_key;
+                chosen_turn := head.turn;
+                IF NOT head.ready THEN
+                    -- Left out of the walk by a race of two transactions: back in
+                    -- it (SKIP LOCKED: the claim waits for nothing).
+                    UPDATE public.queue_users u
+                    SET ready = true,
+                        turn = CASE WHEN u.last_started_at IS NULL
+                                    THEN first.seq - 4611686018427387904 ELSE u.turn END
+                    WHERE u.user_key = chosen AND NOT u.ready
+                      AND u.user_key IN (SELECT x.user_key FROM public.queue_users x
+                                         WHERE x.user_key = chosen
+                                         FOR NO KEY UPDATE SKIP LOCKED);
+                END IF;
             END IF;
-            pick := first.id;
-            PERFORM public.queue_user_unready(v.user_key);
-        END LOOP;
-        IF NOT head.ready AND chosen = first.user_key THEN
-            -- Left out of the walk by a race of two transactions: back in it
-            -- (SKIP LOCKED: the claim waits for nothing).
-            UPDATE public.queue_users u
-            SET ready = true,
-                turn = CASE WHEN u.last_started_at IS NULL
-                            THEN first.seq - 4611686018427387904 ELSE u.turn END
-            WHERE u.user_key = chosen AND NOT u.ready
-              AND u.user_key IN (SELECT x.user_key FROM public.queue_users x
-                                 WHERE x.user_key = chosen FOR NO KEY UPDATE SKIP LOCKED);
-        END IF;
-        turn_ours := false;
-        lim_max := NULL;
-        lim_running := NULL;
-        IF chosen <> '00000000-0000-0000-0000-000000000000'::uuid THEN
+            turn_ours := false;
+            lim_max := NULL;
+            lim_running := NULL;
+            EXIT WHEN chosen = '00000000-0000-0000-0000-000000000000'::uuid;
             -- A user's row: locked to write its turn and count; busy, share-locked
-            -- against a change of its limit (without a limit); else passed over.
+            -- against a change of its limit (without a limit); else passed over,
+            -- and the walk goes on to the next user (concurrent claims spread
+            -- over the users rather than all meet at the first).
             SELECT u.max_concurrency, u.running INTO lim_max, lim_running
             FROM public.queue_users u
             WHERE u.user_key = chosen FOR NO KEY UPDATE SKIP LOCKED;
@@ -125,18 +143,20 @@ BEGIN
                 SELECT u.max_concurrency, u.running INTO lim_max, lim_running
                 FROM public.queue_users u
                 WHERE u.user_key = chosen FOR KEY SHARE SKIP LOCKED;
-                IF NOT FOUND OR lim_max IS NOT NULL THEN
-                    passed := passed || chosen;
-                    CONTINUE;
-                END IF;
-            ELSIF lim_running >= lim_max THEN
+                EXIT WHEN FOUND AND lim_max IS NULL;
+            ELSIF lim_running < lim_max OR lim_max IS NULL THEN
+                EXIT;
+            ELSE
                 -- At its limit (a retry came due, or a job was placed as another
                 -- started): none of its jobs stays in the claim's index.
                 PERFORM public.queue_user_settle(chosen, ts);
-                passed := passed || chosen;
-                CONTINUE;
             END IF;
-        END IF;
+            passed := passed || chosen;
+            chosen := NULL;
+            EXIT WHEN at_head;
+        END LOOP;
+        CLOSE walk;
+        CONTINUE WHEN chosen IS NULL;
         RETURN QUERY
         WITH claimed AS (
             UPDATE public.coding_jobs j

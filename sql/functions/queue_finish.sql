@@ -190,8 +190,15 @@ BEGIN
                 'priority', cur.priority)::text);
         END IF;
     END IF;
-    IF usr.max_concurrency IS NOT NULL THEN
-        -- A place of the user's may have come free: its next job may start.
+    -- A place of the user's may have come free: its next job may start. Nothing
+    -- to do at the end of an attempt while the user stays under its limit and no
+    -- job of its waits for it (the ended job was not ready; the jobs it made
+    -- ready, queue_user_mark_ready put the user in the walk for).
+    IF usr.max_concurrency IS NOT NULL
+       AND (cur.status <> 'processing' OR usr.running - 1 >= usr.max_concurrency
+            OR EXISTS (SELECT 1 FROM public.coding_jobs c
+                       WHERE c.user_key = cur.user_key AND c.status = 'pending'
+                         AND c.waiting_for = 'user')) THEN
         PERFORM public.queue_user_settle(cur.user_key, ts);
     END IF;
     RETURN new_status;
